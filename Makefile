@@ -1,0 +1,36 @@
+# imgtrain: `make demo` and `make test` are the whole quick start.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast clean help
+
+help:
+	@echo "make install   create $(VENV) with imgtrain, its test tools and Horovod (built from source)"
+	@echo "make demo      train, evaluate and report on scikit-learn's bundled digits"
+	@echo "make test      run the whole test suite (slow multi-process tests included)"
+	@echo "make test-fast skip the tests marked slow"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[cpu,test]'
+	bash launch/install_horovod.sh $(PY)
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m imgtrain.demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs data/digits .pytest_cache

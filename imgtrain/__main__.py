@@ -1,0 +1,5 @@
+import sys
+
+from imgtrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""Stateless, seeded augmentations for the training split.
+
+Every random choice takes an explicit seed derived from (run seed, epoch,
+example index), never from a global generator, so the same seed gives the
+same batches in any order of execution, with any number of parallel calls,
+and after a resume. TensorFlow has stateless crop, flip, brightness and
+contrast ops; rotation, zoom and translation are composed into one affine
+matrix and applied by TensorFlow's projective-transform kernel in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+from imgtrain.config import AugmentConfig
+from imgtrain.data.images import resize
+
+FILL_MODES = ("reflect", "constant", "nearest", "wrap")
+
+
+def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """A stateless seed (shape [2]) unique to one example in one epoch of one run."""
+    base = tf.constant([seed, 0x1A6E], dtype=tf.int64)
+    s = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+    return tf.random.experimental.stateless_fold_in(s, tf.cast(index, tf.int64))
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+    """Inception-style crop: a random area and aspect ratio, resized to ``size``."""
+    shape = tf.shape(image)
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=tuple(cfg.crop_ratio),
+        area_range=tuple(cfg.crop_scale),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return resize(tf.slice(image, begin, crop_size), size)
+
+
+def _affine(image: tf.Tensor, seeds: tf.Tensor, cfg: AugmentConfig, fill_mode: str) -> tf.Tensor:
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    angle = tf.random.stateless_uniform([], seeds[0], -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
+    zoom = 1.0 + tf.random.stateless_uniform([], seeds[1], -1.0, 1.0) * cfg.zoom
+    tx = tf.random.stateless_uniform([], seeds[2], -1.0, 1.0) * cfg.translate * w
+    ty = tf.random.stateless_uniform([], seeds[3], -1.0, 1.0) * cfg.translate * h
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    # Output pixel -> input pixel: rotate and scale about the centre, then shift.
+    a2 = cx - cos * cx + sin * cy - tx
+    b2 = cy - sin * cx - cos * cy - ty
+    transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[None]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform,
+        output_shape=tf.shape(image)[:2],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode=fill_mode.upper(),
+    )
+    return out[0]
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: str = "reflect") -> tf.Tensor:
+    """Apply the enabled augmentations to one float32 image already at its final size."""
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    if cfg.horizontal_flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
+    if cfg.vertical_flip:
+        image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
+    if cfg.rotation or cfg.zoom or cfg.translate:
+        image = _affine(image, seeds[2:6], cfg, fill_mode)
+    if cfg.brightness:
+        image = tf.image.stateless_random_brightness(image, cfg.brightness * 255.0, seed=seeds[6])
+    if cfg.contrast:
+        image = tf.image.stateless_random_contrast(image, 1.0 - cfg.contrast, 1.0 + cfg.contrast, seed=seeds[7])
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def is_active(cfg: AugmentConfig) -> bool:
+    return bool(cfg.random_resized_crop or cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation
+                or cfg.zoom or cfg.translate or cfg.brightness or cfg.contrast)

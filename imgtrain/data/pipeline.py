@@ -1,0 +1,282 @@
+"""The tf.data input pipeline: list -> shuffle -> shard -> decode/augment -> batch -> prefetch.
+
+Files are shuffled as paths (cheap, so the whole list is shuffled, not a
+window of it) with a seed that depends on the epoch, then decoded in a
+parallel, order-preserving ``map``; only ``prefetch`` worth of images is ever
+in memory. The order of batches is a pure function of (seed, epoch), which
+is what lets a resumed run skip exactly the batches it already trained on.
+
+Elements are ``(image, label, weight, real)``. In a multi-worker run every
+worker must take the same number of steps (each step is a collective), but
+shards differ by up to one example; a worker whose shard runs out first is
+padded with copies of one image whose ``real`` is 0, which the loop leaves out
+of the loss, the gradients and every count. So each example is trained on
+exactly once per epoch, on exactly one worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import tensorflow as tf
+
+from imgtrain.config import DataConfig
+from imgtrain.data import augment as aug
+from imgtrain.data.images import load, resize
+from imgtrain.data.sources import Example
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which slice of every epoch this process reads (multi-worker runs)."""
+
+    count: int = 1
+    index: int = 0
+
+
+def _options(deterministic: bool = True) -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = deterministic
+    # Sharding is done explicitly by file, so tf.distribute must not re-shard.
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return opts
+
+
+def _tensors(examples: Sequence[Example]) -> tuple:
+    return (
+        tf.range(len(examples), dtype=tf.int64),
+        tf.constant([e.path for e in examples], dtype=tf.string),
+        tf.constant([e.label for e in examples], dtype=tf.int32),
+        tf.constant([e.weight for e in examples], dtype=tf.float32),
+    )
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which epoch of which run this worker reads, and how: what every training source needs."""
+
+    seed: int
+    epoch: int
+    batch_size: int
+    shard: Shard = Shard()
+    skip_batches: int = 0  # batches already trained this epoch (a mid-epoch resume)
+    multiple: int = 1  # replicas this worker feeds per step
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch; distinct per epoch, identical on every worker."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31 - 1)
+
+
+def train_dataset(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
+    """One epoch of augmented training batches ``(image, label, weight, real)`` for this worker."""
+    seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
+    size = cfg.image_size
+    n = len(examples)
+    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
+    if cfg.cache:
+        # Decode and resize once, keep in memory; crops then come from the resized image.
+        ds = ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE).cache()
+    ds = ds.shuffle(max(n, 1), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    if shard.count > 1:
+        ds = ds.shard(shard.count, shard.index)
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)
+
+    prepare = _augmenter(cfg, seed, epoch, "decoded" if cfg.cache else "path")
+    return _finish_train(ds, prepare, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)),
+                         _filler(examples, cfg))
+
+
+def _finish_train(ds: tf.data.Dataset, prepare, plan: EpochPlan, mine_n: int, most_n: int,
+                  filler: tf.data.Dataset) -> tf.data.Dataset:
+    """Augment in parallel, batch, pad to the step count every worker shares, prefetch."""
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
+    mine, target = padded_batches(mine_n, most_n, plan.batch_size, plan.multiple)
+    skip = plan.skip_batches
+    ds = _pad(ds, filler, (target - skip) - max(0, mine - skip))
+    return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
+    """The per-example training transform for elements ``(index, x, label, weight)``.
+
+    ``x`` is a path (``given="path"``), encoded bytes (``"bytes"``), a decoded
+    image of any size (``"raw"``, from TFDS) or one already resized to the
+    target size (``"decoded"``, the in-memory cache).
+    """
+    size, acfg = cfg.image_size, cfg.augment
+
+    def prepare(i, x, y, w):
+        s = aug.example_seed(seed, epoch, i)
+        if given == "decoded":
+            image = aug.random_resized_crop(x, s, acfg, size) if acfg.random_resized_crop else x
+        else:
+            if given == "raw":
+                raw = x
+            else:
+                raw = tf.io.decode_image(tf.io.read_file(x) if given == "path" else x, channels=3, dtype=tf.uint8,
+                                         expand_animations=False)
+                raw.set_shape([None, None, 3])
+            image = aug.random_resized_crop(raw, s, acfg, size) if acfg.random_resized_crop else resize(raw, size)
+        image = aug.augment(image, tf.random.experimental.stateless_fold_in(s, 1), acfg, acfg.fill_mode)
+        image.set_shape([size[0], size[1], 3])
+        return image, y, w, tf.constant(1.0)
+
+    return prepare
+
+
+def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
+    first = examples[:1]
+    return tf.data.Dataset.from_tensor_slices(_tensors(first)).map(
+        lambda i, p, y, w: (load(p, cfg.image_size), y, w, tf.constant(1.0)))
+
+
+def eval_dataset(
+    examples: Sequence[Example],
+    cfg: DataConfig,
+    batch_size: int,
+    shard: Shard = Shard(),
+    multiple: int = 1,
+) -> tf.data.Dataset:
+    """Batches in file order, no augmentation: what validation, test and predict see."""
+    size = cfg.image_size
+    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
+    if shard.count > 1:
+        ds = ds.shard(shard.count, shard.index)
+    ds = ds.map(lambda i, p, y, w: (load(p, size), y, w, tf.constant(1.0)), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+    if cfg.cache:
+        ds = ds.cache()
+    mine, target = batches(len(examples), batch_size, shard, multiple)
+    ds = _pad(ds.batch(batch_size), _filler(examples, cfg), target - mine)
+    return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def shard_size(n: int, shard: Shard) -> int:
+    return (n - shard.index + shard.count - 1) // shard.count if n > shard.index else 0
+
+
+def batches(n: int, batch_size: int, shard: Shard = Shard(), multiple: int = 1) -> tuple[int, int]:
+    """(batches this worker's shard fills, batches every worker yields after padding).
+
+    The padded count is the largest shard's (shard 0), rounded up to a multiple
+    of the replicas each worker feeds per step.
+    """
+    return padded_batches(shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), batch_size, multiple)
+
+
+def padded_batches(mine_examples: int, most_examples: int, batch_size: int, multiple: int = 1) -> tuple[int, int]:
+    mine = -(-mine_examples // batch_size)
+    most = -(-most_examples // batch_size)
+    return mine, -(-most // multiple) * multiple
+
+
+def steps_per_epoch(n: int, batch_size: int, shard: Shard = Shard(), multiple: int = 1) -> int:
+    """Training steps per epoch: the same on every worker."""
+    return batches(n, batch_size, shard, multiple)[1] // multiple
+
+
+def _pad(ds: tf.data.Dataset, filler: tf.data.Dataset, count: int) -> tf.data.Dataset:
+    """Append ``count`` one-image batches that count for nothing (``real`` = 0)."""
+    if count <= 0:
+        return ds
+    pad = filler.take(1).map(lambda x, y, w, r: (x, y, w, tf.zeros_like(r))).batch(1).repeat(count)
+    return ds.concatenate(pad)
+
+
+# -- TFDS: streamed by TFDS, with the same decode/augment as files --------------------
+
+
+def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
+    """Training batches from a TFDS ``(image, label)`` stream, shuffled in a seeded window."""
+    seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
+    ds = source.enumerate().map(lambda i, pair: (i, to_rgb(pair[0]), tf.cast(pair[1], tf.int32), tf.constant(1.0)))
+    if shard.count > 1:
+        ds = ds.shard(shard.count, shard.index)
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)
+    return _finish_train(ds, _augmenter(cfg, seed, epoch, "raw"), plan, shard_size(count, shard),
+                         shard_size(count, Shard(shard.count, 0)), _tfds_plain(source, cfg))
+
+
+def _tfds_plain(source: tf.data.Dataset, cfg: DataConfig) -> tf.data.Dataset:
+    size = cfg.image_size
+    return source.map(lambda x, y: (resize(to_rgb(x), size), tf.cast(y, tf.int32), tf.constant(1.0), tf.constant(1.0)),
+                      num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def tfds_eval_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, batch_size: int,
+                      shard: Shard = Shard(), multiple: int = 1) -> tf.data.Dataset:
+    ds = source
+    if shard.count > 1:
+        ds = ds.shard(shard.count, shard.index)
+    mine, target = batches(count, batch_size, shard, multiple)
+    ds = _pad(_tfds_plain(ds, cfg).batch(batch_size), _tfds_plain(source, cfg), target - mine)
+    return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+# -- prepared TFRecord shards: sharded by file, read with parallel interleave ------------------
+
+
+def _records(files: Sequence[str], shard: Shard) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if shard.count > 1:
+        ds = ds.shard(shard.count, shard.index)  # whole files per worker: sequential reads
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(8, len(files))), block_length=1,
+                         num_parallel_calls=AUTOTUNE, deterministic=True).map(tfrecord_parse, num_parallel_calls=AUTOTUNE)
+
+
+def tfrecord_parse(record: tf.Tensor) -> tuple:
+    from imgtrain.data.tfrecord import parse
+
+    return parse(record)
+
+
+def tfrecord_train_dataset(files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig,
+                           plan: EpochPlan) -> tf.data.Dataset:
+    """Training batches from prepared shards. With one worker and a shuffle buffer at least
+    the split's size, the order (and so the run) is identical to the folder it came from."""
+    seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
+    mine_n, most_n = worker_counts[shard.index], max(worker_counts)
+    ds = _records(files, shard)
+    ds = ds.shuffle(max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=epoch_seed(seed, epoch),
+                    reshuffle_each_iteration=False)
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)
+    filler = _records(files[:1], Shard()).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)))
+    return _finish_train(ds, _augmenter(cfg, seed, epoch, "bytes"), plan, mine_n, most_n, filler)
+
+
+def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
+    raw = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    raw.set_shape([None, None, 3])
+    return resize(raw, cfg.image_size)
+
+
+def tfrecord_eval_dataset(files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, batch_size: int,
+                          shard: Shard = Shard(), multiple: int = 1) -> tf.data.Dataset:
+    ds = _records(files, shard).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
+                                    num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cfg.cache:
+        ds = ds.cache()
+    mine, target = padded_batches(worker_counts[shard.index], max(worker_counts), batch_size, multiple)
+    filler = _records(files[:1], Shard()).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)))
+    ds = _pad(ds.batch(batch_size), filler, target - mine)
+    return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """TFDS images may be grayscale or RGBA; the models always see three channels."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 4:
+        return image[..., :3]
+    return image
+
+

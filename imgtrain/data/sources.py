@@ -1,0 +1,182 @@
+"""Where examples come from: an image folder, a CSV manifest, or a TFDS dataset.
+
+File sources become a ``Catalog``: one ``Example`` per image with its path,
+label index, loss weight and (when the folder was already split) its split.
+Nothing is decoded here; images stay on disk and are streamed later by the
+pipeline. TFDS datasets are streamed by TFDS itself and only described here.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from imgtrain.config import IMAGE_EXTENSIONS, DataConfig
+from imgtrain.errors import UserError
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+
+
+@dataclass
+class Example:
+    """One image file and what the loss should make of it."""
+
+    path: str  # absolute path to the file that gets decoded
+    key: str  # stable identity (relative path) used for the split hash and reports
+    label: int
+    weight: float = 1.0
+    split: Optional[str] = None  # set when the source already says which split
+
+
+@dataclass
+class Catalog:
+    """Everything the data stage knows about a file-based dataset."""
+
+    class_names: list[str]
+    examples: list[Example]
+    root: str
+    kind: str  # "folder" or "csv"
+    has_weights: bool = False
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Example]:
+        return [e for e in self.examples if e.split == name]
+
+
+def is_tfds(path: Optional[str]) -> bool:
+    return bool(path) and str(path).startswith("tfds:")
+
+
+def discover(cfg: DataConfig) -> Catalog:
+    """List the examples of a folder or CSV manifest; fail early on an unusable path."""
+    if not cfg.path:
+        raise UserError("no data given; pass --data FOLDER, --data manifest.csv or --data tfds:NAME")
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; pass an image folder, a CSV manifest or tfds:NAME to --data")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise UserError(f"data path {path} is a file but not a .csv manifest; pass a folder or a CSV with path,label[,weight]")
+        return _from_csv(path, cfg.label_vocabulary)
+    return _from_folder(path, cfg.label_vocabulary)
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _vocabulary(found: list[str], given: Optional[list[str]], where: str) -> list[str]:
+    """Class names in a fixed order: the given vocabulary, or the sorted names found."""
+    if given is None:
+        if all(n.lstrip("-").isdigit() for n in found):
+            return sorted(found, key=int)
+        return sorted(found)
+    missing = [n for n in found if n not in given]
+    if missing:
+        raise UserError(
+            f"label '{missing[0]}' in {where} is not in data.label_vocabulary {given}; "
+            "add it to the vocabulary or fix the label"
+        )
+    return list(given)
+
+
+def _from_folder(root: Path, vocabulary: Optional[list[str]]) -> Catalog:
+    subdirs = {d.name.lower(): d for d in _class_dirs(root)}
+    split_dirs = {SPLIT_ALIASES[n]: d for n, d in subdirs.items() if n in SPLIT_ALIASES}
+    if split_dirs and "train" in split_dirs:
+        layout = split_dirs  # root/train/<class>/..., root/val/<class>/..., root/test/<class>/...
+    elif split_dirs and len(split_dirs) == len(subdirs):
+        raise UserError(f"data folder {root} has {', '.join(sorted(split_dirs))} folders but no train/; add train/<class>/ images")
+    else:
+        layout = {None: root}
+    names: set[str] = set()
+    per_split: dict[Optional[str], dict[str, list[Path]]] = {}
+    for split, base in layout.items():
+        classes = {d.name: sorted(p for p in d.rglob("*") if _is_image(p)) for d in _class_dirs(base)}
+        per_split[split] = classes
+        names.update(classes)
+    if not names:
+        loose = [p for p in root.iterdir() if _is_image(p)]
+        hint = " (images lie directly in it; put them in one subfolder per class)" if loose else ""
+        raise UserError(f"data folder {root} has no class subfolders{hint}; expected {root}/<class>/<image>")
+    class_names = _vocabulary(sorted(names), vocabulary, str(root))
+    index = {n: i for i, n in enumerate(class_names)}
+    examples = []
+    for split, classes in per_split.items():
+        for name, files in classes.items():
+            for p in files:
+                examples.append(Example(str(p.resolve()), p.relative_to(root).as_posix(), index[name], 1.0, split))
+    if not examples:
+        raise UserError(f"data folder {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images under {root}/<class>/")
+    return Catalog(class_names, examples, str(root.resolve()), "folder")
+
+
+def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
+    """Read ``path,label[,weight][,split]``; paths are relative to the manifest's folder."""
+    base = path.parent
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read CSV manifest {path}: {exc}") from None
+    rows = [(i + 1, r) for i, r in enumerate(rows) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise UserError(f"CSV manifest {path} is empty; write one line per image: path,label[,weight]")
+    header = [c.strip().lower() for c in rows[0][1]]
+    columns = ["path", "label", "weight", "split"]
+    if "path" in header and "label" in header:
+        unknown = [c for c in header if c not in columns]
+        if unknown:
+            raise UserError(f"CSV manifest {path} line 1 has unknown column '{unknown[0]}'; use path,label[,weight][,split]")
+        columns = header
+        rows = rows[1:]
+    raw = []
+    has_weights = "weight" in columns
+    for lineno, row in rows:
+        if len(row) < 2 or len(row) > len(columns):
+            raise UserError(
+                f"CSV manifest {path} line {lineno} has {len(row)} fields; expected path,label[,weight] "
+                f"(columns: {','.join(columns)})"
+            )
+        rec = dict(zip(columns, (c.strip() for c in row)))
+        if not rec.get("path") or rec.get("label", "") == "":
+            raise UserError(f"CSV manifest {path} line {lineno} has an empty path or label")
+        weight = 1.0
+        if rec.get("weight", "") != "":
+            try:
+                weight = float(rec["weight"])
+            except ValueError:
+                raise UserError(f"CSV manifest {path} line {lineno}: weight '{rec['weight']}' is not a number") from None
+            if weight < 0:
+                raise UserError(f"CSV manifest {path} line {lineno}: weight {weight} is negative; weights must be >= 0")
+            has_weights = True
+        split = None
+        if rec.get("split"):
+            split = SPLIT_ALIASES.get(rec["split"].lower())
+            if split is None:
+                raise UserError(f"CSV manifest {path} line {lineno}: split '{rec['split']}' is not train, val or test")
+        file = Path(rec["path"]).expanduser()
+        file = file if file.is_absolute() else base / file
+        raw.append((lineno, file, rec["label"], weight, split))
+    if vocabulary is not None:
+        for lineno, _, label, _, _ in raw:
+            if label not in vocabulary:
+                raise UserError(
+                    f"label '{label}' at {path} line {lineno} is not in data.label_vocabulary {vocabulary}; "
+                    "add it to the vocabulary or fix the label"
+                )
+    class_names = _vocabulary(sorted({r[2] for r in raw}), vocabulary, str(path))
+    index = {n: i for i, n in enumerate(class_names)}
+    examples = []
+    for lineno, file, label, weight, split in raw:
+        key = file.relative_to(base).as_posix() if file.is_relative_to(base) else file.as_posix()
+        examples.append(Example(str(file.resolve()), key, index[label], weight, split))
+    return Catalog(class_names, examples, str(base.resolve()), "csv", has_weights=has_weights)

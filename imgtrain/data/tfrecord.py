@@ -1,0 +1,162 @@
+"""Prepared datasets: sharded TFRecord files per split plus a manifest.
+
+``imgtrain prepare`` reads a folder or manifest once (checked exactly as
+training checks it), and writes each split as ~100 MB TFRecord shards. A
+training run then reads a few large sequential files instead of many small
+ones, interleaved in parallel, and workers shard by file. Each record keeps
+the image's encoded bytes (the original file when TensorFlow decodes it
+as it is, a PNG conversion otherwise), its label, weight, key and its
+position in the split, the position seeding its augmentation exactly as it
+does for the folder it came from.
+
+The manifest is written last, atomically: a directory without one is an
+interrupted ``prepare``, never a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import tensorflow as tf
+from tqdm import tqdm
+
+from imgtrain.data.sources import SPLITS, Catalog, Example
+from imgtrain.errors import UserError
+
+FORMAT = "imgtrain-tfrecord"
+MANIFEST = "manifest.json"
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/key": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "weight": tf.io.FixedLenFeature([], tf.float32),
+    "index": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _example(ex: Example, index: int, data: bytes) -> bytes:
+    f = tf.train.Feature
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": f(bytes_list=tf.train.BytesList(value=[data])),
+        "image/key": f(bytes_list=tf.train.BytesList(value=[ex.key.encode()])),
+        "label": f(int64_list=tf.train.Int64List(value=[ex.label])),
+        "weight": f(float_list=tf.train.FloatList(value=[ex.weight])),
+        "index": f(int64_list=tf.train.Int64List(value=[index])),
+    })).SerializeToString()
+
+
+def write_split(examples: Sequence[Example], out_dir: Path, split: str, shard_bytes: int,
+                progress: bool = True, workers: Optional[int] = None) -> list[dict]:
+    """Write one split's shards; file reads run in parallel, records keep the split's order."""
+    shards: list[dict] = []
+    writer = None
+    current: dict = {}
+
+    def read(ex: Example) -> bytes:
+        with open(ex.path, "rb") as fh:
+            return fh.read()
+
+    with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 4)) as pool:
+        for index, (ex, data) in enumerate(tqdm(zip(examples, pool.map(read, examples)), total=len(examples),
+                                                desc=f"writing {split}", unit="img", disable=not progress)):
+            if writer is None or current["bytes"] >= shard_bytes:
+                if writer is not None:
+                    writer.close()
+                current = {"file": f".{split}-{len(shards):05d}.tmp", "count": 0, "bytes": 0}
+                shards.append(current)
+                writer = tf.io.TFRecordWriter(str(out_dir / current["file"]))
+            record = _example(ex, index, data)
+            writer.write(record)
+            current["count"] += 1
+            current["bytes"] += len(record)
+    if writer is not None:
+        writer.close()
+    for k, shard in enumerate(shards):
+        final = f"{split}-{k:05d}-of-{len(shards):05d}.tfrecord"
+        os.replace(out_dir / shard["file"], out_dir / final)
+        shard["file"] = final
+    return shards
+
+
+def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict, progress: bool = True) -> dict:
+    """Write every split and then the manifest; return the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # invalid until the new one is complete
+    for old in out_dir.glob("*.tfrecord"):
+        old.unlink()
+    splits = {}
+    for split in SPLITS:
+        examples = catalog.split(split)
+        if not examples:
+            continue
+        shards = write_split(examples, out_dir, split, int(shard_mb * 2**20), progress=progress)
+        per_class = Counter(catalog.class_names[e.label] for e in examples)
+        splits[split] = {"count": len(examples), "per_class": {n: per_class.get(n, 0) for n in catalog.class_names},
+                         "shards": shards}
+    manifest = {"format": FORMAT, "version": 1, "class_names": catalog.class_names,
+                "has_weights": catalog.has_weights, "splits": splits, **extra}
+    tmp = out_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out_dir / MANIFEST)
+    return manifest
+
+
+@dataclass
+class Prepared:
+    """A prepared directory as a training source."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    def count(self, split: str) -> int:
+        return int(self.manifest["splits"].get(split, {}).get("count", 0))
+
+    def files(self, split: str) -> list[str]:
+        return [str(self.root / s["file"]) for s in self.manifest["splits"].get(split, {}).get("shards", [])]
+
+    def file_counts(self, split: str) -> list[int]:
+        return [int(s["count"]) for s in self.manifest["splits"].get(split, {}).get("shards", [])]
+
+    def worker_counts(self, split: str, workers: int) -> list[int]:
+        """Examples each worker reads when files are dealt out round-robin."""
+        counts = self.file_counts(split)
+        return [sum(counts[i::workers]) for i in range(workers)]
+
+
+def is_prepared(path: Optional[str]) -> bool:
+    return bool(path) and (Path(path) / MANIFEST).is_file()
+
+
+def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared:
+    root = Path(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {root / MANIFEST}: {exc}; run 'imgtrain prepare' again") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{root / MANIFEST} is not an imgtrain prepared dataset (format {manifest.get('format')!r})")
+    prepared = Prepared(root, manifest)
+    missing = [f for split in SPLITS for f in prepared.files(split) if not Path(f).is_file()]
+    if missing:
+        raise UserError(f"prepared dataset {root} lacks shard {missing[0]}; run 'imgtrain prepare' again")
+    if vocabulary is not None and list(vocabulary) != prepared.class_names:
+        raise UserError(f"data.label_vocabulary {vocabulary} differs from the prepared classes {prepared.class_names}; "
+                        "prepare again with that vocabulary or remove it")
+    return prepared
+
+
+def parse(record: tf.Tensor) -> tuple:
+    """A serialized record -> (index, encoded bytes, label, weight)."""
+    f = tf.io.parse_single_example(record, FEATURES)
+    return f["index"], f["image/encoded"], tf.cast(f["label"], tf.int32), f["weight"]

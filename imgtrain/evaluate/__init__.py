@@ -1,0 +1,1 @@
+"""Evaluation: metrics from the confusion matrix, the report, and its plots."""

@@ -1,0 +1,103 @@
+"""Classify image files with a trained run: top-k class names and probabilities."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from imgtrain.config import IMAGE_EXTENSIONS, Config
+from imgtrain.data.images import load
+from imgtrain.errors import UserError
+
+
+def collect_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise UserError(f"folder {p} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p} does not exist; pass image files or folders to predict")
+    if not files:
+        raise UserError("no images given; pass image files or folders to predict")
+    return files
+
+
+def load_run(run_dir: Path) -> tuple[keras.Model, list[str], Config]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").exists():
+        raise UserError(f"{run_dir} has no model.keras; pass --run a directory written by 'imgtrain train' that finished")
+    cfg = Config.load(run_dir / "config.yaml")
+    class_names = json.loads((run_dir / "class_names.json").read_text())
+    import imgtrain.models.layers  # noqa: F401  (registers custom layers for loading)
+
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    return model, class_names, cfg
+
+
+def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_size: int = 64) -> list[dict]:
+    """One record per file: path, then the top-k (class name, probability) pairs."""
+    model, class_names, cfg = load_run(run_dir)
+    files = collect_files(paths)
+    size = cfg.data.image_size
+    k = max(1, min(top_k, len(class_names)))
+    for f in files:
+        try:
+            tf.io.decode_image(tf.io.read_file(str(f)), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+            raise UserError(f"cannot decode image {f}: {str(exc).splitlines()[-1][:120]}; pass JPEG, PNG, BMP or GIF files") from None
+    ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files]).map(
+        lambda p: load(p, size), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    probs = []
+    for batch in ds:
+        probs.append(tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32), axis=-1).numpy())
+    all_probs = np.concatenate(probs) if probs else np.zeros((0, len(class_names)))
+    records = []
+    for f, p in zip(files, all_probs):
+        order = np.argsort(-p, kind="stable")[:k]
+        records.append({"path": str(f), "top": [(class_names[i], float(p[i])) for i in order],
+                        "probabilities": p.tolist()})
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    k = max((len(r["top"]) for r in records), default=1)
+    header = ["path"] + [h for i in range(1, k + 1) for h in (f"class_{i}", f"prob_{i}")]
+    rows = [[r["path"]] + [v for name, prob in r["top"] for v in (name, f"{prob:.4f}")] for r in records]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    out = io.StringIO()
+    for row in [header] + rows:
+        out.write("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() + "\n")
+    return out.getvalue()
+
+
+def write_records(records: list[dict], output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(format_table(records))
+        return
+    path = Path(output)
+    k = max((len(r["top"]) for r in records), default=1)
+    if path.suffix.lower() == ".json":
+        data = [{"path": r["path"], "predictions": [{"class": n, "probability": p} for n, p in r["top"]]} for r in records]
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    elif path.suffix.lower() == ".csv":
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path"] + [h for i in range(1, k + 1) for h in (f"class_{i}", f"prob_{i}")])
+            for r in records:
+                w.writerow([r["path"]] + [v for n, p in r["top"] for v in (n, f"{p:.6f}")])
+    else:
+        raise UserError(f"--output {path} must end in .csv or .json")

@@ -1,0 +1,49 @@
+"""``imgtrain prepare``: check a folder or CSV manifest once and write it as TFRecord shards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from imgtrain.config import Config
+from imgtrain.data.sources import discover, is_tfds
+from imgtrain.data.split import apply_split
+from imgtrain.data.tfrecord import is_prepared, write_prepared
+from imgtrain.data.validate import validate_catalog
+from imgtrain.errors import UserError
+
+
+def prepare_dataset(cfg: Config, output: Path, shard_mb: float = 100.0, progress: bool = True,
+                    log: Callable[[str], None] = print) -> dict:
+    """Discover, split and check ``cfg.data.path`` exactly as training would, then write shards."""
+    if is_tfds(cfg.data.path):
+        raise UserError("prepare reads image folders and CSV manifests; TFDS datasets are already prepared by TFDS")
+    if is_prepared(cfg.data.path):
+        raise UserError(f"{cfg.data.path} is already a prepared dataset; pass it to 'imgtrain train --data'")
+    if shard_mb <= 0:
+        raise UserError(f"--shard-size-mb must be positive, got {shard_mb}")
+    output = Path(output)
+    if output.resolve() == Path(str(cfg.data.path)).resolve():
+        raise UserError("--output must be a new directory, not the data folder itself")
+    start = time.time()
+    catalog = discover(cfg.data)
+    apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
+    catalog = validate_catalog(catalog, cfg.data.on_bad_image, output / ".checks", progress=progress)
+    converted = sum(1 for e in catalog.examples if "/.checks/converted/" in e.path.replace("\\", "/"))
+    manifest = write_prepared(catalog, output, shard_mb, extra={
+        "source": str(Path(str(cfg.data.path)).resolve()),
+        "split_seed": cfg.effective_split_seed,
+        "fractions": {"train": cfg.data.split.train, "val": cfg.data.split.val, "test": cfg.data.split.test},
+        "checks": {
+            "decoded_with": ["Pillow (full decode, truncation check)", "tf.io.decode_image"],
+            "policy": cfg.data.on_bad_image,
+            "converted_to_png": converted,
+            "skipped": catalog.skipped,
+        },
+    }, progress=progress)
+    counts = ", ".join(f"{s} {v['count']} ({len(v['shards'])} shard{'s' if len(v['shards']) != 1 else ''})"
+                       for s, v in manifest["splits"].items())
+    log(f"prepared {output}: {len(manifest['class_names'])} classes; {counts}; "
+        f"{len(catalog.skipped)} skipped, {converted} converted; {time.time() - start:.1f}s")
+    return manifest

@@ -1,0 +1,334 @@
+"""One run, end to end: config -> data -> model -> train -> evaluate -> export.
+
+This is the only module that knows the order of the stages; each stage lives
+in its own module and knows nothing of the ones after it. The CLI turns flags
+into a ``Config`` and calls ``train_run``, ``evaluate_run`` or predict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from imgtrain import __version__
+from imgtrain.config import Config
+from imgtrain.data import pipeline, tfrecord
+from imgtrain.data.sources import Catalog, discover, is_tfds
+from imgtrain.data.split import apply_split
+from imgtrain.data.tfds_source import TfdsData, load_tfds, tfds_name
+from imgtrain.data.validate import validate_catalog
+from imgtrain.errors import UserError
+from imgtrain.evaluate import plots
+from imgtrain.evaluate.report import build_report, write_report
+from imgtrain.export import export_keras, export_saved_model, write_class_names
+from imgtrain.models import build_model
+from imgtrain.train.checkpoint import CheckpointStore, LoopState
+from imgtrain.train.cluster import configure_cluster
+from imgtrain.train.distribution import Distribution, make_distribution
+from imgtrain.train.early_stopping import EarlyStopping
+from imgtrain.train.loop import LoopData, TrainLoop, evaluate_sums
+from imgtrain.train.optim import build_optimizer, build_schedule, class_weight_vector, scaled_learning_rate
+
+# Keys that may change between a run and its resumption; anything else would
+# make the checkpoint mean something different.
+RESUMABLE_CHANGES = ("output", "deterministic", "data.path", "data.tfds.data_dir", "train.epochs",
+                     "train.early_stopping", "train.checkpoint", "train.strategy", "train.cluster", "train.warm_start")
+
+
+@dataclass
+class Prepared:
+    """The data of a run, ready for the pipeline."""
+
+    class_names: list[str]
+    catalog: Optional[Catalog] = None
+    tfds: Optional[TfdsData] = None
+    records: Optional[tfrecord.Prepared] = None
+    skipped: list[dict] = field(default_factory=list)
+
+    def count(self, split: str) -> int:
+        if self.tfds is not None:
+            return self.tfds.counts.get(split, 0)
+        if self.records is not None:
+            return self.records.count(split)
+        return len(self.catalog.split(split)) if self.catalog else 0
+
+    def worker_counts(self, split: str, workers: int) -> list[int]:
+        """Examples of ``split`` each worker reads (by example for files/TFDS, by file for TFRecords)."""
+        if self.records is not None:
+            return self.records.worker_counts(split, workers)
+        n = self.count(split)
+        return [pipeline.shard_size(n, pipeline.Shard(workers, i)) for i in range(workers)]
+
+    def has(self, split: str) -> bool:
+        return self.count(split) > 0
+
+
+def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> Prepared:
+    """Find, split and check the data; cheap on a resumed run thanks to the check cache."""
+    if is_tfds(cfg.data.path) or (cfg.data.path is None and cfg.data.tfds.name):
+        name = tfds_name(cfg.data.path) if is_tfds(cfg.data.path) else cfg.data.tfds.name
+        data = load_tfds(name, cfg.data.tfds)
+        if cfg.data.label_vocabulary and list(cfg.data.label_vocabulary) != data.class_names:
+            raise UserError(f"data.label_vocabulary does not match TFDS '{name}' classes {data.class_names}; remove it")
+        return Prepared(data.class_names, tfds=data)
+    if tfrecord.is_prepared(cfg.data.path):
+        records = tfrecord.open_prepared(cfg.data.path, cfg.data.label_vocabulary)
+        return Prepared(records.class_names, records=records,
+                        skipped=list(records.manifest.get("checks", {}).get("skipped", [])))
+    catalog = discover(cfg.data)
+    apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
+    validate_catalog(catalog, cfg.data.on_bad_image, run_dir / "data_cache", progress=progress)
+    return Prepared(catalog.class_names, catalog=catalog, skipped=catalog.skipped)
+
+
+def _train_factory(prep: Prepared, cfg: Config, dist: Distribution, batch: int) -> Callable[[int, int], tf.data.Dataset]:
+    k = dist.local_replicas
+
+    def make(epoch: int, skip_steps: int) -> tf.data.Dataset:
+        plan = pipeline.EpochPlan(cfg.seed, epoch, batch, dist.shard, skip_steps * k, k)
+        if prep.tfds is not None:
+            return pipeline.tfds_train_dataset(prep.tfds.splits["train"], prep.count("train"), cfg.data, plan)
+        if prep.records is not None:
+            return pipeline.tfrecord_train_dataset(prep.records.files("train"),
+                                                   prep.worker_counts("train", dist.world_size), cfg.data, plan)
+        return pipeline.train_dataset(prep.catalog.split("train"), cfg.data, plan)
+    return make
+
+
+def eval_dataset(prep: Prepared, cfg: Config, dist: Distribution, split: str, batch: int) -> tf.data.Dataset:
+    """This worker's shard of a split, padded so every worker takes the same number of steps."""
+    if prep.tfds is not None:
+        return pipeline.tfds_eval_dataset(prep.tfds.splits[split], prep.count(split), cfg.data, batch, dist.shard,
+                                          dist.local_replicas)
+    if prep.records is not None:
+        return pipeline.tfrecord_eval_dataset(prep.records.files(split), prep.worker_counts(split, dist.world_size),
+                                              cfg.data, batch, dist.shard, dist.local_replicas)
+    return pipeline.eval_dataset(prep.catalog.split(split), cfg.data, batch, dist.shard, dist.local_replicas)
+
+
+def _train_labels(prep: Prepared) -> list[int]:
+    if prep.catalog is not None:
+        return [e.label for e in prep.catalog.split("train")]
+    if prep.records is not None:
+        per_class = prep.records.manifest["splits"]["train"]["per_class"]
+        return [i for i, name in enumerate(prep.class_names) for _ in range(per_class.get(name, 0))]
+    return [int(y) for _, y in prep.tfds.splits["train"].as_numpy_iterator()]
+
+
+def _check_resumable(cfg: Config, run_dir: Path) -> bool:
+    """True when run_dir holds a run to resume; refuses one trained with another setup."""
+    saved_path = run_dir / "config.yaml"
+    has_ckpt = (run_dir / "checkpoints" / "checkpoint").exists()
+    if not has_ckpt:
+        return False
+    if not saved_path.exists():
+        return True
+    saved = Config.load(saved_path).to_dict()
+    new = cfg.to_dict()
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and key not in ("train.class_weights",):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(saved), flat(new)
+    for key in sorted(set(a) | set(b)):
+        if any(key == c or key.startswith(c + ".") for c in RESUMABLE_CHANGES):
+            continue
+        if a.get(key) != b.get(key):
+            raise UserError(
+                f"{run_dir} holds a run trained with {key}={a.get(key)!r}, not {b.get(key)!r}; "
+                "resume it with the same settings or pass a new --output"
+            )
+    return True
+
+
+def _configure_runtime(cfg: Config) -> None:
+    keras.backend.clear_session()  # fresh layer names and graphs for every run in this process
+    keras.utils.set_random_seed(cfg.seed)
+    # Op determinism is process-wide; set it both ways so runs in one process don't leak it.
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        from tensorflow.python.framework import config as tf_framework_config
+
+        tf_framework_config.disable_op_determinism()
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
+
+
+def _warm_start(model: keras.Model, source: str, log: Callable[[str], None]) -> None:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.exists():
+        raise UserError(f"--warm-start {source} does not exist; pass a run directory, a .keras or a .weights.h5 file")
+    if not (path.name.endswith(".keras") or path.name.endswith(".weights.h5")):
+        raise UserError(f"--warm-start {source} must be a run directory, a .keras or a .weights.h5 file")
+    try:
+        model.load_weights(str(path), skip_mismatch=True)
+    except Exception as exc:
+        raise UserError(f"cannot warm-start from {path}: {str(exc).splitlines()[0][:160]}") from None
+    log(f"warm-started from {path}")
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = print,
+              dist: Optional[Distribution] = None) -> dict[str, Any]:
+    """Train (or resume), restore the best weights, export, evaluate; return the run summary."""
+    t_start = time.time()
+    run_dir = Path(cfg.output)
+    if dist is None:
+        configure_cluster(cfg.train.cluster)
+        dist = make_distribution(cfg.train.strategy)
+    chief = dist.is_chief
+    say = log if chief else (lambda _m: None)
+    resuming = _check_resumable(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        cfg.save(run_dir / "config.yaml")
+    _configure_runtime(cfg)
+
+    prep = prepare_data(cfg, run_dir, progress=progress and chief)
+    if not prep.has("train"):
+        raise UserError(f"no training images in {cfg.data.path} after the split; add images or raise data.split.train")
+    counts = {s: prep.count(s) for s in ("train", "val", "test")}
+    say(f"data: {len(prep.class_names)} classes; train {counts['train']}, val {counts['val']}, test {counts['test']} images"
+        + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else ""))
+
+    batch = cfg.train.batch_size
+    global_batch = batch * dist.num_replicas
+    train_counts = prep.worker_counts("train", dist.world_size)
+    steps = pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch,
+                                    dist.local_replicas)[1] // dist.local_replicas
+    if min(train_counts) == 0:
+        say(f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
+            "prepare with a smaller --shard-size-mb")
+    num_classes = len(prep.class_names)
+    class_w = class_weight_vector(cfg.train.class_weights, prep.class_names,
+                                  _train_labels(prep) if cfg.train.class_weights == "balanced" else [])
+
+    with dist.scope():
+        built = build_model(cfg.model, num_classes, cfg.data.image_size)
+        peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
+        schedule = build_schedule(cfg.train.schedule, peak, steps, cfg.train.epochs,
+                                  [(p.start_epoch, p.lr_factor) for p in built.phases])
+        optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision)
+        optimizer.build(built.all_trainable_variables())
+        state = LoopState()
+        store = CheckpointStore(dist.checkpoint_save_dir(run_dir), dist.checkpoint_restore_dir(run_dir), built.model,
+                                optimizer, state, cfg.train.checkpoint.keep, after_save=dist.after_save)
+    if cfg.train.warm_start and not resuming:
+        _warm_start(built.model, cfg.train.warm_start, say)
+
+    es_cfg = cfg.train.early_stopping
+    early = EarlyStopping.from_config(es_cfg)
+    if not prep.has("val") and early.monitor.startswith("val_"):
+        early.monitor = early.monitor[4:]
+        early.mode = EarlyStopping.from_config(type(es_cfg)(monitor=early.monitor, mode=es_cfg.mode)).mode
+        say(f"no validation split: early stopping and best weights follow the training {early.monitor} instead")
+    data = LoopData(
+        train=_train_factory(prep, cfg, dist, batch),
+        val=(lambda: eval_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
+        steps_per_epoch=steps,
+        num_classes=num_classes,
+        class_weights=class_w,
+    )
+    say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
+        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}")
+    loop = TrainLoop(built, optimizer, dist, data, store, state, early, run_dir, cfg.train.epochs,
+                     label_smoothing=cfg.train.label_smoothing, jit_compile=cfg.train.jit_compile,
+                     checkpoint_every_steps=cfg.train.checkpoint.every_steps, log=say,
+                     progress=progress)
+    t_train = time.time()
+    fit = loop.fit()
+    train_seconds = time.time() - t_train
+
+    share = train_counts[dist.rank] / max(1, counts["train"])
+    per_worker = dist.gather(fit.images_per_sec * share)  # this worker's own images per second
+    fingerprints = dist.gather(weights_fingerprint(built.model))
+    summary: dict[str, Any] = {}
+    if chief:
+        write_class_names(prep.class_names, run_dir)
+        export_keras(built.model, run_dir)
+        export_saved_model(built.model, prep.class_names, cfg.data.image_size, run_dir)
+    report = evaluate_prepared(built.model, prep, cfg, dist, run_dir, progress=progress) if prep.has("test") else None
+    if chief:
+        summary = {
+            "imgtrain_version": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version(), **dist.describe(),
+            "per_replica_batch": batch, "global_batch": global_batch, "peak_learning_rate": peak,
+            "steps_per_epoch": steps, "epochs_completed": len(fit.history), "best_epoch": fit.best_epoch + 1,
+            "best_" + early.monitor: fit.best_value, "stopped_early": fit.stopped_early,
+            "resumed_from_epoch": fit.resumed_from_epoch, "counts": counts, "skipped_files": len(prep.skipped),
+            "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
+            "images_per_sec_total": round(sum(per_worker), 1),
+            "replica_weight_fingerprints": [int(f) for f in fingerprints],
+            "replicas_in_sync": len(set(fingerprints)) == 1,
+            "train_seconds": round(train_seconds, 2), "total_seconds": round(time.time() - t_start, 2),
+            "test_accuracy": report["accuracy"] if report else None,
+            "report": str(run_dir / "report.json") if report else None,
+        }
+        _atomic_json(run_dir / "run.json", summary)
+    return summary
+
+
+def weights_fingerprint(model: keras.Model) -> int:
+    """A 48-bit digest of every weight: equal on all workers exactly when the replicas agree."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return int(digest.hexdigest()[:12], 16)
+
+
+def evaluate_prepared(model: keras.Model, prep: Prepared, cfg: Config, dist: Distribution, run_dir: Path,
+                      progress: bool = True) -> dict[str, Any]:
+    """Evaluate on the test split and (chief) write report.json, report.md and the plots."""
+    top_k = cfg.evaluate.top_k
+    totals = evaluate_sums(model, dist, lambda: eval_dataset(prep, cfg, dist, "test", cfg.train.batch_size),
+                           len(prep.class_names), top_k, progress=progress and dist.is_chief, desc="testing")
+    report = build_report(totals, prep.class_names, prep.skipped, top_k)
+    if dist.is_chief:
+        write_report(report, run_dir)
+        plots.confusion_matrix_png(report["confusion_matrix"], prep.class_names, run_dir / "confusion_matrix.png")
+        plots.curves_png(run_dir / "history.csv", run_dir / "curves.png")
+    return report
+
+
+def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
+    """``imgtrain evaluate``: the exported (best) model on the test split, report rewritten."""
+    from imgtrain.predict import load_run
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not an imgtrain run (no config.yaml); pass --run RUN_DIR from 'imgtrain train'")
+    model, class_names, cfg = load_run(run_dir)
+    if data_path:
+        cfg.data.path = data_path
+    keras.mixed_precision.set_global_policy("float32")
+    prep = prepare_data(cfg, run_dir, progress=progress)
+    if prep.class_names != class_names:
+        raise UserError(f"the data at {cfg.data.path} has classes {prep.class_names}, but the run was trained on "
+                        f"{class_names}; evaluate on data with the same classes")
+    if not prep.has("test"):
+        raise UserError(f"the data at {cfg.data.path} has no test split; add test images or set data.split.test")
+    return evaluate_prepared(model, prep, cfg, make_distribution("single"), run_dir, progress=progress)

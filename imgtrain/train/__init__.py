@@ -1,0 +1,1 @@
+"""Training: distribution seam, the one loop, optimizers, checkpoints, early stopping."""

@@ -1,0 +1,118 @@
+"""Checkpoints that are written completely or not at all, and resume state.
+
+TensorFlow's ``CheckpointManager`` writes the data files first and only then
+atomically rewrites the ``checkpoint`` index that names the latest one, so a
+crash mid-save leaves the previous checkpoint in force. Each checkpoint holds
+the model's variables (including dropout RNG state), the optimizer's
+variables (including its step counter) and the loop's own state: epoch, step
+within the epoch, running sums and the early-stopping record. Keras 3 models
+are not tracked by ``tf.train.Checkpoint`` themselves, so their backing
+``tf.Variable``s are registered by position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import keras
+import tensorflow as tf
+
+STATE_FIELDS = {
+    "epoch": tf.int64,  # epochs fully completed
+    "step_in_epoch": tf.int64,  # batches of the current epoch already trained
+    "loss_sum": tf.float64,
+    "correct": tf.float64,
+    "count": tf.float64,
+    "best": tf.float64,
+    "best_epoch": tf.int64,
+    "wait": tf.int64,
+}
+
+
+def _by_position(variables: Iterable) -> dict[str, tf.Variable]:
+    """Key variables by position: Keras makes names unique per process (``adam_2``,
+    ``seed_generator_12``), so names differ between a run and its resumption while
+    the order of a model's variables does not."""
+    return {f"v{i:05d}": (v.value if isinstance(v, keras.Variable) else v) for i, v in enumerate(variables)}
+
+
+class LoopState:
+    """The training loop's counters as variables, so they live in the checkpoint."""
+
+    def __init__(self) -> None:
+        self.vars = {
+            name: tf.Variable(float("nan") if name == "best" else (-1 if name == "best_epoch" else 0),
+                              dtype=dtype, trainable=False, name=name)
+            for name, dtype in STATE_FIELDS.items()
+        }
+
+    def get(self, name: str):
+        return self.vars[name].numpy().item()
+
+    def set(self, **values) -> None:
+        for name, value in values.items():
+            self.vars[name].assign(value)
+
+
+class CheckpointStore:
+    """The run's checkpoints: where this worker saves them and where it resumes from.
+
+    The best weights so far are kept as a second set of variables inside every
+    checkpoint (not as a separate file), so the best weights and the record of
+    which epoch they came from can never disagree after a crash, and every
+    worker can restore them without reading another worker's files.
+    """
+
+    def __init__(self, save_dir: Optional[Path], restore_dir: Optional[Path], model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer, state: LoopState, keep: int,
+                 after_save: Optional[Callable[[Path], None]] = None) -> None:
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.restore_dir = Path(restore_dir) if restore_dir else None
+        self.model = model
+        self.state = state
+        self.after_save = after_save
+        self.model_vars = [v.value if isinstance(v, keras.Variable) else v for v in model.variables]
+        self.optimizer_vars = [v.value if isinstance(v, keras.Variable) else v for v in optimizer.variables]
+        self.best_vars = [tf.Variable(v.read_value(), trainable=False, name=f"best_{i}")
+                          for i, v in enumerate(self.model_vars)]
+        self.checkpoint = tf.train.Checkpoint(
+            model=_by_position(self.model_vars),
+            optimizer=_by_position(self.optimizer_vars),
+            best=_by_position(self.best_vars),
+            loop=dict(state.vars),
+        )
+        self.manager = (tf.train.CheckpointManager(self.checkpoint, str(self.save_dir), max_to_keep=keep)
+                        if self.save_dir else None)
+        self.latest: Optional[str] = None
+
+    def all_variables(self) -> list:
+        """Everything a checkpoint holds: what a broadcast from the chief must cover."""
+        return self.model_vars + self.optimizer_vars + self.best_vars + list(self.state.vars.values())
+
+    def restore_latest(self) -> bool:
+        if self.restore_dir is None:
+            return False
+        path = tf.train.latest_checkpoint(str(self.restore_dir))
+        if not path:
+            return False
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        self.latest = path
+        return True
+
+    def save(self) -> Optional[str]:
+        if self.manager is None:
+            return None
+        path = self.manager.save()
+        self.latest = path
+        if self.after_save and self.save_dir:
+            self.after_save(self.save_dir)
+        return path
+
+    def remember_best(self) -> None:
+        for best, var in zip(self.best_vars, self.model_vars):
+            best.assign(var.read_value())
+
+    def restore_best(self) -> None:
+        for best, var in zip(self.best_vars, self.model_vars):
+            var.assign(best.read_value())

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build Horovod 0.28.1 (its last release, source only) against the TensorFlow
+# installed in the chosen Python, with the controllers this machine supports:
+#   gloo  always;
+#   MPI   when an MPI installation (mpicxx/mpicc) is found;
+#   NCCL  when CUDA (nvcc), NCCL (nccl.h) and a CUDA build of TensorFlow are all present.
+# Horovod 0.28.1 does not compile against TF >= 2.18 as released: its XLA op
+# file includes XLA headers that moved. XLA ops are off by default, so that one
+# file is dropped from the TensorFlow target before building.
+#
+# Usage: launch/install_horovod.sh [PYTHON]     (default: python3 on PATH)
+# Env:   HOROVOD_VERSION (default 0.28.1), FORCE=1 to rebuild when already importable.
+set -euo pipefail
+
+PY="${1:-${PYTHON:-python3}}"
+VERSION="${HOROVOD_VERSION:-0.28.1}"
+
+if [ "${FORCE:-0}" != 1 ] && "$PY" -c "import horovod.tensorflow as h; h.init(); assert h.gloo_built()" >/dev/null 2>&1; then
+  echo "horovod: already installed in $("$PY" -c 'import sys; print(sys.prefix)') ($("$PY" -c 'import horovod; print(horovod.__version__)'))"
+  exit 0
+fi
+
+"$PY" -c "import tensorflow" 2>/dev/null || { echo "horovod: TensorFlow must be installed in $PY first" >&2; exit 1; }
+command -v g++ >/dev/null || { echo "horovod: needs a C++ compiler (apt-get install g++)" >&2; exit 1; }
+if ! command -v cmake >/dev/null; then
+  "$PY" -m pip install --quiet "cmake<4"   # a registry package that ships the binary
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+"$PY" -m pip download --quiet --no-deps --no-binary :all: "horovod==${VERSION}" -d "$work"
+tar -xzf "$work/horovod-${VERSION}.tar.gz" -C "$work"
+src="$work/horovod-${VERSION}"
+sed -i '/xla_mpi_ops\.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
+
+export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+if command -v mpicxx >/dev/null || command -v mpicc >/dev/null; then
+  export HOROVOD_WITH_MPI=1; mpi=yes
+else
+  export HOROVOD_WITHOUT_MPI=1; mpi=no
+fi
+nccl=no
+cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+tf_cuda="$("$PY" -c 'import tensorflow as tf; print(int(tf.test.is_built_with_cuda()))' 2>/dev/null || echo 0)"
+nccl_h=""
+for d in "${NCCL_HOME:-}/include" /usr/include "$cuda_home/include"; do
+  [ -f "$d/nccl.h" ] && nccl_h="$d" && break
+done
+if command -v nvcc >/dev/null && [ "$tf_cuda" = 1 ] && [ -n "$nccl_h" ]; then
+  export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME="$cuda_home"
+  [ -n "${NCCL_HOME:-}" ] && export HOROVOD_NCCL_HOME="$NCCL_HOME"
+  nccl=yes
+fi
+echo "horovod: building ${VERSION} (gloo=yes mpi=${mpi} nccl=${nccl}) with $("$PY" -c 'import tensorflow as tf; print("TensorFlow", tf.__version__)' 2>/dev/null)"
+MAKEFLAGS="-j$(nproc)" "$PY" -m pip install --quiet --no-build-isolation "$src"
+"$PY" -c "import horovod.tensorflow as h; h.init(); print('horovod: installed', __import__('horovod').__version__, 'gloo', h.gloo_built(), 'mpi', h.mpi_built(), 'nccl', h.nccl_built())" 2>/dev/null \
+  || { echo "horovod: built, but 'import horovod.tensorflow' fails; run it by hand to see why" >&2; exit 1; }

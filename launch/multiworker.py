@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Start N MultiWorkerMirroredStrategy workers on this host, each with its TF_CONFIG.
+
+    python launch/multiworker.py --workers 2 -- imgtrain train --config cfg.yaml --output runs/x
+
+Each worker gets free localhost ports and a TF_CONFIG naming all of them;
+its output is streamed with a ``[worker i]`` prefix. If any worker fails, the
+others are stopped (SIGTERM, then SIGKILL after --grace seconds) and the
+launcher exits with the failed worker's code, so a dead worker never leaves
+the rest hanging in a collective. Running the same command again resumes
+from the last complete checkpoint.
+
+On several nodes, start one worker per node yourself with the same cluster
+list and that node's index, e.g. on node 1 of 2:
+
+    TF_CONFIG='{"cluster": {"worker": ["node0:12345", "node1:12345"]},
+                "task": {"type": "worker", "index": 1}}' imgtrain train ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Optional
+
+
+def free_ports(n: int, host: str) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(hosts: list[str], index: int) -> str:
+    return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+
+
+def resolve_command(cmd: list[str]) -> list[str]:
+    """``imgtrain ...`` runs with this Python when no imgtrain script is on PATH."""
+    if cmd and cmd[0] == "imgtrain" and shutil.which("imgtrain") is None:
+        return [sys.executable, "-m", "imgtrain", *cmd[1:]]
+    return cmd
+
+
+def stream(prefix: str, pipe: IO[bytes], out: IO[str], lock: threading.Lock) -> None:
+    """Copy a worker's output line by line with a prefix; progress-bar redraws keep their last state."""
+    for raw in iter(pipe.readline, b""):
+        text = raw.decode(errors="replace").rstrip("\n").split("\r")[-1]
+        if text.strip():
+            with lock:
+                out.write(f"{prefix} {text}\n")
+                out.flush()
+    pipe.close()
+
+
+def stop_all(procs: list[subprocess.Popen], grace: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch(workers: int, cmd: list[str], host: str = "localhost", grace: float = 10.0,
+           env: Optional[dict[str, str]] = None) -> int:
+    hosts = [f"{host}:{p}" for p in free_ports(workers, "127.0.0.1" if host == "localhost" else host)]
+    base_env = dict(env or os.environ)
+    base_env.setdefault("PYTHONUNBUFFERED", "1")
+    procs: list[subprocess.Popen] = []
+    lock = threading.Lock()
+    threads = []
+    for i in range(workers):
+        worker_env = {**base_env, "TF_CONFIG": tf_config(hosts, i)}
+        p = subprocess.Popen(resolve_command(cmd), env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(p)
+        t = threading.Thread(target=stream, args=(f"[worker {i}]", p.stdout, sys.stdout, lock), daemon=True)
+        t.start()
+        threads.append(t)
+
+    def forward(signum, _frame):
+        stop_all(procs, grace)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    code = 0
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            i, c = failed[0]
+            with lock:
+                print(f"[launcher] worker {i} exited with code {c}; stopping the others", flush=True)
+            stop_all(procs, grace)
+            code = c if c > 0 else 128 - c  # a signal -N becomes 128+N, as a shell reports it
+            break
+        if all(c == 0 for c in codes):
+            break
+        time.sleep(0.2)
+    for t in threads:
+        t.join(timeout=5)
+    return code
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("launch/multiworker.py: error: put the command after --, e.g. "
+              "--workers 2 -- imgtrain train --config cfg.yaml", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="launch/multiworker.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, required=True, help="number of worker processes on this host")
+    parser.add_argument("--host", default="localhost", help="address the workers use to reach each other")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL on failure")
+    args = parser.parse_args(argv[:split])
+    cmd = argv[split + 1:]
+    if args.workers < 1 or not cmd:
+        print("launch/multiworker.py: error: need --workers >= 1 and a command after --", file=sys.stderr)
+        return 2
+    return launch(args.workers, cmd, args.host, args.grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The user's contract, end to end: train -> evaluate -> predict, and the exported SavedModel."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from conftest import write_folder
+from imgtrain.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_folder(root / "images", per_class=14, fmt="mixed")
+    run = root / "run"
+    cfg = root / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"image_size": [16, 16], "augment": {"horizontal_flip": True, "brightness": 0.05}},
+        "model": {"cnn": {"filters": [8, 16], "convs_per_block": 1}},
+        "train": {"optimizer": {"name": "adam", "learning_rate": 0.01}, "early_stopping": {"patience": 10}},
+    }))
+    rc = main(["train", "--config", str(cfg), "--data", str(data), "--output", str(run), "--epochs", "4",
+               "--batch-size", "8", "--seed", "3", "--set", "train.schedule.name=cosine", "--no-progress"])
+    assert rc == 0
+    return data, run
+
+
+def test_train_writes_every_artifact(trained_run):
+    data, run = trained_run
+    for name in ("config.yaml", "run.json", "history.csv", "model.keras", "saved_model/saved_model.pb",
+                 "report.json", "report.md", "confusion_matrix.png", "curves.png", "class_names.json"):
+        assert (run / name).exists(), name
+    assert list((run / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((run / "logs" / "validation").glob("events.out.tfevents.*"))
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["train"]["epochs"] == 4 and resolved["seed"] == 3  # flags won over the file
+    assert resolved["train"]["schedule"]["name"] == "cosine"  # --set applied
+    assert resolved["data"]["augment"]["horizontal_flip"] is True  # the file applied
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r["images_per_sec"]) > 0 for r in rows)
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_contents(trained_run):
+    _, run = trained_run
+    report = json.loads((run / "report.json").read_text())
+    for key in ("class_names", "accuracy", "loss", "per_class", "macro_avg", "weighted_avg", "confusion_matrix",
+                "skipped_files"):
+        assert key in report, key
+    assert "top5_accuracy" not in report  # only three classes
+    assert report["class_names"] == ["blue", "green", "red"]
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == report["num_examples"] > 0
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert report["accuracy"] >= 0.8  # colours are easy: the model did learn
+    for name in report["class_names"]:
+        assert set(report["per_class"][name]) == {"precision", "recall", "f1", "support"}
+
+
+def test_evaluate_rewrites_the_same_report(trained_run, capsys):
+    _, run = trained_run
+    before = json.loads((run / "report.json").read_text())
+    (run / "report.json").unlink()
+    assert main(["evaluate", "--run", str(run), "--no-progress"]) == 0
+    after = json.loads((run / "report.json").read_text())
+    assert after["confusion_matrix"] == before["confusion_matrix"]
+    assert after["accuracy"] == pytest.approx(before["accuracy"])
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_predict_table_csv_json_and_saved_model_agree(trained_run, tmp_path, capsys):
+    data, run = trained_run
+    files = sorted(p for p in data.rglob("*") if p.is_file())[:9]
+    assert main(["predict", "--run", str(run), "--top-k", "2", *map(str, files)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].split() == ["path", "class_1", "prob_1", "class_2", "prob_2"]
+    assert len(table) == 10
+    out_json = tmp_path / "p.json"
+    assert main(["predict", "--run", str(run), "--output", str(out_json), str(data / "red")]) == 0
+    preds = json.loads(out_json.read_text())
+    assert len(preds) == 14 and all(len(p["predictions"]) == 3 for p in preds)
+    assert sum(p["predictions"][0]["class"] == "red" for p in preds) >= 10
+    out_csv = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(run), "--output", str(out_csv), *map(str, files)]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 9
+
+    from imgtrain.predict import predict_files
+    records = predict_files(run, [str(f) for f in files], top_k=3)
+    served = tf.saved_model.load(str(run / "saved_model"))
+    fn = served.signatures["serving_default"]
+    out = fn(image_bytes=tf.constant([f.read_bytes() for f in files]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), np.array([r["probabilities"] for r in records]), atol=1e-5)
+    names = [n.decode() for n in out["class_name"].numpy()]
+    assert names == [r["top"][0][0] for r in records]
+
+
+def test_csv_manifest_with_weights_and_vocabulary_trains_dnn(tmp_path):
+    data = write_folder(tmp_path / "img", per_class=10)
+    lines = ["path,label,weight"]
+    for p in sorted(data.rglob("*.png")):
+        lines.append(f"img/{p.parent.name}/{p.name},{p.parent.name.upper()},{2.0 if p.parent.name == 'red' else 1.0}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(tmp_path / "m.csv"), "--model", "dnn", "--image-size", "8", "--epochs", "2",
+               "--output", str(run), "--no-progress", "--set", "data.label_vocabulary=[RED, GREEN, BLUE]",
+               "--set", "model.dnn.hidden_units=[16]", "--set", "model.dnn.batch_norm=true",
+               "--set", "train.class_weights=balanced", "--set", "train.optimizer.name=sgd"])
+    assert rc == 0
+    assert json.loads((run / "class_names.json").read_text()) == ["RED", "GREEN", "BLUE"]
+    assert json.loads((run / "report.json").read_text())["class_names"] == ["RED", "GREEN", "BLUE"]
+
+
+def test_skip_policy_lists_bad_files_in_report(tmp_path):
+    data = write_folder(tmp_path / "img", per_class=8)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    run = tmp_path / "run"
+    base = ["train", "--data", str(data), "--image-size", "8", "--epochs", "1", "--output", str(run), "--no-progress",
+            "--set", "model.cnn.filters=[4]", "--set", "data.split={train: 0.6, val: 0.2, test: 0.2}"]
+    assert main(base) == 2  # fail is the default policy
+    assert main(base + ["--set", "data.on_bad_image=skip"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert [s["path"] for s in report["skipped_files"]] == ["red/broken.jpg"]
+    assert "red/broken.jpg" in (run / "report.md").read_text()
+
+
+def test_mixed_precision_and_xla_train(tmp_path):
+    data = write_folder(tmp_path / "img", per_class=6)
+    for extra in (["--set", "train.precision=mixed_bfloat16"], ["--set", "train.jit_compile=true"]):
+        run = tmp_path / ("run" + str(len(extra[1])))
+        assert main(["train", "--data", str(data), "--image-size", "8", "--epochs", "1", "--output", str(run),
+                     "--no-progress", "--set", "model.cnn.filters=[4]", *extra]) == 0
+        assert (run / "model.keras").exists()
+    import keras
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    run = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=24):
+        rc = main(["train", "--data", "tfds:mnist", "--image-size", "12", "--epochs", "1", "--output", str(run),
+                   "--no-progress", "--set", "model.cnn.filters=[4]", "--set", "data.tfds.data_dir=" + str(tmp_path / "tfds")])
+    assert rc == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["class_names"] == [str(i) for i in range(10)]
+    assert report["num_examples"] == 24 and "top5_accuracy" in report

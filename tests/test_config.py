@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from imgtrain.config import Config, apply_override
+from imgtrain.errors import UserError
+
+
+def test_defaults_are_valid():
+    cfg = Config.load()
+    assert cfg.model.name == "cnn"
+    assert cfg.data.image_size == [224, 224]
+
+
+def test_yaml_then_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\ntrain:\n  epochs: 4\n  optimizer: {name: sgd, nesterov: true}\ndata:\n  image_size: 64\n")
+    cfg = Config.load(path, ["train.epochs=9", "model.dnn.hidden_units=[8, 4]", "train.class_weights={a: 2.0}"])
+    assert cfg.seed == 3
+    assert cfg.train.epochs == 9  # --set wins over the file
+    assert cfg.train.optimizer.name == "sgd" and cfg.train.optimizer.nesterov is True
+    assert cfg.data.image_size == [64, 64]  # one number means a square
+    assert cfg.model.dnn.hidden_units == [8, 4]
+    assert cfg.train.class_weights == {"a": 2.0}
+
+
+def test_round_trip(tmp_path: Path):
+    cfg = Config.load(None, ["train.epochs=2", "data.label_vocabulary=[cat, dog]"])
+    cfg.save(tmp_path / "config.yaml")
+    again = Config.load(tmp_path / "config.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize("item, fragment", [
+    ("train.optimzer.name=adam", "did you mean 'train.optimizer'"),
+    ("train.epochz=3", "did you mean 'train.epochs'"),
+    ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
+    ("train.epochs=three", "must be an integer"),
+    ("train.epochs", "must look like section.key=value"),
+    ("model.name=vgg", "unknown model.name 'vgg'"),
+    ("train.optimizer.name=adamax", "unknown train.optimizer.name 'adamax'"),
+    ("data.split.train=0.5", "sum to 1"),
+    ("train.class_weights=inverse", "train.class_weights must be 'balanced'"),
+    ("deterministic=true train.jit_compile=true", "cannot be combined"),
+])
+def test_bad_values_are_one_line_user_errors(item, fragment):
+    with pytest.raises(UserError) as info:
+        Config.load(None, item.split(" "))
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batchsize: 3\n")
+    with pytest.raises(UserError, match=r"unknown config key 'train.batchsize' in .*bad.yaml; did you mean 'train.batch_size'"):
+        Config.load(path)
+
+
+def test_malformed_yaml_says_where(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: [1, 2\n")
+    with pytest.raises(UserError, match=r"not valid YAML at line \d+, column \d+"):
+        Config.load(path)
+
+
+def test_missing_config_file(tmp_path: Path):
+    with pytest.raises(UserError, match="does not exist"):
+        Config.load(tmp_path / "nope.yaml")
+
+
+def test_resnet_needs_32_pixels():
+    with pytest.raises(UserError, match="too small for resnet50"):
+        Config.load(None, ["model.name=resnet50", "data.image_size=16"])
+
+
+def test_override_keeps_other_values():
+    cfg = Config.load(None, ["train.epochs=2"])
+    cfg2 = apply_override(cfg, "train.optimizer.learning_rate=0.5")
+    assert cfg2.train.epochs == 2 and cfg2.train.optimizer.learning_rate == 0.5

@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from imgtrain.config import ModelConfig
+from imgtrain.errors import UserError
+from imgtrain.models import build_model
+from imgtrain.models.resnet import BASE_NAME
+
+
+def test_cnn_shape_and_options():
+    cfg = ModelConfig(name="cnn")
+    cfg.cnn.filters = [4, 8, 16]
+    cfg.cnn.convs_per_block = 2
+    built = build_model(cfg, 5, [32, 32])
+    out = built.model(np.zeros((2, 32, 32, 3), np.float32))
+    assert out.shape == (2, 5)
+    names = [l.name for l in built.model.layers]
+    assert sum(n.startswith("block") and "_conv" in n for n in names) == 6
+    assert sum("_bn" in n for n in names) == 6
+    cfg.cnn.batch_norm = False
+    names = [l.name for l in build_model(cfg, 5, [32, 32]).model.layers]
+    assert not any("_bn" in n for n in names)
+
+
+def test_dnn_has_estimator_options():
+    cfg = ModelConfig(name="dnn")
+    cfg.dnn.hidden_units = [16, 8, 4]
+    cfg.dnn.activation = "tanh"
+    cfg.dnn.dropout = 0.5
+    cfg.dnn.batch_norm = True
+    model = build_model(cfg, 3, [8, 8]).model
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [d.units for d in dense] == [16, 8, 4, 3]
+    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers) == 3
+    assert sum(isinstance(l, keras.layers.Dropout) for l in model.layers) == 3
+    assert all(l.activation.__name__ == "tanh" for l in model.layers if isinstance(l, keras.layers.Activation))
+    # Dropout is active in training only.
+    x = np.random.rand(4, 8, 8, 3).astype(np.float32) * 255
+    np.testing.assert_allclose(model(x, training=False), model(x, training=False))
+
+
+def test_dnn_unknown_activation():
+    cfg = ModelConfig(name="dnn")
+    cfg.dnn.activation = "sparkle"
+    with pytest.raises(UserError, match="unknown model.dnn.activation 'sparkle'"):
+        build_model(cfg, 3, [8, 8])
+
+
+def test_resnet_phases_freeze_then_fine_tune(tmp_path: Path):
+    # A local weights file (written from an untrained base) exercises the file path offline.
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    weights = tmp_path / "base.weights.h5"
+    base.save_weights(weights)
+    cfg = ModelConfig(name="resnet50")
+    cfg.resnet50.weights = str(weights)
+    cfg.resnet50.freeze_epochs = 2
+    cfg.resnet50.fine_tune_layers = 10
+    cfg.resnet50.fine_tune_lr_factor = 0.1
+    built = build_model(cfg, 4, [32, 32])
+    model = built.model
+    np.testing.assert_allclose(model.get_layer(BASE_NAME).get_weights()[0], base.get_weights()[0])
+    assert [p.start_epoch for p in built.phases] == [0, 2]
+    assert len(model.trainable_variables) == 2  # only the head
+    built.phase_at(2).apply(model)
+    b = model.get_layer(BASE_NAME)
+    trainable_layers = [l for l in b.layers if l.trainable and l.weights]
+    assert 0 < len(trainable_layers) <= 10
+    assert all(b.layers.index(l) >= len(b.layers) - 10 for l in trainable_layers)
+    assert built.phase_at(3).lr_factor == 0.1
+    fine_tune_count = len(model.trainable_variables)
+    everything = built.all_trainable_variables()  # union over phases, then back to phase 0
+    assert len(everything) == fine_tune_count
+    assert len(model.trainable_variables) == 2
+    # The base runs in inference mode: BatchNorm statistics do not move in training calls.
+    bn = [l for l in b.layers if isinstance(l, keras.layers.BatchNormalization)][-1]
+    before = bn.moving_mean.numpy().copy()
+    model(np.random.rand(2, 32, 32, 3).astype(np.float32) * 255, training=True)
+    np.testing.assert_array_equal(before, bn.moving_mean.numpy())
+
+
+def test_resnet_weights_file_missing(tmp_path: Path):
+    cfg = ModelConfig(name="resnet50")
+    cfg.resnet50.weights = str(tmp_path / "missing.h5")
+    with pytest.raises(UserError, match="weights file .*missing.h5 does not exist"):
+        build_model(cfg, 3, [32, 32])
+
+
+def test_resnet_without_weights_trains_everything():
+    cfg = ModelConfig(name="resnet50")
+    cfg.resnet50.weights = "none"
+    built = build_model(cfg, 3, [32, 32])
+    assert len(built.phases) == 1
+    assert len(built.model.trainable_variables) > 100

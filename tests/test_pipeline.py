@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_folder
+from imgtrain.config import AugmentConfig, DataConfig, SplitConfig
+from imgtrain.data import augment as aug
+from imgtrain.data.pipeline import EpochPlan, Shard, eval_dataset, steps_per_epoch, train_dataset
+from imgtrain.data.sources import discover
+from imgtrain.data.split import apply_split
+
+FULL_AUG = AugmentConfig(random_resized_crop=True, crop_scale=[0.5, 1.0], horizontal_flip=True, vertical_flip=True,
+                         rotation=20, zoom=0.2, translate=0.1, brightness=0.1, contrast=0.2)
+
+
+def _examples(folder: Path):
+    cat = apply_split(discover(DataConfig(path=str(folder))), SplitConfig(1.0, 0.0, 0.0), 0)
+    return cat.examples
+
+
+def _collect(ds):
+    xs, ys, ws, rs = [], [], [], []
+    for x, y, w, r in ds:
+        xs.append(x.numpy()), ys.append(y.numpy()), ws.append(w.numpy()), rs.append(r.numpy())
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), np.concatenate(rs)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_same_seed_same_batches(image_folder: Path, cache: bool):
+    ex = _examples(image_folder)
+    cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG, cache=cache)
+    a = _collect(train_dataset(ex, cfg, EpochPlan(seed=3, epoch=1, batch_size=5)))
+    b = _collect(train_dataset(ex, cfg, EpochPlan(seed=3, epoch=1, batch_size=5)))
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    c = _collect(train_dataset(ex, cfg, EpochPlan(seed=3, epoch=2, batch_size=5)))
+    assert not np.array_equal(a[1], c[1]) or not np.array_equal(a[0], c[0])
+    d = _collect(train_dataset(ex, cfg, EpochPlan(seed=4, epoch=1, batch_size=5)))
+    assert not np.array_equal(a[0], d[0])
+
+
+def test_each_epoch_sees_every_example_once(image_folder: Path):
+    ex = _examples(image_folder)
+    cfg = DataConfig(image_size=[16, 16])
+    labels = sorted(e.label for e in ex)
+    for epoch in range(3):
+        _, ys, _, real = _collect(train_dataset(ex, cfg, EpochPlan(seed=0, epoch=epoch, batch_size=7)))
+        assert (real == 1).all()
+        assert sorted(ys.tolist()) == labels
+
+
+def test_skip_resumes_mid_epoch_exactly(image_folder: Path):
+    ex = _examples(image_folder)
+    cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG)
+    full = list(train_dataset(ex, cfg, EpochPlan(seed=1, epoch=0, batch_size=4)))
+    rest = list(train_dataset(ex, cfg, EpochPlan(seed=1, epoch=0, batch_size=4, skip_batches=3)))
+    assert len(rest) == len(full) - 3
+    for (x1, y1, _, _), (x2, y2, _, _) in zip(full[3:], rest):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+
+
+@pytest.mark.parametrize("workers, per_class, batch", [(2, 12, 4), (3, 11, 4), (4, 1, 2)])
+def test_shards_see_every_example_exactly_once(tmp_path: Path, workers, per_class, batch):
+    folder = write_folder(tmp_path / "imgs", per_class=per_class)
+    ex = _examples(folder)
+    cfg = DataConfig(image_size=[16, 16])  # the files' own size: pixels come through unchanged
+    from PIL import Image
+    identity = {np.asarray(Image.open(e.path).convert("RGB"), np.float32).tobytes() for e in ex}
+    seen, steps = [], set()
+    for i in range(workers):
+        xs, _, _, real = _collect(train_dataset(ex, cfg, EpochPlan(seed=0, epoch=1, batch_size=batch, shard=Shard(workers, i))))
+        steps.add(len(list(train_dataset(ex, cfg, EpochPlan(seed=0, epoch=1, batch_size=batch, shard=Shard(workers, i))))))
+        seen += [x.tobytes() for x, r in zip(xs, real) if r == 1]
+    assert len(steps) == 1  # every worker takes the same number of steps (collectives never wait forever)
+    assert steps == {steps_per_epoch(len(ex), batch, Shard(workers, 1))}
+    assert len(seen) == len(ex) and set(seen) == identity
+
+
+def test_eval_shards_pad_and_cover(image_folder: Path):
+    ex = _examples(image_folder)[:7]
+    cfg = DataConfig(image_size=[16, 16])
+    counts, batches = 0, set()
+    for i in range(2):
+        _, _, _, real = _collect(eval_dataset(ex, cfg, batch_size=2, shard=Shard(2, i)))
+        counts += int(real.sum())
+        batches.add(len(list(eval_dataset(ex, cfg, batch_size=2, shard=Shard(2, i)))))
+    assert counts == 7 and len(batches) == 1
+
+
+def test_eval_dataset_is_plain_resize_in_order(image_folder: Path):
+    ex = _examples(image_folder)
+    cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG)
+    xs, ys, ws, real = _collect(eval_dataset(ex, cfg, batch_size=8))
+    assert (real == 1).all()
+    assert ys.tolist() == [e.label for e in ex]
+    from PIL import Image
+    first = np.asarray(Image.open(ex[0].path).convert("RGB"), np.float32)
+    np.testing.assert_allclose(xs[0], first, atol=1e-3)  # same size: resize is the identity
+    assert (ws == 1.0).all()
+
+
+def test_augmentations_change_images_and_stay_in_range():
+    img = tf.random.stateless_uniform([24, 24, 3], [1, 2], 0, 255)
+    seed = aug.example_seed(0, tf.constant(0), tf.constant(5))
+    for field in ("horizontal_flip", "vertical_flip", "rotation", "zoom", "translate", "brightness", "contrast"):
+        cfg = AugmentConfig(**{field: True if "flip" in field else (15.0 if field == "rotation" else 0.3)})
+        outs = [aug.augment(img, aug.example_seed(0, tf.constant(0), tf.constant(i)), cfg).numpy() for i in range(6)]
+        assert any(not np.allclose(o, img.numpy()) for o in outs), field
+        assert all(o.min() >= 0 and o.max() <= 255 for o in outs)
+    same = aug.augment(img, seed, FULL_AUG).numpy()
+    again = aug.augment(img, seed, FULL_AUG).numpy()
+    np.testing.assert_array_equal(same, again)
+    crop = aug.random_resized_crop(tf.cast(img, tf.uint8), seed, FULL_AUG, [10, 10])
+    assert crop.shape == (10, 10, 3)
+
+
+def test_pipeline_streams_from_disk(tmp_path: Path):
+    # The dataset graph holds paths, not pixels: deleting the files breaks iteration.
+    folder = write_folder(tmp_path / "imgs", per_class=2)
+    ds = train_dataset(_examples(folder), DataConfig(image_size=[8, 8]), EpochPlan(seed=0, epoch=0, batch_size=2))
+    for p in folder.rglob("*.png"):
+        p.unlink()
+    with pytest.raises(tf.errors.NotFoundError):
+        list(ds)

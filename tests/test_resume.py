@@ -1,0 +1,111 @@
+"""Resume and determinism: a stopped or killed run continues and ends where an uninterrupted one does."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_folder
+from imgtrain.run import train_run
+
+pytestmark = pytest.mark.slow
+
+
+def weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(run / "model.keras", compile=False).get_weights()
+
+
+def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+FAST = ("model.cnn.dropout=0.2", "data.augment.rotation=10", "data.augment.horizontal_flip=true",
+        "train.early_stopping.patience=50", "deterministic=true")
+
+
+def test_same_seed_same_weights_and_stop_then_resume(image_folder, small_config, tmp_path, capsys):
+    a = small_config(image_folder, tmp_path / "a", FAST)
+    train_run(a, progress=False)
+    b = small_config(image_folder, tmp_path / "b", FAST)
+    train_run(b, progress=False)
+    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"))  # same seed, same weights
+
+    c1 = small_config(image_folder, tmp_path / "c", FAST + ("train.epochs=1",))
+    train_run(c1, progress=False)
+    capsys.readouterr()
+    c = small_config(image_folder, tmp_path / "c", FAST)
+    summary = train_run(c, progress=False)
+    out = capsys.readouterr().out
+    assert "1 epoch(s) done, continuing at epoch 2" in out
+    assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 3
+    assert_same(weights(tmp_path / "a"), weights(tmp_path / "c"))
+
+    other = small_config(image_folder, tmp_path / "d", FAST + ("seed=99",))
+    train_run(other, progress=False)
+    assert any(not np.array_equal(x, y) for x, y in zip(weights(tmp_path / "a"), weights(tmp_path / "d")))
+
+
+def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys):
+    extra = FAST + ("train.checkpoint.every_steps=2",)
+    train_run(small_config(image_folder, tmp_path / "a", extra), progress=False)
+    # Run b: a first run that stops after epoch 1, then a resumed one from a *mid-epoch* checkpoint.
+    run_b = tmp_path / "b"
+    train_run(small_config(image_folder, run_b, extra + ("train.epochs=2",)), progress=False)
+    # Simulate a crash right after the mid-epoch save at step 4 of epoch 2 (5 steps per epoch, a save
+    # every 2 steps): point the checkpoint index back at that save, as it stood at that moment.
+    index = run_b / "checkpoints" / "checkpoint"
+    assert 'model_checkpoint_path: "ckpt-6"' in index.read_text()
+    index.write_text('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\n'
+                     'all_model_checkpoint_paths: "ckpt-5"\n')
+    summary = train_run(small_config(image_folder, run_b, extra), progress=False)
+    assert summary["resumed_from_epoch"] == 1
+    assert "continuing at epoch 2, step 5" in capsys.readouterr().out
+    assert_same(weights(tmp_path / "a"), weights(run_b))
+
+
+def test_resume_refuses_a_different_setup(image_folder, small_config, tmp_path):
+    from imgtrain.errors import UserError
+
+    train_run(small_config(image_folder, tmp_path / "r", ("train.epochs=1",)), progress=False)
+    with pytest.raises(UserError, match="holds a run trained with model.cnn.filters"):
+        train_run(small_config(image_folder, tmp_path / "r", ("model.cnn.filters=[4]",)), progress=False)
+
+
+def _cli(data: Path, run: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "imgtrain", "train", "--data", str(data), "--output", str(run), "--epochs",
+            str(epochs), "--image-size", "16", "--batch-size", "4", "--seed", "5", "--deterministic", "--no-progress",
+            "--set", "model.cnn.filters=[8,16]", "--set", "model.cnn.convs_per_block=1",
+            "--set", "train.early_stopping.patience=50", "--set", "data.augment.rotation=10"]
+
+
+def test_sigkill_after_epoch_one_then_resume(tmp_path):
+    data = write_folder(tmp_path / "img", per_class=60, size=16)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run(_cli(data, tmp_path / "whole", 3), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(data, run, 3), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    index = run / "checkpoints" / "checkpoint"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and "ckpt-1" in index.read_text():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "model.keras").exists()
+
+    again = subprocess.run(_cli(data, run, 3), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 epoch(s) done, continuing at epoch 2" in again.stdout
+    assert_same(weights(tmp_path / "whole"), weights(run))
