@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,17 +33,39 @@ import time
 from typing import IO, Optional
 
 
-def free_ports(n: int, host: str) -> list[int]:
-    socks = []
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; a common default elsewhere)."""
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int, host: str, rng: Optional[random.Random] = None) -> list[int]:
+    """``n`` distinct ports that are free now and lie outside the ephemeral range.
+
+    Why not bind to port 0: the kernel then hands out an ephemeral port, and
+    between our probe and the worker's own bind, any outgoing connection on
+    the host (gRPC dialling a peer that is not up yet included) may be given
+    that same port, and the worker dies with "address already in use". Ports
+    below the ephemeral range are never handed out that way.
+    """
+    rng = rng or random.Random()
+    low, high = ephemeral_range()
+    candidates = [p for p in range(10000, 65536) if not low <= p <= high]
+    chosen: list[int] = []
+    for port in rng.sample(candidates, len(candidates)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == n:
+            return chosen
+    raise RuntimeError(f"no {n} free ports outside the ephemeral range {low}-{high} on {host}")
 
 
 def tf_config(hosts: list[str], index: int) -> str:

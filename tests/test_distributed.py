@@ -132,7 +132,9 @@ def _rank_of(p: psutil.Process) -> int | None:
 
 def kill_worker_after_first_checkpoint(cmd: list[str], run: Path) -> tuple[int, float]:
     """Start a run, SIGKILL rank 1 right after the first epoch's checkpoint; return (exit code, seconds to exit)."""
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run.parent / "killed_run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT)
     index = run / "checkpoints" / "checkpoint"
     deadline = time.time() + 400
     killed_at = None
@@ -144,7 +146,8 @@ def kill_worker_after_first_checkpoint(cmd: list[str], run: Path) -> tuple[int, 
             killed_at = time.time()
             break
         time.sleep(0.005)
-    assert killed_at is not None, "the run ended before a worker could be killed"
+    assert killed_at is not None, ("the run ended before a worker could be killed:\n"
+                                   + log.read_text(errors="replace")[-3000:])
     code = proc.wait(timeout=180)
     return code, time.time() - killed_at
 
