@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from imgtrain import atomic
 from imgtrain.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "ftrl")
@@ -205,9 +206,7 @@ class Config:
 
     def save(self, path: Path) -> None:
         """Write the resolved config atomically so a crash never leaves half a file."""
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        atomic.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     # -- validation -----------------------------------------------------------------
 

@@ -10,7 +10,6 @@ into place, so a crash never leaves a half-written export.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,22 +18,20 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from imgtrain import atomic
 from imgtrain.data.images import bytes_to_batch
 
 
 def export_keras(model: keras.Model, run_dir: Path) -> Path:
     final = run_dir / "model.keras"
-    tmp = run_dir / ".tmp-model.keras"
-    model.save(str(tmp))
-    os.replace(tmp, final)
+    with atomic.replacing(final) as tmp:
+        model.save(str(tmp))
     return final
 
 
 def write_class_names(class_names: Sequence[str], run_dir: Path) -> Path:
     path = run_dir / "class_names.json"
-    tmp = run_dir / ".tmp-class_names.json"
-    tmp.write_text(json.dumps(list(class_names), indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, list(class_names), indent=1)
     return path
 
 

@@ -8,8 +8,6 @@ into a ``Config`` and calls ``train_run``, ``evaluate_run`` or predict.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from imgtrain import __version__
+from imgtrain import __version__, atomic
 from imgtrain.config import Config
 from imgtrain.data import pipeline, tfrecord
 from imgtrain.data.sources import Catalog, discover, is_tfds
@@ -37,7 +35,12 @@ from imgtrain.train.cluster import configure_cluster
 from imgtrain.train.distribution import Distribution, make_distribution
 from imgtrain.train.early_stopping import EarlyStopping
 from imgtrain.train.loop import LoopData, TrainLoop, evaluate_sums
-from imgtrain.train.optim import build_optimizer, build_schedule, class_weight_vector, scaled_learning_rate
+from imgtrain.train.optim import (
+    build_optimizer,
+    build_schedule,
+    class_weight_vector,
+    scaled_learning_rate,
+)
 
 # Keys that may change between a run and its resumption; anything else would
 # make the checkpoint mean something different.
@@ -187,9 +190,7 @@ def _warm_start(model: keras.Model, source: str, log: Callable[[str], None]) -> 
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
 
 
 def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = print,

@@ -58,6 +58,14 @@ def horovod_cmd(data: Path, run: Path, epochs: int = 2) -> list[str]:
             *train_args(data, run, epochs, 4, 0.002), "--strategy", "horovod"]
 
 
+def failure(output: str) -> str:
+    """What a failed run printed: the first traceback (the cause; later ones are usually the
+    other workers reacting to it) and the last lines."""
+    first = output.find("Traceback")
+    head = output[first:first + 4000] + "\n...\n" if first >= 0 else ""
+    return head + output[-2000:]
+
+
 def weights(run: Path) -> list[np.ndarray]:
     import keras
 
@@ -76,7 +84,7 @@ def single_run(data: Path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("single") / "run"
     proc = subprocess.run([sys.executable, "-m", "imgtrain", *train_args(data, run, 2, 8, 0.004), "--strategy", "single"],
                           env=env(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure(proc.stderr)
     return run
 
 
@@ -104,7 +112,7 @@ def check_distributed_run(run: Path, strategy: str, single_run: Path) -> None:
 def test_multiworker_two_processes(data: Path, single_run: Path, tmp_path: Path):
     run = tmp_path / "run"
     proc = subprocess.run(multiworker_cmd(data, run), env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.returncode == 0, failure(proc.stdout)
     assert "[worker 0] epoch 2/2" in proc.stdout
     assert "[worker 1] epoch" not in proc.stdout  # only the chief logs
     check_distributed_run(run, "multiworker", single_run)
@@ -114,7 +122,7 @@ def test_multiworker_two_processes(data: Path, single_run: Path, tmp_path: Path)
 def test_horovod_two_processes(data: Path, single_run: Path, tmp_path: Path):
     run = tmp_path / "run"
     proc = subprocess.run(horovod_cmd(data, run), env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, failure(proc.stdout + proc.stderr)
     check_distributed_run(run, "horovod", single_run)
 
 
@@ -147,7 +155,7 @@ def kill_worker_after_first_checkpoint(cmd: list[str], run: Path) -> tuple[int, 
             break
         time.sleep(0.005)
     assert killed_at is not None, ("the run ended before a worker could be killed:\n"
-                                   + log.read_text(errors="replace")[-3000:])
+                                   + failure(log.read_text(errors="replace")))
     code = proc.wait(timeout=180)
     return code, time.time() - killed_at
 
@@ -167,7 +175,7 @@ def test_kill_one_worker_then_resume(launcher: str, big_data: Path, tmp_path: Pa
     assert seconds < 60  # the surviving worker was stopped, not left hanging in a collective
     assert not (run / "run.json").exists()
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert again.returncode == 0, failure(again.stdout + again.stderr)
     assert "1 epoch(s) done, continuing at epoch 2" in again.stdout
     summary = json.loads((run / "run.json").read_text())
     assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 3
@@ -181,7 +189,7 @@ def test_horovod_wrapper_script(data: Path, tmp_path: Path):
     cmd = ["bash", str(ROOT / "launch" / "horovod.sh"), "-np", "2", "--", "imgtrain",
            *train_args(data, run, 1, 4, 0.002)]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, failure(proc.stdout + proc.stderr)
     summary = json.loads((run / "run.json").read_text())
     assert summary["strategy"] == "horovod" and summary["world_size"] == 2 and summary["replicas_in_sync"]
     usage = subprocess.run(["bash", str(ROOT / "launch" / "horovod.sh"), "--", "imgtrain"], capture_output=True, text=True)

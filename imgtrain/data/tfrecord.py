@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 from tqdm import tqdm
 
+from imgtrain import atomic
 from imgtrain.data.sources import SPLITS, Catalog, Example
 from imgtrain.errors import UserError
 
@@ -102,9 +103,7 @@ def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict
                          "shards": shards}
     manifest = {"format": FORMAT, "version": 1, "class_names": catalog.class_names,
                 "has_weights": catalog.has_weights, "splits": splits, **extra}
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out_dir / MANIFEST)
+    atomic.write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 

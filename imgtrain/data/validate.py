@@ -24,6 +24,7 @@ from typing import Optional
 from PIL import Image
 from tqdm import tqdm
 
+from imgtrain import atomic
 from imgtrain.data.sources import Catalog, Example
 from imgtrain.errors import UserError
 
@@ -73,9 +74,8 @@ def convert_to_png(path: str, out: Path) -> None:
             rgb = bg
         else:
             rgb = im.convert("RGB")
-    tmp = out.with_suffix(".tmp.png")
-    rgb.save(tmp, "PNG")
-    tmp.replace(out)
+    with atomic.replacing(out) as tmp:
+        rgb.save(tmp, "PNG")
 
 
 def _signature(path: str) -> Optional[list[int]]:
@@ -143,9 +143,7 @@ def validate_catalog(
                 convert_to_png(ex.path, out)
             ex = Example(str(out), ex.key, ex.label, ex.weight, ex.split)
         kept.append(ex)
-    tmp = cache_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(new_cache))
-    tmp.replace(cache_file)
+    atomic.write_json(cache_file, new_cache, indent=None)
 
     catalog.examples = kept
     catalog.skipped = skipped

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -14,12 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from imgtrain import atomic  # noqa: E402
+
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
 
 
 def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: Path) -> None:

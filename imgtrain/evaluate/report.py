@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from imgtrain import atomic
 from imgtrain.evaluate.metrics import classification_metrics
 
 
@@ -38,16 +37,10 @@ def build_report(totals: dict[str, Any], class_names: Sequence[str], skipped: Se
     return report
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
-    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_write(md_path, to_markdown(report))
+    atomic.write_json(json_path, report)
+    atomic.write_text(md_path, to_markdown(report))
     return json_path, md_path
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from imgtrain import atomic
 from imgtrain.models.registry import BuiltModel, Phase
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
@@ -187,13 +188,11 @@ class TrainLoop:
     def _write_history(self, rows: list[dict]) -> None:
         if not self.chief:
             return
-        tmp = self._history_path().with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic.replacing(self._history_path()) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
             writer.writeheader()
             for r in rows:
                 writer.writerow({k: r.get(k, "") for k in HISTORY_FIELDS})
-        tmp.replace(self._history_path())
 
     # -- the loop -----------------------------------------------------------------------
     def fit(self) -> FitResult:

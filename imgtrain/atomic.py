@@ -1,0 +1,46 @@
+"""Files written whole or not at all, safe when several processes write the same one.
+
+A write goes to a temporary sibling and is then ``os.replace``d over the
+target, so a reader (or a crash) sees the old file or the new one, never half
+of either. The temporary name is unique to the process and the call: in a
+multi-worker run every worker checks the same images and may write the same
+cache file at the same moment, and with one shared temporary name the first
+worker's rename would pull the file from under the second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def temp_sibling(path: Path) -> Path:
+    """A hidden name next to ``path`` that no other process or call uses; it keeps the suffix,
+    since some writers (``model.save``, PIL) choose the format from it."""
+    return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(data, indent=indent) + "\n")
