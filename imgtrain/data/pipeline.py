@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
-from imgtrain.data.images import load, resize
+from imgtrain.data.images import decode, load, resize
 from imgtrain.data.sources import Example
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -112,16 +112,17 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
 
     def prepare(i, x, y, w):
         s = aug.example_seed(seed, epoch, i)
-        if given == "decoded":
-            image = aug.random_resized_crop(x, s, acfg, size) if acfg.random_resized_crop else x
-        else:
-            if given == "raw":
-                raw = x
+        if given in ("decoded", "raw"):
+            if acfg.random_resized_crop:
+                image = aug.random_resized_crop(x, s, acfg, size)
             else:
-                raw = tf.io.decode_image(tf.io.read_file(x) if given == "path" else x, channels=3, dtype=tf.uint8,
-                                         expand_animations=False)
-                raw.set_shape([None, None, 3])
-            image = aug.random_resized_crop(raw, s, acfg, size) if acfg.random_resized_crop else resize(raw, size)
+                image = x if given == "decoded" else resize(x, size)
+        else:
+            encoded = tf.io.read_file(x) if given == "path" else x
+            if acfg.random_resized_crop:
+                image = aug.decode_random_resized_crop(encoded, s, acfg, size)
+            else:
+                image = resize(decode(encoded), size)
         image = aug.augment(image, tf.random.experimental.stateless_fold_in(s, 1), acfg, acfg.fill_mode)
         image.set_shape([size[0], size[1], 3])
         return image, y, w, tf.constant(1.0)
@@ -253,9 +254,7 @@ def tfrecord_train_dataset(files: Sequence[str], worker_counts: Sequence[int], c
 
 
 def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
-    raw = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-    raw.set_shape([None, None, 3])
-    return resize(raw, cfg.image_size)
+    return resize(decode(encoded), cfg.image_size)
 
 
 def tfrecord_eval_dataset(files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, batch_size: int,
