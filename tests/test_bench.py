@@ -10,6 +10,7 @@ pytestmark = pytest.mark.slow
 
 KEYS = ["pipeline.folder.ratio", "pipeline.tfrecord.ratio", "train.cnn.ratio", "train.resnet50.ratio", "memory.ratio",
         "pipeline.ceiling.images_per_sec", "pipeline.folder.images_per_sec", "pipeline.tfrecord.images_per_sec",
+        "pipeline.crop_only.images_per_sec", "pipeline.crop_only.ratio",
         "train.cnn.imgtrain_images_per_sec", "train.cnn.fit_images_per_sec",
         "train.resnet50.imgtrain_images_per_sec", "train.resnet50.fit_images_per_sec",
         "memory.small.peak_rss_bytes", "memory.large.peak_rss_bytes"]
@@ -37,7 +38,7 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert m["large"]["images"] == 10 * m["small"]["images"]
     assert m["ratio"] == pytest.approx(m["large"]["peak_rss_bytes"] / m["small"]["peak_rss_bytes"], rel=0.01)
     table = capsys.readouterr().out
-    for row in ("pipeline.folder", "pipeline.tfrecord", "train.cnn", "train.resnet50", "memory"):
+    for row in ("pipeline.folder", "pipeline.tfrecord", "pipeline.crop_only", "train.cnn", "train.resnet50", "memory"):
         assert row in table
 
 
