@@ -126,11 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     b = sub.add_parser("bench", help="measure pipeline and training speed against baselines",
-                       description="Measure the input pipeline against the JPEG decode ceiling, the training loop "
+                       description="Measure the input pipeline (and the same with only its crop) against the JPEG decode "
+                                   "ceiling, the training loop "
                                    "against model.fit, and peak memory against a 10x smaller epoch; print a table.")
     b.add_argument("--data", metavar="FOLDER", help="an image folder to measure on (default: generated JPEGs)")
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds, not a measurement")
+    b.add_argument("--quick", action="store_true", help="tiny sizes: checks every figure is produced in under a minute; not a measurement")
     b.add_argument("--model", dest="models", action="append", metavar="NAME",
                    help="model(s) to time: cnn and/or resnet50 (default: both)")
     b.add_argument("--jit-compile", action="store_true", help="also time XLA against the same run without")

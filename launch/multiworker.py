@@ -50,7 +50,7 @@ def free_ports(n: int, host: str, rng: Optional[random.Random] = None) -> list[i
     between our probe and the worker's own bind, any outgoing connection on
     the host (gRPC dialling a peer that is not up yet included) may be given
     that same port, and the worker dies with "address already in use". Ports
-    below the ephemeral range are never handed out that way.
+    outside the ephemeral range are never handed out that way.
     """
     rng = rng or random.Random()
     low, high = ephemeral_range()
