@@ -23,8 +23,11 @@ from imgtrain import atomic
 from imgtrain.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "ftrl")
-SCHEDULES = ("constant", "step", "cosine")
-MODELS = ("cnn", "resnet50", "dnn")
+SCHEDULES = ("constant", "step", "cosine", "plateau")
+# Pretrained keras.applications backbones (frozen base, then fine-tuning); each has a
+# ``model.<name>`` section of TransferConfig. imgtrain.models.backbones holds how to build them.
+BACKBONES = ("resnet50", "efficientnetv2_b0", "mobilenetv3_small", "mobilenetv3_large", "convnext_tiny")
+MODELS = ("cnn", "dnn") + BACKBONES
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "single", "mirrored", "multiworker", "horovod")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -66,6 +69,30 @@ class AugmentConfig:
     brightness: float = 0.0  # maximum delta on the 0..1 scale
     contrast: float = 0.0  # maximum relative change, e.g. 0.2
     fill_mode: str = "reflect"  # how rotation/zoom/translate fill the border: reflect, constant, nearest, wrap
+    randaugment: "RandAugmentConfig" = field(default_factory=lambda: RandAugmentConfig())
+    random_erasing: "RandomErasingConfig" = field(default_factory=lambda: RandomErasingConfig())
+    mixup: float = 0.0  # Beta(alpha, alpha) of the batch-level MixUp; 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of the batch-level CutMix; 0: off
+    mix_switch_prob: float = 0.5  # with both on: the chance a batch gets CutMix rather than MixUp
+    mix_prob: float = 1.0  # the chance a batch is mixed at all
+
+
+@dataclass
+class RandAugmentConfig:
+    """RandAugment (Cubuk et al. 2020): ``num_ops`` random ops per image at ``magnitude`` (0..30, 10 = timm's m10)."""
+
+    num_ops: int = 0  # 0: off; 2 is the usual choice
+    magnitude: float = 9.0
+
+
+@dataclass
+class RandomErasingConfig:
+    """Random erasing (Zhong et al. 2020): a random box replaced by noise, on ``probability`` of the images."""
+
+    probability: float = 0.0  # 0: off; 0.25 is timm's usual choice
+    area: list[float] = field(default_factory=lambda: [0.02, 1 / 3])  # of the image
+    ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])  # aspect ratio of the box
+    fill: str = "noise"  # noise (per-pixel normal, timm's "pixel" mode) or zero
 
 
 @dataclass
@@ -80,6 +107,9 @@ class DataConfig:
     cache: bool = False
     shuffle_buffer: int = 10000  # for streamed sources (TFDS); file lists shuffle fully
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # With random resized crops, evaluation sees the central crop_fraction of each image (shorter
+    # side), resized: objects then appear at the scale training saw. 1 or null: the whole image.
+    eval_crop_fraction: Optional[float] = 0.875
 
 
 @dataclass
@@ -88,13 +118,15 @@ class CnnConfig:
     convs_per_block: int = 2
     kernel_size: int = 3
     batch_norm: bool = True
-    bn_momentum: float = 0.99  # lower (e.g. 0.9) when epochs have few steps
+    bn_momentum: float = 0.99  # evaluation statistics are re-estimated anyway (train.precise_bn)
     dropout: float = 0.1  # after each block
     head_dropout: float = 0.3
 
 
 @dataclass
-class ResNetConfig:
+class TransferConfig:
+    """A pretrained backbone: a frozen base for ``freeze_epochs``, then its top layers fine-tuned."""
+
     weights: Optional[str] = "imagenet"  # imagenet, none, or a path to a weights file
     freeze_epochs: int = 3
     fine_tune_layers: int = 30  # top layers of the base unfrozen after freeze_epochs
@@ -114,8 +146,16 @@ class DnnConfig:
 class ModelConfig:
     name: str = "cnn"
     cnn: CnnConfig = field(default_factory=CnnConfig)
-    resnet50: ResNetConfig = field(default_factory=ResNetConfig)
     dnn: DnnConfig = field(default_factory=DnnConfig)
+    resnet50: TransferConfig = field(default_factory=TransferConfig)
+    efficientnetv2_b0: TransferConfig = field(default_factory=TransferConfig)
+    mobilenetv3_small: TransferConfig = field(default_factory=TransferConfig)
+    mobilenetv3_large: TransferConfig = field(default_factory=TransferConfig)
+    convnext_tiny: TransferConfig = field(default_factory=TransferConfig)
+
+    def transfer(self) -> "TransferConfig":
+        """The section of the chosen backbone."""
+        return getattr(self, self.name)
 
 
 @dataclass
@@ -131,10 +171,15 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "constant"
-    warmup_epochs: float = 0.0
+    # Linear warmup. null: none, except when the rate is scaled with the number of replicas
+    # (train.scale_lr), where it is 5 epochs as in Goyal et al. 2017, at most a fifth of the run.
+    warmup_epochs: Optional[float] = None
     step_epochs: int = 10  # step: multiply by step_factor every step_epochs
     step_factor: float = 0.1
-    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the peak
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the peak; plateau: the floor
+    plateau_monitor: Optional[str] = None  # plateau: the metric watched (default: early stopping's)
+    plateau_patience: int = 2  # plateau: epochs without improvement before the rate drops
+    plateau_factor: float = 0.1  # plateau: what the rate is multiplied by
 
 
 @dataclass
@@ -153,6 +198,24 @@ class CheckpointConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, used for validation, the best checkpoint,
+    the report and the exports. null: off; 0.999 or 0.9999 for long runs."""
+
+    decay: Optional[float] = None
+
+
+@dataclass
+class PreciseBnConfig:
+    """Re-estimate BatchNorm statistics on training batches before every evaluation ("precise BN")."""
+
+    # null (auto): when an epoch is too short for BatchNorm's moving averages to forget their
+    # past (momentum ** steps_per_epoch > 0.05: under 300 steps at Keras' 0.99); true/false: always/never
+    enabled: Optional[bool] = None
+    samples: int = 2048  # training images to estimate from (at most one epoch)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32  # per replica
@@ -162,6 +225,8 @@ class TrainConfig:
     class_weights: Union[None, str, dict[str, float]] = None  # None, "balanced" or {class: weight}
     precision: str = "float32"
     jit_compile: bool = False
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    precise_bn: PreciseBnConfig = field(default_factory=PreciseBnConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     warm_start: Optional[str] = None  # another run dir, .keras or .weights.h5 file
@@ -226,11 +291,12 @@ class Config:
             d.image_size = [d.image_size[0], d.image_size[0]]
         if len(d.image_size) != 2 or min(d.image_size) < 1:
             raise UserError(f"data.image_size must be one or two positive integers, got {d.image_size}")
-        if m.name == "resnet50" and min(d.image_size) < 32:
+        if m.name in BACKBONES and min(d.image_size) < 32:
             raise UserError(
-                f"data.image_size {d.image_size} is too small for resnet50, which needs at least 32x32; "
+                f"data.image_size {d.image_size} is too small for {m.name}, which needs at least 32x32; "
                 "set --image-size 224 (or at least 32)"
             )
+        self._validate_recipes()
         fr = d.split
         for name in ("train", "val", "test"):
             if not 0.0 <= getattr(fr, name) <= 1.0:
@@ -252,10 +318,16 @@ class Config:
             raise UserError("train.checkpoint.every_steps must be 0 (per epoch only) or positive")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-        for name, value in (("model.cnn.dropout", m.cnn.dropout), ("model.cnn.head_dropout", m.cnn.head_dropout),
-                            ("model.dnn.dropout", m.dnn.dropout), ("model.resnet50.head_dropout", m.resnet50.head_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise UserError(f"{name} must be in [0, 1), got {value}")
+        dropouts = [("model.cnn.dropout", m.cnn.dropout), ("model.cnn.head_dropout", m.cnn.head_dropout),
+                    ("model.dnn.dropout", m.dnn.dropout)]
+        dropouts += [(f"model.{b}.head_dropout", getattr(m, b).head_dropout) for b in BACKBONES]
+        for name, value in dropouts:
+            _in_range(name, value, 0.0, 1.0, high_open=True)
+        for b in BACKBONES:
+            tc = getattr(m, b)
+            _in_range(f"model.{b}.fine_tune_lr_factor", tc.fine_tune_lr_factor, 0.0, 1e6, low_open=True)
+            if tc.freeze_epochs < 0 or tc.fine_tune_layers < 0:
+                raise UserError(f"model.{b}.freeze_epochs and fine_tune_layers must be 0 or more")
         if isinstance(t.class_weights, str) and t.class_weights != "balanced":
             raise UserError(
                 f"train.class_weights must be 'balanced' or a mapping of class name to weight, got '{t.class_weights}'"
@@ -270,6 +342,36 @@ class Config:
                 raise UserError("data.label_vocabulary has repeated entries; list each class once")
             if len(d.label_vocabulary) < 2:
                 raise UserError("data.label_vocabulary needs at least two classes")
+
+    def _validate_recipes(self) -> None:
+        """Augmentation recipes, EMA, precise BN and the schedule's extra knobs: finite and in range."""
+        a, t = self.data.augment, self.train
+        ra, er = a.randaugment, a.random_erasing
+        if ra.num_ops < 0 or ra.num_ops > 10:
+            raise UserError(f"data.augment.randaugment.num_ops must be 0 (off) to 10, got {ra.num_ops}")
+        _in_range("data.augment.randaugment.magnitude", ra.magnitude, 0.0, 30.0)
+        _in_range("data.augment.random_erasing.probability", er.probability, 0.0, 1.0)
+        _choice("data.augment.random_erasing.fill", er.fill, ("noise", "zero"))
+        _range_pair("data.augment.random_erasing.area", er.area, 0.0, 1.0)
+        _range_pair("data.augment.random_erasing.ratio", er.ratio, 0.0, 100.0)
+        _range_pair("data.augment.crop_scale", a.crop_scale, 0.0, 1.0)
+        _range_pair("data.augment.crop_ratio", a.crop_ratio, 0.0, 100.0)
+        for name in ("mixup", "cutmix"):
+            _in_range(f"data.augment.{name}", getattr(a, name), 0.0, 100.0)
+        _in_range("data.augment.mix_switch_prob", a.mix_switch_prob, 0.0, 1.0)
+        _in_range("data.augment.mix_prob", a.mix_prob, 0.0, 1.0)
+        if self.data.eval_crop_fraction is not None:
+            _in_range("data.eval_crop_fraction", self.data.eval_crop_fraction, 0.0, 1.0, low_open=True)
+        if t.ema.decay is not None:
+            _in_range("train.ema.decay", t.ema.decay, 0.0, 1.0, low_open=True, high_open=True)
+        _positive("train.precise_bn.samples", t.precise_bn.samples)
+        sc = t.schedule
+        if sc.warmup_epochs is not None:
+            _in_range("train.schedule.warmup_epochs", sc.warmup_epochs, 0.0, float(t.epochs))
+        _in_range("train.schedule.min_lr_ratio", sc.min_lr_ratio, 0.0, 1.0)
+        _in_range("train.schedule.plateau_factor", sc.plateau_factor, 0.0, 1.0, low_open=True, high_open=True)
+        if sc.plateau_patience < 0:
+            raise UserError(f"train.schedule.plateau_patience must be 0 or more, got {sc.plateau_patience}")
 
     @property
     def effective_split_seed(self) -> int:
@@ -287,8 +389,22 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise UserError(f"{name} must be positive, got {value}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise UserError(f"{name} must be a positive finite number, got {value}")
+
+
+def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False,
+              high_open: bool = False) -> None:
+    """Refuse a value outside [low, high] (open ends as asked); NaN fails every comparison."""
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise UserError(f"{name} must be in {lo}{low:g}, {high:g}{hi}, got {value}")
+
+
+def _range_pair(name: str, pair: list[float], low: float, high: float) -> None:
+    if len(pair) != 2 or not (low < pair[0] <= pair[1] <= high):
+        raise UserError(f"{name} must be two numbers [min, max] with {low:g} < min <= max <= {high:g}, got {pair}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

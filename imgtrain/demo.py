@@ -12,25 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-
-def write_digits(root: Path) -> Path:
-    """Write sklearn's digits as root/<digit>/<index>.png (once; kept if present)."""
-    from sklearn.datasets import load_digits
-
-    marker = root / ".complete"
-    if marker.exists():
-        return root
-    digits = load_digits()
-    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
-        folder = root / str(int(label))
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = np.round(image / 16.0 * 255.0).astype(np.uint8)  # 0..16 grey levels -> 8-bit
-        Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
-    marker.write_text(f"{len(digits.images)} images\n")
-    return root
+from imgtrain.datasets import write_digits
 
 
 def main(argv: list[str] | None = None) -> int:

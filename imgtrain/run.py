@@ -29,17 +29,22 @@ from imgtrain.errors import UserError
 from imgtrain.evaluate import plots
 from imgtrain.evaluate.report import build_report, write_report
 from imgtrain.export import export_keras, export_saved_model, write_class_names
-from imgtrain.models import build_model
+from imgtrain.models import BuiltModel, build_model
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.cluster import configure_cluster
 from imgtrain.train.distribution import Distribution, make_distribution
-from imgtrain.train.early_stopping import EarlyStopping
+from imgtrain.train.early_stopping import EarlyStopping, resolve_mode
 from imgtrain.train.loop import LoopData, TrainLoop, evaluate_sums
+from imgtrain.train.mixing import MixSettings
+from imgtrain.train.precise_bn import batches_for, batchnorm_layers
+from imgtrain.train.precise_bn import needed as precise_bn_needed
 from imgtrain.train.optim import (
+    Plateau,
     build_optimizer,
     build_schedule,
     class_weight_vector,
     scaled_learning_rate,
+    warmup_epochs,
 )
 
 # Keys that may change between a run and its resumption; anything else would
@@ -231,11 +236,13 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
     with dist.scope():
         built = build_model(cfg.model, num_classes, cfg.data.image_size)
         peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
-        schedule = build_schedule(cfg.train.schedule, peak, steps, cfg.train.epochs,
-                                  [(p.start_epoch, p.lr_factor) for p in built.phases])
-        optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision)
-        optimizer.build(built.all_trainable_variables())
+        warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
         state = LoopState()
+        schedule = build_schedule(cfg.train.schedule, peak, steps, cfg.train.epochs,
+                                  [(p.start_epoch, p.lr_factor) for p in built.phases], warmup,
+                                  scale=state.vars["lr_scale"])
+        optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision, cfg.train.ema.decay)
+        optimizer.build(built.all_trainable_variables())
         store = CheckpointStore(dist.checkpoint_save_dir(run_dir), dist.checkpoint_restore_dir(run_dir), built.model,
                                 optimizer, state, cfg.train.checkpoint.keep, after_save=dist.after_save)
     if cfg.train.warm_start and not resuming:
@@ -247,19 +254,27 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
         early.monitor = early.monitor[4:]
         early.mode = EarlyStopping.from_config(type(es_cfg)(monitor=early.monitor, mode=es_cfg.mode)).mode
         say(f"no validation split: early stopping and best weights follow the training {early.monitor} instead")
+    plateau = None
+    if cfg.train.schedule.name == "plateau":
+        monitor = cfg.train.schedule.plateau_monitor or early.monitor
+        plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
     data = LoopData(
         train=_train_factory(prep, cfg, dist, batch),
         val=(lambda: eval_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
         steps_per_epoch=steps,
         num_classes=num_classes,
         class_weights=class_w,
+        seed=cfg.seed,
+        mix=MixSettings.from_config(cfg.data.augment),
     )
     say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
-        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}")
+        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
+        + (f" after {warmup:g} warmup epoch(s)" if warmup else ""))
     loop = TrainLoop(built, optimizer, dist, data, store, state, early, run_dir, cfg.train.epochs,
                      label_smoothing=cfg.train.label_smoothing, jit_compile=cfg.train.jit_compile,
                      checkpoint_every_steps=cfg.train.checkpoint.every_steps, log=say,
-                     progress=progress)
+                     progress=progress, ema=cfg.train.ema.decay is not None,
+                     precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps), plateau=plateau)
     t_train = time.time()
     fit = loop.fit()
     train_seconds = time.time() - t_train
@@ -291,6 +306,14 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
         }
         _atomic_json(run_dir / "run.json", summary)
     return summary
+
+
+def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps: int) -> int:
+    """Training steps whose BatchNorm statistics are averaged before each evaluation (0: off)."""
+    layers = batchnorm_layers(built.model) if built.batch_stat_layers is None else built.batch_stat_layers
+    if not precise_bn_needed(cfg.train.precise_bn.enabled, layers, steps):
+        return 0
+    return batches_for(cfg.train.precise_bn.samples, global_batch, steps)
 
 
 def weights_fingerprint(model: keras.Model) -> int:

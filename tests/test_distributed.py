@@ -25,8 +25,9 @@ BIN = Path(sys.executable).parent
 
 # No BatchNorm and no dropout: with those, a replica normalises over its own
 # per-replica batch and draws its own masks, so no multi-worker run could match
-# a single process bit for bit, by design. What remains must match.
-MODEL = ["--set", "model.cnn.filters=[8,16]", "--set", "model.cnn.convs_per_block=1", "--set", "model.cnn.batch_norm=false",
+# a single process bit for bit, by design. What remains must match. No warmup either: the
+# default warms up only when the rate is scaled for several replicas, which the single run is not.
+MODEL = ["--set", "train.schedule.warmup_epochs=0", "--set", "model.cnn.filters=[8,16]", "--set", "model.cnn.convs_per_block=1", "--set", "model.cnn.batch_norm=false",
          "--set", "model.cnn.dropout=0", "--set", "model.cnn.head_dropout=0", "--set", "train.early_stopping.patience=50",
          "--set", "data.augment.rotation=10", "--set", "data.augment.horizontal_flip=true", "--seed", "1"]
 

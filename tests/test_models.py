@@ -7,7 +7,10 @@ import pytest
 from imgtrain.config import ModelConfig
 from imgtrain.errors import UserError
 from imgtrain.models import build_model
-from imgtrain.models.resnet import BASE_NAME
+import tensorflow as tf
+
+from imgtrain.config import BACKBONES
+from imgtrain.models.backbones import BASE_NAME, TABLE
 
 
 def test_cnn_shape_and_options():
@@ -94,3 +97,41 @@ def test_resnet_without_weights_trains_everything():
     built = build_model(cfg, 3, [32, 32])
     assert len(built.phases) == 1
     assert len(built.model.trainable_variables) > 100
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_builds_and_trains_a_step(name: str):
+    cfg = ModelConfig(name=name)
+    cfg.transfer().weights = "none"
+    built = build_model(cfg, 3, [32, 32])
+    model = built.model
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    opt = keras.optimizers.Adam(1e-3)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True), from_logits=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply(grads, model.trainable_variables)
+    assert np.isfinite(loss.numpy()).all()
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+    # No custom layer anywhere: only Keras' own classes (what a plain Keras process can load).
+    def classes(m):
+        for layer in m.layers:
+            yield type(layer).__module__
+            if isinstance(layer, keras.Model):
+                yield from classes(layer)
+    assert all(mod.startswith("keras.") for mod in classes(model)), set(classes(model))
+
+
+def test_backbone_table_matches_config():
+    assert set(TABLE) == set(BACKBONES)
+
+
+def test_resnet_preprocessing_matches_keras():
+    cfg = ModelConfig(name="resnet50")
+    cfg.resnet50.weights = "none"
+    model = build_model(cfg, 2, [32, 32]).model
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    prep = keras.Model(model.input, model.get_layer("caffe_mean").output)
+    np.testing.assert_allclose(prep(x), keras.applications.resnet50.preprocess_input(x.copy()), atol=1e-4)

@@ -6,9 +6,10 @@ import keras
 from keras import layers
 
 from imgtrain.config import ModelConfig
+from imgtrain.models.phases import BuiltModel
 
 
-def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> keras.Model:
+def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> BuiltModel:
     c = cfg.cnn
     inputs = keras.Input(shape, name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
@@ -27,4 +28,4 @@ def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> ke
     if c.head_dropout:
         x = layers.Dropout(c.head_dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, outputs, name="cnn")
+    return BuiltModel(keras.Model(inputs, outputs, name="cnn"))

@@ -13,10 +13,11 @@ import keras
 from keras import layers
 
 from imgtrain.config import ModelConfig
+from imgtrain.models.phases import BuiltModel
 from imgtrain.errors import UserError
 
 
-def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> keras.Model:
+def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> BuiltModel:
     d = cfg.dnn
     try:
         activation = keras.activations.get(d.activation)
@@ -33,4 +34,4 @@ def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> ke
         if d.dropout:
             x = layers.Dropout(d.dropout, name=f"hidden{i + 1}_dropout")(x)
     outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, outputs, name="dnn")
+    return BuiltModel(keras.Model(inputs, outputs, name="dnn"))

@@ -27,7 +27,12 @@ STATE_FIELDS = {
     "best": tf.float64,
     "best_epoch": tf.int64,
     "wait": tf.int64,
+    "ce_sum": tf.float64,  # the epoch's plain cross-entropy so far (a mid-epoch resume)
+    "lr_scale": tf.float32,  # the plateau schedule's multiplier
+    "plateau_best": tf.float64,
+    "plateau_wait": tf.int64,
 }
+INITIAL = {"best": float("nan"), "best_epoch": -1, "lr_scale": 1.0, "plateau_best": float("nan")}
 
 
 def _by_position(variables: Iterable) -> dict[str, tf.Variable]:
@@ -42,8 +47,7 @@ class LoopState:
 
     def __init__(self) -> None:
         self.vars = {
-            name: tf.Variable(float("nan") if name == "best" else (-1 if name == "best_epoch" else 0),
-                              dtype=dtype, trainable=False, name=name)
+            name: tf.Variable(INITIAL.get(name, 0), dtype=dtype, trainable=False, name=name)
             for name, dtype in STATE_FIELDS.items()
         }
 

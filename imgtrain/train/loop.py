@@ -24,12 +24,15 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from imgtrain import atomic
-from imgtrain.models.registry import BuiltModel, Phase
+from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
+from imgtrain.train.mixing import MixSettings, mix_batch, partner
+from imgtrain.train.optim import Plateau
+from imgtrain.train.precise_bn import PreciseBatchNorm
 
-HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
+HISTORY_FIELDS = ["epoch", "phase", "loss", "cross_entropy", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
                   "learning_rate", "images_per_sec", "seconds"]
 
 
@@ -42,6 +45,8 @@ class LoopData:
     steps_per_epoch: int
     num_classes: int
     class_weights: list[float]
+    seed: int = 0  # the run's seed: batch-level mixing draws from (seed, epoch, step)
+    mix: MixSettings = field(default_factory=MixSettings)
 
 
 @dataclass
@@ -87,9 +92,11 @@ def make_eval_step(model: keras.Model, dist: Distribution, num_classes: int, top
 
 
 def evaluate_sums(model: keras.Model, dist: Distribution, dataset_fn: Callable[[], tf.data.Dataset], num_classes: int,
-                  top_k: int = 5, progress: bool = False, desc: str = "evaluating") -> dict[str, np.ndarray]:
-    """Sum the evaluation quantities over a whole dataset (across all workers): exact under any sharding."""
-    step = make_eval_step(model, dist, num_classes, top_k)
+                  top_k: int = 5, progress: bool = False, desc: str = "evaluating",
+                  step: Optional[Callable] = None) -> dict[str, np.ndarray]:
+    """Sum the evaluation quantities over a whole dataset (across all workers): exact under any sharding.
+    ``step``: a step from ``make_eval_step`` to reuse (it is traced once per model)."""
+    step = step or make_eval_step(model, dist, num_classes, top_k)
     totals: dict[str, np.ndarray] = {
         "loss_sum": np.float64(0), "correct": np.float64(0), "topk_correct": np.float64(0),
         "count": np.float64(0), "confusion": np.zeros((num_classes, num_classes), np.float64),
@@ -116,7 +123,8 @@ class TrainLoop:
                  data: LoopData, store: CheckpointStore, state: LoopState, early: EarlyStopping,
                  run_dir: Path, epochs: int, label_smoothing: float = 0.0, jit_compile: bool = False,
                  checkpoint_every_steps: int = 0, log: Callable[[str], None] = print,
-                 progress: bool = True) -> None:
+                 progress: bool = True, precise_bn_batches: int = 0, ema: bool = False,
+                 plateau: Optional[Plateau] = None) -> None:
         self.built = built
         self.model = built.model
         self.optimizer = optimizer
@@ -133,44 +141,91 @@ class TrainLoop:
         self.log = log if dist.is_chief else (lambda _msg: None)
         self.chief = dist.is_chief
         self.progress = progress and dist.is_chief
+        self.precise_bn = PreciseBatchNorm(self.model, dist, built.batch_stat_layers)
+        self.precise_bn_batches = precise_bn_batches if self.precise_bn.active else 0
+        self.ema = ema
+        self.plateau = plateau
+        # The optimizer's EMA slots follow the variables it was built with: every phase's.
+        self.optimized_variables = built.all_trainable_variables() if ema else []
+        self._phase: Optional[Phase] = None
+        self._step_fn: Optional[Callable] = None
+        self._cached_eval_step: Optional[Callable] = None
 
     # -- steps ------------------------------------------------------------------------
     def _make_train_step(self, variables: list) -> Callable:
         model, opt, dist = self.model, self.optimizer, self.dist
         class_w = tf.constant(self.data.class_weights, tf.float32)
-        num_classes, smoothing = self.data.num_classes, self.label_smoothing
+        num_classes, smoothing, mix = self.data.num_classes, self.label_smoothing, self.data.mix
         scale = getattr(opt, "scale_loss", None)
 
-        def compute(x, y, w, real, n):
+        def compute(x, y, w, real, n, seed):
             """Forward and backward pass: the part XLA compiles when jit_compile is on."""
+            lam = tf.constant(1.0)
+            if mix.active:
+                x, lam = mix_batch(x, mix, seed)
+            weight = w * tf.gather(class_w, y) * real  # what one example's loss counts for
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)
-                per_ex = cross_entropy(y, logits, num_classes, smoothing) * w * tf.gather(class_w, y) * real
+                per_ex = lam * cross_entropy(y, logits, num_classes, smoothing) * weight
+                if mix.active:  # the partner's share of every mixed example
+                    per_ex += (1.0 - lam) * cross_entropy(partner(y), logits, num_classes, smoothing) * partner(weight)
                 loss = tf.reduce_sum(per_ex) / tf.maximum(n, 1.0)
                 if model.losses:
                     loss += tf.add_n(model.losses) / dist.num_replicas
                 scaled = scale(loss) if scale is not None else loss
             grads = tape.gradient(scaled, variables)
+            # Accuracy and plain cross-entropy (no smoothing, hard labels: what validation
+            # reports) against the label with the larger share of each image.
+            main = lam >= 0.5
+            y_main = tf.where(main, y, partner(y)) if mix.active else y
+            w_main = tf.where(main, w * real, partner(w * real)) if mix.active else w * real
             pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            real64 = tf.cast(real, tf.float64)
             stats = (tf.reduce_sum(tf.cast(per_ex, tf.float64)),
-                     tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float64) * tf.cast(real, tf.float64)),
-                     tf.reduce_sum(tf.cast(real, tf.float64)))
+                     tf.reduce_sum(tf.cast(tf.equal(pred, y_main), tf.float64) * real64),
+                     tf.reduce_sum(real64),
+                     tf.reduce_sum(tf.cast(cross_entropy(y_main, logits, num_classes) * w_main, tf.float64)))
             return grads, stats
 
         compute_fn = tf.function(compute, jit_compile=True) if self.jit_compile else compute
 
-        def replica(x, y, w, real):
+        def replica(batch, seed):
+            x, y, w, real = batch
             # The loss is divided by the global number of real examples, so summing the
             # replicas' gradients gives the gradient of the global mean.
             n = dist.all_sum(tf.reduce_sum(real))
-            grads, stats = compute_fn(x, y, w, real, n)
+            grads, stats = compute_fn(x, y, w, real, n, seed)
             opt.apply(dist.reduce_gradients(grads), variables)
             return stats
 
-        def step(iterator):
-            return dist.reduce_sum(dist.run(replica, next(iterator)))
+        def step(iterator, seed):
+            return dist.reduce_sum(dist.run(replica, (next(iterator), seed)))
 
         return tf.function(step)
+
+    def _step_seed(self, epoch: int, step: int) -> tf.Tensor:
+        """The stateless seed of one training step (batch-level mixing): a function of the run's
+        seed, the epoch and the step alone, so a resumed run mixes exactly as before."""
+        return tf.random.experimental.stateless_fold_in(
+            tf.constant([self.data.seed, 0x313A], tf.int64), epoch * 1_000_003 + step)
+
+    # -- the weights evaluation sees -------------------------------------------------------
+    def _evaluation_weights(self, epoch: int) -> Callable[[], None]:
+        """Put into the model the weights validation, the best checkpoint and the exports use: the
+        EMA of the weights when it is on, with BatchNorm statistics re-estimated for them (precise
+        BN). Returns what puts the training weights back; without EMA the re-estimated statistics
+        stay, and training continues its moving averages from them."""
+        restore: Callable[[], None] = lambda: None
+        if self.ema:
+            saved = [(v, keras.ops.convert_to_numpy(v)) for v in self.model.variables]
+            self.optimizer.finalize_variable_values(self.optimized_variables)
+
+            def restore() -> None:
+                for v, value in saved:
+                    v.assign(value)
+        if self.precise_bn_batches:
+            self.precise_bn(lambda: self.data.train(epoch, 0), self.precise_bn_batches)
+        return restore
 
     # -- history ----------------------------------------------------------------------
     def _history_path(self) -> Path:
@@ -195,116 +250,118 @@ class TrainLoop:
                 writer.writerow({k: r.get(k, "") for k in HISTORY_FIELDS})
 
     # -- the loop -----------------------------------------------------------------------
-    def fit(self) -> FitResult:
+    def _resume(self) -> tuple[int, int, Optional[int], list[dict]]:
+        """Restore the latest checkpoint (if any) on every worker: (epoch, step, resumed_from, history)."""
         st, early = self.state, self.early
         restored = self.dist.agree(self.store.restore_latest())
         self.dist.broadcast_initial_state(self.store.all_variables())
         start_epoch = int(st.get("epoch"))
         skip = int(st.get("step_in_epoch"))
         early.best, early.best_epoch, early.wait = float(st.get("best")), int(st.get("best_epoch")), int(st.get("wait"))
-        result = FitResult(resumed_from_epoch=start_epoch if restored else None)
-        history = self._load_history(start_epoch) if restored else []
         if restored:
             where = f"epoch {start_epoch + 1}" + (f", step {skip + 1}" if skip else "")
             self.log(f"resuming from checkpoint {self.store.latest or 'of rank 0'}: {start_epoch} epoch(s) done, "
                      f"continuing at {where}")
+        return start_epoch, skip, (start_epoch if restored else None), (self._load_history(start_epoch) if restored else [])
 
-        writers = None
-        if self.chief:
-            logs_dir = self.run_dir / "logs"
-            writers = {"train": tf.summary.create_file_writer(str(logs_dir / "train")),
-                       "validation": tf.summary.create_file_writer(str(logs_dir / "validation"))}
+    def _enter_phase(self, epoch: int) -> None:
+        wanted = self.built.phase_at(epoch)
+        if wanted is self._phase:
+            return
+        self._phase = wanted
+        wanted.apply(self.model)
+        self._step_fn = self._make_train_step(list(self.model.trainable_variables))
+        if len(self.built.phases) > 1:
+            self.log(f"phase '{wanted.name}' from epoch {epoch + 1}: "
+                     f"{len(self.model.trainable_variables)} trainable tensors, lr x{wanted.lr_factor:g}")
 
-        phase: Optional[Phase] = None
-        step_fn = None
+    def _run_epoch(self, epoch: int, skip: int) -> tuple[RunningSums, float]:
+        """Train the steps of one epoch from ``skip`` on; returns the epoch's sums and seconds."""
+        st, steps = self.state, self.data.steps_per_epoch
+        sums = RunningSums.from_state(st) if skip else RunningSums()
+        bar = tqdm(total=steps, initial=skip, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                   disable=not self.progress, leave=True, dynamic_ncols=True, mininterval=0.5)
+        start = last_flush = time.perf_counter()
+        # The step pulls its batch from the iterator inside the graph, and results stay on the
+        # device until the progress bar or a checkpoint needs them: the host is not a sync
+        # point on every step (what Keras's fit does too).
+        iterator = iter(self.dist.distribute(lambda: self.data.train(epoch, skip)))
+        for step in range(skip, steps):
+            sums.add(self._step_fn(iterator, self._step_seed(epoch, step)))
+            now = time.perf_counter()
+            if self.progress:
+                bar.update(1)
+                if now - last_flush > 0.5:
+                    last_flush = now
+                    bar.set_postfix(loss=f"{sums.mean('loss'):.4f}", acc=f"{sums.mean('accuracy'):.4f}",
+                                    img_s=f"{sums.images_this_call() / max(now - start, 1e-9):.0f}", refresh=False)
+            done = step + 1
+            if self.every_steps and done % self.every_steps == 0 and done < steps:
+                sums.to_state(st, step_in_epoch=done)
+                self.store.save()
+        sums.flush()
+        bar.close()
+        return sums, time.perf_counter() - start
+
+    def _end_epoch(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
+        """Evaluate, stop early or not, drop the plateau rate, checkpoint: (logs, improved, stop)."""
+        early = self.early
+        self.dist.average_state([v for v in self.model.non_trainable_variables if v.dtype.startswith("float")])
+        logs = {"loss": sums.mean("loss"), "cross_entropy": sums.mean("cross_entropy"),
+                "accuracy": sums.mean("accuracy")}
+        training_weights = self._evaluation_weights(epoch)
+        if self.data.val is not None:
+            logs.update(summarize(evaluate_sums(self.model, self.dist, self.data.val, self.data.num_classes,
+                                                step=self._eval_step())))
+        improved, should_stop = early.update(epoch, logs)
+        stop = self.dist.agree(should_stop)
+        if improved:
+            self.store.remember_best()
+        training_weights()
+        if self.plateau is not None:
+            dropped = self.plateau.update(logs)
+            if dropped is not None:
+                self.log(f"{self.plateau.monitor} has not improved for {self.plateau.patience + 1} epoch(s): "
+                         f"learning rate x{dropped:g} of its schedule from epoch {epoch + 2}")
+        self.state.set(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, correct=0.0, count=0.0, ce_sum=0.0,
+                       best=early.best, best_epoch=early.best_epoch, wait=early.wait)
+        self.store.save()
+        return logs, improved, stop
+
+    def fit(self) -> FitResult:
+        early = self.early
+        start_epoch, skip, resumed_from, history = self._resume()
+        result = FitResult(resumed_from_epoch=resumed_from)
+        hooks = [hook for hook in (self.reporter(),) if hook is not None]
+        self._phase = None
         stop = False
         images_total, seconds_total = 0.0, 0.0
-        steps = self.data.steps_per_epoch
         for epoch in range(start_epoch, self.epochs):
-            wanted = self.built.phase_at(epoch)
-            if wanted is not phase:
-                phase = wanted
-                phase.apply(self.model)
-                step_fn = self._make_train_step(list(self.model.trainable_variables))
-                if len(self.built.phases) > 1:
-                    self.log(f"phase '{phase.name}' from epoch {epoch + 1}: "
-                             f"{len(self.model.trainable_variables)} trainable tensors, lr x{phase.lr_factor:g}")
-            sums = np.array([st.get("loss_sum"), st.get("correct"), st.get("count")]) if skip else np.zeros(3)
-            bar = tqdm(total=steps, initial=skip, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                       disable=not self.progress, leave=True, dynamic_ncols=True, mininterval=0.5)
-            step_in_epoch = skip
-            start = time.perf_counter()
-            seen = 0.0
-            # The step pulls its batch from the iterator inside the graph, and results stay on the
-            # device until the progress bar or a checkpoint needs them: the host is not a sync
-            # point on every step (what Keras's fit does too).
-            iterator = iter(self.dist.distribute(lambda: self.data.train(epoch, skip)))
-            pending: list = []
-            last_flush = start
-
-            def flush() -> None:
-                nonlocal sums, seen, pending
-                if pending:
-                    vals = np.sum([[float(t) for t in out] for out in pending], axis=0)
-                    sums = sums + vals
-                    seen += vals[2]
-                    pending = []
-
-            for _ in range(steps - skip):
-                pending.append(step_fn(iterator))
-                step_in_epoch += 1
-                now = time.perf_counter()
-                if self.progress:
-                    bar.update(1)
-                    if now - last_flush > 0.5:
-                        flush()
-                        last_flush = now
-                        bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}",
-                                        acc=f"{sums[1] / max(sums[2], 1):.4f}",
-                                        img_s=f"{seen / max(now - start, 1e-9):.0f}", refresh=False)
-                if self.every_steps and step_in_epoch % self.every_steps == 0 and step_in_epoch < steps:
-                    flush()
-                    st.set(step_in_epoch=step_in_epoch, loss_sum=sums[0], correct=sums[1], count=sums[2])
-                    self.store.save()
-            flush()
-            bar.close()
-            self.dist.average_state([v for v in self.model.non_trainable_variables if v.dtype.startswith("float")])
-            seconds = time.perf_counter() - start
-            images_total += seen
-            seconds_total += seconds
-            n = max(sums[2], 1.0)
-            logs = {"loss": sums[0] / n, "accuracy": sums[1] / n}
-            if self.data.val is not None:
-                logs.update(summarize(evaluate_sums(self.model, self.dist, self.data.val, self.data.num_classes)))
+            self._enter_phase(epoch)
             lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
-            improved, should_stop = early.update(epoch, logs)
-            stop = self.dist.agree(should_stop)
-            if improved:
-                self.store.remember_best()
-            st.set(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, correct=0.0, count=0.0,
-                   best=early.best, best_epoch=early.best_epoch, wait=early.wait)
-            self.store.save()
-            row = {"epoch": epoch + 1, "phase": phase.name, **{k: f"{v:.6f}" for k, v in logs.items()},
-                   "learning_rate": f"{lr:.6g}", "images_per_sec": f"{seen / max(seconds, 1e-9):.1f}",
+            sums, seconds = self._run_epoch(epoch, skip)
+            images_total += sums.images
+            seconds_total += seconds
+            logs, improved, stop = self._end_epoch(epoch, sums)
+            row = {"epoch": epoch + 1, "phase": self._phase.name, **{k: f"{v:.6f}" for k, v in logs.items()},
+                   "learning_rate": f"{lr:.6g}", "images_per_sec": f"{sums.images / max(seconds, 1e-9):.1f}",
                    "seconds": f"{seconds:.2f}"}
             history.append(row)
             self._write_history(history)
-            if writers:
-                self._summaries(writers, epoch + 1, logs, lr, seen / max(seconds, 1e-9))
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items())
-            self.log(f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  "
-                     f"{seen / max(seconds, 1e-9):.0f} img/s{'  *best*' if improved else ''}")
+            for hook in hooks:
+                hook.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
             if stop:
                 self.log(f"early stopping: {early.monitor} has not improved for {early.wait} epoch(s); "
                          f"best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1}")
                 break
-        if writers:
-            for w in writers.values():
-                w.close()
+        for hook in hooks:
+            hook.close()
         if early.best_epoch >= 0:
             self.store.restore_best()
             self.log(f"restored the best weights: epoch {early.best_epoch + 1}, {early.monitor}={early.best:.4f}")
+        elif start_epoch < self.epochs:
+            self._evaluation_weights(self.epochs - 1)  # no best epoch (a NaN monitor): the final weights
         result.history = history
         result.best_epoch = early.best_epoch
         result.best_value = early.best
@@ -312,8 +369,77 @@ class TrainLoop:
         result.images_per_sec = images_total / seconds_total if seconds_total else 0.0
         return result
 
-    @staticmethod
-    def _summaries(writers: dict, epoch: int, logs: dict[str, float], lr: float, img_s: float) -> None:
+    def reporter(self) -> Optional["EpochReporter"]:
+        """The chief's console line and TensorBoard scalars after every epoch; None elsewhere."""
+        return EpochReporter(self.run_dir / "logs", self.epochs, self.log) if self.chief else None
+
+    def _eval_step(self) -> Callable:
+        """The validation step, traced once per run (not once per epoch)."""
+        if self._cached_eval_step is None:
+            self._cached_eval_step = make_eval_step(self.model, self.dist, self.data.num_classes)
+        return self._cached_eval_step
+
+
+class RunningSums:
+    """An epoch's summed training statistics, kept on the device until asked for."""
+
+    FIELDS = ("loss_sum", "correct", "count", "ce_sum")
+
+    def __init__(self, values: Optional[np.ndarray] = None) -> None:
+        self.values = np.zeros(4) if values is None else np.asarray(values, np.float64)
+        self.pending: list = []
+        self.images = 0.0  # trained in this call (a resumed epoch counts from where it resumed)
+
+    @classmethod
+    def from_state(cls, state: LoopState) -> "RunningSums":
+        return cls(np.array([state.get(f) for f in cls.FIELDS]))
+
+    def add(self, step_out) -> None:
+        self.pending.append(step_out)
+        if len(self.pending) >= 64:  # bound what waits on the device
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            vals = np.sum([[float(t) for t in out] for out in self.pending], axis=0)
+            self.values = self.values + vals
+            self.images += vals[2]
+            self.pending = []
+
+    def images_this_call(self) -> float:
+        self.flush()
+        return self.images
+
+    def mean(self, name: str) -> float:
+        self.flush()
+        index = {"loss": 0, "accuracy": 1, "cross_entropy": 3}[name]
+        return float(self.values[index] / max(self.values[2], 1.0))
+
+    def to_state(self, state: LoopState, step_in_epoch: int) -> None:
+        self.flush()
+        state.set(step_in_epoch=step_in_epoch, **dict(zip(self.FIELDS, self.values.tolist())))
+
+
+class EpochReporter:
+    """Epoch hook: the console line and TensorBoard scalars (train and validation writers)."""
+
+    def __init__(self, logs_dir: Path, epochs: int, log: Callable[[str], None]) -> None:
+        self.epochs, self.log = epochs, log
+        self.writers = {"train": tf.summary.create_file_writer(str(logs_dir / "train")),
+                        "validation": tf.summary.create_file_writer(str(logs_dir / "validation"))}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None:
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "cross_entropy")
+        self.log(f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  {img_s:.0f} img/s"
+                 f"{'  *best*' if improved else ''}")
+        self._summaries(epoch + 1, logs, lr, img_s)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def _summaries(self, epoch: int, logs: dict[str, float], lr: float, img_s: float) -> None:
+        writers = self.writers
         with writers["train"].as_default():
             for k, v in logs.items():
                 if not k.startswith("val_"):

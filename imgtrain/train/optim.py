@@ -18,11 +18,15 @@ from imgtrain.errors import UserError
 
 
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup, then constant / step / cosine decay, times the phase factor."""
+    """Linear warmup, then constant / step / cosine decay or a plateau scale, times the phase factor.
+
+    ``plateau`` multiplies the peak by ``scale``, a variable the training loop lowers when
+    the monitored metric stops improving (``Plateau``); it lives in the checkpoint.
+    """
 
     def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str, step_every: int = 1,
                  step_factor: float = 0.1, min_ratio: float = 0.0,
-                 phases: Sequence[tuple[int, float]] = ()) -> None:
+                 phases: Sequence[tuple[int, float]] = (), scale: Optional[tf.Variable] = None) -> None:
         self.peak = float(peak)
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = max(0, int(warmup_steps))
@@ -31,12 +35,17 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         self.step_factor = float(step_factor)
         self.min_ratio = float(min_ratio)
         self.phases = [(int(s), float(f)) for s, f in phases]
+        self.scale = scale
+        if kind == "plateau" and scale is None:
+            raise ValueError("a plateau schedule needs its scale variable")
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         peak = tf.constant(self.peak, tf.float32)
         if self.kind == "constant":
             lr = peak
+        elif self.kind == "plateau":
+            lr = peak * tf.cast(self.scale, tf.float32)
         elif self.kind == "step":
             lr = peak * tf.pow(self.step_factor, tf.floor(tf.maximum(step - self.warmup_steps, 0.0) / self.step_every))
         else:  # cosine over the steps after warmup
@@ -61,22 +70,69 @@ def scaled_learning_rate(base: float, replicas: int, enabled: bool) -> float:
     return base * replicas if enabled and replicas > 1 else base
 
 
+def warmup_epochs(cfg: ScheduleConfig, epochs: int, replicas: int, scaled: bool) -> float:
+    """The warmup: as set; when unset, 5 epochs if the rate was scaled up for several replicas
+    (Goyal et al. 2017, where the linear scaling rule comes from), at most a fifth of the run."""
+    if cfg.warmup_epochs is not None:
+        return float(cfg.warmup_epochs)
+    return min(5.0, epochs / 5.0) if scaled and replicas > 1 else 0.0
+
+
 def build_schedule(cfg: ScheduleConfig, peak: float, steps_per_epoch: int, epochs: int,
-                   phases: Sequence[tuple[int, float]] = ()) -> Schedule:
+                   phases: Sequence[tuple[int, float]] = (), warmup: Optional[float] = None,
+                   scale: Optional[tf.Variable] = None) -> Schedule:
+    """The run's schedule; ``warmup`` (epochs) is ``warmup_epochs``'s result, else the config's own."""
+    if warmup is None:
+        warmup = cfg.warmup_epochs or 0.0
     return Schedule(
         peak=peak,
         total_steps=steps_per_epoch * epochs,
-        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_steps=round(warmup * steps_per_epoch),
         kind=cfg.name,
         step_every=cfg.step_epochs * steps_per_epoch,
         step_factor=cfg.step_factor,
         min_ratio=cfg.min_lr_ratio,
         phases=[(start_epoch * steps_per_epoch, factor) for start_epoch, factor in phases if start_epoch > 0],
+        scale=scale,
     )
 
 
-def build_optimizer(cfg: OptimizerConfig, learning_rate, precision: str = "float32") -> keras.optimizers.Optimizer:
+class Plateau:
+    """Reduce-on-plateau for the ``plateau`` schedule; its state is LoopState's, so it resumes.
+
+    Every worker sees the same (reduced) metrics, so every worker takes the same decision.
+    """
+
+    def __init__(self, cfg: ScheduleConfig, monitor: str, mode: str, state) -> None:
+        self.monitor, self.mode, self.state = monitor, mode, state
+        self.patience, self.factor, self.floor = cfg.plateau_patience, cfg.plateau_factor, cfg.min_lr_ratio
+
+    def update(self, logs: dict[str, float]) -> Optional[float]:
+        """Record one epoch; return the new scale when the rate drops, else None."""
+        if self.monitor not in logs:
+            raise UserError(f"train.schedule.plateau_monitor '{self.monitor}' is not a logged metric; "
+                            f"choose one of: {', '.join(sorted(logs))}")
+        value, best = float(logs[self.monitor]), float(self.state.get("plateau_best"))
+        better = not math.isnan(value) and (math.isnan(best) or (value < best if self.mode == "min" else value > best))
+        if better:
+            self.state.set(plateau_best=value, plateau_wait=0)
+            return None
+        wait = int(self.state.get("plateau_wait")) + 1
+        if wait <= self.patience:
+            self.state.set(plateau_wait=wait)
+            return None
+        scale = max(self.floor, float(self.state.get("lr_scale")) * self.factor)
+        self.state.set(plateau_wait=0, lr_scale=scale)
+        return scale
+
+
+def build_optimizer(cfg: OptimizerConfig, learning_rate, precision: str = "float32",
+                    ema_decay: Optional[float] = None) -> keras.optimizers.Optimizer:
     common = {"learning_rate": learning_rate}
+    if ema_decay is not None:
+        # Keras keeps the average in the optimizer's own variables (so it is checkpointed with
+        # them) and updates it after every step, in the step's graph, under any strategy.
+        common.update(use_ema=True, ema_momentum=float(ema_decay))
     if cfg.clipnorm:
         common["clipnorm"] = cfg.clipnorm
     wd: Optional[float] = cfg.weight_decay
