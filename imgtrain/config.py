@@ -28,6 +28,7 @@ SCHEDULES = ("constant", "step", "cosine", "plateau")
 # ``model.<name>`` section of TransferConfig. imgtrain.models.backbones holds how to build them.
 BACKBONES = ("resnet50", "efficientnetv2_b0", "mobilenetv3_small", "mobilenetv3_large", "convnext_tiny")
 MODELS = ("cnn", "dnn") + BACKBONES
+ERASING_FILLS = ("noise", "mean")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "single", "mirrored", "multiworker", "horovod")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -92,7 +93,7 @@ class RandomErasingConfig:
     probability: float = 0.0  # 0: off; 0.25 is timm's usual choice
     area: list[float] = field(default_factory=lambda: [0.02, 1 / 3])  # of the image
     ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])  # aspect ratio of the box
-    fill: str = "noise"  # noise (per-pixel normal, timm's "pixel" mode) or zero
+    fill: str = "noise"  # noise (per-pixel normal, timm's "pixel" mode) or mean (the ImageNet mean colour)
 
 
 @dataclass
@@ -110,6 +111,10 @@ class DataConfig:
     # With random resized crops, evaluation sees the central crop_fraction of each image (shorter
     # side), resized: objects then appear at the scale training saw. 1 or null: the whole image.
     eval_crop_fraction: Optional[float] = 0.875
+
+    def eval_crop(self) -> Optional[float]:
+        """The centre-crop fraction evaluation uses: only when training crops at random."""
+        return self.eval_crop_fraction if self.augment.random_resized_crop else None
 
 
 @dataclass
@@ -351,7 +356,7 @@ class Config:
             raise UserError(f"data.augment.randaugment.num_ops must be 0 (off) to 10, got {ra.num_ops}")
         _in_range("data.augment.randaugment.magnitude", ra.magnitude, 0.0, 30.0)
         _in_range("data.augment.random_erasing.probability", er.probability, 0.0, 1.0)
-        _choice("data.augment.random_erasing.fill", er.fill, ("noise", "zero"))
+        _choice("data.augment.random_erasing.fill", er.fill, ERASING_FILLS)
         _range_pair("data.augment.random_erasing.area", er.area, 0.0, 1.0)
         _range_pair("data.augment.random_erasing.ratio", er.ratio, 0.0, 100.0)
         _range_pair("data.augment.crop_scale", a.crop_scale, 0.0, 1.0)

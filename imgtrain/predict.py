@@ -52,7 +52,7 @@ def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_siz
     """One record per file: path, then the top-k (class name, probability) pairs."""
     model, class_names, cfg = load_run(run_dir)
     files = collect_files(paths)
-    size = cfg.data.image_size
+    size, crop = cfg.data.image_size, cfg.data.eval_crop()
     k = max(1, min(top_k, len(class_names)))
     for f in files:
         try:
@@ -60,7 +60,7 @@ def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_siz
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
             raise UserError(f"cannot decode image {f}: {str(exc).splitlines()[-1][:120]}; pass JPEG, PNG, BMP or GIF files") from None
     ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files]).map(
-        lambda p: load(p, size), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        lambda p: load(p, size, crop), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     probs = []
     for batch in ds:
         probs.append(tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32), axis=-1).numpy())

@@ -286,7 +286,7 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
     if chief:
         write_class_names(prep.class_names, run_dir)
         export_keras(built.model, run_dir)
-        export_saved_model(built.model, prep.class_names, cfg.data.image_size, run_dir)
+        export_saved_model(built.model, prep.class_names, cfg.data.image_size, run_dir, cfg.data.eval_crop())
     report = evaluate_prepared(built.model, prep, cfg, dist, run_dir, progress=progress) if prep.has("test") else None
     if chief:
         summary = {

@@ -135,3 +135,40 @@ def test_resnet_preprocessing_matches_keras():
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     prep = keras.Model(model.input, model.get_layer("caffe_mean").output)
     np.testing.assert_allclose(prep(x), keras.applications.resnet50.preprocess_input(x.copy()), atol=1e-4)
+
+
+def test_every_model_keras_file_loads_in_plain_keras(tmp_path: Path):
+    """model.keras of every model type loads in a process that never imports imgtrain."""
+    import json
+    import subprocess
+    import sys
+
+    from imgtrain.export import export_keras
+
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for name in ["cnn", "dnn", *BACKBONES]:
+        cfg = ModelConfig(name=name)
+        if name in BACKBONES:
+            cfg.transfer().weights = "none"
+        model = build_model(cfg, 3, [32, 32]).model
+        (tmp_path / name).mkdir()
+        export_keras(model, tmp_path / name)
+        expected[name] = model(x, training=False).numpy().tolist()
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    script = f"""
+import json, sys, numpy as np, keras
+root = {str(tmp_path)!r}
+x = np.load(root + "/x.npy")
+expected = json.load(open(root + "/expected.json"))
+for name, want in expected.items():
+    model = keras.saving.load_model(root + "/" + name + "/model.keras")
+    np.testing.assert_allclose(model(x, training=False), np.array(want), rtol=1e-4, atol=1e-4)
+assert not any(m.startswith("imgtrain") for m in sys.modules), "imgtrain was imported"
+print("loaded", len(expected))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"loaded {2 + len(BACKBONES)}" in proc.stdout

@@ -54,8 +54,18 @@ def test_same_seed_same_weights_and_stop_then_resume(image_folder, small_config,
     assert any(not np.array_equal(x, y) for x, y in zip(weights(tmp_path / "a"), weights(tmp_path / "d")))
 
 
-def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys):
-    extra = FAST + ("train.checkpoint.every_steps=2",)
+# Every training recipe at once: each draws from (seed, epoch, example or step) or keeps its
+# state in the checkpoint, so a resumed run must still end bit for bit where a whole one does.
+RECIPES = ("data.augment.random_resized_crop=true", "data.augment.randaugment={num_ops: 2, magnitude: 9}",
+           "data.augment.random_erasing.probability=0.5", "data.augment.mixup=0.4", "data.augment.cutmix=1.0",
+           "train.ema.decay=0.9", "train.schedule.name=plateau", "train.schedule.plateau_patience=0",
+           "train.schedule.warmup_epochs=1", "train.label_smoothing=0.1", "train.class_weights=balanced",
+           "train.precise_bn.enabled=true")
+
+
+@pytest.mark.parametrize("recipes", [(), RECIPES], ids=["plain", "every-recipe"])
+def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys, recipes):
+    extra = FAST + ("train.checkpoint.every_steps=2",) + recipes
     train_run(small_config(image_folder, tmp_path / "a", extra), progress=False)
     # Run b: a first run that stops after epoch 1, then a resumed one from a *mid-epoch* checkpoint.
     run_b = tmp_path / "b"

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from imgtrain.config import AugmentConfig
 from imgtrain.data.images import decode, resize
+from imgtrain.data.randaugment import randaugment, random_erasing
 
 FILL_MODES = ("reflect", "constant", "nearest", "wrap")
 
@@ -109,6 +110,8 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
         image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
     if cfg.rotation or cfg.zoom or cfg.translate:
         image = _affine(image, seeds[2:6], cfg, fill_mode)
+    if cfg.randaugment.num_ops:  # every op keeps 0..255 itself
+        image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 101), cfg.randaugment)
     if cfg.brightness:
         image = tf.image.stateless_random_brightness(image, cfg.brightness * 255.0, seed=seeds[6])
     if cfg.contrast:
@@ -117,9 +120,12 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
         # Only these can leave 0..255; flips and the bilinear affine cannot, and a clip is a
         # full pass over the image (about 7% of the pipeline's throughput at 224x224).
         image = tf.clip_by_value(image, 0.0, 255.0)
+    if cfg.random_erasing.probability:  # last, as timm does: the box hides augmented pixels
+        image = random_erasing(image, tf.random.experimental.stateless_fold_in(seed, 102), cfg.random_erasing)
     return image
 
 
 def is_active(cfg: AugmentConfig) -> bool:
     return bool(cfg.random_resized_crop or cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation
-                or cfg.zoom or cfg.translate or cfg.brightness or cfg.contrast)
+                or cfg.zoom or cfg.translate or cfg.brightness or cfg.contrast or cfg.randaugment.num_ops
+                or cfg.random_erasing.probability)

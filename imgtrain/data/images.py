@@ -9,7 +9,7 @@ model carries its own preprocessing.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -34,15 +34,38 @@ def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     return tf.cast(out, tf.float32)
 
 
-def load(path: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+def central_crop(image: tf.Tensor, size: Sequence[int], fraction: Optional[float]) -> tf.Tensor:
+    """The central window of ``image`` with the aspect ratio of ``size``, ``fraction`` of the
+    largest such window on each side (timm's and Model Garden's ``crop_pct``: resize so the
+    shorter side is size / fraction, take the centre). ``None`` or 1: the image untouched."""
+    if fraction is None or fraction >= 1.0:
+        return image
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    aspect = float(size[1]) / float(size[0])  # width / height of the output
+    win_h = tf.minimum(h, w / aspect) * fraction
+    win_w = win_h * aspect
+    ch = tf.maximum(1, tf.cast(tf.round(win_h), tf.int32))
+    cw = tf.maximum(1, tf.cast(tf.round(win_w), tf.int32))
+    top = (tf.shape(image)[0] - ch) // 2
+    left = (tf.shape(image)[1] - cw) // 2
+    return tf.slice(image, tf.stack([top, left, 0]), tf.stack([ch, cw, -1]))
+
+
+def eval_image(image: tf.Tensor, size: Sequence[int], crop_fraction: Optional[float] = None) -> tf.Tensor:
+    """A decoded image as evaluation, predict and the exports see it: centre crop, then resize."""
+    return resize(central_crop(image, size, crop_fraction), size)
+
+
+def load(path: tf.Tensor, size: Sequence[int], crop_fraction: Optional[float] = None) -> tf.Tensor:
     """Path to a float32 image of ``size``: what evaluation and predict feed the model."""
-    return resize(decode(tf.io.read_file(path)), size)
+    return eval_image(decode(tf.io.read_file(path)), size, crop_fraction)
 
 
-def bytes_to_batch(image_bytes: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+def bytes_to_batch(image_bytes: tf.Tensor, size: Sequence[int], crop_fraction: Optional[float] = None) -> tf.Tensor:
     """A vector of encoded images to a float32 batch; used by the exported serving signature."""
     return tf.map_fn(
-        lambda b: resize(decode(b), size),
+        lambda b: eval_image(decode(b), size, crop_fraction),
         image_bytes,
         fn_output_signature=tf.TensorSpec([int(size[0]), int(size[1]), 3], tf.float32),
     )

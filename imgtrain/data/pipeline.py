@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
-from imgtrain.data.images import decode, load, resize
+from imgtrain.data.images import decode, eval_image, load, resize
 from imgtrain.data.sources import Example
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -133,7 +133,7 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
     first = examples[:1]
     return tf.data.Dataset.from_tensor_slices(_tensors(first)).map(
-        lambda i, p, y, w: (load(p, cfg.image_size), y, w, tf.constant(1.0)))
+        lambda i, p, y, w: (load(p, cfg.image_size, cfg.eval_crop()), y, w, tf.constant(1.0)))
 
 
 def eval_dataset(
@@ -148,7 +148,8 @@ def eval_dataset(
     ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
-    ds = ds.map(lambda i, p, y, w: (load(p, size), y, w, tf.constant(1.0)), num_parallel_calls=AUTOTUNE,
+    crop = cfg.eval_crop()
+    ds = ds.map(lambda i, p, y, w: (load(p, size, crop), y, w, tf.constant(1.0)), num_parallel_calls=AUTOTUNE,
                 deterministic=True)
     if cfg.cache:
         ds = ds.cache()
@@ -207,7 +208,9 @@ def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, pla
 
 def _tfds_plain(source: tf.data.Dataset, cfg: DataConfig) -> tf.data.Dataset:
     size = cfg.image_size
-    return source.map(lambda x, y: (resize(to_rgb(x), size), tf.cast(y, tf.int32), tf.constant(1.0), tf.constant(1.0)),
+    crop = cfg.eval_crop()
+    return source.map(lambda x, y: (eval_image(to_rgb(x), size, crop), tf.cast(y, tf.int32), tf.constant(1.0),
+                                    tf.constant(1.0)),
                       num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
@@ -254,7 +257,7 @@ def tfrecord_train_dataset(files: Sequence[str], worker_counts: Sequence[int], c
 
 
 def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
-    return resize(decode(encoded), cfg.image_size)
+    return eval_image(decode(encoded), cfg.image_size, cfg.eval_crop())
 
 
 def tfrecord_eval_dataset(files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, batch_size: int,

@@ -28,7 +28,7 @@ from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
-from imgtrain.train.mixing import MixSettings, mix_batch, partner
+from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
 
@@ -166,9 +166,8 @@ class TrainLoop:
             weight = w * tf.gather(class_w, y) * real  # what one example's loss counts for
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)
-                per_ex = lam * cross_entropy(y, logits, num_classes, smoothing) * weight
-                if mix.active:  # the partner's share of every mixed example
-                    per_ex += (1.0 - lam) * cross_entropy(partner(y), logits, num_classes, smoothing) * partner(weight)
+                per_ex = mixed_loss(lambda labels: cross_entropy(labels, logits, num_classes, smoothing),
+                                    y, weight, lam, mix.active)
                 loss = tf.reduce_sum(per_ex) / tf.maximum(n, 1.0)
                 if model.losses:
                     loss += tf.add_n(model.losses) / dist.num_replicas

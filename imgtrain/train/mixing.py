@@ -22,6 +22,7 @@ differently. The ops here take an explicit stateless seed instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import tensorflow as tf
 
@@ -102,3 +103,14 @@ def mix_batch(images: tf.Tensor, settings: MixSettings, seed: tf.Tensor) -> tupl
 def partner(values: tf.Tensor) -> tf.Tensor:
     """What each example's partner holds (the reversed batch)."""
     return tf.reverse(values, axis=[0])
+
+
+def mixed_loss(per_target: Callable[[tf.Tensor], tf.Tensor], y: tf.Tensor, weight: tf.Tensor, lam: tf.Tensor,
+               mixing: bool) -> tf.Tensor:
+    """Per-example loss of a possibly mixed batch: ``lam`` x the loss against each example's own
+    label, with its own weight, plus ``1 - lam`` x the loss against its partner's label, with the
+    partner's weight. ``per_target(labels)`` is the per-example (smoothed) cross-entropy."""
+    loss = lam * per_target(y) * weight
+    if mixing:
+        loss += (1.0 - lam) * per_target(partner(y)) * partner(weight)
+    return loss
