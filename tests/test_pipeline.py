@@ -92,7 +92,7 @@ def test_eval_shards_pad_and_cover(image_folder: Path):
 
 def test_eval_dataset_is_plain_resize_in_order(image_folder: Path):
     ex = _examples(image_folder)
-    cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG)
+    cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG, eval_crop_fraction=None)
     xs, ys, ws, real = _collect(eval_dataset(ex, cfg, batch_size=8))
     assert (real == 1).all()
     assert ys.tolist() == [e.label for e in ex]
@@ -100,6 +100,11 @@ def test_eval_dataset_is_plain_resize_in_order(image_folder: Path):
     first = np.asarray(Image.open(ex[0].path).convert("RGB"), np.float32)
     np.testing.assert_allclose(xs[0], first, atol=1e-3)  # same size: resize is the identity
     assert (ws == 1.0).all()
+    # With random resized crops in training, evaluation takes the centre crop by default (0.875).
+    cropped, *_ = _collect(eval_dataset(ex, DataConfig(image_size=[16, 16], augment=FULL_AUG), batch_size=8))
+    want = tf.image.resize(first[1:15, 1:15], [16, 16]).numpy()
+    np.testing.assert_allclose(cropped[0], want, atol=1e-3)
+    assert not np.allclose(cropped[0], first)
 
 
 def test_augmentations_change_images_and_stay_in_range():
