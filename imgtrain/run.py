@@ -284,6 +284,8 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
     fingerprints = dist.gather(weights_fingerprint(built.model))
     summary: dict[str, Any] = {}
     if chief:
+        plots.curves_png(run_dir / "history.csv", run_dir / "curves.png", fit.best_epoch + 1,
+                         objective_note(cfg), validation_note(cfg))
         write_class_names(prep.class_names, run_dir)
         export_keras(built.model, run_dir)
         export_saved_model(built.model, prep.class_names, cfg.data.image_size, run_dir, cfg.data.eval_crop())
@@ -316,6 +318,27 @@ def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps:
     return batches_for(cfg.train.precise_bn.samples, global_batch, steps)
 
 
+def objective_note(cfg: Config) -> str:
+    """What makes the training objective another quantity than plain cross-entropy ('' if nothing)."""
+    parts = []
+    if cfg.train.label_smoothing:
+        parts.append(f"label smoothing {cfg.train.label_smoothing:g}")
+    if MixSettings.from_config(cfg.data.augment).active:
+        parts.append("mixup/cutmix")
+    if cfg.train.class_weights:
+        parts.append("class weights")
+    return ", ".join(parts)
+
+
+def validation_note(cfg: Config) -> str:
+    parts = ["after each epoch"]
+    if cfg.train.ema.decay is not None:
+        parts.append(f"EMA weights (decay {cfg.train.ema.decay:g})")
+    if cfg.data.eval_crop():
+        parts.append(f"centre crop {cfg.data.eval_crop():g}")
+    return ", ".join(parts)
+
+
 def weights_fingerprint(model: keras.Model) -> int:
     """A 48-bit digest of every weight: equal on all workers exactly when the replicas agree."""
     digest = hashlib.sha256()
@@ -334,7 +357,6 @@ def evaluate_prepared(model: keras.Model, prep: Prepared, cfg: Config, dist: Dis
     if dist.is_chief:
         write_report(report, run_dir)
         plots.confusion_matrix_png(report["confusion_matrix"], prep.class_names, run_dir / "confusion_matrix.png")
-        plots.curves_png(run_dir / "history.csv", run_dir / "curves.png")
     return report
 
 

@@ -49,3 +49,26 @@ def test_report_files(tmp_path: Path):
     (tmp_path / "history.csv").write_text("epoch,loss,accuracy,val_loss,val_accuracy\n1,1.0,0.5,1.1,0.4\n2,0.5,0.8,0.6,0.7\n")
     assert plots.curves_png(tmp_path / "history.csv", tmp_path / "curves.png")
     assert not plots.curves_png(tmp_path / "missing.csv", tmp_path / "none.png")
+
+
+def test_curves_plot_like_with_like(tmp_path, monkeypatch):
+    """The training curve is plain cross-entropy; the smoothed objective is drawn apart, named."""
+    (tmp_path / "history.csv").write_text(
+        "epoch,loss,cross_entropy,accuracy,val_loss,val_accuracy,learning_rate\n"
+        "1,0.90,0.50,0.8,0.45,0.82,0.001\n2,0.80,0.30,0.9,0.28,0.91,0.0005\n3,0.78,0.25,0.92,0.27,0.92,0.0001\n")
+    drawn = {}
+    real_save = plots._save
+
+    def capture(fig, path):
+        for ax in fig.axes:
+            drawn[ax.get_title()] = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+        real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    assert plots.curves_png(tmp_path / "history.csv", tmp_path / "c.png", best_epoch=2,
+                            objective_differs="label smoothing 0.1")
+    loss = drawn["loss"]
+    assert loss["train (running, during the epoch)"] == [0.5, 0.3, 0.25]
+    assert loss["train objective (label smoothing 0.1)"] == [0.9, 0.8, 0.78]
+    assert any(k.startswith("best epoch 2") for k in loss)
+    assert drawn["learning rate"]["_child0"] == [0.001, 0.0005, 0.0001]

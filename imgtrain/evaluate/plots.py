@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from imgtrain import atomic  # noqa: E402
@@ -34,29 +35,72 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path
     _save(fig, path)
 
 
-def curves_png(history_csv: Path, path: Path) -> bool:
-    """Loss and accuracy per epoch, train and validation; False when there is no history."""
+def _read_history(history_csv: Path) -> list[dict]:
     if not history_csv.exists():
-        return False
+        return []
     with history_csv.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def curves_png(history_csv: Path, path: Path, best_epoch: Optional[int] = None,
+               objective_differs: str = "", validation_note: str = "") -> bool:
+    """Cross-entropy, accuracy and learning rate per epoch; False when there is no history.
+
+    Like is plotted with like: the training curve is plain cross-entropy against hard labels
+    (what validation reports), and the training objective, when label smoothing, mixing or
+    class weights make it another quantity, is drawn apart and named (``objective_differs``).
+    ``best_epoch`` (1-based) marks the epoch whose weights were restored.
+    """
+    rows = _read_history(history_csv)
     if not rows:
         return False
     epochs = [int(r["epoch"]) for r in rows]
 
-    def series(key: str) -> list[float] | None:
+    def series(key: str) -> Optional[list[float]]:
         vals = [r.get(key, "") for r in rows]
         return [float(v) for v in vals] if all(v not in ("", None) for v in vals) else None
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
-            ys = series(key)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    train_ce = series("cross_entropy") or series("loss")  # histories before 0.2 have no cross_entropy
+    panels = (
+        (axes[0], "cross-entropy", [(train_ce, "train (running, during the epoch)", "-o"),
+                                    (series("val_loss"), "validation", "-s")]),
+        (axes[1], "accuracy", [(series("accuracy"), "train (running, during the epoch)", "-o"),
+                               (series("val_accuracy"), "validation", "-s")]),
+    )
+    for ax, name, lines in panels:
+        for ys, label, style in lines:
             if ys is not None:
                 ax.plot(epochs, ys, style, label=label, markersize=3)
         ax.set_xlabel("epoch")
-        ax.set_title(metric)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    objective = series("loss")
+    if objective_differs and objective is not None and series("cross_entropy") is not None:
+        axes[0].plot(epochs, objective, ":", color="grey", label=f"train objective ({objective_differs})")
+    axes[0].set_title("loss")
+    axes[1].set_title("accuracy")
+    lr = series("learning_rate")
+    if lr is not None:
+        axes[2].plot(epochs, lr, "-o", markersize=3, color="tab:green")
+        if min(lr) > 0 and max(lr) / min(lr) > 20:
+            axes[2].set_yscale("log")
+    axes[2].set_xlabel("epoch")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].set_ylabel("learning rate (at the epoch's start)")
+    axes[2].set_title("learning rate")
+    axes[2].grid(alpha=0.3)
+    if best_epoch and best_epoch in epochs:
+        for ax in axes:
+            ax.axvline(best_epoch, color="tab:red", linestyle="--", alpha=0.6,
+                       label=f"best epoch {best_epoch} (restored)")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    note = "train: dropout and augmentation on, weights changing during the epoch"
+    if validation_note:
+        note += f"; validation: {validation_note}"
+    fig.suptitle(note, fontsize=9, y=0.995)
     _save(fig, path)
     return True
