@@ -195,3 +195,22 @@ def test_horovod_wrapper_script(data: Path, tmp_path: Path):
     assert summary["strategy"] == "horovod" and summary["world_size"] == 2 and summary["replicas_in_sync"]
     usage = subprocess.run(["bash", str(ROOT / "launch" / "horovod.sh"), "--", "imgtrain"], capture_output=True, text=True)
     assert usage.returncode == 2 and "give -np N" in usage.stderr
+
+
+# BatchNorm with precise BN, dropout, MixUp/CutMix, RandAugment and EMA, all at once: the replicas
+# cannot match a single process (each normalises its own batch), but they must match each other.
+RECIPES = ["--set", "model.cnn.batch_norm=true", "--set", "model.cnn.dropout=0.1", "--set", "train.precise_bn.enabled=true",
+           "--set", "data.augment.mixup=0.4", "--set", "data.augment.cutmix=1.0", "--set", "train.ema.decay=0.9",
+           "--set", "data.augment.randaugment.num_ops=2", "--set", "train.label_smoothing=0.1"]
+
+
+@pytest.mark.parametrize("launcher", ["multiworker", "horovod"])
+def test_recipes_keep_replicas_in_sync(launcher: str, data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    cmd = (multiworker_cmd if launcher == "multiworker" else horovod_cmd)(data, run) + RECIPES
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, failure(proc.stdout + proc.stderr)
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["replicas_in_sync"] is True  # weights and BatchNorm statistics, bit for bit
+    assert np.isfinite(json.loads((run / "report.json").read_text())["loss"])
