@@ -11,6 +11,7 @@ worker's rename would pull the file from under the second.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from contextlib import contextmanager
@@ -42,5 +43,17 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None: JSON has no NaN, and a file
+    with a bare ``NaN`` in it is not JSON any tool other than Python's will read."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
-    write_text(path, json.dumps(data, indent=indent) + "\n")
+    write_text(path, json.dumps(finite(data), indent=indent, allow_nan=False) + "\n")

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from imgtrain import __version__
+from imgtrain.config import MODELS
 from imgtrain.errors import EXIT_USER_ERROR, UserError
 
 EPILOG_TRAIN = """examples:
   imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos
   imgtrain train --config configs/digits.yaml --set train.optimizer.name=sgd --set data.augment.rotation=10
   imgtrain train --data labels.csv --model dnn --set model.dnn.hidden_units=[512,256]
-  imgtrain train --data tfds:cifar10 --model resnet50 --image-size 224
+  imgtrain train --data tfds:cifar10 --model efficientnetv2_b0 --image-size 224
+  imgtrain train --config configs/transfer-small-data.yaml --data photos/   # presets: see configs/
 
 Running the same command again on an existing --output resumes from its last checkpoint."""
 
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config value (YAML syntax), repeatable, e.g. --set train.optimizer.name=sgd")
     t.add_argument("--data", metavar="PATH", help="image folder (one subfolder per class, optionally train/val/test), "
                                                   "CSV manifest path,label[,weight], or tfds:NAME")
-    t.add_argument("--model", metavar="NAME", help="model architecture: cnn (default), resnet50 or dnn")
+    t.add_argument("--model", metavar="NAME", help=f"model architecture: {', '.join(MODELS)} (default cnn)")
     t.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
     t.add_argument("--batch-size", type=int, metavar="N", help="images per batch per replica")
     t.add_argument("--image-size", type=int, nargs="+", metavar="PX", help="side, or height width, images are resized to")

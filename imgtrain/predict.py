@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgtrain import atomic
 from imgtrain.config import IMAGE_EXTENSIONS, Config
 from imgtrain.data.images import load
 from imgtrain.errors import UserError
@@ -90,14 +91,19 @@ def write_records(records: list[dict], output: str | None) -> None:
         return
     path = Path(output)
     k = max((len(r["top"]) for r in records), default=1)
-    if path.suffix.lower() == ".json":
-        data = [{"path": r["path"], "predictions": [{"class": n, "probability": p} for n, p in r["top"]]} for r in records]
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    elif path.suffix.lower() == ".csv":
-        with path.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path"] + [h for i in range(1, k + 1) for h in (f"class_{i}", f"prob_{i}")])
-            for r in records:
-                w.writerow([r["path"]] + [v for n, p in r["top"] for v in (n, f"{p:.6f}")])
-    else:
+    if path.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output {path} must end in .csv or .json")
+    if not path.parent.is_dir():
+        raise UserError(f"--output {path}: the folder {path.parent} does not exist; create it or write elsewhere")
+    # Whole or not at all: an existing predictions file survives a full disk or a crash.
+    with atomic.replacing(path) as tmp:
+        if path.suffix.lower() == ".json":
+            data = [{"path": r["path"], "predictions": [{"class": n, "probability": p} for n, p in r["top"]]}
+                    for r in records]
+            tmp.write_text(json.dumps(atomic.finite(data), indent=2, allow_nan=False) + "\n")
+        else:
+            with tmp.open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["path"] + [h for i in range(1, k + 1) for h in (f"class_{i}", f"prob_{i}")])
+                for r in records:
+                    w.writerow([r["path"]] + [v for n, p in r["top"] for v in (n, f"{p:.6f}")])

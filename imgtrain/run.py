@@ -8,6 +8,7 @@ into a ``Config`` and calls ``train_run``, ``evaluate_run`` or predict.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from imgtrain import __version__, atomic
+from imgtrain import __version__, atomic, runlock
 from imgtrain.config import Config
-from imgtrain.data import pipeline, tfrecord
+from imgtrain.data import fingerprint, pipeline, tfrecord
 from imgtrain.data.sources import Catalog, discover, is_tfds
 from imgtrain.data.split import apply_split
 from imgtrain.data.tfds_source import TfdsData, load_tfds, tfds_name
@@ -208,15 +209,37 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
         dist = make_distribution(cfg.train.strategy)
     chief = dist.is_chief
     say = log if chief else (lambda _m: None)
+    _make_run_dir(run_dir)
+    with runlock.hold(run_dir, enabled=chief):
+        return _train_locked(cfg, run_dir, dist, progress, say, t_start)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--output {run_dir} is a file; pass a directory (it is created if missing)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run directory {run_dir}: {exc.strerror}; pass a writable --output") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"the run directory {run_dir} is not writable; pass a writable --output")
+
+
+def _train_locked(cfg: Config, run_dir: Path, dist: Distribution, progress: bool, say: Callable[[str], None],
+                  t_start: float) -> dict[str, Any]:
+    chief = dist.is_chief
     resuming = _check_resumable(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if chief:
-        cfg.save(run_dir / "config.yaml")
     _configure_runtime(cfg)
 
     prep = prepare_data(cfg, run_dir, progress=progress and chief)
     if not prep.has("train"):
         raise UserError(f"no training images in {cfg.data.path} after the split; add images or raise data.split.train")
+    for warning in (prep.catalog.warnings if prep.catalog is not None else []):
+        say(f"warning: {warning}")
+    # Only once the data are known to be the run's own does anything in the run directory change.
+    fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=chief)
+    if chief:
+        cfg.save(run_dir / "config.yaml")
     counts = {s: prep.count(s) for s in ("train", "val", "test")}
     say(f"data: {len(prep.class_names)} classes; train {counts['train']}, val {counts['val']}, test {counts['test']} images"
         + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else ""))
@@ -278,6 +301,11 @@ def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = p
     t_train = time.time()
     fit = loop.fit()
     train_seconds = time.time() - t_train
+    if not fit.trained and dist.agree((run_dir / "run.json").exists()):
+        say(f"{run_dir} is a finished run ({len(fit.history)} epoch(s)"
+            + (", stopped early" if fit.stopped_early else "") + "): nothing to train. "
+            f"'imgtrain evaluate --run {run_dir}' re-evaluates it; a new --output with --warm-start {run_dir} trains on")
+        return _read_summary(run_dir)
 
     share = train_counts[dist.rank] / max(1, counts["train"])
     per_worker = dist.gather(fit.images_per_sec * share)  # this worker's own images per second
@@ -316,6 +344,15 @@ def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps:
     if not precise_bn_needed(cfg.train.precise_bn.enabled, layers, steps):
         return 0
     return batches_for(cfg.train.precise_bn.samples, global_batch, steps)
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def objective_note(cfg: Config) -> str:

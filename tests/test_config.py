@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,27 @@ def test_override_keeps_other_values():
     cfg = Config.load(None, ["train.epochs=2"])
     cfg2 = apply_override(cfg, "train.optimizer.learning_rate=0.5")
     assert cfg2.train.epochs == 2 and cfg2.train.optimizer.learning_rate == 0.5
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path):
+    Config.load(path)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("data.augment.randaugment.num_ops=11", "randaugment.num_ops must be 0"),
+    ("data.augment.randaugment.magnitude=.nan", "randaugment.magnitude must be in"),
+    ("data.augment.random_erasing.probability=1.5", "random_erasing.probability must be in"),
+    ("data.augment.random_erasing.fill=pink", "random_erasing.fill"),
+    ("data.augment.mixup=-1", "data.augment.mixup must be in"),
+    ("data.augment.cutmix=.inf", "data.augment.cutmix must be in"),
+    ("data.eval_crop_fraction=0", "data.eval_crop_fraction must be in (0"),
+    ("train.ema.decay=1", "train.ema.decay must be in (0, 1)"),
+    ("train.schedule.plateau_factor=1", "plateau_factor must be in"),
+    ("train.schedule.warmup_epochs=99", "warmup_epochs must be in"),
+    ("train.precise_bn.samples=0", "precise_bn.samples must be a positive"),
+])
+def test_recipe_numbers_are_checked(item: str, message: str):
+    with pytest.raises(UserError, match=re.escape(message)):
+        Config.load(None, [item])

@@ -9,6 +9,7 @@ pipeline. TFDS datasets are streamed by TFDS itself and only described here.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,6 +43,7 @@ class Catalog:
     kind: str  # "folder" or "csv"
     has_weights: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said once by the run, not errors
 
     def split(self, name: str) -> list[Example]:
         return [e for e in self.examples if e.split == name]
@@ -123,7 +125,7 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
     """Read ``path,label[,weight][,split]``; paths are relative to the manifest's folder."""
     base = path.parent
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not column text
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read CSV manifest {path}: {exc}") from None
@@ -155,8 +157,9 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
                 weight = float(rec["weight"])
             except ValueError:
                 raise UserError(f"CSV manifest {path} line {lineno}: weight '{rec['weight']}' is not a number") from None
-            if weight < 0:
-                raise UserError(f"CSV manifest {path} line {lineno}: weight {weight} is negative; weights must be >= 0")
+            if not math.isfinite(weight) or weight < 0:
+                raise UserError(f"CSV manifest {path} line {lineno}: weight {rec['weight']} is not a finite number "
+                                ">= 0; fix the weight column")
             has_weights = True
         split = None
         if rec.get("split"):
@@ -166,6 +169,9 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
         file = Path(rec["path"]).expanduser()
         file = file if file.is_absolute() else base / file
         raw.append((lineno, file, rec["label"], weight, split))
+    raw, duplicates = _dedupe(raw, path)
+    if has_weights and raw and all(r[3] == 0 for r in raw):
+        raise UserError(f"every weight in CSV manifest {path} is 0, so nothing would be learned; fix the weight column")
     if vocabulary is not None:
         for lineno, _, label, _, _ in raw:
             if label not in vocabulary:
@@ -179,4 +185,27 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
     for lineno, file, label, weight, split in raw:
         key = file.relative_to(base).as_posix() if file.is_relative_to(base) else file.as_posix()
         examples.append(Example(str(file.resolve()), key, index[label], weight, split))
-    return Catalog(class_names, examples, str(base.resolve()), "csv", has_weights=has_weights)
+    catalog = Catalog(class_names, examples, str(base.resolve()), "csv", has_weights=has_weights)
+    if duplicates:
+        catalog.warnings.append(f"CSV manifest {path} lists {duplicates} file(s) more than once with the same "
+                                "label; each is used once")
+    return catalog
+
+
+def _dedupe(raw: list[tuple], path: Path) -> tuple[list[tuple], int]:
+    """Drop exact repeats of a file; refuse a file listed with two labels (or weights, or splits)."""
+    seen: dict[Path, tuple] = {}
+    kept, repeats = [], 0
+    for row in raw:
+        lineno, file, label, weight, split = row
+        key = file.resolve()
+        if key in seen:
+            first = seen[key]
+            if (first[2], first[3], first[4]) != (label, weight, split):
+                raise UserError(f"CSV manifest {path} lists {file} twice with different entries (line {first[0]}: "
+                                f"label '{first[2]}', line {lineno}: label '{label}'); keep one line per file")
+            repeats += 1
+            continue
+        seen[key] = row
+        kept.append(row)
+    return kept, repeats

@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Optional
 import keras
 import tensorflow as tf
 
+from imgtrain.errors import UserError
+
 STATE_FIELDS = {
     "epoch": tf.int64,  # epochs fully completed
     "step_in_epoch": tf.int64,  # batches of the current epoch already trained
@@ -27,7 +29,8 @@ STATE_FIELDS = {
     "best": tf.float64,
     "best_epoch": tf.int64,
     "wait": tf.int64,
-    "ce_sum": tf.float64,  # the epoch's plain cross-entropy so far (a mid-epoch resume)
+    "ce_sum": tf.float64,
+    "stopped_early": tf.int64,  # 1 once early stopping ended the run: a rerun must not train on  # the epoch's plain cross-entropy so far (a mid-epoch resume)
     "lr_scale": tf.float32,  # the plateau schedule's multiplier
     "plateau_best": tf.float64,
     "plateau_wait": tf.int64,
@@ -94,15 +97,31 @@ class CheckpointStore:
         """Everything a checkpoint holds: what a broadcast from the chief must cover."""
         return self.model_vars + self.optimizer_vars + self.best_vars + list(self.state.vars.values())
 
-    def restore_latest(self) -> bool:
+    def restore_latest(self, log: Callable[[str], None] = print) -> bool:
+        """Restore the newest checkpoint that reads back whole; a truncated or corrupt newer one
+        (a full disk, a copy cut short) is skipped with a line saying which one is used instead."""
         if self.restore_dir is None:
             return False
-        path = tf.train.latest_checkpoint(str(self.restore_dir))
-        if not path:
+        state = tf.train.get_checkpoint_state(str(self.restore_dir))
+        if state is None or not state.model_checkpoint_path:
             return False
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        self.latest = path
-        return True
+        candidates = list(dict.fromkeys([state.model_checkpoint_path,
+                                         *reversed(state.all_model_checkpoint_paths)]))
+        for i, path in enumerate(candidates):
+            if not Path(path).is_absolute():
+                path = str(self.restore_dir / path)
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except Exception as exc:  # noqa: BLE001 - any failure to read means: try an older one
+                reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+                log(f"warning: checkpoint {path} cannot be read ({reason}); trying an older one")
+                continue
+            if i:
+                log(f"resuming from the newest complete checkpoint, {path}")
+            self.latest = path
+            return True
+        raise UserError(f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} are damaged); "
+                        "start again with a new --output")
 
     def save(self) -> Optional[str]:
         if self.manager is None:

@@ -24,6 +24,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from imgtrain import atomic
+from imgtrain.errors import UserError
 from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
@@ -57,6 +58,7 @@ class FitResult:
     stopped_early: bool = False
     resumed_from_epoch: Optional[int] = None
     images_per_sec: float = 0.0
+    trained: bool = False  # False when the run was already complete (finished or stopped early)
 
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float = 0.0) -> tf.Tensor:
@@ -252,7 +254,7 @@ class TrainLoop:
     def _resume(self) -> tuple[int, int, Optional[int], list[dict]]:
         """Restore the latest checkpoint (if any) on every worker: (epoch, step, resumed_from, history)."""
         st, early = self.state, self.early
-        restored = self.dist.agree(self.store.restore_latest())
+        restored = self.dist.agree(self.store.restore_latest(self.log))
         self.dist.broadcast_initial_state(self.store.all_variables())
         start_epoch = int(st.get("epoch"))
         skip = int(st.get("step_in_epoch"))
@@ -277,7 +279,7 @@ class TrainLoop:
     def _run_epoch(self, epoch: int, skip: int) -> tuple[RunningSums, float]:
         """Train the steps of one epoch from ``skip`` on; returns the epoch's sums and seconds."""
         st, steps = self.state, self.data.steps_per_epoch
-        sums = RunningSums.from_state(st) if skip else RunningSums()
+        sums = RunningSums.from_state(st, epoch, skip) if skip else RunningSums(epoch=epoch)
         bar = tqdm(total=steps, initial=skip, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
                    disable=not self.progress, leave=True, dynamic_ncols=True, mininterval=0.5)
         start = last_flush = time.perf_counter()
@@ -314,6 +316,8 @@ class TrainLoop:
                                                 step=self._eval_step())))
         improved, should_stop = early.update(epoch, logs)
         stop = self.dist.agree(should_stop)
+        if stop:  # checkpointed with the epoch: a crash from here on must not train again
+            self.state.set(stopped_early=1)
         if improved:
             self.store.remember_best()
         training_weights()
@@ -331,6 +335,11 @@ class TrainLoop:
         early = self.early
         start_epoch, skip, resumed_from, history = self._resume()
         result = FitResult(resumed_from_epoch=resumed_from)
+        finished_early = bool(self.state.get("stopped_early"))
+        if finished_early:
+            self.log(f"this run already stopped early after epoch {start_epoch}; not training again "
+                     f"(best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1})")
+            start_epoch = self.epochs
         hooks = [hook for hook in (self.reporter(),) if hook is not None]
         self._phase = None
         stop = False
@@ -364,7 +373,8 @@ class TrainLoop:
         result.history = history
         result.best_epoch = early.best_epoch
         result.best_value = early.best
-        result.stopped_early = stop
+        result.stopped_early = stop or finished_early
+        result.trained = start_epoch < self.epochs
         result.images_per_sec = images_total / seconds_total if seconds_total else 0.0
         return result
 
@@ -384,14 +394,15 @@ class RunningSums:
 
     FIELDS = ("loss_sum", "correct", "count", "ce_sum")
 
-    def __init__(self, values: Optional[np.ndarray] = None) -> None:
+    def __init__(self, values: Optional[np.ndarray] = None, epoch: int = 0, first_step: int = 0) -> None:
         self.values = np.zeros(4) if values is None else np.asarray(values, np.float64)
         self.pending: list = []
         self.images = 0.0  # trained in this call (a resumed epoch counts from where it resumed)
+        self.epoch, self.next_step = epoch, first_step  # where the first pending step sits
 
     @classmethod
-    def from_state(cls, state: LoopState) -> "RunningSums":
-        return cls(np.array([state.get(f) for f in cls.FIELDS]))
+    def from_state(cls, state: LoopState, epoch: int, first_step: int) -> "RunningSums":
+        return cls(np.array([state.get(f) for f in cls.FIELDS]), epoch, first_step)
 
     def add(self, step_out) -> None:
         self.pending.append(step_out)
@@ -399,8 +410,18 @@ class RunningSums:
             self.flush()
 
     def flush(self) -> None:
+        """Bring pending steps to the host; a non-finite loss stops the run here, before any
+        checkpoint holds its weights (what Keras' TerminateOnNaN does for fit)."""
         if self.pending:
-            vals = np.sum([[float(t) for t in out] for out in self.pending], axis=0)
+            rows = [[float(t) for t in out] for out in self.pending]
+            for k, row in enumerate(rows):
+                if not math.isfinite(row[0]):
+                    raise UserError(
+                        f"the training loss became {row[0]} at epoch {self.epoch + 1}, step {self.next_step + k + 1}; "
+                        "the last good checkpoint is kept. Lower train.optimizer.learning_rate, set "
+                        "train.optimizer.clipnorm, or check the data and weights")
+            self.next_step += len(rows)
+            vals = np.sum(rows, axis=0)
             self.values = self.values + vals
             self.images += vals[2]
             self.pending = []

@@ -170,4 +170,10 @@ def class_weight_vector(spec, class_names: Sequence[str], train_labels: Sequence
     unknown = [name for name in spec if name not in class_names]
     if unknown:
         raise UserError(f"train.class_weights names class '{unknown[0]}', which is not in the data; classes are {list(class_names)}")
-    return [float(spec.get(name, 1.0)) for name in class_names]
+    weights = [float(spec.get(name, 1.0)) for name in class_names]
+    bad = [(n, w) for n, w in zip(class_names, weights) if not math.isfinite(w) or w < 0]
+    if bad:
+        raise UserError(f"train.class_weights for class '{bad[0][0]}' is {bad[0][1]}; class weights must be finite and >= 0")
+    if not any(weights):
+        raise UserError("every train.class_weights value is 0, so nothing would be learned; give some class a weight > 0")
+    return weights

@@ -1,0 +1,42 @@
+"""One process trains in a run directory at a time.
+
+``train`` holds an exclusive ``flock`` on ``RUN_DIR/.lock`` for the life of
+the run. The kernel drops the lock when the process dies, however it dies, so
+a killed run never blocks its own resume; a second ``train`` on the same
+directory while the first is alive gets one line naming the holder. In a
+multi-worker run only the chief takes it (the workers write nothing there that
+the chief does not own), so workers never wait on each other for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+from imgtrain.errors import UserError
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    path = Path(run_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish or pass another --output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"imgtrain pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

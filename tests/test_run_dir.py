@@ -1,0 +1,203 @@
+"""A run directory nothing corrupts: finished runs, other data, two processes, damaged checkpoints,
+numbers that are not finite, writes that must be whole."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_folder
+from imgtrain import atomic, runlock
+from imgtrain.errors import UserError
+from imgtrain.run import train_run
+
+STOPS_EARLY = ("train.epochs=8", "train.early_stopping.patience=1", "train.early_stopping.monitor=val_accuracy",
+               "train.early_stopping.min_delta=0.5", "deterministic=true")
+
+
+def weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(run / "model.keras", compile=False).get_weights()
+
+
+def test_a_finished_early_stopped_run_does_not_train_again(image_folder, small_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = train_run(small_config(image_folder, run, STOPS_EARLY), progress=False)
+    assert first["stopped_early"] and first["epochs_completed"] < 8
+    before = weights(run)
+    history = (run / "history.csv").read_text()
+    capsys.readouterr()
+    again = train_run(small_config(image_folder, run, STOPS_EARLY), progress=False)
+    out = capsys.readouterr().out
+    assert "already stopped early" in out and "nothing to train" in out
+    assert again["epochs_completed"] == first["epochs_completed"]
+    assert (run / "history.csv").read_text() == history
+    for a, b in zip(before, weights(run)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_crash_after_early_stopping_finishes_without_training(image_folder, small_config, tmp_path, capsys):
+    whole = tmp_path / "whole"
+    train_run(small_config(image_folder, whole, STOPS_EARLY), progress=False)
+    # The crash: everything after the last checkpoint is lost (exports, report, run.json).
+    crashed = tmp_path / "crashed"
+    shutil.copytree(whole, crashed)
+    for name in ("run.json", "model.keras", "report.json", "report.md"):
+        (crashed / name).unlink()
+    shutil.rmtree(crashed / "saved_model")
+    (crashed / "config.yaml").write_text((crashed / "config.yaml").read_text().replace(str(whole), str(crashed)))
+    capsys.readouterr()
+    summary = train_run(small_config(image_folder, crashed, STOPS_EARLY), progress=False)
+    out = capsys.readouterr().out
+    assert "already stopped early" in out
+    assert not re.search(r"epoch \d+/8", out)  # no epoch trained
+    assert summary["stopped_early"] and (crashed / "report.json").exists()
+    for a, b in zip(weights(whole), weights(crashed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_other_data(small_config, tmp_path):
+    first = write_folder(tmp_path / "a", per_class=12)
+    other_classes = write_folder(tmp_path / "b", per_class=12, classes={"x": (1, 2, 3), "y": (200, 100, 0)})
+    more_images = write_folder(tmp_path / "c", per_class=15)
+    run = tmp_path / "run"
+    train_run(small_config(first, run, ("train.epochs=1",)), progress=False)
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(UserError, match="trained on other data: its classes were"):
+        train_run(small_config(other_classes, run, ("train.epochs=2",)), progress=False)
+    with pytest.raises(UserError, match="trained on other data: its train split had"):
+        train_run(small_config(more_images, run, ("train.epochs=2",)), progress=False)
+    assert (run / "config.yaml").read_text() == config  # nothing rewritten by the refused runs
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)  # the same files elsewhere: data.path may change
+    assert train_run(small_config(moved, run, ("train.epochs=2",)), progress=False)["epochs_completed"] == 2
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from imgtrain import runlock
+with runlock.hold({str(run)!r}):
+    print("held", flush=True)
+    time.sleep(30)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"is in use by imgtrain pid {holder.pid}"):
+            with runlock.hold(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with runlock.hold(run):  # the kernel released the killed holder's lock
+        pass
+
+
+def test_a_damaged_latest_checkpoint_falls_back(image_folder, small_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=2",)), progress=False)
+    data_files = sorted((run / "checkpoints").glob("ckpt-2.data-*"))
+    assert data_files
+    data_files[0].write_bytes(data_files[0].read_bytes()[:10])  # truncated
+    capsys.readouterr()
+    summary = train_run(small_config(image_folder, run, ("train.epochs=3",)), progress=False)
+    out = capsys.readouterr().out
+    assert "cannot be read" in out and "ckpt-1" in out
+    assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 3
+
+
+def test_csv_weights_must_be_finite_and_not_all_zero(tmp_path, small_config):
+    folder = write_folder(tmp_path / "img", per_class=4)
+    files = sorted(folder.rglob("*.png"))
+    for bad, message in (("nan", "is not a finite number"), ("inf", "is not a finite number"),
+                         ("-1", "is not a finite number")):
+        csv = tmp_path / f"{bad}.csv"
+        csv.write_text("path,label,weight\n" + "".join(
+            f"{f},{f.parent.name},{bad if i == 3 else 1}\n" for i, f in enumerate(files)))
+        with pytest.raises(UserError, match=message):
+            train_run(small_config(csv, tmp_path / f"run-{bad}"), progress=False)
+    zeros = tmp_path / "zeros.csv"
+    zeros.write_text("path,label,weight\n" + "".join(f"{f},{f.parent.name},0\n" for f in files))
+    with pytest.raises(UserError, match="every weight .* is 0"):
+        train_run(small_config(zeros, tmp_path / "run-zero"), progress=False)
+
+
+def test_csv_bom_and_duplicates(tmp_path, small_config, capsys):
+    folder = write_folder(tmp_path / "img", per_class=6)
+    files = sorted(folder.rglob("*.png"))
+    rows = "".join(f"{f},{f.parent.name}\n" for f in files)
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes("\ufeffpath,label\n".encode("utf-8") + rows.encode() + f"{files[0]},{files[0].parent.name}\n".encode())
+    summary = train_run(small_config(csv, tmp_path / "run", ("train.epochs=1",)), progress=False)
+    assert sum(summary["counts"].values()) == len(files)  # the repeated line counted once
+    assert "more than once" in capsys.readouterr().out
+    conflicting = tmp_path / "conflict.csv"
+    conflicting.write_text("path,label\n" + rows + f"{files[0]},not-{files[0].parent.name}\n")
+    with pytest.raises(UserError, match="twice with different entries"):
+        train_run(small_config(conflicting, tmp_path / "run2"), progress=False)
+
+
+def test_negative_or_nan_class_weights_and_learning_rates(image_folder, small_config, tmp_path):
+    from imgtrain.config import Config
+
+    for item in ("train.optimizer.learning_rate=.nan", "train.optimizer.learning_rate=.inf",
+                 "train.optimizer.learning_rate=-1"):
+        with pytest.raises(UserError, match="learning_rate must be a positive finite number"):
+            Config.load(None, [item])
+    with pytest.raises(UserError, match="class weights must be finite and >= 0"):
+        train_run(small_config(image_folder, tmp_path / "r1", ("train.class_weights={red: -1}",)), progress=False)
+    with pytest.raises(UserError, match="class weights must be finite and >= 0"):
+        train_run(small_config(image_folder, tmp_path / "r2", ("train.class_weights={red: .nan}",)), progress=False)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(image_folder, small_config, tmp_path):
+    run = tmp_path / "run"
+    # Adam moves every weight by about the learning rate: step 1's loss is finite, step 2's is not.
+    with pytest.raises(UserError, match=r"training loss became (nan|inf) at epoch 1, step 2"):
+        train_run(small_config(image_folder, run, ("train.optimizer.learning_rate=1e30",
+                                                   "train.checkpoint.every_steps=1")), progress=False)
+    index = (run / "checkpoints" / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-1"' in index  # step 1's checkpoint, none with NaN weights
+    assert not (run / "run.json").exists()
+
+
+def test_every_json_is_valid_json(tmp_path):
+    path = tmp_path / "x.json"
+    atomic.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": 2.5})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) == \
+        {"a": None, "b": [1.0, None], "c": 2.5}
+
+
+def test_predict_output_is_written_whole(tmp_path, monkeypatch):
+    from imgtrain.predict import write_records
+
+    out = tmp_path / "p.csv"
+    out.write_text("old predictions\n")
+    records = [{"path": "a.png", "top": [("cat", 0.9)]}]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    import csv as csv_module
+    monkeypatch.setattr(csv_module, "writer", full_disk)
+    with pytest.raises(OSError):
+        write_records(records, str(out))
+    assert out.read_text() == "old predictions\n"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["p.csv"]  # no temporary left behind
+    monkeypatch.undo()
+    write_records(records, str(out))
+    assert out.read_text().startswith("path,class_1,prob_1")
+    with pytest.raises(UserError, match="does not exist"):
+        write_records(records, str(tmp_path / "missing" / "p.csv"))
