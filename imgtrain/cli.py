@@ -235,6 +235,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("imgtrain: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - only a full disk is turned into one line here
+        where = disk_full(exc)
+        if where is None:
+            raise
+        print(f"imgtrain: error: no space left on device writing {where}; free some space and run the same "
+              "command again (a run resumes from its last complete checkpoint)", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def disk_full(exc: BaseException) -> Optional[str]:
+    """The path being written when ``exc`` is a full disk (OSError ENOSPC, or TensorFlow's word for
+    it), else None."""
+    import errno
+
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(e.filename or "a file")
+        text = str(e or "")
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            match = re.search(r"(/[^\s:,;']+)", text)
+            return match.group(1) if match else "a file"
+    return None
 
 
 if __name__ == "__main__":

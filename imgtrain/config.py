@@ -29,6 +29,9 @@ SCHEDULES = ("constant", "step", "cosine", "plateau")
 BACKBONES = ("resnet50", "efficientnetv2_b0", "mobilenetv3_small", "mobilenetv3_large", "convnext_tiny")
 MODELS = ("cnn", "dnn") + BACKBONES
 ERASING_FILLS = ("noise", "mean")
+FILL_MODES = ("reflect", "constant", "nearest", "wrap")  # ImageProjectiveTransformV3's fill_mode, lower case
+# Beyond this a single float32 batch of 32 images needs more than 12 GiB before any model runs.
+MAX_IMAGE_SIDE = 4096
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "single", "mirrored", "multiworker", "horovod")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -217,7 +220,7 @@ class PreciseBnConfig:
     # null (auto): when an epoch is too short for BatchNorm's moving averages to forget their
     # past (momentum ** steps_per_epoch > 0.05: under 300 steps at Keras' 0.99); true/false: always/never
     enabled: Optional[bool] = None
-    samples: int = 2048  # training images to estimate from (at most one epoch)
+    samples: int = 1024  # training images to estimate from (at most one epoch)
 
 
 @dataclass
@@ -290,7 +293,7 @@ class Config:
         _choice("train.strategy", t.strategy, STRATEGIES)
         _choice("train.cluster", t.cluster, ("auto", "none", "k8s-indexed-job"))
         _choice("data.on_bad_image", d.on_bad_image, ("fail", "skip"))
-        _choice("data.augment.fill_mode", d.augment.fill_mode, ("reflect", "constant", "nearest", "wrap"))
+        _choice("data.augment.fill_mode", d.augment.fill_mode, FILL_MODES)
         _choice("train.early_stopping.mode", t.early_stopping.mode, ("auto", "min", "max"))
         if len(d.image_size) == 1:
             d.image_size = [d.image_size[0], d.image_size[0]]
@@ -302,6 +305,17 @@ class Config:
                 "set --image-size 224 (or at least 32)"
             )
         self._validate_recipes()
+        if not 0 <= self.seed < 2**31:
+            raise UserError(f"seed must be an integer from 0 to 2147483647, got {self.seed}")
+        c = m.cnn
+        if not c.filters or min(c.filters) < 1 or c.convs_per_block < 1 or c.kernel_size < 1:
+            raise UserError(f"model.cnn needs filters >= 1 (got {c.filters}), convs_per_block >= 1 (got "
+                            f"{c.convs_per_block}) and kernel_size >= 1 (got {c.kernel_size})")
+        if m.dnn.hidden_units and min(m.dnn.hidden_units) < 1:
+            raise UserError(f"model.dnn.hidden_units must all be >= 1, got {m.dnn.hidden_units}")
+        if max(d.image_size) > MAX_IMAGE_SIDE:
+            raise UserError(f"data.image_size {d.image_size} is larger than {MAX_IMAGE_SIDE} pixels a side; "
+                            "a batch of such images cannot fit in memory. Use a smaller --image-size")
         fr = d.split
         for name in ("train", "val", "test"):
             if not 0.0 <= getattr(fr, name) <= 1.0:
@@ -417,7 +431,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -59,7 +59,11 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], image_siz
     final = run_dir / "saved_model"
     tmp = run_dir / ".tmp-saved_model"
     shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp), verbose=False)
+    try:
+        archive.write_out(str(tmp), verbose=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half export behind
+        raise
     old = run_dir / ".old-saved_model"
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +17,7 @@ import tensorflow as tf
 from imgtrain import atomic
 from imgtrain.config import IMAGE_EXTENSIONS, Config
 from imgtrain.data.images import load
+from imgtrain.data.validate import BAD, CONVERT, check_file, convert_to_png
 from imgtrain.errors import UserError
 
 
@@ -49,22 +51,32 @@ def load_run(run_dir: Path) -> tuple[keras.Model, list[str], Config]:
     return model, class_names, cfg
 
 
+def _decodable(path: Path, scratch: Path) -> str:
+    """The file itself, or a PNG copy when only Pillow reads it: the same check and conversion
+    training applies (``data.validate``), so predict takes every image train takes."""
+    result = check_file(str(path))
+    if result.status == BAD:
+        raise UserError(f"cannot decode image {path}: {result.reason}; pass JPEG, PNG, BMP or GIF files")
+    if result.status == CONVERT:
+        out = scratch / f"{len(list(scratch.iterdir()))}.png"
+        convert_to_png(str(path), out)
+        return str(out)
+    return str(path)
+
+
 def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_size: int = 64) -> list[dict]:
     """One record per file: path, then the top-k (class name, probability) pairs."""
     model, class_names, cfg = load_run(run_dir)
     files = collect_files(paths)
     size, crop = cfg.data.image_size, cfg.data.eval_crop()
     k = max(1, min(top_k, len(class_names)))
-    for f in files:
-        try:
-            tf.io.decode_image(tf.io.read_file(str(f)), channels=3, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
-            raise UserError(f"cannot decode image {f}: {str(exc).splitlines()[-1][:120]}; pass JPEG, PNG, BMP or GIF files") from None
-    ds = tf.data.Dataset.from_tensor_slices([str(f) for f in files]).map(
-        lambda p: load(p, size, crop), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    probs = []
-    for batch in ds:
-        probs.append(tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32), axis=-1).numpy())
+    with tempfile.TemporaryDirectory(prefix="imgtrain-predict-") as scratch:
+        readable = [_decodable(f, Path(scratch)) for f in files]
+        ds = tf.data.Dataset.from_tensor_slices(readable).map(
+            lambda p: load(p, size, crop), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        probs = []
+        for batch in ds:
+            probs.append(tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32), axis=-1).numpy())
     all_probs = np.concatenate(probs) if probs else np.zeros((0, len(class_names)))
     records = []
     for f, p in zip(files, all_probs):

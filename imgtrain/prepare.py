@@ -9,7 +9,7 @@ from typing import Callable
 from imgtrain.config import Config
 from imgtrain.data.sources import discover, is_tfds
 from imgtrain.data.split import apply_split
-from imgtrain.data.tfrecord import is_prepared, write_prepared
+from imgtrain.data.tfrecord import check_output_dir, is_prepared, write_prepared
 from imgtrain.data.validate import validate_catalog
 from imgtrain.errors import UserError
 
@@ -26,6 +26,7 @@ def prepare_dataset(cfg: Config, output: Path, shard_mb: float = 100.0, progress
     output = Path(output)
     if output.resolve() == Path(str(cfg.data.path)).resolve():
         raise UserError("--output must be a new directory, not the data folder itself")
+    check_output_dir(output)
     start = time.time()
     catalog = discover(cfg.data)
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)

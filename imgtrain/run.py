@@ -227,37 +227,93 @@ def _make_run_dir(run_dir: Path) -> None:
 
 def _train_locked(cfg: Config, run_dir: Path, dist: Distribution, progress: bool, say: Callable[[str], None],
                   t_start: float) -> dict[str, Any]:
-    chief = dist.is_chief
     resuming = _check_resumable(cfg, run_dir)
+    check_fits_in_memory(cfg)
     _configure_runtime(cfg)
+    prep = _run_data(cfg, run_dir, dist, resuming, progress, say)
+    training = build_training(cfg, dist, prep, run_dir, resuming, progress, say)
+    t_train = time.time()
+    fit = training.loop.fit()
+    train_seconds = time.time() - t_train
+    if not fit.trained and dist.agree((run_dir / "run.json").exists()):
+        say(f"{run_dir} is a finished run ({len(fit.history)} epoch(s)"
+            + (", stopped early" if fit.stopped_early else "") + "): nothing to train. "
+            f"'imgtrain evaluate --run {run_dir}' re-evaluates it; a new --output with --warm-start {run_dir} trains on")
+        return _read_summary(run_dir)
+    return _finish(cfg, training, fit, prep, dist, run_dir, progress,
+                   {"train_seconds": round(train_seconds, 2), "total_seconds": round(time.time() - t_start, 2)})
 
-    prep = prepare_data(cfg, run_dir, progress=progress and chief)
+
+def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> None:
+    """Refuse, before any work, an image size whose first training step cannot fit in memory.
+
+    A lower bound: one float32 batch, the first convolution block's activations kept for the
+    backward pass (3 tensors per conv: output, normalised, activated), and for the dense model
+    its first weight matrix with Adam's two slots. Real use is higher, so a refusal is certain.
+    """
+    if memory_bytes is None:
+        try:
+            memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    h, w = cfg.data.image_size
+    pixels = cfg.train.batch_size * h * w
+    m = cfg.model
+    if m.name == "cnn":
+        need = pixels * (3 + 3 * m.cnn.filters[0] * m.cnn.convs_per_block) * 4
+    elif m.name == "dnn":
+        need = pixels * 3 * 4 + (h * w * 3 * (m.dnn.hidden_units[0] if m.dnn.hidden_units else 1)) * 4 * 3
+    else:  # every backbone starts with a stride-2 convolution of at least 16 channels
+        need = pixels * (3 + 3 * 16 / 4) * 4
+    if need > memory_bytes:
+        raise UserError(f"data.image_size {cfg.data.image_size} with batch size {cfg.train.batch_size} needs at least "
+                        f"{need / 2**30:.1f} GiB for one training step, more than this machine's "
+                        f"{memory_bytes / 2**30:.1f} GiB; use a smaller --image-size or --batch-size")
+
+
+def _run_data(cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, progress: bool,
+              say: Callable[[str], None]) -> Prepared:
+    """The run's data, checked against the run's fingerprint; config.yaml written only then."""
+    prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
     if not prep.has("train"):
         raise UserError(f"no training images in {cfg.data.path} after the split; add images or raise data.split.train")
     for warning in (prep.catalog.warnings if prep.catalog is not None else []):
         say(f"warning: {warning}")
     # Only once the data are known to be the run's own does anything in the run directory change.
-    fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=chief)
-    if chief:
+    fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=dist.is_chief)
+    if dist.is_chief:
         cfg.save(run_dir / "config.yaml")
     counts = {s: prep.count(s) for s in ("train", "val", "test")}
     say(f"data: {len(prep.class_names)} classes; train {counts['train']}, val {counts['val']}, test {counts['test']} images"
         + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else ""))
+    return prep
 
+
+@dataclass
+class Training:
+    """Everything a run trains with, built in one place (``build_training``)."""
+
+    built: BuiltModel
+    loop: TrainLoop
+    early: EarlyStopping
+    train_counts: list[int]  # training examples per worker
+    global_batch: int
+    steps: int
+    peak: float
+
+
+def build_training(cfg: Config, dist: Distribution, prep: Prepared, run_dir: Path, resuming: bool = False,
+                   progress: bool = True, say: Callable[[str], None] = print) -> Training:
+    """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``."""
     batch = cfg.train.batch_size
-    global_batch = batch * dist.num_replicas
     train_counts = prep.worker_counts("train", dist.world_size)
     steps = pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch,
                                     dist.local_replicas)[1] // dist.local_replicas
     if min(train_counts) == 0:
         say(f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
             "prepare with a smaller --shard-size-mb")
-    num_classes = len(prep.class_names)
-    class_w = class_weight_vector(cfg.train.class_weights, prep.class_names,
-                                  _train_labels(prep) if cfg.train.class_weights == "balanced" else [])
-
     with dist.scope():
-        built = build_model(cfg.model, num_classes, cfg.data.image_size)
+        built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
         peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
         warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
         state = LoopState()
@@ -270,71 +326,80 @@ def _train_locked(cfg: Config, run_dir: Path, dist: Distribution, progress: bool
                                 optimizer, state, cfg.train.checkpoint.keep, after_save=dist.after_save)
     if cfg.train.warm_start and not resuming:
         _warm_start(built.model, cfg.train.warm_start, say)
+    early = _early_stopping(cfg, prep, say)
+    plateau = None
+    if cfg.train.schedule.name == "plateau":
+        monitor = cfg.train.schedule.plateau_monitor or early.monitor
+        plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
+    global_batch = batch * dist.num_replicas
+    say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
+        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
+        + (f" after {warmup:g} warmup epoch(s)" if warmup else ""))
+    loop = TrainLoop(built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, state, early, run_dir,
+                     cfg.train.epochs, label_smoothing=cfg.train.label_smoothing, jit_compile=cfg.train.jit_compile,
+                     checkpoint_every_steps=cfg.train.checkpoint.every_steps, log=say,
+                     progress=progress, ema=cfg.train.ema.decay is not None,
+                     precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps), plateau=plateau)
+    return Training(built, loop, early, train_counts, global_batch, steps, peak)
 
+
+def _early_stopping(cfg: Config, prep: Prepared, say: Callable[[str], None]) -> EarlyStopping:
     es_cfg = cfg.train.early_stopping
     early = EarlyStopping.from_config(es_cfg)
     if not prep.has("val") and early.monitor.startswith("val_"):
         early.monitor = early.monitor[4:]
         early.mode = EarlyStopping.from_config(type(es_cfg)(monitor=early.monitor, mode=es_cfg.mode)).mode
         say(f"no validation split: early stopping and best weights follow the training {early.monitor} instead")
-    plateau = None
-    if cfg.train.schedule.name == "plateau":
-        monitor = cfg.train.schedule.plateau_monitor or early.monitor
-        plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
-    data = LoopData(
+    return early
+
+
+def _loop_data(cfg: Config, prep: Prepared, dist: Distribution, steps: int) -> LoopData:
+    batch = cfg.train.batch_size
+    class_w = class_weight_vector(cfg.train.class_weights, prep.class_names,
+                                  _train_labels(prep) if cfg.train.class_weights == "balanced" else [])
+    return LoopData(
         train=_train_factory(prep, cfg, dist, batch),
         val=(lambda: eval_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
         steps_per_epoch=steps,
-        num_classes=num_classes,
+        num_classes=len(prep.class_names),
         class_weights=class_w,
         seed=cfg.seed,
         mix=MixSettings.from_config(cfg.data.augment),
     )
-    say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
-        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
-        + (f" after {warmup:g} warmup epoch(s)" if warmup else ""))
-    loop = TrainLoop(built, optimizer, dist, data, store, state, early, run_dir, cfg.train.epochs,
-                     label_smoothing=cfg.train.label_smoothing, jit_compile=cfg.train.jit_compile,
-                     checkpoint_every_steps=cfg.train.checkpoint.every_steps, log=say,
-                     progress=progress, ema=cfg.train.ema.decay is not None,
-                     precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps), plateau=plateau)
-    t_train = time.time()
-    fit = loop.fit()
-    train_seconds = time.time() - t_train
-    if not fit.trained and dist.agree((run_dir / "run.json").exists()):
-        say(f"{run_dir} is a finished run ({len(fit.history)} epoch(s)"
-            + (", stopped early" if fit.stopped_early else "") + "): nothing to train. "
-            f"'imgtrain evaluate --run {run_dir}' re-evaluates it; a new --output with --warm-start {run_dir} trains on")
-        return _read_summary(run_dir)
 
-    share = train_counts[dist.rank] / max(1, counts["train"])
+
+def _finish(cfg: Config, training: Training, fit: Any, prep: Prepared, dist: Distribution, run_dir: Path,
+            progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
+    """Plots, exports, the test report and run.json (the chief writes; every worker evaluates)."""
+    model, counts = training.built.model, {s: prep.count(s) for s in ("train", "val", "test")}
+    share = training.train_counts[dist.rank] / max(1, counts["train"])
     per_worker = dist.gather(fit.images_per_sec * share)  # this worker's own images per second
-    fingerprints = dist.gather(weights_fingerprint(built.model))
-    summary: dict[str, Any] = {}
-    if chief:
+    fingerprints = dist.gather(weights_fingerprint(model))
+    if dist.is_chief:
         plots.curves_png(run_dir / "history.csv", run_dir / "curves.png", fit.best_epoch + 1,
                          objective_note(cfg), validation_note(cfg))
         write_class_names(prep.class_names, run_dir)
-        export_keras(built.model, run_dir)
-        export_saved_model(built.model, prep.class_names, cfg.data.image_size, run_dir, cfg.data.eval_crop())
-    report = evaluate_prepared(built.model, prep, cfg, dist, run_dir, progress=progress) if prep.has("test") else None
-    if chief:
-        summary = {
-            "imgtrain_version": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version(), **dist.describe(),
-            "per_replica_batch": batch, "global_batch": global_batch, "peak_learning_rate": peak,
-            "steps_per_epoch": steps, "epochs_completed": len(fit.history), "best_epoch": fit.best_epoch + 1,
-            "best_" + early.monitor: fit.best_value, "stopped_early": fit.stopped_early,
-            "resumed_from_epoch": fit.resumed_from_epoch, "counts": counts, "skipped_files": len(prep.skipped),
-            "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
-            "images_per_sec_total": round(sum(per_worker), 1),
-            "replica_weight_fingerprints": [int(f) for f in fingerprints],
-            "replicas_in_sync": len(set(fingerprints)) == 1,
-            "train_seconds": round(train_seconds, 2), "total_seconds": round(time.time() - t_start, 2),
-            "test_accuracy": report["accuracy"] if report else None,
-            "report": str(run_dir / "report.json") if report else None,
-        }
-        _atomic_json(run_dir / "run.json", summary)
+        export_keras(model, run_dir)
+        export_saved_model(model, prep.class_names, cfg.data.image_size, run_dir, cfg.data.eval_crop())
+    report = evaluate_prepared(model, prep, cfg, dist, run_dir, progress=progress) if prep.has("test") else None
+    if not dist.is_chief:
+        return {}
+    summary = {
+        "imgtrain_version": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+        "python": platform.python_version(), **dist.describe(),
+        "per_replica_batch": cfg.train.batch_size, "global_batch": training.global_batch,
+        "peak_learning_rate": training.peak, "steps_per_epoch": training.steps,
+        "epochs_completed": len(fit.history), "best_epoch": fit.best_epoch + 1,
+        "best_" + training.early.monitor: fit.best_value, "stopped_early": fit.stopped_early,
+        "resumed_from_epoch": fit.resumed_from_epoch, "counts": counts, "skipped_files": len(prep.skipped),
+        "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
+        "images_per_sec_total": round(sum(per_worker), 1),
+        "replica_weight_fingerprints": [int(f) for f in fingerprints],
+        "replicas_in_sync": len(set(fingerprints)) == 1, **seconds,
+        "test_accuracy": report["accuracy"] if report else None,
+        "report": str(run_dir / "report.json") if report else None,
+    }
+    _atomic_json(run_dir / "run.json", summary)
     return summary
 
 

@@ -75,3 +75,31 @@ def test_early_stopping_patience_and_modes():
     assert acc.mode == "max"
     with pytest.raises(UserError, match="not a logged metric"):
         acc.update(0, {"val_loss": 1.0})
+
+
+def test_default_warmup_only_when_the_rate_is_scaled():
+    from imgtrain.train.optim import warmup_epochs
+
+    unset = ScheduleConfig()
+    assert warmup_epochs(unset, 90, 8, True) == 5.0  # Goyal et al.: 5 epochs
+    assert warmup_epochs(unset, 10, 8, True) == 2.0  # at most a fifth of the run
+    assert warmup_epochs(unset, 90, 1, True) == 0.0 and warmup_epochs(unset, 90, 8, False) == 0.0
+    assert warmup_epochs(ScheduleConfig(warmup_epochs=0), 90, 8, True) == 0.0  # as set
+
+
+def test_plateau_drops_the_rate_and_keeps_its_state_in_the_loop_state():
+    import keras
+
+    from imgtrain.train.checkpoint import LoopState
+    from imgtrain.train.optim import Plateau
+
+    state = LoopState()
+    cfg = ScheduleConfig(name="plateau", plateau_patience=1, plateau_factor=0.5, min_lr_ratio=0.2)
+    plateau = Plateau(cfg, "val_loss", "min", state)
+    schedule = build_schedule(cfg, 1.0, steps_per_epoch=10, epochs=10, scale=state.vars["lr_scale"])
+    drops = [plateau.update({"val_loss": v}) for v in (1.0, 0.9, 0.95, 0.97, 0.99, 1.2, 1.3, 1.4, 1.5)]
+    assert drops == [None, None, None, 0.5, None, 0.25, None, 0.2, None]
+    assert lr(schedule, 50) == pytest.approx(0.2)  # the floor, min_lr_ratio
+    assert state.get("plateau_best") == pytest.approx(0.9) and state.get("lr_scale") == pytest.approx(0.2)
+    with pytest.raises(Exception, match="not a logged metric"):
+        plateau.update({"loss": 1.0})

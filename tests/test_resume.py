@@ -1,6 +1,7 @@
 """Resume and determinism: a stopped or killed run continues and ends where an uninterrupted one does."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,3 +120,31 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 epoch(s) done, continuing at epoch 2" in again.stdout
     assert_same(weights(tmp_path / "whole"), weights(run))
+
+
+def test_sigkill_after_early_stopping_does_not_train_again(tmp_path):
+    data = write_folder(tmp_path / "img", per_class=30, size=16)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    stop_early = ["--set", "train.early_stopping.patience=1", "--set", "train.early_stopping.monitor=val_accuracy",
+                  "--set", "train.early_stopping.min_delta=0.5"]
+    whole = tmp_path / "whole"
+    done = subprocess.run(_cli(data, whole, 10) + stop_early, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "early stopping:" in done.stdout, done.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(data, run, 10) + stop_early, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("early stopping:"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+    again = subprocess.run(_cli(data, run, 10) + stop_early, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already stopped early" in again.stdout
+    assert not re.search(r"^epoch \d+/10", again.stdout, re.M)  # not one epoch trained
+    assert_same(weights(whole), weights(run))
+    rerun = subprocess.run(_cli(data, run, 10) + stop_early, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "nothing to train" in rerun.stdout

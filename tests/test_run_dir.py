@@ -4,6 +4,7 @@ numbers that are not finite, writes that must be whole."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import os
 import shutil
@@ -201,3 +202,147 @@ def test_predict_output_is_written_whole(tmp_path, monkeypatch):
     assert out.read_text().startswith("path,class_1,prob_1")
     with pytest.raises(UserError, match="does not exist"):
         write_records(records, str(tmp_path / "missing" / "p.csv"))
+
+
+def test_prepare_removes_only_its_own_shards(tmp_path):
+    from imgtrain.config import Config
+    from imgtrain.prepare import prepare_dataset
+
+    data = write_folder(tmp_path / "img", per_class=6)
+    out = tmp_path / "out"
+    cfg = Config.load(None, [f"data.path={data}"])
+    prepare_dataset(cfg, out, progress=False, log=lambda _m: None)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.tfrecord").write_bytes(b"user data")
+    with pytest.raises(UserError, match="not empty and not an 'imgtrain prepare' output"):
+        prepare_dataset(cfg, mine, progress=False, log=lambda _m: None)
+    assert (mine / "precious.tfrecord").read_bytes() == b"user data"
+    prepare_dataset(cfg, out, progress=False, log=lambda _m: None)  # a previous output is rewritten
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds notes.txt"):
+        prepare_dataset(cfg, out, progress=False, log=lambda _m: None)
+
+
+def test_a_truncated_shard_is_named(tmp_path):
+    from imgtrain.config import Config
+    from imgtrain.data.tfrecord import open_prepared
+    from imgtrain.prepare import prepare_dataset
+
+    data = write_folder(tmp_path / "img", per_class=6)
+    out = tmp_path / "out"
+    prepare_dataset(Config.load(None, [f"data.path={data}"]), out, progress=False, log=lambda _m: None)
+    shard = sorted(out.glob("train-*.tfrecord"))[0]
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.raises(UserError, match=f"prepared shard .*{shard.name} is .* bytes"):
+        open_prepared(str(out))
+
+
+def test_converted_images_follow_their_source(tmp_path):
+    from PIL import Image
+
+    from imgtrain.data.sources import Catalog, Example
+    from imgtrain.data.validate import validate_catalog
+
+    src = tmp_path / "a.bmp"
+    Image.new("1", (8, 8), 1).save(src)  # 1-bit BMP: Pillow reads it, TensorFlow does not
+    stat = os.stat(src)
+
+    def converted() -> np.ndarray:
+        cat = Catalog(["a", "b"], [Example(str(src), "a.bmp", 0, 1.0, "train"),
+                                   Example(str(src), "b.bmp", 1, 1.0, "train")], str(tmp_path), "folder")
+        cat = validate_catalog(cat, "fail", tmp_path / "cache", progress=False)
+        return np.asarray(Image.open(cat.examples[0].path))
+
+    assert converted().min() == 255
+    Image.new("1", (8, 8), 0).save(src)  # changed in place, size and time kept
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert converted().max() == 0
+
+
+def test_predict_takes_what_train_converts(image_folder, small_config, tmp_path):
+    from PIL import Image
+
+    from imgtrain.predict import predict_files
+
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    odd = tmp_path / "odd.bmp"
+    Image.new("1", (16, 16), 1).save(odd)
+    records = predict_files(run, [str(odd)])
+    assert len(records) == 1 and math.isclose(sum(records[0]["probabilities"]), 1.0, rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"bus": 4, "car": 4, "train": 4}, None),  # a class named train
+    ({"train/cat": 4, "train/dog": 4, "bird": 4}, "mixes split folders (train/) with the class folder 'bird'"),
+])
+def test_split_named_class_folders(tmp_path, layout, message):
+    from imgtrain.config import Config
+    from imgtrain.data.sources import discover
+
+    rng = np.random.default_rng(0)
+    for folder, n in layout.items():
+        (tmp_path / "d" / folder).mkdir(parents=True)
+        for i in range(n):
+            from PIL import Image
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "d" / folder / f"{i}.png")
+    cfg = Config.load(None, [f"data.path={tmp_path / 'd'}"])
+    if message is None:
+        assert discover(cfg.data).class_names == ["bus", "car", "train"]
+    else:
+        with pytest.raises(UserError, match=re.escape(message)):
+            discover(cfg.data)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--seed", "-1"], "seed must be an integer from 0"),
+    (["--set", "model.cnn.kernel_size=0"], "kernel_size >= 1"),
+    (["--image-size", "100000"], "larger than 4096 pixels"),
+])
+def test_bad_numbers_are_one_line(capsys, tmp_path, argv, fragment):
+    from imgtrain.cli import main
+
+    data = write_folder(tmp_path / "img", per_class=4, size=8)
+    rc = main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--epochs", "1", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and fragment in err, err
+
+
+def test_output_that_is_a_file_and_config_not_utf8(capsys, tmp_path):
+    from imgtrain.cli import main
+
+    data = write_folder(tmp_path / "img", per_class=4, size=8)
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "file"), "--epochs", "1"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_bytes(b"seed: 1\n# \xff\xfe caf\xe9\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--data", str(data)]) == 2
+    assert "is not UTF-8" in capsys.readouterr().err
+
+
+def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from imgtrain import cli
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "history.csv"))
+
+    monkeypatch.setattr(cli, "_dispatch", full)
+    assert cli.main(["train", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no space left on device writing" in err and "history.csv" in err
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_any_work():
+    from imgtrain.config import Config
+    from imgtrain.run import check_fits_in_memory
+
+    big = Config.load(None, ["data.image_size=4000", "train.batch_size=64"])
+    with pytest.raises(UserError, match="needs at least .* GiB for one training step"):
+        check_fits_in_memory(big, memory_bytes=24 * 2**30)
+    check_fits_in_memory(Config.load(None, ["data.image_size=224"]), memory_bytes=24 * 2**30)
+    dnn = Config.load(None, ["model.name=dnn", "data.image_size=2048", "model.dnn.hidden_units=[4096]"])
+    with pytest.raises(UserError, match="needs at least"):
+        check_fits_in_memory(dnn, memory_bytes=24 * 2**30)

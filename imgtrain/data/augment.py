@@ -19,9 +19,6 @@ from imgtrain.config import AugmentConfig
 from imgtrain.data.images import decode, resize
 from imgtrain.data.randaugment import randaugment, random_erasing
 
-FILL_MODES = ("reflect", "constant", "nearest", "wrap")
-
-
 def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """A stateless seed (shape [2]) unique to one example in one epoch of one run."""
     base = tf.constant([seed, 0x1A6E], dtype=tf.int64)
@@ -123,9 +120,3 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
     if cfg.random_erasing.probability:  # last, as timm does: the box hides augmented pixels
         image = random_erasing(image, tf.random.experimental.stateless_fold_in(seed, 102), cfg.random_erasing)
     return image
-
-
-def is_active(cfg: AugmentConfig) -> bool:
-    return bool(cfg.random_resized_crop or cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation
-                or cfg.zoom or cfg.translate or cfg.brightness or cfg.contrast or cfg.randaugment.num_ops
-                or cfg.random_erasing.probability)

@@ -90,15 +90,39 @@ def _vocabulary(found: list[str], given: Optional[list[str]], where: str) -> lis
     return list(given)
 
 
+def _layout(root: Path) -> dict[Optional[str], Path]:
+    """Pre-split (root/train/<class>/...) or one folder per class, decided only when unambiguous.
+
+    A folder named train, val or test is a split only when it holds class subfolders; one that
+    holds images directly is a class of that name (classes bus, car, train). Split folders next
+    to class folders, or a split-named folder with both images and subfolders, are refused.
+    """
+    subdirs = _class_dirs(root)
+    splits: dict[str, Path] = {}
+    for d in subdirs:
+        alias = SPLIT_ALIASES.get(d.name.lower())
+        if alias is None:
+            continue
+        has_classes = bool(_class_dirs(d))
+        has_images = any(_is_image(p) for p in d.iterdir())
+        if has_classes and has_images:
+            raise UserError(f"data folder {d} holds both images and subfolders, so it is neither a class nor a "
+                            f"split; move its images into {d}/<class>/ or its subfolders out")
+        if has_classes:
+            splits[alias] = d
+    if not splits:
+        return {None: root}
+    others = [d.name for d in subdirs if d not in splits.values()]
+    if others:
+        raise UserError(f"data folder {root} mixes split folders ({', '.join(sorted(splits))}/) with the class folder "
+                        f"'{others[0]}'; move it under {root}/train/ (or val/, test/), or use one folder per class only")
+    if "train" not in splits:
+        raise UserError(f"data folder {root} has {', '.join(sorted(splits))} folders but no train/; add train/<class>/ images")
+    return dict(splits)  # root/train/<class>/..., root/val/<class>/..., root/test/<class>/...
+
+
 def _from_folder(root: Path, vocabulary: Optional[list[str]]) -> Catalog:
-    subdirs = {d.name.lower(): d for d in _class_dirs(root)}
-    split_dirs = {SPLIT_ALIASES[n]: d for n, d in subdirs.items() if n in SPLIT_ALIASES}
-    if split_dirs and "train" in split_dirs:
-        layout = split_dirs  # root/train/<class>/..., root/val/<class>/..., root/test/<class>/...
-    elif split_dirs and len(split_dirs) == len(subdirs):
-        raise UserError(f"data folder {root} has {', '.join(sorted(split_dirs))} folders but no train/; add train/<class>/ images")
-    else:
-        layout = {None: root}
+    layout = _layout(root)
     names: set[str] = set()
     per_split: dict[Optional[str], dict[str, list[Path]]] = {}
     for split, base in layout.items():

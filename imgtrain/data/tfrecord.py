@@ -89,9 +89,10 @@ def write_split(examples: Sequence[Example], out_dir: Path, split: str, shard_by
 def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict, progress: bool = True) -> dict:
     """Write every split and then the manifest; return the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    previous = own_files(out_dir)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # invalid until the new one is complete
-    for old in out_dir.glob("*.tfrecord"):
-        old.unlink()
+    for old in previous:  # only the shards the previous manifest lists: never a file of the user's
+        (out_dir / old).unlink(missing_ok=True)
     splits = {}
     for split in SPLITS:
         examples = catalog.split(split)
@@ -105,6 +106,32 @@ def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict
                 "has_weights": catalog.has_weights, "splits": splits, **extra}
     atomic.write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def own_files(out_dir: Path) -> list[str]:
+    """The shard files a previous ``prepare`` in ``out_dir`` wrote, from its manifest."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return []
+    names = [s.get("file", "") for v in manifest.get("splits", {}).values() for s in v.get("shards", [])]
+    return [n for n in names if n and "/" not in n and n.endswith(".tfrecord")]
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse to write into a folder holding anything but a previous prepare's output."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--output {out_dir} is a file; pass a new or empty directory")
+    if not out_dir.exists():
+        return
+    ours = set(own_files(out_dir)) | {MANIFEST, ".checks"}
+    foreign = sorted(p.name for p in out_dir.iterdir()
+                     if p.name not in ours and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if foreign:
+        raise UserError(f"--output {out_dir} is not empty and not an 'imgtrain prepare' output (it holds {foreign[0]}"
+                        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); pass a new or empty directory")
 
 
 @dataclass
@@ -149,6 +176,14 @@ def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared
     missing = [f for split in SPLITS for f in prepared.files(split) if not Path(f).is_file()]
     if missing:
         raise UserError(f"prepared dataset {root} lacks shard {missing[0]}; run 'imgtrain prepare' again")
+    for split in SPLITS:
+        for shard in manifest["splits"].get(split, {}).get("shards", []):
+            # A TFRecord frames each record with 16 bytes (length, two CRCs): the size is exact.
+            want = int(shard.get("bytes", -1)) + 16 * int(shard.get("count", 0))
+            have = (root / shard["file"]).stat().st_size
+            if shard.get("bytes") is not None and have != want:
+                raise UserError(f"prepared shard {root / shard['file']} is {have} bytes, not the {want} it was written "
+                                "with (truncated or damaged); run 'imgtrain prepare' again")
     if vocabulary is not None and list(vocabulary) != prepared.class_names:
         raise UserError(f"data.label_vocabulary {vocabulary} differs from the prepared classes {prepared.class_names}; "
                         "prepare again with that vocabulary or remove it")

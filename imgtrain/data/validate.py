@@ -5,8 +5,9 @@ second. Each file is opened and fully decoded with Pillow (which notices
 truncation that TensorFlow's JPEG decoder lets through) and then with
 ``tf.io.decode_image``, the decoder the pipeline uses. A file Pillow reads but
 TensorFlow cannot (1-bit BMP, for one) is converted once to PNG in a cache
-folder, so the pipeline stays a pure TensorFlow graph. Results are cached by
-file size and modification time, so a resumed run does not check again.
+folder (named by a hash of the source's bytes), so the pipeline stays a pure
+TensorFlow graph. Check results are cached by file size and modification
+time, so a resumed run does not check again.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def _signature(path: str) -> Optional[list[int]]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _content_digest(path: str) -> str:
+    """The converted copy is named by the source's bytes: a source changed in place (even with
+    its size and time kept) gets a new copy instead of the stale one."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
 def validate_catalog(
     catalog: Catalog,
     policy: str,
@@ -136,8 +147,7 @@ def validate_catalog(
             skipped.append({"path": ex.key, "reason": res.reason})
             continue
         if res.status == CONVERT:
-            digest = hashlib.sha1(ex.path.encode()).hexdigest()[:12]
-            out = cache_dir / "converted" / f"{digest}_{Path(ex.path).stem}.png"
+            out = cache_dir / "converted" / f"{_content_digest(ex.path)}_{Path(ex.path).stem}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             if not out.exists():
                 convert_to_png(ex.path, out)

@@ -12,6 +12,7 @@ are not tracked by ``tf.train.Checkpoint`` themselves, so their backing
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -126,7 +127,14 @@ class CheckpointStore:
     def save(self) -> Optional[str]:
         if self.manager is None:
             return None
-        path = self.manager.save()
+        try:
+            path = self.manager.save()
+        except BaseException:
+            # TensorFlow writes a checkpoint's shards to "<ckpt>_temp" first; a failed save (a
+            # full disk) leaves that behind. The index still names the previous checkpoint.
+            for temp in self.save_dir.glob("*_temp*"):
+                shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+            raise
         self.latest = path
         if self.after_save and self.save_dir:
             self.after_save(self.save_dir)
