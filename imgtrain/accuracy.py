@@ -17,7 +17,6 @@ generated shapes (``imgtrain.datasets``). ``--quick`` runs each for one epoch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time

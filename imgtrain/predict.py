@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 

@@ -37,8 +37,6 @@ from imgtrain.train.distribution import Distribution, make_distribution
 from imgtrain.train.early_stopping import EarlyStopping, resolve_mode
 from imgtrain.train.loop import LoopData, TrainLoop, evaluate_sums
 from imgtrain.train.mixing import MixSettings
-from imgtrain.train.precise_bn import batches_for, batchnorm_layers
-from imgtrain.train.precise_bn import needed as precise_bn_needed
 from imgtrain.train.optim import (
     Plateau,
     build_optimizer,
@@ -47,6 +45,8 @@ from imgtrain.train.optim import (
     scaled_learning_rate,
     warmup_epochs,
 )
+from imgtrain.train.precise_bn import batches_for, batchnorm_layers
+from imgtrain.train.precise_bn import needed as precise_bn_needed
 
 # Keys that may change between a run and its resumption; anything else would
 # make the checkpoint mean something different.

@@ -88,7 +88,6 @@ def test_default_warmup_only_when_the_rate_is_scaled():
 
 
 def test_plateau_drops_the_rate_and_keeps_its_state_in_the_loop_state():
-    import keras
 
     from imgtrain.train.checkpoint import LoopState
     from imgtrain.train.optim import Plateau

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_folder
+
 from imgtrain.run import train_run
 
 pytestmark = pytest.mark.slow

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_folder
+
 from imgtrain import atomic, runlock
 from imgtrain.errors import UserError
 from imgtrain.run import train_run
