@@ -332,6 +332,11 @@ def build_training(cfg: Config, dist: Distribution, prep: Prepared, run_dir: Pat
         monitor = cfg.train.schedule.plateau_monitor or early.monitor
         plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
     global_batch = batch * dist.num_replicas
+    decay = cfg.train.ema.decay
+    if decay is not None and 1.0 / (1.0 - decay) > steps * cfg.train.epochs / 3:
+        say(f"warning: train.ema.decay {decay:g} averages over about {1.0 / (1.0 - decay):.0f} steps, more than a third "
+            f"of this run's {steps * cfg.train.epochs}; the average will lag the weights. Try "
+            f"{max(0.5, 1.0 - 3.0 / max(1, steps * cfg.train.epochs)):.3g} or less")
     say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
         f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
         + (f" after {warmup:g} warmup epoch(s)" if warmup else ""))

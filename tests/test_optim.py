@@ -102,3 +102,12 @@ def test_plateau_drops_the_rate_and_keeps_its_state_in_the_loop_state():
     assert state.get("plateau_best") == pytest.approx(0.9) and state.get("lr_scale") == pytest.approx(0.2)
     with pytest.raises(Exception, match="not a logged metric"):
         plateau.update({"loss": 1.0})
+
+
+def test_optimizer_table_matches_config():
+    from imgtrain.config import OPTIMIZERS
+    from imgtrain.train.optim import OPTIMIZER_BUILDERS
+
+    assert set(OPTIMIZER_BUILDERS) == set(OPTIMIZERS)
+    for name in OPTIMIZERS:
+        assert build_optimizer(OptimizerConfig(name=name), 0.01) is not None

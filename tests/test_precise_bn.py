@@ -77,4 +77,4 @@ def test_small_folder_evaluates_with_the_statistics_it_trained_with(tmp_path: Pa
     gap_off, test_off = run("off", "train.precise_bn.enabled=false")
     assert gap_default > -0.05, "inference-mode accuracy should match batch-statistics accuracy"
     assert gap_off < -0.15, "without precise BN the stale moving averages should cost accuracy (the bug)"
-    assert test_default > test_off
+    assert test_default >= test_off  # 14 test images: measured 0.79 against 0.57

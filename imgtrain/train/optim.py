@@ -8,7 +8,7 @@ Transfer-learning phases multiply it by their factor from their first step.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -126,6 +126,19 @@ class Plateau:
         return scale
 
 
+# The one table of optimizers: name -> (config, weight decay, common keyword arguments) -> optimizer.
+# config.OPTIMIZERS names the same keys for validation without importing Keras (a test checks).
+OPTIMIZER_BUILDERS: dict[str, Callable[[OptimizerConfig, Optional[float], dict], keras.optimizers.Optimizer]] = {
+    "adam": lambda c, wd, kw: keras.optimizers.Adam(weight_decay=wd, **kw),
+    # AdamW without a decay given takes Keras' own default, 0.004: "adamw" should mean decoupled decay.
+    "adamw": lambda c, wd, kw: keras.optimizers.AdamW(weight_decay=0.004 if wd is None else wd, **kw),
+    "sgd": lambda c, wd, kw: keras.optimizers.SGD(momentum=c.momentum, nesterov=c.nesterov, weight_decay=wd, **kw),
+    "rmsprop": lambda c, wd, kw: keras.optimizers.RMSprop(momentum=c.momentum, weight_decay=wd, **kw),
+    "adagrad": lambda c, wd, kw: keras.optimizers.Adagrad(weight_decay=wd, **kw),
+    "ftrl": lambda c, wd, kw: keras.optimizers.Ftrl(weight_decay=wd, **kw),
+}
+
+
 def build_optimizer(cfg: OptimizerConfig, learning_rate, precision: str = "float32",
                     ema_decay: Optional[float] = None) -> keras.optimizers.Optimizer:
     common = {"learning_rate": learning_rate}
@@ -135,22 +148,7 @@ def build_optimizer(cfg: OptimizerConfig, learning_rate, precision: str = "float
         common.update(use_ema=True, ema_momentum=float(ema_decay))
     if cfg.clipnorm:
         common["clipnorm"] = cfg.clipnorm
-    wd: Optional[float] = cfg.weight_decay
-    name = cfg.name
-    if name == "adam":
-        opt = keras.optimizers.Adam(weight_decay=wd, **common)
-    elif name == "adamw":
-        opt = keras.optimizers.AdamW(weight_decay=0.004 if wd is None else wd, **common)
-    elif name == "sgd":
-        opt = keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd, **common)
-    elif name == "rmsprop":
-        opt = keras.optimizers.RMSprop(momentum=cfg.momentum, weight_decay=wd, **common)
-    elif name == "adagrad":
-        opt = keras.optimizers.Adagrad(weight_decay=wd, **common)
-    elif name == "ftrl":
-        opt = keras.optimizers.Ftrl(weight_decay=wd, **common)
-    else:
-        raise UserError(f"unknown optimizer '{name}'; choose one of: adam, adamw, sgd, rmsprop, adagrad, ftrl")
+    opt = OPTIMIZER_BUILDERS[cfg.name](cfg, cfg.weight_decay, common)  # config validation knows the names
     if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
