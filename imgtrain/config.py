@@ -33,6 +33,7 @@ FILL_MODES = ("reflect", "constant", "nearest", "wrap")  # ImageProjectiveTransf
 # Beyond this a single float32 batch of 32 images needs more than 12 GiB before any model runs.
 MAX_IMAGE_SIDE = 4096
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+CLUSTERS = ("auto", "none", "k8s-indexed-job")  # how TF_CONFIG is found (train/cluster.py)
 STRATEGIES = ("auto", "single", "mirrored", "multiworker", "horovod")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -291,7 +292,7 @@ class Config:
         _choice("train.schedule.name", t.schedule.name, SCHEDULES)
         _choice("train.precision", t.precision, PRECISIONS)
         _choice("train.strategy", t.strategy, STRATEGIES)
-        _choice("train.cluster", t.cluster, ("auto", "none", "k8s-indexed-job"))
+        _choice("train.cluster", t.cluster, CLUSTERS)
         _choice("data.on_bad_image", d.on_bad_image, ("fail", "skip"))
         _choice("data.augment.fill_mode", d.augment.fill_mode, FILL_MODES)
         _choice("train.early_stopping.mode", t.early_stopping.mode, ("auto", "min", "max"))

@@ -56,3 +56,13 @@ def test_strategy_auto_detection(monkeypatch):
     assert detect_strategy() == "single"
     monkeypatch.setenv("HOROVOD_RANK", "0")
     assert detect_strategy() == "horovod"
+
+
+def test_strategy_and_cluster_tables_match_config():
+    from imgtrain.config import CLUSTERS as CONFIG_CLUSTERS
+    from imgtrain.config import STRATEGIES
+    from imgtrain.train.cluster import CLUSTERS
+    from imgtrain.train.distribution import STRATEGY_CLASSES
+
+    assert set(STRATEGIES) == {"auto", *STRATEGY_CLASSES}
+    assert CLUSTERS is CONFIG_CLUSTERS  # one list

@@ -14,9 +14,9 @@ import json
 import os
 from typing import Mapping, MutableMapping
 
+from imgtrain.config import CLUSTERS
 from imgtrain.errors import UserError
 
-CLUSTERS = ("auto", "none", "k8s-indexed-job")
 DEFAULT_PORT = 12345
 
 

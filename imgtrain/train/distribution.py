@@ -309,10 +309,13 @@ def detect_strategy() -> str:
     return "single"
 
 
+# The one table of strategies; config.STRATEGIES is "auto" plus these keys (a test checks).
+STRATEGY_CLASSES: dict[str, type[Distribution]] = {
+    "single": SingleDevice, "mirrored": Mirrored, "multiworker": MultiWorker, "horovod": Horovod,
+}
+
+
 def make_distribution(name: str) -> Distribution:
-    """The distribution for ``train.strategy`` (created before any other TensorFlow work)."""
-    chosen = detect_strategy() if name == "auto" else name
-    classes = {"single": SingleDevice, "mirrored": Mirrored, "multiworker": MultiWorker, "horovod": Horovod}
-    if chosen not in classes:
-        raise UserError(f"unknown train.strategy '{name}'; choose auto, single, mirrored, multiworker or horovod")
-    return classes[chosen]()
+    """The distribution for ``train.strategy`` (created before any other TensorFlow work);
+    config validation has already refused names outside the table."""
+    return STRATEGY_CLASSES[detect_strategy() if name == "auto" else name]()
