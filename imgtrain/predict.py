@@ -86,7 +86,7 @@ def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_siz
     return records
 
 
-def format_table(records: list[dict]) -> str:
+def predictions_table(records: list[dict]) -> str:
     k = max((len(r["top"]) for r in records), default=1)
     header = ["path"] + [h for i in range(1, k + 1) for h in (f"class_{i}", f"prob_{i}")]
     rows = [[r["path"]] + [v for name, prob in r["top"] for v in (name, f"{prob:.4f}")] for r in records]
@@ -99,7 +99,7 @@ def format_table(records: list[dict]) -> str:
 
 def write_records(records: list[dict], output: str | None) -> None:
     if output is None:
-        sys.stdout.write(format_table(records))
+        sys.stdout.write(predictions_table(records))
         return
     path = Path(output)
     k = max((len(r["top"]) for r in records), default=1)

@@ -55,13 +55,13 @@ RESUMABLE_CHANGES = ("output", "deterministic", "data.path", "data.tfds.data_dir
 
 
 @dataclass
-class Prepared:
+class RunData:
     """The data of a run, ready for the pipeline."""
 
     class_names: list[str]
     catalog: Optional[Catalog] = None
     tfds: Optional[TfdsData] = None
-    records: Optional[tfrecord.Prepared] = None
+    records: Optional[tfrecord.PreparedRecords] = None
     skipped: list[dict] = field(default_factory=list)
 
     def count(self, split: str) -> int:
@@ -82,25 +82,25 @@ class Prepared:
         return self.count(split) > 0
 
 
-def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> Prepared:
+def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> RunData:
     """Find, split and check the data; cheap on a resumed run thanks to the check cache."""
     if is_tfds(cfg.data.path) or (cfg.data.path is None and cfg.data.tfds.name):
         name = tfds_name(cfg.data.path) if is_tfds(cfg.data.path) else cfg.data.tfds.name
         data = load_tfds(name, cfg.data.tfds)
         if cfg.data.label_vocabulary and list(cfg.data.label_vocabulary) != data.class_names:
             raise UserError(f"data.label_vocabulary does not match TFDS '{name}' classes {data.class_names}; remove it")
-        return Prepared(data.class_names, tfds=data)
+        return RunData(data.class_names, tfds=data)
     if tfrecord.is_prepared(cfg.data.path):
         records = tfrecord.open_prepared(cfg.data.path, cfg.data.label_vocabulary)
-        return Prepared(records.class_names, records=records,
+        return RunData(records.class_names, records=records,
                         skipped=list(records.manifest.get("checks", {}).get("skipped", [])))
     catalog = discover(cfg.data)
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
     validate_catalog(catalog, cfg.data.on_bad_image, run_dir / "data_cache", progress=progress)
-    return Prepared(catalog.class_names, catalog=catalog, skipped=catalog.skipped)
+    return RunData(catalog.class_names, catalog=catalog, skipped=catalog.skipped)
 
 
-def _train_factory(prep: Prepared, cfg: Config, dist: Distribution, batch: int) -> Callable[[int, int], tf.data.Dataset]:
+def _train_factory(prep: RunData, cfg: Config, dist: Distribution, batch: int) -> Callable[[int, int], tf.data.Dataset]:
     k = dist.local_replicas
 
     def make(epoch: int, skip_steps: int) -> tf.data.Dataset:
@@ -114,7 +114,7 @@ def _train_factory(prep: Prepared, cfg: Config, dist: Distribution, batch: int) 
     return make
 
 
-def eval_dataset(prep: Prepared, cfg: Config, dist: Distribution, split: str, batch: int) -> tf.data.Dataset:
+def split_dataset(prep: RunData, cfg: Config, dist: Distribution, split: str, batch: int) -> tf.data.Dataset:
     """This worker's shard of a split, padded so every worker takes the same number of steps."""
     if prep.tfds is not None:
         return pipeline.tfds_eval_dataset(prep.tfds.splits[split], prep.count(split), cfg.data, batch, dist.shard,
@@ -125,7 +125,7 @@ def eval_dataset(prep: Prepared, cfg: Config, dist: Distribution, split: str, ba
     return pipeline.eval_dataset(prep.catalog.split(split), cfg.data, batch, dist.shard, dist.local_replicas)
 
 
-def _train_labels(prep: Prepared) -> list[int]:
+def _train_labels(prep: RunData) -> list[int]:
     if prep.catalog is not None:
         return [e.label for e in prep.catalog.split("train")]
     if prep.records is not None:
@@ -272,7 +272,7 @@ def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> Non
 
 
 def _run_data(cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, progress: bool,
-              say: Callable[[str], None]) -> Prepared:
+              say: Callable[[str], None]) -> RunData:
     """The run's data, checked against the run's fingerprint; config.yaml written only then."""
     prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
     if not prep.has("train"):
@@ -302,7 +302,7 @@ class Training:
     peak: float
 
 
-def build_training(cfg: Config, dist: Distribution, prep: Prepared, run_dir: Path, resuming: bool = False,
+def build_training(cfg: Config, dist: Distribution, prep: RunData, run_dir: Path, resuming: bool = False,
                    progress: bool = True, say: Callable[[str], None] = print) -> Training:
     """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``."""
     batch = cfg.train.batch_size
@@ -348,7 +348,7 @@ def build_training(cfg: Config, dist: Distribution, prep: Prepared, run_dir: Pat
     return Training(built, loop, early, train_counts, global_batch, steps, peak)
 
 
-def _early_stopping(cfg: Config, prep: Prepared, say: Callable[[str], None]) -> EarlyStopping:
+def _early_stopping(cfg: Config, prep: RunData, say: Callable[[str], None]) -> EarlyStopping:
     es_cfg = cfg.train.early_stopping
     early = EarlyStopping.from_config(es_cfg)
     if not prep.has("val") and early.monitor.startswith("val_"):
@@ -358,13 +358,13 @@ def _early_stopping(cfg: Config, prep: Prepared, say: Callable[[str], None]) -> 
     return early
 
 
-def _loop_data(cfg: Config, prep: Prepared, dist: Distribution, steps: int) -> LoopData:
+def _loop_data(cfg: Config, prep: RunData, dist: Distribution, steps: int) -> LoopData:
     batch = cfg.train.batch_size
     class_w = class_weight_vector(cfg.train.class_weights, prep.class_names,
                                   _train_labels(prep) if cfg.train.class_weights == "balanced" else [])
     return LoopData(
         train=_train_factory(prep, cfg, dist, batch),
-        val=(lambda: eval_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
+        val=(lambda: split_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
         steps_per_epoch=steps,
         num_classes=len(prep.class_names),
         class_weights=class_w,
@@ -373,7 +373,7 @@ def _loop_data(cfg: Config, prep: Prepared, dist: Distribution, steps: int) -> L
     )
 
 
-def _finish(cfg: Config, training: Training, fit: Any, prep: Prepared, dist: Distribution, run_dir: Path,
+def _finish(cfg: Config, training: Training, fit: Any, prep: RunData, dist: Distribution, run_dir: Path,
             progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
     """Plots, exports, the test report and run.json (the chief writes; every worker evaluates)."""
     model, counts = training.built.model, {s: prep.count(s) for s in ("train", "val", "test")}
@@ -454,11 +454,11 @@ def weights_fingerprint(model: keras.Model) -> int:
     return int(digest.hexdigest()[:12], 16)
 
 
-def evaluate_prepared(model: keras.Model, prep: Prepared, cfg: Config, dist: Distribution, run_dir: Path,
+def evaluate_prepared(model: keras.Model, prep: RunData, cfg: Config, dist: Distribution, run_dir: Path,
                       progress: bool = True) -> dict[str, Any]:
     """Evaluate on the test split and (chief) write report.json, report.md and the plots."""
     top_k = cfg.evaluate.top_k
-    totals = evaluate_sums(model, dist, lambda: eval_dataset(prep, cfg, dist, "test", cfg.train.batch_size),
+    totals = evaluate_sums(model, dist, lambda: split_dataset(prep, cfg, dist, "test", cfg.train.batch_size),
                            len(prep.class_names), top_k, progress=progress and dist.is_chief, desc="testing")
     report = build_report(totals, prep.class_names, prep.skipped, top_k)
     if dist.is_chief:

@@ -31,7 +31,7 @@ def _digest(items: list[str]) -> str:
 
 
 def compute(prep: Any) -> dict[str, Any]:
-    """The fingerprint of ``run.Prepared``: {class_names, counts, hashes}."""
+    """The fingerprint of ``run.RunData``: {class_names, counts, hashes}."""
     hashes: dict[str, str] = {}
     for split in SPLITS:
         if prep.catalog is not None:

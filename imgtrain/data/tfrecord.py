@@ -135,7 +135,7 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 @dataclass
-class Prepared:
+class PreparedRecords:
     """A prepared directory as a training source."""
 
     root: Path
@@ -164,7 +164,7 @@ def is_prepared(path: Optional[str]) -> bool:
     return bool(path) and (Path(path) / MANIFEST).is_file()
 
 
-def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared:
+def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> PreparedRecords:
     root = Path(path)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -172,7 +172,7 @@ def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared
         raise UserError(f"cannot read {root / MANIFEST}: {exc}; run 'imgtrain prepare' again") from None
     if manifest.get("format") != FORMAT:
         raise UserError(f"{root / MANIFEST} is not an imgtrain prepared dataset (format {manifest.get('format')!r})")
-    prepared = Prepared(root, manifest)
+    prepared = PreparedRecords(root, manifest)
     missing = [f for split in SPLITS for f in prepared.files(split) if not Path(f).is_file()]
     if missing:
         raise UserError(f"prepared dataset {root} lacks shard {missing[0]}; run 'imgtrain prepare' again")
