@@ -254,8 +254,9 @@ def disk_full(exc: BaseException) -> Optional[str]:
             return str(e.filename or "a file")
         text = str(e or "")
         if "No space left on device" in text or "Disk quota exceeded" in text:
-            match = re.search(r"(/[^\s:,;']+)", text)
-            return match.group(1) if match else "a file"
+            # TensorFlow: "... {{function_node ..._device_/job:...}} /path/ckpt-1_temp/part-...; No space left"
+            match = re.search(r"\s(/[^\s;]+);\s*(?:No space left on device|Disk quota exceeded)", text)
+            return match.group(1).split("_temp/")[0] if match else "a file"
     return None
 
 

@@ -345,3 +345,30 @@ def test_a_batch_that_cannot_fit_is_refused_before_any_work():
     dnn = Config.load(None, ["model.name=dnn", "data.image_size=2048", "model.dnn.hidden_units=[4096]"])
     with pytest.raises(UserError, match="needs at least"):
         check_fits_in_memory(dnn, memory_bytes=24 * 2**30)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line_and_the_rerun_completes(tmp_path):
+    """The run directory on a 2 MB tmpfs: the first checkpoint (about 4.6 MB) cannot be written."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:120]}")
+    try:
+        data = write_folder(tmp_path / "img", per_class=10, size=16)
+        cmd = [sys.executable, "-m", "imgtrain", "train", "--data", str(data), "--output", str(disk / "run"),
+               "--image-size", "16", "--epochs", "2", "--no-progress"]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        full = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        errors = [line for line in full.stderr.splitlines() if line.startswith("imgtrain: error:")]
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+        assert len(errors) == 1 and f"no space left on device writing {disk / 'run' / 'checkpoints'}" in errors[0]
+        leftovers = [p for p in (disk / "run").rglob("*") if "_temp" in p.name or p.name.startswith(".tmp-")]
+        assert not leftovers
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert json.loads((disk / "run" / "run.json").read_text())["epochs_completed"] == 2
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
