@@ -11,7 +11,7 @@ import hashlib
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,11 +21,9 @@ import tensorflow as tf
 
 from imgtrain import __version__, atomic, runlock
 from imgtrain.config import Config
-from imgtrain.data import fingerprint, pipeline, tfrecord
-from imgtrain.data.sources import Catalog, discover, is_tfds
-from imgtrain.data.split import apply_split
-from imgtrain.data.tfds_source import TfdsData, load_tfds, tfds_name
-from imgtrain.data.validate import validate_catalog
+from imgtrain.data import fingerprint, pipeline
+from imgtrain.data import source as data_source
+from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
 from imgtrain.evaluate import plots
 from imgtrain.evaluate.report import build_report, write_report
@@ -54,84 +52,22 @@ RESUMABLE_CHANGES = ("output", "deterministic", "data.path", "data.tfds.data_dir
                      "train.early_stopping", "train.checkpoint", "train.strategy", "train.cluster", "train.warm_start")
 
 
-@dataclass
-class RunData:
-    """The data of a run, ready for the pipeline."""
-
-    class_names: list[str]
-    catalog: Optional[Catalog] = None
-    tfds: Optional[TfdsData] = None
-    records: Optional[tfrecord.PreparedRecords] = None
-    skipped: list[dict] = field(default_factory=list)
-
-    def count(self, split: str) -> int:
-        if self.tfds is not None:
-            return self.tfds.counts.get(split, 0)
-        if self.records is not None:
-            return self.records.count(split)
-        return len(self.catalog.split(split)) if self.catalog else 0
-
-    def worker_counts(self, split: str, workers: int) -> list[int]:
-        """Examples of ``split`` each worker reads (by example for files/TFDS, by file for TFRecords)."""
-        if self.records is not None:
-            return self.records.worker_counts(split, workers)
-        n = self.count(split)
-        return [pipeline.shard_size(n, pipeline.Shard(workers, i)) for i in range(workers)]
-
-    def has(self, split: str) -> bool:
-        return self.count(split) > 0
-
-
-def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> RunData:
+def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataSource:
     """Find, split and check the data; cheap on a resumed run thanks to the check cache."""
-    if is_tfds(cfg.data.path) or (cfg.data.path is None and cfg.data.tfds.name):
-        name = tfds_name(cfg.data.path) if is_tfds(cfg.data.path) else cfg.data.tfds.name
-        data = load_tfds(name, cfg.data.tfds)
-        if cfg.data.label_vocabulary and list(cfg.data.label_vocabulary) != data.class_names:
-            raise UserError(f"data.label_vocabulary does not match TFDS '{name}' classes {data.class_names}; remove it")
-        return RunData(data.class_names, tfds=data)
-    if tfrecord.is_prepared(cfg.data.path):
-        records = tfrecord.open_prepared(cfg.data.path, cfg.data.label_vocabulary)
-        return RunData(records.class_names, records=records,
-                        skipped=list(records.manifest.get("checks", {}).get("skipped", [])))
-    catalog = discover(cfg.data)
-    apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
-    validate_catalog(catalog, cfg.data.on_bad_image, run_dir / "data_cache", progress=progress)
-    return RunData(catalog.class_names, catalog=catalog, skipped=catalog.skipped)
+    return data_source.get(cfg, run_dir, progress)
 
 
-def _train_factory(prep: RunData, cfg: Config, dist: Distribution, batch: int) -> Callable[[int, int], tf.data.Dataset]:
+def _train_factory(prep: DataSource, cfg: Config, dist: Distribution, batch: int) -> Callable[[int, int], tf.data.Dataset]:
     k = dist.local_replicas
 
     def make(epoch: int, skip_steps: int) -> tf.data.Dataset:
-        plan = pipeline.EpochPlan(cfg.seed, epoch, batch, dist.shard, skip_steps * k, k)
-        if prep.tfds is not None:
-            return pipeline.tfds_train_dataset(prep.tfds.splits["train"], prep.count("train"), cfg.data, plan)
-        if prep.records is not None:
-            return pipeline.tfrecord_train_dataset(prep.records.files("train"),
-                                                   prep.worker_counts("train", dist.world_size), cfg.data, plan)
-        return pipeline.train_dataset(prep.catalog.split("train"), cfg.data, plan)
+        return prep.train_dataset(cfg.data, pipeline.EpochPlan(cfg.seed, epoch, batch, dist.shard, skip_steps * k, k))
     return make
 
 
-def split_dataset(prep: RunData, cfg: Config, dist: Distribution, split: str, batch: int) -> tf.data.Dataset:
+def split_dataset(prep: DataSource, cfg: Config, dist: Distribution, split: str, batch: int) -> tf.data.Dataset:
     """This worker's shard of a split, padded so every worker takes the same number of steps."""
-    if prep.tfds is not None:
-        return pipeline.tfds_eval_dataset(prep.tfds.splits[split], prep.count(split), cfg.data, batch, dist.shard,
-                                          dist.local_replicas)
-    if prep.records is not None:
-        return pipeline.tfrecord_eval_dataset(prep.records.files(split), prep.worker_counts(split, dist.world_size),
-                                              cfg.data, batch, dist.shard, dist.local_replicas)
-    return pipeline.eval_dataset(prep.catalog.split(split), cfg.data, batch, dist.shard, dist.local_replicas)
-
-
-def _train_labels(prep: RunData) -> list[int]:
-    if prep.catalog is not None:
-        return [e.label for e in prep.catalog.split("train")]
-    if prep.records is not None:
-        per_class = prep.records.manifest["splits"]["train"]["per_class"]
-        return [i for i, name in enumerate(prep.class_names) for _ in range(per_class.get(name, 0))]
-    return [int(y) for _, y in prep.tfds.splits["train"].as_numpy_iterator()]
+    return prep.eval_dataset(cfg.data, split, batch, dist.shard, dist.local_replicas)
 
 
 def _check_resumable(cfg: Config, run_dir: Path) -> bool:
@@ -272,12 +208,12 @@ def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> Non
 
 
 def _run_data(cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, progress: bool,
-              say: Callable[[str], None]) -> RunData:
+              say: Callable[[str], None]) -> DataSource:
     """The run's data, checked against the run's fingerprint; config.yaml written only then."""
     prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
     if not prep.has("train"):
         raise UserError(f"no training images in {cfg.data.path} after the split; add images or raise data.split.train")
-    for warning in (prep.catalog.warnings if prep.catalog is not None else []):
+    for warning in prep.warnings:
         say(f"warning: {warning}")
     # Only once the data are known to be the run's own does anything in the run directory change.
     fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=dist.is_chief)
@@ -302,7 +238,7 @@ class Training:
     peak: float
 
 
-def build_training(cfg: Config, dist: Distribution, prep: RunData, run_dir: Path, resuming: bool = False,
+def build_training(cfg: Config, dist: Distribution, prep: DataSource, run_dir: Path, resuming: bool = False,
                    progress: bool = True, say: Callable[[str], None] = print) -> Training:
     """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``."""
     batch = cfg.train.batch_size
@@ -348,7 +284,7 @@ def build_training(cfg: Config, dist: Distribution, prep: RunData, run_dir: Path
     return Training(built, loop, early, train_counts, global_batch, steps, peak)
 
 
-def _early_stopping(cfg: Config, prep: RunData, say: Callable[[str], None]) -> EarlyStopping:
+def _early_stopping(cfg: Config, prep: DataSource, say: Callable[[str], None]) -> EarlyStopping:
     es_cfg = cfg.train.early_stopping
     early = EarlyStopping.from_config(es_cfg)
     if not prep.has("val") and early.monitor.startswith("val_"):
@@ -358,10 +294,10 @@ def _early_stopping(cfg: Config, prep: RunData, say: Callable[[str], None]) -> E
     return early
 
 
-def _loop_data(cfg: Config, prep: RunData, dist: Distribution, steps: int) -> LoopData:
+def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) -> LoopData:
     batch = cfg.train.batch_size
     class_w = class_weight_vector(cfg.train.class_weights, prep.class_names,
-                                  _train_labels(prep) if cfg.train.class_weights == "balanced" else [])
+                                  prep.train_labels() if cfg.train.class_weights == "balanced" else [])
     return LoopData(
         train=_train_factory(prep, cfg, dist, batch),
         val=(lambda: split_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
@@ -373,7 +309,7 @@ def _loop_data(cfg: Config, prep: RunData, dist: Distribution, steps: int) -> Lo
     )
 
 
-def _finish(cfg: Config, training: Training, fit: Any, prep: RunData, dist: Distribution, run_dir: Path,
+def _finish(cfg: Config, training: Training, fit: Any, prep: DataSource, dist: Distribution, run_dir: Path,
             progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
     """Plots, exports, the test report and run.json (the chief writes; every worker evaluates)."""
     model, counts = training.built.model, {s: prep.count(s) for s in ("train", "val", "test")}
@@ -454,7 +390,7 @@ def weights_fingerprint(model: keras.Model) -> int:
     return int(digest.hexdigest()[:12], 16)
 
 
-def evaluate_prepared(model: keras.Model, prep: RunData, cfg: Config, dist: Distribution, run_dir: Path,
+def evaluate_prepared(model: keras.Model, prep: DataSource, cfg: Config, dist: Distribution, run_dir: Path,
                       progress: bool = True) -> dict[str, Any]:
     """Evaluate on the test split and (chief) write report.json, report.md and the plots."""
     top_k = cfg.evaluate.top_k

@@ -31,16 +31,8 @@ def _digest(items: list[str]) -> str:
 
 
 def compute(prep: Any) -> dict[str, Any]:
-    """The fingerprint of ``run.RunData``: {class_names, counts, hashes}."""
-    hashes: dict[str, str] = {}
-    for split in SPLITS:
-        if prep.catalog is not None:
-            items = sorted(f"{e.key}\t{e.label}\t{e.weight!r}" for e in prep.catalog.split(split))
-        elif prep.records is not None:
-            items = [f"{Path(f).name}\t{c}" for f, c in zip(prep.records.files(split), prep.records.file_counts(split))]
-        else:
-            items = [f"tfds:{prep.tfds.name}\t{prep.count(split)}"]
-        hashes[split] = _digest(items)
+    """The fingerprint of a ``data.source.DataSource``: {class_names, counts, hashes}."""
+    hashes = {split: _digest(prep.identity(split)) for split in SPLITS}
     return {"class_names": list(prep.class_names), "counts": {s: prep.count(s) for s in SPLITS}, "hashes": hashes}
 
 

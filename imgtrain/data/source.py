@@ -1,0 +1,190 @@
+"""One interface for every kind of data a run can train on, chosen once from ``data.path``.
+
+A ``DataSource`` knows its class names, how many examples each split has and
+how many each worker reads, and builds this worker's training epoch and
+evaluation batches through ``data.pipeline``; the run never asks which kind it
+holds. Three kinds, picked by ``get`` from the first row of ``KINDS`` that
+claims the path (heavy imports, TFDS's above all, happen only in the opener
+that needs them):
+
+- ``FileSource``: an image folder or CSV manifest, split by hash and checked
+  image by image (``data.sources``, ``data.split``, ``data.validate``);
+- ``RecordSource``: TFRecord shards written by ``imgtrain prepare``, sharded
+  across workers by file;
+- ``TfdsSource``: a TFDS dataset, streamed.
+
+Invariants every source keeps: every worker yields the same number of steps
+(``worker_counts`` says what each worker reads, padding makes up the rest);
+the order of a training epoch is a pure function of (seed, epoch); and
+``identity`` lists what defines each split, for the run's data fingerprint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from imgtrain.config import Config, DataConfig
+from imgtrain.data import pipeline
+from imgtrain.data.pipeline import EpochPlan, Shard
+from imgtrain.errors import UserError
+
+
+class DataSource:
+    """The common interface; ``count`` and the two dataset builders are each kind's own."""
+
+    class_names: list[str]
+    skipped: list[dict]
+    warnings: list[str]
+
+    def count(self, split: str) -> int:
+        raise NotImplementedError
+
+    def has(self, split: str) -> bool:
+        return self.count(split) > 0
+
+    def worker_counts(self, split: str, workers: int) -> list[int]:
+        """Examples of ``split`` each worker reads: by example, unless the kind shards by file."""
+        n = self.count(split)
+        return [pipeline.shard_size(n, Shard(workers, i)) for i in range(workers)]
+
+    def train_labels(self) -> list[int]:
+        raise NotImplementedError
+
+    def identity(self, split: str) -> list[str]:
+        raise NotImplementedError
+
+    def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
+        raise NotImplementedError
+
+    def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
+        raise NotImplementedError
+
+
+class FileSource(DataSource):
+    def __init__(self, catalog) -> None:
+        self.catalog = catalog
+        self.class_names, self.skipped, self.warnings = catalog.class_names, catalog.skipped, catalog.warnings
+
+    def count(self, split: str) -> int:
+        return len(self.catalog.split(split))
+
+    def train_labels(self) -> list[int]:
+        return [e.label for e in self.catalog.split("train")]
+
+    def identity(self, split: str) -> list[str]:
+        return sorted(f"{e.key}\t{e.label}\t{e.weight!r}" for e in self.catalog.split(split))
+
+    def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
+        return pipeline.train_dataset(self.catalog.split("train"), cfg, plan)
+
+    def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
+        return pipeline.eval_dataset(self.catalog.split(split), cfg, batch, shard, multiple)
+
+
+class RecordSource(DataSource):
+    def __init__(self, records) -> None:
+        self.records = records
+        self.class_names, self.warnings = records.class_names, []
+        self.skipped = list(records.manifest.get("checks", {}).get("skipped", []))
+
+    def count(self, split: str) -> int:
+        return self.records.count(split)
+
+    def worker_counts(self, split: str, workers: int) -> list[int]:
+        return self.records.worker_counts(split, workers)  # whole shards per worker
+
+    def train_labels(self) -> list[int]:
+        per_class = self.records.manifest["splits"]["train"]["per_class"]
+        return [i for i, name in enumerate(self.class_names) for _ in range(per_class.get(name, 0))]
+
+    def identity(self, split: str) -> list[str]:
+        return [f"{Path(f).name}\t{c}" for f, c in zip(self.records.files(split), self.records.file_counts(split))]
+
+    def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
+        return pipeline.tfrecord_train_dataset(self.records.files("train"),
+                                               self.worker_counts("train", plan.shard.count), cfg, plan)
+
+    def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
+        return pipeline.tfrecord_eval_dataset(self.records.files(split), self.worker_counts(split, shard.count),
+                                              cfg, batch, shard, multiple)
+
+
+class TfdsSource(DataSource):
+    def __init__(self, data) -> None:
+        self.data = data
+        self.class_names, self.skipped, self.warnings = data.class_names, [], []
+
+    def count(self, split: str) -> int:
+        return self.data.counts.get(split, 0)
+
+    def train_labels(self) -> list[int]:
+        return [int(y) for _, y in self.data.splits["train"].as_numpy_iterator()]
+
+    def identity(self, split: str) -> list[str]:
+        return [f"tfds:{self.data.name}\t{self.count(split)}"]
+
+    def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
+        return pipeline.tfds_train_dataset(self.data.splits["train"], self.count("train"), cfg, plan)
+
+    def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
+        return pipeline.tfds_eval_dataset(self.data.splits[split], self.count(split), cfg, batch, shard, multiple)
+
+
+def _is_tfds(cfg: Config) -> bool:
+    from imgtrain.data.sources import is_tfds
+
+    return is_tfds(cfg.data.path) or (cfg.data.path is None and bool(cfg.data.tfds.name))
+
+
+def _open_tfds(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
+    from imgtrain.data.sources import is_tfds
+    from imgtrain.data.tfds_source import load_tfds, tfds_name
+
+    name = tfds_name(cfg.data.path) if is_tfds(cfg.data.path) else cfg.data.tfds.name
+    data = load_tfds(name, cfg.data.tfds)
+    if cfg.data.label_vocabulary and list(cfg.data.label_vocabulary) != data.class_names:
+        raise UserError(f"data.label_vocabulary does not match TFDS '{name}' classes {data.class_names}; remove it")
+    return TfdsSource(data)
+
+
+def _is_records(cfg: Config) -> bool:
+    from imgtrain.data.tfrecord import is_prepared
+
+    return is_prepared(cfg.data.path)
+
+
+def _open_records(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
+    from imgtrain.data.tfrecord import open_prepared
+
+    return RecordSource(open_prepared(cfg.data.path, cfg.data.label_vocabulary))
+
+
+def _open_files(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
+    from imgtrain.data.sources import discover
+    from imgtrain.data.split import apply_split
+    from imgtrain.data.validate import validate_catalog
+
+    catalog = discover(cfg.data)
+    apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
+    validate_catalog(catalog, cfg.data.on_bad_image, run_dir / "data_cache", progress=progress)
+    return FileSource(catalog)
+
+
+Opener = Callable[[Config, Path, bool], DataSource]
+# The one table of kinds, first match wins: (claims the config's data, opens it).
+KINDS: list[tuple[str, Callable[[Config], bool], Opener]] = [
+    ("tfds", _is_tfds, _open_tfds),
+    ("tfrecord", _is_records, _open_records),
+    ("files", lambda cfg: True, _open_files),  # a folder or CSV manifest; discover() refuses anything else
+]
+
+
+def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] = None) -> DataSource:
+    """Find, split and check the data of ``cfg``; cheap on a resumed run thanks to the check cache."""
+    for name, claims, opener in KINDS:
+        if (kind == name) if kind else claims(cfg):
+            return opener(cfg, Path(run_dir), progress)
+    raise UserError(f"unknown data source kind '{kind}'; one of: {', '.join(k for k, _, _ in KINDS)}")
