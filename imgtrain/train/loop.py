@@ -199,16 +199,19 @@ class TrainLoop:
             opt.apply(dist.reduce_gradients(grads), variables)
             return stats
 
-        def step(iterator, seed):
+        base_seed = tf.constant([self.data.seed, 0x313A], tf.int64)
+
+        def step(iterator, position):
+            # The stateless seed of this step (batch-level mixing), made inside the graph from
+            # (run seed, epoch, step) alone, so a resumed run mixes exactly as before.
+            seed = tf.random.experimental.stateless_fold_in(base_seed, position)
             return dist.reduce_sum(dist.run(replica, (next(iterator), seed)))
 
         return tf.function(step)
 
     def _step_seed(self, epoch: int, step: int) -> tf.Tensor:
-        """The stateless seed of one training step (batch-level mixing): a function of the run's
-        seed, the epoch and the step alone, so a resumed run mixes exactly as before."""
-        return tf.random.experimental.stateless_fold_in(
-            tf.constant([self.data.seed, 0x313A], tf.int64), epoch * 1_000_003 + step)
+        """The step's position in the run, as the int64 the step turns into its seed."""
+        return tf.constant(epoch * 1_000_003 + step, tf.int64)
 
     # -- the weights evaluation sees -------------------------------------------------------
     def _evaluation_weights(self, epoch: int) -> Callable[[], None]:
