@@ -306,6 +306,7 @@ class Config:
                 "set --image-size 224 (or at least 32)"
             )
         self._validate_recipes()
+        self._validate_numbers()
         if not 0 <= self.seed < 2**31:
             raise UserError(f"seed must be an integer from 0 to 2147483647, got {self.seed}")
         c = m.cnn
@@ -362,6 +363,29 @@ class Config:
                 raise UserError("data.label_vocabulary has repeated entries; list each class once")
             if len(d.label_vocabulary) < 2:
                 raise UserError("data.label_vocabulary needs at least two classes")
+
+    def _validate_numbers(self) -> None:
+        """The plain numeric knobs: finite and in the range each one means something in."""
+        a, t, m = self.data.augment, self.train, self.model
+        _in_range("data.augment.rotation", a.rotation, 0.0, 180.0)
+        _in_range("data.augment.zoom", a.zoom, 0.0, 1.0, high_open=True)
+        _in_range("data.augment.translate", a.translate, 0.0, 1.0)
+        _in_range("data.augment.brightness", a.brightness, 0.0, 1.0)
+        _in_range("data.augment.contrast", a.contrast, 0.0, 1.0, high_open=True)
+        _positive("data.shuffle_buffer", self.data.shuffle_buffer)
+        _in_range("model.cnn.bn_momentum", m.cnn.bn_momentum, 0.0, 1.0, high_open=True)
+        o = t.optimizer
+        if o.weight_decay is not None:
+            _in_range("train.optimizer.weight_decay", o.weight_decay, 0.0, 10.0)
+        _in_range("train.optimizer.momentum", o.momentum, 0.0, 1.0, high_open=True)
+        if o.clipnorm is not None:
+            _positive("train.optimizer.clipnorm", o.clipnorm)
+        _in_range("train.schedule.step_factor", t.schedule.step_factor, 0.0, 1.0, low_open=True)
+        _positive("train.schedule.step_epochs", t.schedule.step_epochs)
+        es = t.early_stopping
+        _in_range("train.early_stopping.min_delta", es.min_delta, 0.0, float("1e30"))
+        if es.patience < 0:
+            raise UserError(f"train.early_stopping.patience must be 0 or more, got {es.patience}")
 
     def _validate_recipes(self) -> None:
         """Augmentation recipes, EMA, precise BN and the schedule's extra knobs: finite and in range."""

@@ -99,6 +99,16 @@ def test_shipped_configs_are_valid(path: Path):
     ("train.schedule.plateau_factor=1", "plateau_factor must be in"),
     ("train.schedule.warmup_epochs=99", "warmup_epochs must be in"),
     ("train.precise_bn.samples=0", "precise_bn.samples must be a positive"),
+    ("data.augment.rotation=.nan", "data.augment.rotation must be in"),
+    ("data.augment.zoom=1.5", "data.augment.zoom must be in"),
+    ("data.augment.brightness=-0.1", "data.augment.brightness must be in"),
+    ("model.cnn.bn_momentum=1", "model.cnn.bn_momentum must be in"),
+    ("train.optimizer.weight_decay=.inf", "train.optimizer.weight_decay must be in"),
+    ("train.optimizer.clipnorm=.nan", "train.optimizer.clipnorm must be a positive finite"),
+    ("train.optimizer.momentum=-1", "train.optimizer.momentum must be in"),
+    ("train.schedule.step_factor=0", "train.schedule.step_factor must be in"),
+    ("train.early_stopping.min_delta=.nan", "train.early_stopping.min_delta must be in"),
+    ("train.early_stopping.patience=-1", "patience must be 0 or more"),
 ])
 def test_recipe_numbers_are_checked(item: str, message: str):
     with pytest.raises(UserError, match=re.escape(message)):
