@@ -305,6 +305,7 @@ def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) ->
         num_classes=len(prep.class_names),
         class_weights=class_w,
         seed=cfg.seed,
+        top_k=cfg.evaluate.top_k,
         mix=MixSettings.from_config(cfg.data.augment),
     )
 

@@ -72,3 +72,16 @@ def test_curves_plot_like_with_like(tmp_path, monkeypatch):
     assert loss["train objective (label smoothing 0.1)"] == [0.9, 0.8, 0.78]
     assert any(k.startswith("best epoch 2") for k in loss)
     assert drawn["learning rate"]["_child0"] == [0.001, 0.0005, 0.0001]
+
+
+def test_top_k_is_reported_the_same_way_in_validation_and_the_report():
+    from imgtrain.evaluate.report import build_report
+    from imgtrain.train.loop import summarize
+
+    for classes, k, shown in ((5, 5, False), (6, 5, True), (4, 3, True), (3, 3, False)):
+        totals = {"loss_sum": 1.0, "correct": 1.0, "topk_correct": 2.0, "count": 2.0,
+                  "confusion": np.eye(classes) * 0}
+        totals["confusion"][0, 0] = 2
+        names = [f"c{i}" for i in range(classes)]
+        assert (f"val_top{k}_accuracy" in summarize(totals, top_k=k)) is shown
+        assert (f"top{k}_accuracy" in build_report(totals, names, [], k)) is shown

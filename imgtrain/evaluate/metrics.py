@@ -43,3 +43,9 @@ def classification_metrics(confusion: np.ndarray, class_names: Sequence[str]) ->
                          "f1": float((f * weights).sum()), "support": int(total)},
         "accuracy": float(np.trace(confusion) / total) if total else 0.0,
     }
+
+
+def reports_top_k(num_classes: int, k: int) -> bool:
+    """Top-k accuracy means something only with more than k classes (with k or fewer it is 1);
+    validation and the report both ask here."""
+    return num_classes > k

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from imgtrain import atomic
-from imgtrain.evaluate.metrics import classification_metrics
+from imgtrain.evaluate.metrics import classification_metrics, reports_top_k
 
 
 def build_report(totals: dict[str, Any], class_names: Sequence[str], skipped: Sequence[dict], top_k: int = 5,
@@ -23,7 +23,7 @@ def build_report(totals: dict[str, Any], class_names: Sequence[str], skipped: Se
         "accuracy": metrics["accuracy"],
         "loss": float(totals["loss_sum"]) / n if n else float("nan"),
     }
-    if len(class_names) >= top_k:
+    if reports_top_k(len(class_names), top_k):
         report[f"top{top_k}_accuracy"] = float(totals["topk_correct"]) / n if n else 0.0
     report.update({
         "per_class": metrics["per_class"],

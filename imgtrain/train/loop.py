@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from imgtrain import atomic
 from imgtrain.errors import UserError
+from imgtrain.evaluate.metrics import reports_top_k
 from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
@@ -33,7 +34,7 @@ from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
 
-HISTORY_FIELDS = ["epoch", "phase", "loss", "cross_entropy", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
+HISTORY_FIELDS = ["epoch", "phase", "loss", "cross_entropy", "accuracy", "val_loss", "val_accuracy", "val_top{k}_accuracy",
                   "learning_rate", "images_per_sec", "seconds"]
 
 
@@ -47,6 +48,7 @@ class LoopData:
     num_classes: int
     class_weights: list[float]
     seed: int = 0  # the run's seed: batch-level mixing draws from (seed, epoch, step)
+    top_k: int = 5  # evaluate.top_k: validation reports top-k accuracy when there are more classes than k
     mix: MixSettings = field(default_factory=MixSettings)
 
 
@@ -113,7 +115,7 @@ def evaluate_sums(model: keras.Model, dist: Distribution, dataset_fn: Callable[[
 def summarize(totals: dict[str, np.ndarray], prefix: str = "val_", top_k: int = 5) -> dict[str, float]:
     n = max(float(totals["count"]), 1.0)
     logs = {f"{prefix}loss": float(totals["loss_sum"]) / n, f"{prefix}accuracy": float(totals["correct"]) / n}
-    if totals["confusion"].shape[0] > top_k:
+    if reports_top_k(totals["confusion"].shape[0], top_k):
         logs[f"{prefix}top{top_k}_accuracy"] = float(totals["topk_correct"]) / n
     return logs
 
@@ -248,10 +250,11 @@ class TrainLoop:
         if not self.chief:
             return
         with atomic.replacing(self._history_path()) as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            fields = [f.format(k=self.data.top_k) for f in HISTORY_FIELDS]
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: r.get(k, "") for k in HISTORY_FIELDS})
+                writer.writerow({k: r.get(k, "") for k in fields})
 
     # -- the loop -----------------------------------------------------------------------
     def _resume(self) -> tuple[int, int, Optional[int], list[dict]]:
@@ -316,7 +319,7 @@ class TrainLoop:
         training_weights = self._evaluation_weights(epoch)
         if self.data.val is not None:
             logs.update(summarize(evaluate_sums(self.model, self.dist, self.data.val, self.data.num_classes,
-                                                step=self._eval_step())))
+                                                self.data.top_k, step=self._eval_step()), top_k=self.data.top_k))
         improved, should_stop = early.update(epoch, logs)
         stop = self.dist.agree(should_stop)
         if stop:  # checkpointed with the epoch: a crash from here on must not train again
@@ -388,7 +391,7 @@ class TrainLoop:
     def _eval_step(self) -> Callable:
         """The validation step, traced once per run (not once per epoch)."""
         if self._cached_eval_step is None:
-            self._cached_eval_step = make_eval_step(self.model, self.dist, self.data.num_classes)
+            self._cached_eval_step = make_eval_step(self.model, self.dist, self.data.num_classes, self.data.top_k)
         return self._cached_eval_step
 
 
