@@ -33,7 +33,7 @@ from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.cluster import configure_cluster
 from imgtrain.train.distribution import Distribution, make_distribution
 from imgtrain.train.early_stopping import EarlyStopping, resolve_mode
-from imgtrain.train.loop import LoopData, TrainLoop, evaluate_sums
+from imgtrain.train.loop import LoopData, LoopOptions, TrainLoop, evaluate_sums
 from imgtrain.train.mixing import MixSettings
 from imgtrain.train.optim import (
     Plateau,
@@ -276,11 +276,11 @@ def build_training(cfg: Config, dist: Distribution, prep: DataSource, run_dir: P
     say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
         f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
         + (f" after {warmup:g} warmup epoch(s)" if warmup else ""))
-    loop = TrainLoop(built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, state, early, run_dir,
-                     cfg.train.epochs, label_smoothing=cfg.train.label_smoothing, jit_compile=cfg.train.jit_compile,
-                     checkpoint_every_steps=cfg.train.checkpoint.every_steps, log=say,
-                     progress=progress, ema=cfg.train.ema.decay is not None,
-                     precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps), plateau=plateau)
+    options = LoopOptions(cfg.train.epochs, label_smoothing=cfg.train.label_smoothing,
+                          jit_compile=cfg.train.jit_compile, checkpoint_every_steps=cfg.train.checkpoint.every_steps,
+                          precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
+                          ema=cfg.train.ema.decay is not None, progress=progress, log=say)
+    loop = TrainLoop(built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau)
     return Training(built, loop, early, train_counts, global_batch, steps, peak)
 
 

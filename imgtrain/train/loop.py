@@ -53,6 +53,20 @@ class LoopData:
 
 
 @dataclass
+class LoopOptions:
+    """How the loop runs, as opposed to what it trains (the model, data, optimizer, checkpoints)."""
+
+    epochs: int
+    label_smoothing: float = 0.0
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 0  # 0: a checkpoint per epoch only
+    precise_bn_batches: int = 0  # training steps re-estimating BatchNorm statistics per evaluation
+    ema: bool = False  # evaluate and keep the optimizer's moving average of the weights
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
@@ -124,27 +138,25 @@ class TrainLoop:
     """Runs epochs, evaluates, checkpoints, stops early and restores the best weights."""
 
     def __init__(self, built: BuiltModel, optimizer: keras.optimizers.Optimizer, dist: Distribution,
-                 data: LoopData, store: CheckpointStore, state: LoopState, early: EarlyStopping,
-                 run_dir: Path, epochs: int, label_smoothing: float = 0.0, jit_compile: bool = False,
-                 checkpoint_every_steps: int = 0, log: Callable[[str], None] = print,
-                 progress: bool = True, precise_bn_batches: int = 0, ema: bool = False,
-                 plateau: Optional[Plateau] = None) -> None:
+                 data: LoopData, store: CheckpointStore, early: EarlyStopping, run_dir: Path,
+                 options: LoopOptions, plateau: Optional[Plateau] = None) -> None:
         self.built = built
         self.model = built.model
         self.optimizer = optimizer
         self.dist = dist
         self.data = data
         self.store = store
-        self.state = state
+        self.state = store.state
         self.early = early
         self.run_dir = Path(run_dir)
-        self.epochs = epochs
-        self.label_smoothing = label_smoothing
-        self.jit_compile = jit_compile
-        self.every_steps = checkpoint_every_steps
-        self.log = log if dist.is_chief else (lambda _msg: None)
+        self.epochs = options.epochs
+        self.label_smoothing = options.label_smoothing
+        self.jit_compile = options.jit_compile
+        self.every_steps = options.checkpoint_every_steps
+        self.log = options.log if dist.is_chief else (lambda _msg: None)
         self.chief = dist.is_chief
-        self.progress = progress and dist.is_chief
+        self.progress = options.progress and dist.is_chief
+        precise_bn_batches, ema = options.precise_bn_batches, options.ema
         self.precise_bn = PreciseBatchNorm(self.model, dist, built.batch_stat_layers)
         self.precise_bn_batches = precise_bn_batches if self.precise_bn.active else 0
         self.ema = ema
