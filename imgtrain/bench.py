@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from imgtrain.config import AugmentConfig, Config, DataConfig
+from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
 
 
@@ -184,9 +185,9 @@ def _memory_dataset(examples, size: Sequence[int], batch: int):
     return ds
 
 
-class MemorySource:
-    """A data source (``data.source.DataSource``) of images decoded once into memory: the
-    training step, not the input pipeline, is what the loop figures time."""
+class MemorySource(DataSource):
+    """Images decoded once into memory: the training step, not the input pipeline, is what the
+    loop figures time. It has a training split only."""
 
     def __init__(self, examples, num_classes: int, size: Sequence[int], batch: int) -> None:
         self.cached = _memory_dataset(examples, size, batch)
@@ -196,9 +197,6 @@ class MemorySource:
 
     def count(self, split: str) -> int:
         return self.n if split == "train" else 0
-
-    def has(self, split: str) -> bool:
-        return self.count(split) > 0
 
     def worker_counts(self, split: str, workers: int) -> list[int]:
         return [self.count(split)]
