@@ -30,7 +30,8 @@ BACKBONES = ("resnet50", "efficientnetv2_b0", "mobilenetv3_small", "mobilenetv3_
 MODELS = ("cnn", "dnn") + BACKBONES
 ERASING_FILLS = ("noise", "mean")
 FILL_MODES = ("reflect", "constant", "nearest", "wrap")  # ImageProjectiveTransformV3's fill_mode, lower case
-# Beyond this a single float32 batch of 32 images needs more than 12 GiB before any model runs.
+# A cap checked before anything loads: at 4096 a side one float32 batch of 32 images is already
+# 6 GiB before any model runs. run.check_fits_in_memory then weighs the model and the machine.
 MAX_IMAGE_SIDE = 4096
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CLUSTERS = ("auto", "none", "k8s-indexed-job")  # how TF_CONFIG is found (train/cluster.py)

@@ -51,14 +51,14 @@ def load_run(run_dir: Path) -> tuple[keras.Model, list[str], Config]:
     return model, class_names, cfg
 
 
-def _decodable(path: Path, scratch: Path) -> str:
+def _decodable(path: Path, scratch: Path, position: int) -> str:
     """The file itself, or a PNG copy when only Pillow reads it: the same check and conversion
     training applies (``data.validate``), so predict takes every image train takes."""
     result = check_file(str(path))
     if result.status == BAD:
         raise UserError(f"cannot decode image {path}: {result.reason}; pass JPEG, PNG, BMP or GIF files")
     if result.status == CONVERT:
-        out = scratch / f"{len(list(scratch.iterdir()))}.png"
+        out = scratch / f"{position}.png"
         convert_to_png(str(path), out)
         return str(out)
     return str(path)
@@ -71,7 +71,7 @@ def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_siz
     size, crop = cfg.data.image_size, cfg.data.eval_crop()
     k = max(1, min(top_k, len(class_names)))
     with tempfile.TemporaryDirectory(prefix="imgtrain-predict-") as scratch:
-        readable = [_decodable(f, Path(scratch)) for f in files]
+        readable = [_decodable(f, Path(scratch), i) for i, f in enumerate(files)]
         ds = tf.data.Dataset.from_tensor_slices(readable).map(
             lambda p: load(p, size, crop), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
         probs = []

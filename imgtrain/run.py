@@ -8,6 +8,7 @@ into a ``Config`` and calls ``train_run``, ``evaluate_run`` or predict.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import time
@@ -43,7 +44,7 @@ from imgtrain.train.optim import (
     scaled_learning_rate,
     warmup_epochs,
 )
-from imgtrain.train.precise_bn import batches_for, batchnorm_layers
+from imgtrain.train.precise_bn import batches_for
 from imgtrain.train.precise_bn import needed as precise_bn_needed
 
 # Keys that may change between a run and its resumption; anything else would
@@ -347,15 +348,12 @@ def _finish(cfg: Config, training: Training, fit: Any, prep: DataSource, dist: D
 
 def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps: int) -> int:
     """Training steps whose BatchNorm statistics are averaged before each evaluation (0: off)."""
-    layers = batchnorm_layers(built.model) if built.batch_stat_layers is None else built.batch_stat_layers
-    if not precise_bn_needed(cfg.train.precise_bn.enabled, layers, steps):
+    if not precise_bn_needed(cfg.train.precise_bn.enabled, built.batch_statistics_layers(), steps):
         return 0
     return batches_for(cfg.train.precise_bn.samples, global_batch, steps)
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):

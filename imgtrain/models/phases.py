@@ -28,6 +28,16 @@ def train_everything(model: keras.Model) -> None:
     model.trainable = True
 
 
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer in ``model``, nested models included, in a fixed order."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.renorm:
+            found.append(layer)
+        found.extend(batchnorm_layers(layer))
+    return found
+
+
 @dataclass
 class BuiltModel:
     model: keras.Model
@@ -37,6 +47,10 @@ class BuiltModel:
     # base runs in inference mode, so its layers are left out (re-estimating them is a no-op
     # that costs a forward pass of the whole base).
     batch_stat_layers: Optional[list[keras.layers.Layer]] = None
+
+    def batch_statistics_layers(self) -> list[keras.layers.Layer]:
+        """``batch_stat_layers`` resolved: the BatchNorm layers precise BN re-estimates."""
+        return batchnorm_layers(self.model) if self.batch_stat_layers is None else list(self.batch_stat_layers)
 
     def phase_at(self, epoch: int) -> Phase:
         current = self.phases[0]

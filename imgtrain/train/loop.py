@@ -157,7 +157,7 @@ class TrainLoop:
         self.chief = dist.is_chief
         self.progress = options.progress and dist.is_chief
         precise_bn_batches, ema = options.precise_bn_batches, options.ema
-        self.precise_bn = PreciseBatchNorm(self.model, dist, built.batch_stat_layers)
+        self.precise_bn = PreciseBatchNorm(self.model, dist, built.batch_statistics_layers())
         self.precise_bn_batches = precise_bn_batches if self.precise_bn.active else 0
         self.ema = ema
         self.plateau = plateau

@@ -32,17 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgtrain.models.phases import batchnorm_layers
 from imgtrain.train.distribution import Distribution
-
-
-def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every BatchNormalization layer in ``model``, nested models included, in a fixed order."""
-    found = []
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.layers.BatchNormalization) and not layer.renorm:
-            found.append(layer)
-        found.extend(batchnorm_layers(layer))
-    return found
 
 
 def batches_for(samples: int, global_batch: int, steps_per_epoch: int) -> int:
