@@ -6,13 +6,14 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean help
+.PHONY: install demo test test-fast lint clean help
 
 help:
 	@echo "make install   create $(VENV) with imgtrain, its test tools and Horovod (built from source)"
 	@echo "make demo      train, evaluate and report on scikit-learn's bundled digits"
 	@echo "make test      run the whole test suite (slow multi-process tests included)"
 	@echo "make test-fast skip the tests marked slow"
+	@echo "make lint      ruff: lint rules and formatting (configured in pyproject.toml)"
 
 install: $(STAMP)
 
@@ -26,11 +27,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m imgtrain.demo
 
-test: install
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs data/digits .pytest_cache

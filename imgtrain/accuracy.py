@@ -41,27 +41,51 @@ class Dataset:
     rows: list[tuple[str, Optional[str], tuple[str, ...]]] = field(default_factory=list)
 
 
-DIGITS_AUG = ("data.augment.rotation=10", "data.augment.zoom=0.1", "data.augment.translate=0.08",
-              "data.augment.fill_mode=constant")
+DIGITS_AUG = (
+    "data.augment.rotation=10",
+    "data.augment.zoom=0.1",
+    "data.augment.translate=0.08",
+    "data.augment.fill_mode=constant",
+)
 DATASETS = [
-    Dataset("digits (1,797 8x8 scans, 10 classes)", write_digits, epochs=20, batch_size=32, rows=[
-        ("imgtrain defaults", None, ()),
-        ("imgtrain defaults + augmentation", None, DIGITS_AUG),
-        ("imgtrain configs/digits.yaml (make demo)", "digits.yaml", ()),
-        ("imgtrain configs/from-scratch.yaml", "from-scratch.yaml", ("data.augment.horizontal_flip=false",)),
-    ]),
-    Dataset("shapes (3 x 40 generated 32x32)", lambda root: write_shapes(root), epochs=8, batch_size=16, rows=[
-        ("imgtrain defaults", None, ()),
-        ("imgtrain defaults, precise BN off", None, ("train.precise_bn.enabled=false",)),
-        ("imgtrain configs/from-scratch.yaml", "from-scratch.yaml", ()),
-    ]),
+    Dataset(
+        "digits (1,797 8x8 scans, 10 classes)",
+        write_digits,
+        epochs=20,
+        batch_size=32,
+        rows=[
+            ("imgtrain defaults", None, ()),
+            ("imgtrain defaults + augmentation", None, DIGITS_AUG),
+            ("imgtrain configs/digits.yaml (make demo)", "digits.yaml", ()),
+            ("imgtrain configs/from-scratch.yaml", "from-scratch.yaml", ("data.augment.horizontal_flip=false",)),
+        ],
+    ),
+    Dataset(
+        "shapes (3 x 40 generated 32x32)",
+        lambda root: write_shapes(root),
+        epochs=8,
+        batch_size=16,
+        rows=[
+            ("imgtrain defaults", None, ()),
+            ("imgtrain defaults, precise BN off", None, ("train.precise_bn.enabled=false",)),
+            ("imgtrain configs/from-scratch.yaml", "from-scratch.yaml", ()),
+        ],
+    ),
 ]
 
 
-def _config(ds: Dataset, data: Path, out: Path, config: Optional[str], extra: Sequence[str], epochs: int,
-            seed: int) -> Config:
-    items = [f"data.path={data}", f"output={out}", f"data.image_size=[{ds.image_size},{ds.image_size}]",
-             f"train.epochs={epochs}", f"train.batch_size={ds.batch_size}", f"seed={seed}", *extra]
+def _config(
+    ds: Dataset, data: Path, out: Path, config: Optional[str], extra: Sequence[str], epochs: int, seed: int
+) -> Config:
+    items = [
+        f"data.path={data}",
+        f"output={out}",
+        f"data.image_size=[{ds.image_size},{ds.image_size}]",
+        f"train.epochs={epochs}",
+        f"train.batch_size={ds.batch_size}",
+        f"seed={seed}",
+        *extra,
+    ]
     if config is None:
         return Config.load(None, items)
     # A preset keeps its own settings except what makes the comparison fair: data, size, epochs, batch.
@@ -115,8 +139,15 @@ def keras_cnn(num_classes: int, size: int, augment: Sequence[str]):
     return model
 
 
-def run_keras(folders: dict[str, Path], class_names: list[str], ds: Dataset, epochs: int, seed: int,
-              augment: Sequence[str] = (), early_stopping: bool = False) -> dict[str, Any]:
+def run_keras(
+    folders: dict[str, Path],
+    class_names: list[str],
+    ds: Dataset,
+    epochs: int,
+    seed: int,
+    augment: Sequence[str] = (),
+    early_stopping: bool = False,
+) -> dict[str, Any]:
     import keras
 
     keras.backend.clear_session()
@@ -125,15 +156,29 @@ def run_keras(folders: dict[str, Path], class_names: list[str], ds: Dataset, epo
 
     def load(split: str, shuffle: bool):
         return keras.utils.image_dataset_from_directory(
-            folders[split], labels="inferred", label_mode="int", class_names=class_names, color_mode="rgb",
-            batch_size=ds.batch_size, image_size=(ds.image_size, ds.image_size), shuffle=shuffle, seed=seed,
-            verbose=False)
+            folders[split],
+            labels="inferred",
+            label_mode="int",
+            class_names=class_names,
+            color_mode="rgb",
+            batch_size=ds.batch_size,
+            image_size=(ds.image_size, ds.image_size),
+            shuffle=shuffle,
+            seed=seed,
+            verbose=False,
+        )
 
     model = keras_cnn(len(class_names), ds.image_size, augment)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
-                 ] if early_stopping else []
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    callbacks = (
+        [keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)]
+        if early_stopping
+        else []
+    )
     model.fit(load("train", True), validation_data=load("val", False), epochs=epochs, verbose=0, callbacks=callbacks)
     _, accuracy = model.evaluate(load("test", False), verbose=0)
     return {"test_accuracy": float(accuracy), "seconds": time.perf_counter() - start}
@@ -149,13 +194,21 @@ def measure(work: Path, quick: bool = False, seed: int = 1) -> list[dict[str, An
             cfg = _config(ds, data, work / f"run{i}-{len(results)}", config, extra + quick_fix, epochs, seed)
             results.append({"dataset": ds.name, "setup": label, "epochs": epochs, **run_imgtrain(cfg)})
             print(_line(results[-1]), flush=True)
-        class_names, folders = split_folders(_config(ds, data, work / "split", None, (), epochs, seed), work / f"split{i}")
+        class_names, folders = split_folders(
+            _config(ds, data, work / "split", None, (), epochs, seed), work / f"split{i}"
+        )
         variants = [("", (), False), (" + EarlyStopping(val_loss, 5, restore best)", (), True)]
         if ds.rows[1][2] == DIGITS_AUG:
             variants.append((" + augmentation layers", DIGITS_AUG, False))
         for suffix, aug, early in variants:
-            results.append({"dataset": ds.name, "setup": f"plain Keras script{suffix}", "epochs": epochs,
-                            **run_keras(folders, class_names, ds, epochs, seed, aug, early)})
+            results.append(
+                {
+                    "dataset": ds.name,
+                    "setup": f"plain Keras script{suffix}",
+                    "epochs": epochs,
+                    **run_keras(folders, class_names, ds, epochs, seed, aug, early),
+                }
+            )
             print(_line(results[-1]), flush=True)
     return results
 

@@ -52,13 +52,28 @@ class BenchSizes:
 # process (model.fit and imgtrain's loop alike: ResNet-50 epochs come out near
 # 100 or near 120 images/s, at random); the best of several timed epochs is the
 # figure that repeats.
-FULL = BenchSizes(pipeline_images=3000, train_images={"cnn": 4000, "resnet50": 1024}, memory_small=2000,
-                  memory_large=20000, epochs=3, batch_size=32, rounds=3)
-QUICK = BenchSizes(pipeline_images=96, train_images={"cnn": 48, "resnet50": 32}, memory_small=32, memory_large=320,
-                   epochs=1, batch_size=16, rounds=1)
+FULL = BenchSizes(
+    pipeline_images=3000,
+    train_images={"cnn": 4000, "resnet50": 1024},
+    memory_small=2000,
+    memory_large=20000,
+    epochs=3,
+    batch_size=32,
+    rounds=3,
+)
+QUICK = BenchSizes(
+    pipeline_images=96,
+    train_images={"cnn": 48, "resnet50": 32},
+    memory_small=32,
+    memory_large=320,
+    epochs=1,
+    batch_size=16,
+    rounds=1,
+)
 
-PIPELINE_AUGMENT = AugmentConfig(random_resized_crop=True, crop_scale=[0.25, 1.0], horizontal_flip=True,
-                                 brightness=0.1, contrast=0.1)
+PIPELINE_AUGMENT = AugmentConfig(
+    random_resized_crop=True, crop_scale=[0.25, 1.0], horizontal_flip=True, brightness=0.1, contrast=0.1
+)
 # The same crop without flip and colour jitter: splits the gap to the ceiling
 # into what resampling costs and what the per-pixel jitter costs.
 CROP_ONLY = AugmentConfig(random_resized_crop=True, crop_scale=[0.25, 1.0])
@@ -126,10 +141,19 @@ def bench_pipeline(folder: Path, sizes: BenchSizes, work: Path) -> dict:
         ds = ds.map(lambda p: tf.io.decode_jpeg(tf.io.read_file(p), channels=3), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
-    out = {"images": len(paths), "image_size": [224, 224], "batch_size": batch,
-           "augment": "random_resized_crop, horizontal_flip, brightness, contrast"}
-    write_prepared(cat, work / "tfrecords", shard_mb=max(1.0, sum(os.path.getsize(p) for p in paths) / 2**20 / 8),
-                   extra={}, progress=False)
+    out = {
+        "images": len(paths),
+        "image_size": [224, 224],
+        "batch_size": batch,
+        "augment": "random_resized_crop, horizontal_flip, brightness, contrast",
+    }
+    write_prepared(
+        cat,
+        work / "tfrecords",
+        shard_mb=max(1.0, sum(os.path.getsize(p) for p in paths) / 2**20 / 8),
+        extra={},
+        progress=False,
+    )
     prepared = open_prepared(str(work / "tfrecords"))
     files, counts = prepared.files("train"), prepared.worker_counts("train", 1)
     crop_cfg = DataConfig(image_size=[224, 224], augment=CROP_ONLY)
@@ -148,10 +172,16 @@ def bench_pipeline(folder: Path, sizes: BenchSizes, work: Path) -> dict:
     folder_rate, tfr_rate = best["folder"], best["tfrecord"]
     ceiling_rate = out["ceiling"]["images_per_sec"]
     out["folder"] = {"images_per_sec": round(folder_rate, 1), "ratio": round(folder_rate / ceiling_rate, 3)}
-    out["tfrecord"] = {"images_per_sec": round(tfr_rate, 1), "ratio": round(tfr_rate / ceiling_rate, 3),
-                       "shards": len(files)}
-    out["crop_only"] = {"images_per_sec": round(best["crop_only"], 1),
-                        "ratio": round(best["crop_only"] / ceiling_rate, 3), "augment": "random_resized_crop"}
+    out["tfrecord"] = {
+        "images_per_sec": round(tfr_rate, 1),
+        "ratio": round(tfr_rate / ceiling_rate, 3),
+        "shards": len(files),
+    }
+    out["crop_only"] = {
+        "images_per_sec": round(best["crop_only"], 1),
+        "ratio": round(best["crop_only"] / ceiling_rate, 3),
+        "augment": "random_resized_crop",
+    }
     cores = os.cpu_count() or 1
     out["per_core_images_per_sec"] = round(folder_rate / cores, 1)
     return out
@@ -161,15 +191,26 @@ def bench_pipeline(folder: Path, sizes: BenchSizes, work: Path) -> dict:
 
 
 def _train_config(model: str, batch: int, epochs: int, precision: str = "float32", jit: bool = False) -> Config:
-    cfg = Config.load(None, [
-        f"model.name={model}", "data.image_size=[32,32]", f"train.batch_size={batch}", f"train.epochs={epochs}",
-        "train.optimizer.name=adam", "train.optimizer.learning_rate=0.001", "model.resnet50.weights=none",
-        "model.cnn.filters=[32,64,128]", f"train.precision={precision}", f"train.jit_compile={str(jit).lower()}",
-        "train.early_stopping.enabled=false",
-        # model.fit does neither; both happen between epochs (outside the timed seconds) but
-        # would lengthen the bench: re-estimating BatchNorm statistics, keeping old checkpoints.
-        "train.precise_bn.enabled=false", "train.checkpoint.keep=1",
-    ])
+    cfg = Config.load(
+        None,
+        [
+            f"model.name={model}",
+            "data.image_size=[32,32]",
+            f"train.batch_size={batch}",
+            f"train.epochs={epochs}",
+            "train.optimizer.name=adam",
+            "train.optimizer.learning_rate=0.001",
+            "model.resnet50.weights=none",
+            "model.cnn.filters=[32,64,128]",
+            f"train.precision={precision}",
+            f"train.jit_compile={str(jit).lower()}",
+            "train.early_stopping.enabled=false",
+            # model.fit does neither; both happen between epochs (outside the timed seconds) but
+            # would lengthen the bench: re-estimating BatchNorm statistics, keeping old checkpoints.
+            "train.precise_bn.enabled=false",
+            "train.checkpoint.keep=1",
+        ],
+    )
     return cfg
 
 
@@ -243,10 +284,12 @@ def bench_keras_fit(cfg: Config, examples, num_classes: int) -> float:
     cached = _memory_dataset(examples, cfg.data.image_size, cfg.train.batch_size)
     batch = cfg.train.batch_size
     model = build_model(cfg.model, num_classes, cfg.data.image_size).model
-    model.compile(optimizer=build_optimizer(cfg.train.optimizer, cfg.train.optimizer.learning_rate,
-                                            cfg.train.precision),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-                  jit_compile=cfg.train.jit_compile)
+    model.compile(
+        optimizer=build_optimizer(cfg.train.optimizer, cfg.train.optimizer.learning_rate, cfg.train.precision),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=cfg.train.jit_compile,
+    )
     times: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -279,8 +322,15 @@ def _balanced(examples, count: int, classes: int):
     return out
 
 
-def bench_training(folder: Path, sizes: BenchSizes, models: Sequence[str], jit: bool, mixed: bool,
-                   work: Path, log: Callable[[str], None]) -> dict:
+def bench_training(
+    folder: Path,
+    sizes: BenchSizes,
+    models: Sequence[str],
+    jit: bool,
+    mixed: bool,
+    work: Path,
+    log: Callable[[str], None],
+) -> dict:
     import tensorflow as tf
 
     cat, all_examples = _examples(folder)
@@ -295,26 +345,40 @@ def bench_training(folder: Path, sizes: BenchSizes, models: Sequence[str], jit: 
         ours = fit = 0.0
         for r in range(rounds):
             # Whichever goes first in a process runs on a colder machine; alternate, keep the best.
-            for which in (("loop", "fit") if r % 2 == 0 else ("fit", "loop")):
+            for which in ("loop", "fit") if r % 2 == 0 else ("fit", "loop"):
                 if which == "loop":
                     ours = max(ours, bench_imgtrain_loop(cfg, examples, k, work))
                 else:
                     fit = max(fit, bench_keras_fit(cfg, examples, k))
-        entry: dict[str, Any] = {"images": len(examples), "image_size": [32, 32], "batch_size": sizes.batch_size,
-                                 "imgtrain_images_per_sec": round(ours, 1), "fit_images_per_sec": round(fit, 1),
-                                 "ratio": round(ours / fit, 3)}
+        entry: dict[str, Any] = {
+            "images": len(examples),
+            "image_size": [32, 32],
+            "batch_size": sizes.batch_size,
+            "imgtrain_images_per_sec": round(ours, 1),
+            "fit_images_per_sec": round(fit, 1),
+            "ratio": round(ours / fit, 3),
+        }
         if jit:
             log(f"bench: training {name} with XLA")
-            with_jit = bench_imgtrain_loop(_train_config(name, sizes.batch_size, 1 + sizes.epochs, jit=True),
-                                           examples, k, work)
-            entry["jit_compile"] = {"images_per_sec": round(with_jit, 1), "baseline_images_per_sec": round(ours, 1),
-                                    "ratio": round(with_jit / ours, 3)}
+            with_jit = bench_imgtrain_loop(
+                _train_config(name, sizes.batch_size, 1 + sizes.epochs, jit=True), examples, k, work
+            )
+            entry["jit_compile"] = {
+                "images_per_sec": round(with_jit, 1),
+                "baseline_images_per_sec": round(ours, 1),
+                "ratio": round(with_jit / ours, 3),
+            }
         if mixed:
             log(f"bench: training {name} with {mixed_policy}")
-            with_mp = bench_imgtrain_loop(_train_config(name, sizes.batch_size, 1 + sizes.epochs, precision=mixed_policy),
-                                          examples, k, work)
-            entry["mixed_precision"] = {"policy": mixed_policy, "images_per_sec": round(with_mp, 1),
-                                        "baseline_images_per_sec": round(ours, 1), "ratio": round(with_mp / ours, 3)}
+            with_mp = bench_imgtrain_loop(
+                _train_config(name, sizes.batch_size, 1 + sizes.epochs, precision=mixed_policy), examples, k, work
+            )
+            entry["mixed_precision"] = {
+                "policy": mixed_policy,
+                "images_per_sec": round(with_mp, 1),
+                "baseline_images_per_sec": round(ours, 1),
+                "ratio": round(with_mp / ours, 3),
+            }
         out[name] = entry
     return out
 
@@ -339,8 +403,9 @@ def memory_probe(folder: str, count: int, batch: int) -> dict:
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True),
-                                                                            from_logits=True))
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(y, model(x, training=True), from_logits=True)
+            )
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply(grads, model.trainable_variables)
         return loss
@@ -381,9 +446,21 @@ def start_memory_probes(folder: Path, sizes: BenchSizes, work: Path) -> dict[str
     procs = {}
     for label, count in (("small", sizes.memory_small), ("large", sizes.memory_large)):
         with open(work / f"memory-{label}.err", "w") as err:
-            procs[label] = subprocess.Popen([sys.executable, "-m", "imgtrain.bench", "--memory-probe", str(folder),
-                                             str(count), str(sizes.batch_size)], stdout=subprocess.PIPE, stderr=err,
-                                            text=True, env=env)
+            procs[label] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "imgtrain.bench",
+                    "--memory-probe",
+                    str(folder),
+                    str(count),
+                    str(sizes.batch_size),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
     return procs
 
 
@@ -402,8 +479,9 @@ def collect_memory_probes(procs: dict[str, subprocess.Popen], work: Path) -> dic
 # -- the command --------------------------------------------------------------------------
 
 
-def run_bench(data: Optional[str], quick: bool, models: Sequence[str], jit: bool, mixed: bool,
-              log: Callable[[str], None] = print) -> dict:
+def run_bench(
+    data: Optional[str], quick: bool, models: Sequence[str], jit: bool, mixed: bool, log: Callable[[str], None] = print
+) -> dict:
     import keras
     import tensorflow as tf
 
@@ -423,8 +501,12 @@ def run_bench(data: Optional[str], quick: bool, models: Sequence[str], jit: bool
         log("bench: input pipeline")
         result: dict[str, Any] = {
             "quick": quick,
-            "machine": {"cpu_count": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
-                        "tensorflow": tf.__version__, "keras": keras.__version__},
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "gpus": len(tf.config.list_physical_devices("GPU")),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+            },
             "pipeline": bench_pipeline(folder224, sizes, work),
         }
         result["train"] = bench_training(folder32, sizes, models, jit, mixed, work, log)
@@ -445,19 +527,46 @@ def format_table(r: dict) -> str:
     rows = [("figure", "images/s", "baseline", "baseline images/s", "ratio")]
     p = r["pipeline"]
     for key in ("folder", "tfrecord", "crop_only"):
-        rows.append((f"pipeline.{key}", f"{p[key]['images_per_sec']:.0f}", "decode ceiling",
-                     f"{p['ceiling']['images_per_sec']:.0f}", f"{p[key]['ratio']:.2f}"))
+        rows.append(
+            (
+                f"pipeline.{key}",
+                f"{p[key]['images_per_sec']:.0f}",
+                "decode ceiling",
+                f"{p['ceiling']['images_per_sec']:.0f}",
+                f"{p[key]['ratio']:.2f}",
+            )
+        )
     for name, t in r["train"].items():
-        rows.append((f"train.{name}", f"{t['imgtrain_images_per_sec']:.0f}", "model.fit",
-                     f"{t['fit_images_per_sec']:.0f}", f"{t['ratio']:.2f}"))
+        rows.append(
+            (
+                f"train.{name}",
+                f"{t['imgtrain_images_per_sec']:.0f}",
+                "model.fit",
+                f"{t['fit_images_per_sec']:.0f}",
+                f"{t['ratio']:.2f}",
+            )
+        )
         for opt in ("jit_compile", "mixed_precision"):
             if opt in t:
-                rows.append((f"train.{name}.{opt}", f"{t[opt]['images_per_sec']:.0f}", "same, without",
-                             f"{t[opt]['baseline_images_per_sec']:.0f}", f"{t[opt]['ratio']:.2f}"))
+                rows.append(
+                    (
+                        f"train.{name}.{opt}",
+                        f"{t[opt]['images_per_sec']:.0f}",
+                        "same, without",
+                        f"{t[opt]['baseline_images_per_sec']:.0f}",
+                        f"{t[opt]['ratio']:.2f}",
+                    )
+                )
     m = r["memory"]
-    rows.append((f"memory ({m['large']['images']} vs {m['small']['images']} images)",
-                 f"{m['large']['peak_rss_bytes'] / 2**20:.0f} MiB", "small epoch",
-                 f"{m['small']['peak_rss_bytes'] / 2**20:.0f} MiB", f"{m['ratio']:.2f}"))
+    rows.append(
+        (
+            f"memory ({m['large']['images']} vs {m['small']['images']} images)",
+            f"{m['large']['peak_rss_bytes'] / 2**20:.0f} MiB",
+            "small epoch",
+            f"{m['small']['peak_rss_bytes'] / 2**20:.0f} MiB",
+            f"{m['ratio']:.2f}",
+        )
+    )
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

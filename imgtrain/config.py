@@ -312,13 +312,17 @@ class Config:
             raise UserError(f"seed must be an integer from 0 to 2147483647, got {self.seed}")
         c = m.cnn
         if not c.filters or min(c.filters) < 1 or c.convs_per_block < 1 or c.kernel_size < 1:
-            raise UserError(f"model.cnn needs filters >= 1 (got {c.filters}), convs_per_block >= 1 (got "
-                            f"{c.convs_per_block}) and kernel_size >= 1 (got {c.kernel_size})")
+            raise UserError(
+                f"model.cnn needs filters >= 1 (got {c.filters}), convs_per_block >= 1 (got "
+                f"{c.convs_per_block}) and kernel_size >= 1 (got {c.kernel_size})"
+            )
         if m.dnn.hidden_units and min(m.dnn.hidden_units) < 1:
             raise UserError(f"model.dnn.hidden_units must all be >= 1, got {m.dnn.hidden_units}")
         if max(d.image_size) > MAX_IMAGE_SIDE:
-            raise UserError(f"data.image_size {d.image_size} is larger than {MAX_IMAGE_SIDE} pixels a side; "
-                            "a batch of such images cannot fit in memory. Use a smaller --image-size")
+            raise UserError(
+                f"data.image_size {d.image_size} is larger than {MAX_IMAGE_SIDE} pixels a side; "
+                "a batch of such images cannot fit in memory. Use a smaller --image-size"
+            )
         fr = d.split
         for name in ("train", "val", "test"):
             if not 0.0 <= getattr(fr, name) <= 1.0:
@@ -329,8 +333,10 @@ class Config:
                 f"train={fr.train} val={fr.val} test={fr.test}"
             )
         if self.deterministic and t.jit_compile:
-            raise UserError("deterministic and train.jit_compile cannot be combined: XLA has no deterministic "
-                            "kernels for some gradients (MaxPool); drop --deterministic or train.jit_compile")
+            raise UserError(
+                "deterministic and train.jit_compile cannot be combined: XLA has no deterministic "
+                "kernels for some gradients (MaxPool); drop --deterministic or train.jit_compile"
+            )
         _positive("train.epochs", t.epochs)
         _positive("train.batch_size", t.batch_size)
         _positive("train.optimizer.learning_rate", t.optimizer.learning_rate)
@@ -340,8 +346,11 @@ class Config:
             raise UserError("train.checkpoint.every_steps must be 0 (per epoch only) or positive")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-        dropouts = [("model.cnn.dropout", m.cnn.dropout), ("model.cnn.head_dropout", m.cnn.head_dropout),
-                    ("model.dnn.dropout", m.dnn.dropout)]
+        dropouts = [
+            ("model.cnn.dropout", m.cnn.dropout),
+            ("model.cnn.head_dropout", m.cnn.head_dropout),
+            ("model.dnn.dropout", m.dnn.dropout),
+        ]
         dropouts += [(f"model.{b}.head_dropout", getattr(m, b).head_dropout) for b in BACKBONES]
         for name, value in dropouts:
             _in_range(name, value, 0.0, 1.0, high_open=True)
@@ -355,7 +364,9 @@ class Config:
                 f"train.class_weights must be 'balanced' or a mapping of class name to weight, got '{t.class_weights}'"
             )
         if not m.dnn.hidden_units or min(m.dnn.hidden_units) < 1:
-            raise UserError(f"model.dnn.hidden_units must be a non-empty list of positive integers, got {m.dnn.hidden_units}")
+            raise UserError(
+                f"model.dnn.hidden_units must be a non-empty list of positive integers, got {m.dnn.hidden_units}"
+            )
         if not m.cnn.filters or min(m.cnn.filters) < 1:
             raise UserError(f"model.cnn.filters must be a non-empty list of positive integers, got {m.cnn.filters}")
         if d.label_vocabulary is not None:
@@ -438,8 +449,9 @@ def _positive(name: str, value: float) -> None:
         raise UserError(f"{name} must be a positive finite number, got {value}")
 
 
-def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False,
-              high_open: bool = False) -> None:
+def _in_range(
+    name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
     """Refuse a value outside [low, high] (open ends as asked); NaN fails every comparison."""
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
@@ -468,7 +480,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, train:), not {type(data).__name__}")
+        raise UserError(
+            f"config file {path} must hold a mapping of sections (data:, model:, train:), not {type(data).__name__}"
+        )
     return data
 
 
@@ -540,7 +554,11 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
     for key, value in data.items():
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1)
-            extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; known keys: {', '.join(prefix + n for n in names)}"
+            extra = (
+                f"; did you mean '{prefix}{hint[0]}'?"
+                if hint
+                else f"; known keys: {', '.join(prefix + n for n in names)}"
+            )
             raise UserError(f"unknown config key '{prefix}{key}' in {where}{extra}")
         kwargs[key] = _convert(value, hints[key], prefix + key, where)
     return cls(**kwargs)

@@ -35,9 +35,15 @@ def write_class_names(class_names: Sequence[str], run_dir: Path) -> Path:
     return path
 
 
-def export_saved_model(model: keras.Model, class_names: Sequence[str], image_size: Sequence[int], run_dir: Path,
-                       crop_fraction: Optional[float] = None) -> Path:
-    """``crop_fraction``: the centre crop evaluation uses (``DataConfig.eval_crop``), so serving sees what the report saw."""
+def export_saved_model(
+    model: keras.Model,
+    class_names: Sequence[str],
+    image_size: Sequence[int],
+    run_dir: Path,
+    crop_fraction: Optional[float] = None,
+) -> Path:
+    """``crop_fraction``: the centre crop evaluation uses (``DataConfig.eval_crop``), so serving
+    sees what the report saw."""
     names = tf.constant(list(class_names))
     size = [int(image_size[0]), int(image_size[1])]
 
@@ -46,7 +52,9 @@ def export_saved_model(model: keras.Model, class_names: Sequence[str], image_siz
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(image_bytes):
-        probs = tf.nn.softmax(tf.cast(model(bytes_to_batch(image_bytes, size, crop_fraction), training=False), tf.float32), axis=-1)
+        probs = tf.nn.softmax(
+            tf.cast(model(bytes_to_batch(image_bytes, size, crop_fraction), training=False), tf.float32), axis=-1
+        )
         top = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {
             "probabilities": probs,

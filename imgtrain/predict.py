@@ -42,7 +42,9 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
 def load_run(run_dir: Path) -> tuple[keras.Model, list[str], Config]:
     run_dir = Path(run_dir)
     if not (run_dir / "model.keras").exists():
-        raise UserError(f"{run_dir} has no model.keras; pass --run a directory written by 'imgtrain train' that finished")
+        raise UserError(
+            f"{run_dir} has no model.keras; pass --run a directory written by 'imgtrain train' that finished"
+        )
     cfg = Config.load(run_dir / "config.yaml")
     class_names = json.loads((run_dir / "class_names.json").read_text())
     import imgtrain.models.layers  # noqa: F401  (registers custom layers for loading)
@@ -72,8 +74,11 @@ def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_siz
     k = max(1, min(top_k, len(class_names)))
     with tempfile.TemporaryDirectory(prefix="imgtrain-predict-") as scratch:
         readable = [_decodable(f, Path(scratch), i) for i, f in enumerate(files)]
-        ds = tf.data.Dataset.from_tensor_slices(readable).map(
-            lambda p: load(p, size, crop), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        ds = (
+            tf.data.Dataset.from_tensor_slices(readable)
+            .map(lambda p: load(p, size, crop), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+        )
         probs = []
         for batch in ds:
             probs.append(tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32), axis=-1).numpy())
@@ -81,8 +86,9 @@ def predict_files(run_dir: Path, paths: Sequence[str], top_k: int = 5, batch_siz
     records = []
     for f, p in zip(files, all_probs):
         order = np.argsort(-p, kind="stable")[:k]
-        records.append({"path": str(f), "top": [(class_names[i], float(p[i])) for i in order],
-                        "probabilities": p.tolist()})
+        records.append(
+            {"path": str(f), "top": [(class_names[i], float(p[i])) for i in order], "probabilities": p.tolist()}
+        )
     return records
 
 
@@ -110,8 +116,10 @@ def write_records(records: list[dict], output: str | None) -> None:
     # Whole or not at all: an existing predictions file survives a full disk or a crash.
     with atomic.replacing(path) as tmp:
         if path.suffix.lower() == ".json":
-            data = [{"path": r["path"], "predictions": [{"class": n, "probability": p} for n, p in r["top"]]}
-                    for r in records]
+            data = [
+                {"path": r["path"], "predictions": [{"class": n, "probability": p} for n, p in r["top"]]}
+                for r in records
+            ]
             tmp.write_text(json.dumps(atomic.finite(data), indent=2, allow_nan=False) + "\n")
         else:
             with tmp.open("w", newline="") as fh:

@@ -14,8 +14,9 @@ from imgtrain.data.validate import validate_catalog
 from imgtrain.errors import UserError
 
 
-def prepare_dataset(cfg: Config, output: Path, shard_mb: float = 100.0, progress: bool = True,
-                    log: Callable[[str], None] = print) -> dict:
+def prepare_dataset(
+    cfg: Config, output: Path, shard_mb: float = 100.0, progress: bool = True, log: Callable[[str], None] = print
+) -> dict:
     """Discover, split and check ``cfg.data.path`` exactly as training would, then write shards."""
     if is_tfds(cfg.data.path):
         raise UserError("prepare reads image folders and CSV manifests; TFDS datasets are already prepared by TFDS")
@@ -32,19 +33,29 @@ def prepare_dataset(cfg: Config, output: Path, shard_mb: float = 100.0, progress
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
     catalog = validate_catalog(catalog, cfg.data.on_bad_image, output / ".checks", progress=progress)
     converted = sum(1 for e in catalog.examples if "/.checks/converted/" in e.path.replace("\\", "/"))
-    manifest = write_prepared(catalog, output, shard_mb, extra={
-        "source": str(Path(str(cfg.data.path)).resolve()),
-        "split_seed": cfg.effective_split_seed,
-        "fractions": {"train": cfg.data.split.train, "val": cfg.data.split.val, "test": cfg.data.split.test},
-        "checks": {
-            "decoded_with": ["Pillow (full decode, truncation check)", "tf.io.decode_image"],
-            "policy": cfg.data.on_bad_image,
-            "converted_to_png": converted,
-            "skipped": catalog.skipped,
+    manifest = write_prepared(
+        catalog,
+        output,
+        shard_mb,
+        extra={
+            "source": str(Path(str(cfg.data.path)).resolve()),
+            "split_seed": cfg.effective_split_seed,
+            "fractions": {"train": cfg.data.split.train, "val": cfg.data.split.val, "test": cfg.data.split.test},
+            "checks": {
+                "decoded_with": ["Pillow (full decode, truncation check)", "tf.io.decode_image"],
+                "policy": cfg.data.on_bad_image,
+                "converted_to_png": converted,
+                "skipped": catalog.skipped,
+            },
         },
-    }, progress=progress)
-    counts = ", ".join(f"{s} {v['count']} ({len(v['shards'])} shard{'s' if len(v['shards']) != 1 else ''})"
-                       for s, v in manifest["splits"].items())
-    log(f"prepared {output}: {len(manifest['class_names'])} classes; {counts}; "
-        f"{len(catalog.skipped)} skipped, {converted} converted; {time.time() - start:.1f}s")
+        progress=progress,
+    )
+    counts = ", ".join(
+        f"{s} {v['count']} ({len(v['shards'])} shard{'s' if len(v['shards']) != 1 else ''})"
+        for s, v in manifest["splits"].items()
+    )
+    log(
+        f"prepared {output}: {len(manifest['class_names'])} classes; {counts}; "
+        f"{len(catalog.skipped)} skipped, {converted} converted; {time.time() - start:.1f}s"
+    )
     return manifest

@@ -49,8 +49,18 @@ from imgtrain.train.precise_bn import needed as precise_bn_needed
 
 # Keys that may change between a run and its resumption; anything else would
 # make the checkpoint mean something different.
-RESUMABLE_CHANGES = ("output", "deterministic", "data.path", "data.tfds.data_dir", "train.epochs",
-                     "train.early_stopping", "train.checkpoint", "train.strategy", "train.cluster", "train.warm_start")
+RESUMABLE_CHANGES = (
+    "output",
+    "deterministic",
+    "data.path",
+    "data.tfds.data_dir",
+    "train.epochs",
+    "train.early_stopping",
+    "train.checkpoint",
+    "train.strategy",
+    "train.cluster",
+    "train.warm_start",
+)
 
 
 def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataSource:
@@ -58,11 +68,14 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataSourc
     return data_source.get(cfg, run_dir, progress)
 
 
-def _train_factory(prep: DataSource, cfg: Config, dist: Distribution, batch: int) -> Callable[[int, int], tf.data.Dataset]:
+def _train_factory(
+    prep: DataSource, cfg: Config, dist: Distribution, batch: int
+) -> Callable[[int, int], tf.data.Dataset]:
     k = dist.local_replicas
 
     def make(epoch: int, skip_steps: int) -> tf.data.Dataset:
         return prep.train_dataset(cfg.data, pipeline.EpochPlan(cfg.seed, epoch, batch, dist.shard, skip_steps * k, k))
+
     return make
 
 
@@ -136,8 +149,9 @@ def _atomic_json(path: Path, data: dict) -> None:
     atomic.write_json(path, data)
 
 
-def train_run(cfg: Config, progress: bool = True, log: Callable[[str], None] = print,
-              dist: Optional[Distribution] = None) -> dict[str, Any]:
+def train_run(
+    cfg: Config, progress: bool = True, log: Callable[[str], None] = print, dist: Optional[Distribution] = None
+) -> dict[str, Any]:
     """Train (or resume), restore the best weights, export, evaluate; return the run summary."""
     t_start = time.time()
     run_dir = Path(cfg.output)
@@ -157,13 +171,16 @@ def _make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the run directory {run_dir}: {exc.strerror}; pass a writable --output") from None
+        raise UserError(
+            f"cannot create the run directory {run_dir}: {exc.strerror}; pass a writable --output"
+        ) from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise UserError(f"the run directory {run_dir} is not writable; pass a writable --output")
 
 
-def _train_locked(cfg: Config, run_dir: Path, dist: Distribution, progress: bool, say: Callable[[str], None],
-                  t_start: float) -> dict[str, Any]:
+def _train_locked(
+    cfg: Config, run_dir: Path, dist: Distribution, progress: bool, say: Callable[[str], None], t_start: float
+) -> dict[str, Any]:
     resuming = _check_resumable(cfg, run_dir)
     check_fits_in_memory(cfg)
     _configure_runtime(cfg)
@@ -173,12 +190,23 @@ def _train_locked(cfg: Config, run_dir: Path, dist: Distribution, progress: bool
     fit = training.loop.fit()
     train_seconds = time.time() - t_train
     if not fit.trained and dist.agree((run_dir / "run.json").exists()):
-        say(f"{run_dir} is a finished run ({len(fit.history)} epoch(s)"
-            + (", stopped early" if fit.stopped_early else "") + "): nothing to train. "
-            f"'imgtrain evaluate --run {run_dir}' re-evaluates it; a new --output with --warm-start {run_dir} trains on")
+        say(
+            f"{run_dir} is a finished run ({len(fit.history)} epoch(s)"
+            + (", stopped early" if fit.stopped_early else "")
+            + "): nothing to train. "
+            f"'imgtrain evaluate --run {run_dir}' re-evaluates it; a new --output with --warm-start {run_dir} trains on"
+        )
         return _read_summary(run_dir)
-    return _finish(cfg, training, fit, prep, dist, run_dir, progress,
-                   {"train_seconds": round(train_seconds, 2), "total_seconds": round(time.time() - t_start, 2)})
+    return _finish(
+        cfg,
+        training,
+        fit,
+        prep,
+        dist,
+        run_dir,
+        progress,
+        {"train_seconds": round(train_seconds, 2), "total_seconds": round(time.time() - t_start, 2)},
+    )
 
 
 def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> None:
@@ -203,13 +231,16 @@ def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> Non
     else:  # every backbone starts with a stride-2 convolution of at least 16 channels
         need = pixels * (3 + 3 * 16 / 4) * 4
     if need > memory_bytes:
-        raise UserError(f"data.image_size {cfg.data.image_size} with batch size {cfg.train.batch_size} needs at least "
-                        f"{need / 2**30:.1f} GiB for one training step, more than this machine's "
-                        f"{memory_bytes / 2**30:.1f} GiB; use a smaller --image-size or --batch-size")
+        raise UserError(
+            f"data.image_size {cfg.data.image_size} with batch size {cfg.train.batch_size} needs at least "
+            f"{need / 2**30:.1f} GiB for one training step, more than this machine's "
+            f"{memory_bytes / 2**30:.1f} GiB; use a smaller --image-size or --batch-size"
+        )
 
 
-def _run_data(cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, progress: bool,
-              say: Callable[[str], None]) -> DataSource:
+def _run_data(
+    cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, progress: bool, say: Callable[[str], None]
+) -> DataSource:
     """The run's data, checked against the run's fingerprint; config.yaml written only then."""
     prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
     if not prep.has("train"):
@@ -221,8 +252,11 @@ def _run_data(cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, pr
     if dist.is_chief:
         cfg.save(run_dir / "config.yaml")
     counts = {s: prep.count(s) for s in ("train", "val", "test")}
-    say(f"data: {len(prep.class_names)} classes; train {counts['train']}, val {counts['val']}, test {counts['test']} images"
-        + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else ""))
+    say(
+        f"data: {len(prep.class_names)} classes; "
+        f"train {counts['train']}, val {counts['val']}, test {counts['test']} images"
+        + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else "")
+    )
     return prep
 
 
@@ -239,28 +273,52 @@ class Training:
     peak: float
 
 
-def build_training(cfg: Config, dist: Distribution, prep: DataSource, run_dir: Path, resuming: bool = False,
-                   progress: bool = True, say: Callable[[str], None] = print) -> Training:
+def build_training(
+    cfg: Config,
+    dist: Distribution,
+    prep: DataSource,
+    run_dir: Path,
+    resuming: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> Training:
     """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``."""
     batch = cfg.train.batch_size
     train_counts = prep.worker_counts("train", dist.world_size)
-    steps = pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch,
-                                    dist.local_replicas)[1] // dist.local_replicas
+    steps = (
+        pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch, dist.local_replicas)[1]
+        // dist.local_replicas
+    )
     if min(train_counts) == 0:
-        say(f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
-            "prepare with a smaller --shard-size-mb")
+        say(
+            f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
+            "prepare with a smaller --shard-size-mb"
+        )
     with dist.scope():
         built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
         peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
         warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
         state = LoopState()
-        schedule = build_schedule(cfg.train.schedule, peak, steps, cfg.train.epochs,
-                                  [(p.start_epoch, p.lr_factor) for p in built.phases], warmup,
-                                  scale=state.vars["lr_scale"])
+        schedule = build_schedule(
+            cfg.train.schedule,
+            peak,
+            steps,
+            cfg.train.epochs,
+            [(p.start_epoch, p.lr_factor) for p in built.phases],
+            warmup,
+            scale=state.vars["lr_scale"],
+        )
         optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision, cfg.train.ema.decay)
         optimizer.build(built.all_trainable_variables())
-        store = CheckpointStore(dist.checkpoint_save_dir(run_dir), dist.checkpoint_restore_dir(run_dir), built.model,
-                                optimizer, state, cfg.train.checkpoint.keep, after_save=dist.after_save)
+        store = CheckpointStore(
+            dist.checkpoint_save_dir(run_dir),
+            dist.checkpoint_restore_dir(run_dir),
+            built.model,
+            optimizer,
+            state,
+            cfg.train.checkpoint.keep,
+            after_save=dist.after_save,
+        )
     if cfg.train.warm_start and not resuming:
         _warm_start(built.model, cfg.train.warm_start, say)
     early = _early_stopping(cfg, prep, say)
@@ -271,17 +329,30 @@ def build_training(cfg: Config, dist: Distribution, prep: DataSource, run_dir: P
     global_batch = batch * dist.num_replicas
     decay = cfg.train.ema.decay
     if decay is not None and 1.0 / (1.0 - decay) > steps * cfg.train.epochs / 3:
-        say(f"warning: train.ema.decay {decay:g} averages over about {1.0 / (1.0 - decay):.0f} steps, more than a third "
-            f"of this run's {steps * cfg.train.epochs}; the average will lag the weights. Try "
-            f"{max(0.5, 1.0 - 3.0 / max(1, steps * cfg.train.epochs)):.3g} or less")
-    say(f"model: {cfg.model.name}, {built.model.count_params():,} parameters; strategy {dist.name} x{dist.num_replicas}; "
+        say(
+            f"warning: train.ema.decay {decay:g} averages over about {1.0 / (1.0 - decay):.0f} steps, "
+            f"more than a third of this run's {steps * cfg.train.epochs}; the average will lag the weights. Try "
+            f"{max(0.5, 1.0 - 3.0 / max(1, steps * cfg.train.epochs)):.3g} or less"
+        )
+    say(
+        f"model: {cfg.model.name}, {built.model.count_params():,} parameters; "
+        f"strategy {dist.name} x{dist.num_replicas}; "
         f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
-        + (f" after {warmup:g} warmup epoch(s)" if warmup else ""))
-    options = LoopOptions(cfg.train.epochs, label_smoothing=cfg.train.label_smoothing,
-                          jit_compile=cfg.train.jit_compile, checkpoint_every_steps=cfg.train.checkpoint.every_steps,
-                          precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
-                          ema=cfg.train.ema.decay is not None, progress=progress, log=say)
-    loop = TrainLoop(built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau)
+        + (f" after {warmup:g} warmup epoch(s)" if warmup else "")
+    )
+    options = LoopOptions(
+        cfg.train.epochs,
+        label_smoothing=cfg.train.label_smoothing,
+        jit_compile=cfg.train.jit_compile,
+        checkpoint_every_steps=cfg.train.checkpoint.every_steps,
+        precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
+        ema=cfg.train.ema.decay is not None,
+        progress=progress,
+        log=say,
+    )
+    loop = TrainLoop(
+        built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau
+    )
     return Training(built, loop, early, train_counts, global_batch, steps, peak)
 
 
@@ -297,8 +368,9 @@ def _early_stopping(cfg: Config, prep: DataSource, say: Callable[[str], None]) -
 
 def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) -> LoopData:
     batch = cfg.train.batch_size
-    class_w = class_weight_vector(cfg.train.class_weights, prep.class_names,
-                                  prep.train_labels() if cfg.train.class_weights == "balanced" else [])
+    class_w = class_weight_vector(
+        cfg.train.class_weights, prep.class_names, prep.train_labels() if cfg.train.class_weights == "balanced" else []
+    )
     return LoopData(
         train=_train_factory(prep, cfg, dist, batch),
         val=(lambda: split_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
@@ -311,16 +383,29 @@ def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) ->
     )
 
 
-def _finish(cfg: Config, training: Training, fit: Any, prep: DataSource, dist: Distribution, run_dir: Path,
-            progress: bool, seconds: dict[str, float]) -> dict[str, Any]:
+def _finish(
+    cfg: Config,
+    training: Training,
+    fit: Any,
+    prep: DataSource,
+    dist: Distribution,
+    run_dir: Path,
+    progress: bool,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
     """Plots, exports, the test report and run.json (the chief writes; every worker evaluates)."""
     model, counts = training.built.model, {s: prep.count(s) for s in ("train", "val", "test")}
     share = training.train_counts[dist.rank] / max(1, counts["train"])
     per_worker = dist.gather(fit.images_per_sec * share)  # this worker's own images per second
     fingerprints = dist.gather(weights_fingerprint(model))
     if dist.is_chief:
-        plots.curves_png(run_dir / "history.csv", run_dir / "curves.png", fit.best_epoch + 1,
-                         objective_note(cfg), validation_note(cfg))
+        plots.curves_png(
+            run_dir / "history.csv",
+            run_dir / "curves.png",
+            fit.best_epoch + 1,
+            objective_note(cfg),
+            validation_note(cfg),
+        )
         write_class_names(prep.class_names, run_dir)
         export_keras(model, run_dir)
         export_saved_model(model, prep.class_names, cfg.data.image_size, run_dir, cfg.data.eval_crop())
@@ -328,17 +413,27 @@ def _finish(cfg: Config, training: Training, fit: Any, prep: DataSource, dist: D
     if not dist.is_chief:
         return {}
     summary = {
-        "imgtrain_version": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-        "python": platform.python_version(), **dist.describe(),
-        "per_replica_batch": cfg.train.batch_size, "global_batch": training.global_batch,
-        "peak_learning_rate": training.peak, "steps_per_epoch": training.steps,
-        "epochs_completed": len(fit.history), "best_epoch": fit.best_epoch + 1,
-        "best_" + training.early.monitor: fit.best_value, "stopped_early": fit.stopped_early,
-        "resumed_from_epoch": fit.resumed_from_epoch, "counts": counts, "skipped_files": len(prep.skipped),
+        "imgtrain_version": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        **dist.describe(),
+        "per_replica_batch": cfg.train.batch_size,
+        "global_batch": training.global_batch,
+        "peak_learning_rate": training.peak,
+        "steps_per_epoch": training.steps,
+        "epochs_completed": len(fit.history),
+        "best_epoch": fit.best_epoch + 1,
+        "best_" + training.early.monitor: fit.best_value,
+        "stopped_early": fit.stopped_early,
+        "resumed_from_epoch": fit.resumed_from_epoch,
+        "counts": counts,
+        "skipped_files": len(prep.skipped),
         "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
         "images_per_sec_total": round(sum(per_worker), 1),
         "replica_weight_fingerprints": [int(f) for f in fingerprints],
-        "replicas_in_sync": len(set(fingerprints)) == 1, **seconds,
+        "replicas_in_sync": len(set(fingerprints)) == 1,
+        **seconds,
         "test_accuracy": report["accuracy"] if report else None,
         "report": str(run_dir / "report.json") if report else None,
     }
@@ -389,12 +484,20 @@ def weights_fingerprint(model: keras.Model) -> int:
     return int(digest.hexdigest()[:12], 16)
 
 
-def evaluate_prepared(model: keras.Model, prep: DataSource, cfg: Config, dist: Distribution, run_dir: Path,
-                      progress: bool = True) -> dict[str, Any]:
+def evaluate_prepared(
+    model: keras.Model, prep: DataSource, cfg: Config, dist: Distribution, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     """Evaluate on the test split and (chief) write report.json, report.md and the plots."""
     top_k = cfg.evaluate.top_k
-    totals = evaluate_sums(model, dist, lambda: split_dataset(prep, cfg, dist, "test", cfg.train.batch_size),
-                           len(prep.class_names), top_k, progress=progress and dist.is_chief, desc="testing")
+    totals = evaluate_sums(
+        model,
+        dist,
+        lambda: split_dataset(prep, cfg, dist, "test", cfg.train.batch_size),
+        len(prep.class_names),
+        top_k,
+        progress=progress and dist.is_chief,
+        desc="testing",
+    )
     report = build_report(totals, prep.class_names, prep.skipped, top_k)
     if dist.is_chief:
         write_report(report, run_dir)
@@ -415,8 +518,10 @@ def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool 
     keras.mixed_precision.set_global_policy("float32")
     prep = prepare_data(cfg, run_dir, progress=progress)
     if prep.class_names != class_names:
-        raise UserError(f"the data at {cfg.data.path} has classes {prep.class_names}, but the run was trained on "
-                        f"{class_names}; evaluate on data with the same classes")
+        raise UserError(
+            f"the data at {cfg.data.path} has classes {prep.class_names}, but the run was trained on "
+            f"{class_names}; evaluate on data with the same classes"
+        )
     if not prep.has("test"):
         raise UserError(f"the data at {cfg.data.path} has no test split; add test images or set data.split.test")
     return evaluate_prepared(model, prep, cfg, make_distribution("single"), run_dir, progress=progress)

@@ -34,7 +34,9 @@ def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish or pass another --output") from None
+            raise UserError(
+                f"{run_dir} is in use by {holder}; wait for it to finish or pass another --output"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"imgtrain pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield

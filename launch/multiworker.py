@@ -103,8 +103,9 @@ def stop_all(procs: list[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
-def launch(workers: int, cmd: list[str], host: str = "localhost", grace: float = 10.0,
-           env: Optional[dict[str, str]] = None) -> int:
+def launch(
+    workers: int, cmd: list[str], host: str = "localhost", grace: float = 10.0, env: Optional[dict[str, str]] = None
+) -> int:
     hosts = [f"{host}:{p}" for p in free_ports(workers, "127.0.0.1" if host == "localhost" else host)]
     base_env = dict(env or os.environ)
     base_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -147,8 +148,11 @@ def launch(workers: int, cmd: list[str], host: str = "localhost", grace: float =
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        print("launch/multiworker.py: error: put the command after --, e.g. "
-              "--workers 2 -- imgtrain train --config cfg.yaml", file=sys.stderr)
+        print(
+            "launch/multiworker.py: error: put the command after --, e.g. "
+            "--workers 2 -- imgtrain train --config cfg.yaml",
+            file=sys.stderr,
+        )
         return 2
     split = argv.index("--")
     parser = argparse.ArgumentParser(prog="launch/multiworker.py", description=__doc__.split("\n\n")[0])
@@ -156,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--host", default="localhost", help="address the workers use to reach each other")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL on failure")
     args = parser.parse_args(argv[:split])
-    cmd = argv[split + 1:]
+    cmd = argv[split + 1 :]
     if args.workers < 1 or not cmd:
         print("launch/multiworker.py: error: need --workers >= 1 and a command after --", file=sys.stderr)
         return 2

@@ -21,8 +21,14 @@ def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def write_folder(root: Path, per_class: int = 12, size: int = 16, seed: int = 0, fmt: str = "png",
-                 classes: dict[str, tuple[int, int, int]] | None = None) -> Path:
+def write_folder(
+    root: Path,
+    per_class: int = 12,
+    size: int = 16,
+    seed: int = 0,
+    fmt: str = "png",
+    classes: dict[str, tuple[int, int, int]] | None = None,
+) -> Path:
     rng = np.random.default_rng(seed)
     for name, colour in (classes or COLOURS).items():
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -45,9 +51,15 @@ def small_config(tmp_path: Path):
 
     def make(data: Path, output: Path | None = None, extra: tuple[str, ...] = ()):
         items = [
-            f"data.path={data}", f"output={output or tmp_path / 'run'}", "data.image_size=[16,16]",
-            "model.cnn.filters=[8,16]", "model.cnn.convs_per_block=1", "train.epochs=3", "train.batch_size=8",
-            "train.optimizer.learning_rate=0.01", "train.early_stopping.patience=10",
+            f"data.path={data}",
+            f"output={output or tmp_path / 'run'}",
+            "data.image_size=[16,16]",
+            "model.cnn.filters=[8,16]",
+            "model.cnn.convs_per_block=1",
+            "train.epochs=3",
+            "train.batch_size=8",
+            "train.optimizer.learning_rate=0.01",
+            "train.early_stopping.patience=10",
         ]
         items += list(extra)
         return Config.load(None, items)

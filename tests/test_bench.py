@@ -8,12 +8,24 @@ from imgtrain.cli import main
 
 pytestmark = pytest.mark.slow
 
-KEYS = ["pipeline.folder.ratio", "pipeline.tfrecord.ratio", "train.cnn.ratio", "train.resnet50.ratio", "memory.ratio",
-        "pipeline.ceiling.images_per_sec", "pipeline.folder.images_per_sec", "pipeline.tfrecord.images_per_sec",
-        "pipeline.crop_only.images_per_sec", "pipeline.crop_only.ratio",
-        "train.cnn.imgtrain_images_per_sec", "train.cnn.fit_images_per_sec",
-        "train.resnet50.imgtrain_images_per_sec", "train.resnet50.fit_images_per_sec",
-        "memory.small.peak_rss_bytes", "memory.large.peak_rss_bytes"]
+KEYS = [
+    "pipeline.folder.ratio",
+    "pipeline.tfrecord.ratio",
+    "train.cnn.ratio",
+    "train.resnet50.ratio",
+    "memory.ratio",
+    "pipeline.ceiling.images_per_sec",
+    "pipeline.folder.images_per_sec",
+    "pipeline.tfrecord.images_per_sec",
+    "pipeline.crop_only.images_per_sec",
+    "pipeline.crop_only.ratio",
+    "train.cnn.imgtrain_images_per_sec",
+    "train.cnn.fit_images_per_sec",
+    "train.resnet50.imgtrain_images_per_sec",
+    "train.resnet50.fit_images_per_sec",
+    "memory.small.peak_rss_bytes",
+    "memory.large.peak_rss_bytes",
+]
 
 
 def lookup(data: dict, dotted: str):
@@ -31,7 +43,9 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
         assert isinstance(value, (int, float)) and value > 0, key
     # Each ratio is its figure over the baseline it was measured against.
     p = result["pipeline"]
-    assert p["folder"]["ratio"] == pytest.approx(p["folder"]["images_per_sec"] / p["ceiling"]["images_per_sec"], rel=0.01)
+    assert p["folder"]["ratio"] == pytest.approx(
+        p["folder"]["images_per_sec"] / p["ceiling"]["images_per_sec"], rel=0.01
+    )
     t = result["train"]["cnn"]
     assert t["ratio"] == pytest.approx(t["imgtrain_images_per_sec"] / t["fit_images_per_sec"], rel=0.01)
     m = result["memory"]
@@ -48,7 +62,9 @@ def test_bench_options_add_their_figures(tmp_path):
     cnn = json.loads(out.read_text())["train"]["cnn"]
     for opt in ("jit_compile", "mixed_precision"):
         assert cnn[opt]["baseline_images_per_sec"] == cnn["imgtrain_images_per_sec"]
-        assert cnn[opt]["ratio"] == pytest.approx(cnn[opt]["images_per_sec"] / cnn[opt]["baseline_images_per_sec"], rel=0.01)
+        assert cnn[opt]["ratio"] == pytest.approx(
+            cnn[opt]["images_per_sec"] / cnn[opt]["baseline_images_per_sec"], rel=0.01
+        )
     assert "resnet50" not in json.loads(out.read_text())["train"]
 
 

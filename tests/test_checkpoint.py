@@ -31,8 +31,13 @@ def test_round_trip_of_model_optimizer_and_loop_state(tmp_path: Path):
     assert store2.restore_latest()
     for a, b in zip(saved, [v.numpy() for v in m2.variables] + [v.numpy() for v in opt2.variables]):
         np.testing.assert_array_equal(a, b)
-    assert (st2.get("epoch"), st2.get("step_in_epoch"), st2.get("best"), st2.get("best_epoch"), st2.get("wait")) == \
-        (3, 2, 0.25, 1, 2)
+    assert (st2.get("epoch"), st2.get("step_in_epoch"), st2.get("best"), st2.get("best_epoch"), st2.get("wait")) == (
+        3,
+        2,
+        0.25,
+        1,
+        2,
+    )
     assert int(opt2.iterations.numpy()) == 1
 
 

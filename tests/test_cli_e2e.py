@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-
 from conftest import write_folder
+
 from imgtrain.cli import main
 
 pytestmark = pytest.mark.slow
@@ -20,21 +20,53 @@ def trained_run(tmp_path_factory):
     data = write_folder(root / "images", per_class=14, fmt="mixed")
     run = root / "run"
     cfg = root / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data": {"image_size": [16, 16], "augment": {"horizontal_flip": True, "brightness": 0.05}},
-        "model": {"cnn": {"filters": [8, 16], "convs_per_block": 1}},
-        "train": {"optimizer": {"name": "adam", "learning_rate": 0.01}, "early_stopping": {"patience": 10}},
-    }))
-    rc = main(["train", "--config", str(cfg), "--data", str(data), "--output", str(run), "--epochs", "4",
-               "--batch-size", "8", "--seed", "3", "--set", "train.schedule.name=cosine", "--no-progress"])
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"image_size": [16, 16], "augment": {"horizontal_flip": True, "brightness": 0.05}},
+                "model": {"cnn": {"filters": [8, 16], "convs_per_block": 1}},
+                "train": {"optimizer": {"name": "adam", "learning_rate": 0.01}, "early_stopping": {"patience": 10}},
+            }
+        )
+    )
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--output",
+            str(run),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "8",
+            "--seed",
+            "3",
+            "--set",
+            "train.schedule.name=cosine",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return data, run
 
 
 def test_train_writes_every_artifact(trained_run):
     data, run = trained_run
-    for name in ("config.yaml", "run.json", "history.csv", "model.keras", "saved_model/saved_model.pb",
-                 "report.json", "report.md", "confusion_matrix.png", "curves.png", "class_names.json"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "history.csv",
+        "model.keras",
+        "saved_model/saved_model.pb",
+        "report.json",
+        "report.md",
+        "confusion_matrix.png",
+        "curves.png",
+        "class_names.json",
+    ):
         assert (run / name).exists(), name
     assert list((run / "logs" / "train").glob("events.out.tfevents.*"))
     assert list((run / "logs" / "validation").glob("events.out.tfevents.*"))
@@ -52,8 +84,16 @@ def test_train_writes_every_artifact(trained_run):
 def test_report_contents(trained_run):
     _, run = trained_run
     report = json.loads((run / "report.json").read_text())
-    for key in ("class_names", "accuracy", "loss", "per_class", "macro_avg", "weighted_avg", "confusion_matrix",
-                "skipped_files"):
+    for key in (
+        "class_names",
+        "accuracy",
+        "loss",
+        "per_class",
+        "macro_avg",
+        "weighted_avg",
+        "confusion_matrix",
+        "skipped_files",
+    ):
         assert key in report, key
     assert "top5_accuracy" not in report  # only three classes
     assert report["class_names"] == ["blue", "green", "red"]
@@ -94,6 +134,7 @@ def test_predict_table_csv_json_and_saved_model_agree(trained_run, tmp_path, cap
     assert len(rows) == 9
 
     from imgtrain.predict import predict_files
+
     records = predict_files(run, [str(f) for f in files], top_k=3)
     served = tf.saved_model.load(str(run / "saved_model"))
     fn = served.signatures["serving_default"]
@@ -110,10 +151,32 @@ def test_csv_manifest_with_weights_and_vocabulary_trains_dnn(tmp_path):
         lines.append(f"img/{p.parent.name}/{p.name},{p.parent.name.upper()},{2.0 if p.parent.name == 'red' else 1.0}")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(tmp_path / "m.csv"), "--model", "dnn", "--image-size", "8", "--epochs", "2",
-               "--output", str(run), "--no-progress", "--set", "data.label_vocabulary=[RED, GREEN, BLUE]",
-               "--set", "model.dnn.hidden_units=[16]", "--set", "model.dnn.batch_norm=true",
-               "--set", "train.class_weights=balanced", "--set", "train.optimizer.name=sgd"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "m.csv"),
+            "--model",
+            "dnn",
+            "--image-size",
+            "8",
+            "--epochs",
+            "2",
+            "--output",
+            str(run),
+            "--no-progress",
+            "--set",
+            "data.label_vocabulary=[RED, GREEN, BLUE]",
+            "--set",
+            "model.dnn.hidden_units=[16]",
+            "--set",
+            "model.dnn.batch_norm=true",
+            "--set",
+            "train.class_weights=balanced",
+            "--set",
+            "train.optimizer.name=sgd",
+        ]
+    )
     assert rc == 0
     assert json.loads((run / "class_names.json").read_text()) == ["RED", "GREEN", "BLUE"]
     assert json.loads((run / "report.json").read_text())["class_names"] == ["RED", "GREEN", "BLUE"]
@@ -123,8 +186,22 @@ def test_skip_policy_lists_bad_files_in_report(tmp_path):
     data = write_folder(tmp_path / "img", per_class=8)
     (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     run = tmp_path / "run"
-    base = ["train", "--data", str(data), "--image-size", "8", "--epochs", "1", "--output", str(run), "--no-progress",
-            "--set", "model.cnn.filters=[4]", "--set", "data.split={train: 0.6, val: 0.2, test: 0.2}"]
+    base = [
+        "train",
+        "--data",
+        str(data),
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--output",
+        str(run),
+        "--no-progress",
+        "--set",
+        "model.cnn.filters=[4]",
+        "--set",
+        "data.split={train: 0.6, val: 0.2, test: 0.2}",
+    ]
     assert main(base) == 2  # fail is the default policy
     assert main(base + ["--set", "data.on_bad_image=skip"]) == 0
     report = json.loads((run / "report.json").read_text())
@@ -136,10 +213,29 @@ def test_mixed_precision_and_xla_train(tmp_path):
     data = write_folder(tmp_path / "img", per_class=6)
     for extra in (["--set", "train.precision=mixed_bfloat16"], ["--set", "train.jit_compile=true"]):
         run = tmp_path / ("run" + str(len(extra[1])))
-        assert main(["train", "--data", str(data), "--image-size", "8", "--epochs", "1", "--output", str(run),
-                     "--no-progress", "--set", "model.cnn.filters=[4]", *extra]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--image-size",
+                    "8",
+                    "--epochs",
+                    "1",
+                    "--output",
+                    str(run),
+                    "--no-progress",
+                    "--set",
+                    "model.cnn.filters=[4]",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         assert (run / "model.keras").exists()
     import keras
+
     keras.mixed_precision.set_global_policy("float32")
 
 
@@ -148,8 +244,24 @@ def test_tfds_source_with_mock_data(tmp_path):
 
     run = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=24):
-        rc = main(["train", "--data", "tfds:mnist", "--image-size", "12", "--epochs", "1", "--output", str(run),
-                   "--no-progress", "--set", "model.cnn.filters=[4]", "--set", "data.tfds.data_dir=" + str(tmp_path / "tfds")])
+        rc = main(
+            [
+                "train",
+                "--data",
+                "tfds:mnist",
+                "--image-size",
+                "12",
+                "--epochs",
+                "1",
+                "--output",
+                str(run),
+                "--no-progress",
+                "--set",
+                "model.cnn.filters=[4]",
+                "--set",
+                "data.tfds.data_dir=" + str(tmp_path / "tfds"),
+            ]
+        )
     assert rc == 0
     report = json.loads((run / "report.json").read_text())
     assert report["class_names"] == [str(i) for i in range(10)]

@@ -6,8 +6,12 @@ from imgtrain.errors import UserError
 from imgtrain.train.cluster import configure_cluster, detect_cluster, k8s_indexed_job_tf_config
 from imgtrain.train.distribution import detect_strategy
 
-JOB_ENV = {"JOB_COMPLETION_INDEX": "1", "IMGTRAIN_WORKERS": "3", "IMGTRAIN_SERVICE": "imgtrain-workers",
-           "IMGTRAIN_JOB_NAME": "imgtrain-multiworker"}
+JOB_ENV = {
+    "JOB_COMPLETION_INDEX": "1",
+    "IMGTRAIN_WORKERS": "3",
+    "IMGTRAIN_SERVICE": "imgtrain-workers",
+    "IMGTRAIN_JOB_NAME": "imgtrain-multiworker",
+}
 
 
 def test_indexed_job_tf_config():
@@ -23,11 +27,14 @@ def test_indexed_job_port_and_namespace():
     assert cfg["cluster"]["worker"][2] == "imgtrain-multiworker-2.imgtrain-workers.ml.svc:2000"
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"IMGTRAIN_SERVICE": ""}, "needs the environment variable IMGTRAIN_SERVICE"),
-    ({"JOB_COMPLETION_INDEX": "3"}, "outside 0..2"),
-    ({"IMGTRAIN_WORKERS": "two"}, "must be integers"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"IMGTRAIN_SERVICE": ""}, "needs the environment variable IMGTRAIN_SERVICE"),
+        ({"JOB_COMPLETION_INDEX": "3"}, "outside 0..2"),
+        ({"IMGTRAIN_WORKERS": "two"}, "must be integers"),
+    ],
+)
 def test_indexed_job_bad_env(change, fragment):
     with pytest.raises(UserError, match=fragment):
         k8s_indexed_job_tf_config({**JOB_ENV, **change})
@@ -52,7 +59,9 @@ def test_strategy_auto_detection(monkeypatch):
     assert detect_strategy() == "single"
     monkeypatch.setenv("TF_CONFIG", json.dumps(k8s_indexed_job_tf_config(JOB_ENV)))
     assert detect_strategy() == "multiworker"
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}})
+    )
     assert detect_strategy() == "single"
     monkeypatch.setenv("HOROVOD_RANK", "0")
     assert detect_strategy() == "horovod"

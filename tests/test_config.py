@@ -32,18 +32,21 @@ def test_round_trip(tmp_path: Path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("train.optimzer.name=adam", "did you mean 'train.optimizer'"),
-    ("train.epochz=3", "did you mean 'train.epochs'"),
-    ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
-    ("train.epochs=three", "must be an integer"),
-    ("train.epochs", "must look like section.key=value"),
-    ("model.name=vgg", "unknown model.name 'vgg'"),
-    ("train.optimizer.name=adamax", "unknown train.optimizer.name 'adamax'"),
-    ("data.split.train=0.5", "sum to 1"),
-    ("train.class_weights=inverse", "train.class_weights must be 'balanced'"),
-    ("deterministic=true train.jit_compile=true", "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("train.optimzer.name=adam", "did you mean 'train.optimizer'"),
+        ("train.epochz=3", "did you mean 'train.epochs'"),
+        ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
+        ("train.epochs=three", "must be an integer"),
+        ("train.epochs", "must look like section.key=value"),
+        ("model.name=vgg", "unknown model.name 'vgg'"),
+        ("train.optimizer.name=adamax", "unknown train.optimizer.name 'adamax'"),
+        ("data.split.train=0.5", "sum to 1"),
+        ("train.class_weights=inverse", "train.class_weights must be 'balanced'"),
+        ("deterministic=true train.jit_compile=true", "cannot be combined"),
+    ],
+)
 def test_bad_values_are_one_line_user_errors(item, fragment):
     with pytest.raises(UserError) as info:
         Config.load(None, item.split(" "))
@@ -54,7 +57,9 @@ def test_bad_values_are_one_line_user_errors(item, fragment):
 def test_unknown_key_in_file_names_the_file(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  batchsize: 3\n")
-    with pytest.raises(UserError, match=r"unknown config key 'train.batchsize' in .*bad.yaml; did you mean 'train.batch_size'"):
+    with pytest.raises(
+        UserError, match=r"unknown config key 'train.batchsize' in .*bad.yaml; did you mean 'train.batch_size'"
+    ):
         Config.load(path)
 
 
@@ -81,35 +86,39 @@ def test_override_keeps_other_values():
     assert cfg2.train.epochs == 2 and cfg2.train.optimizer.learning_rate == 0.5
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_configs_are_valid(path: Path):
     Config.load(path)
 
 
-@pytest.mark.parametrize("item, message", [
-    ("data.augment.randaugment.num_ops=11", "randaugment.num_ops must be 0"),
-    ("data.augment.randaugment.magnitude=.nan", "randaugment.magnitude must be in"),
-    ("data.augment.random_erasing.probability=1.5", "random_erasing.probability must be in"),
-    ("data.augment.random_erasing.fill=pink", "random_erasing.fill"),
-    ("data.augment.mixup=-1", "data.augment.mixup must be in"),
-    ("data.augment.cutmix=.inf", "data.augment.cutmix must be in"),
-    ("data.eval_crop_fraction=0", "data.eval_crop_fraction must be in (0"),
-    ("train.ema.decay=1", "train.ema.decay must be in (0, 1)"),
-    ("train.schedule.plateau_factor=1", "plateau_factor must be in"),
-    ("train.schedule.warmup_epochs=99", "warmup_epochs must be in"),
-    ("train.precise_bn.samples=0", "precise_bn.samples must be a positive"),
-    ("data.augment.rotation=.nan", "data.augment.rotation must be in"),
-    ("data.augment.zoom=1.5", "data.augment.zoom must be in"),
-    ("data.augment.brightness=-0.1", "data.augment.brightness must be in"),
-    ("model.cnn.bn_momentum=1", "model.cnn.bn_momentum must be in"),
-    ("train.optimizer.weight_decay=.inf", "train.optimizer.weight_decay must be in"),
-    ("train.optimizer.clipnorm=.nan", "train.optimizer.clipnorm must be a positive finite"),
-    ("train.optimizer.momentum=-1", "train.optimizer.momentum must be in"),
-    ("train.schedule.step_factor=0", "train.schedule.step_factor must be in"),
-    ("train.early_stopping.min_delta=.nan", "train.early_stopping.min_delta must be in"),
-    ("train.early_stopping.patience=-1", "patience must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("data.augment.randaugment.num_ops=11", "randaugment.num_ops must be 0"),
+        ("data.augment.randaugment.magnitude=.nan", "randaugment.magnitude must be in"),
+        ("data.augment.random_erasing.probability=1.5", "random_erasing.probability must be in"),
+        ("data.augment.random_erasing.fill=pink", "random_erasing.fill"),
+        ("data.augment.mixup=-1", "data.augment.mixup must be in"),
+        ("data.augment.cutmix=.inf", "data.augment.cutmix must be in"),
+        ("data.eval_crop_fraction=0", "data.eval_crop_fraction must be in (0"),
+        ("train.ema.decay=1", "train.ema.decay must be in (0, 1)"),
+        ("train.schedule.plateau_factor=1", "plateau_factor must be in"),
+        ("train.schedule.warmup_epochs=99", "warmup_epochs must be in"),
+        ("train.precise_bn.samples=0", "precise_bn.samples must be a positive"),
+        ("data.augment.rotation=.nan", "data.augment.rotation must be in"),
+        ("data.augment.zoom=1.5", "data.augment.zoom must be in"),
+        ("data.augment.brightness=-0.1", "data.augment.brightness must be in"),
+        ("model.cnn.bn_momentum=1", "model.cnn.bn_momentum must be in"),
+        ("train.optimizer.weight_decay=.inf", "train.optimizer.weight_decay must be in"),
+        ("train.optimizer.clipnorm=.nan", "train.optimizer.clipnorm must be a positive finite"),
+        ("train.optimizer.momentum=-1", "train.optimizer.momentum must be in"),
+        ("train.schedule.step_factor=0", "train.schedule.step_factor must be in"),
+        ("train.early_stopping.min_delta=.nan", "train.early_stopping.min_delta must be in"),
+        ("train.early_stopping.patience=-1", "patience must be 0 or more"),
+    ],
+)
 def test_recipe_numbers_are_checked(item: str, message: str):
     with pytest.raises(UserError, match=re.escape(message)):
         Config.load(None, [item])

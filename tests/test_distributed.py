@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-
 from conftest import write_folder
 
 pytestmark = pytest.mark.slow
@@ -27,16 +26,37 @@ BIN = Path(sys.executable).parent
 # per-replica batch and draws its own masks, so no multi-worker run could match
 # a single process bit for bit, by design. What remains must match. No warmup either: the
 # default warms up only when the rate is scaled for several replicas, which the single run is not.
-MODEL = ["--set", "train.schedule.warmup_epochs=0", "--set", "model.cnn.filters=[8,16]", "--set", "model.cnn.convs_per_block=1", "--set", "model.cnn.batch_norm=false",
-         "--set", "model.cnn.dropout=0", "--set", "model.cnn.head_dropout=0", "--set", "train.early_stopping.patience=50",
-         "--set", "data.augment.rotation=10", "--set", "data.augment.horizontal_flip=true", "--seed", "1"]
+MODEL = [
+    "--set",
+    "train.schedule.warmup_epochs=0",
+    "--set",
+    "model.cnn.filters=[8,16]",
+    "--set",
+    "model.cnn.convs_per_block=1",
+    "--set",
+    "model.cnn.batch_norm=false",
+    "--set",
+    "model.cnn.dropout=0",
+    "--set",
+    "model.cnn.head_dropout=0",
+    "--set",
+    "train.early_stopping.patience=50",
+    "--set",
+    "data.augment.rotation=10",
+    "--set",
+    "data.augment.horizontal_flip=true",
+    "--seed",
+    "1",
+]
 
 
 def horovodrun() -> str:
     exe = shutil.which("horovodrun", path=str(BIN)) or shutil.which("horovodrun")
     if exe is None:
         if os.environ.get("IMGTRAIN_REQUIRE_HOROVOD"):
-            pytest.fail("horovodrun is missing, but IMGTRAIN_REQUIRE_HOROVOD is set: launch/install_horovod.sh did not run")
+            pytest.fail(
+                "horovodrun is missing, but IMGTRAIN_REQUIRE_HOROVOD is set: launch/install_horovod.sh did not run"
+            )
         pytest.skip("Horovod is not installed (launch/install_horovod.sh builds it; make install runs it)")
     return exe
 
@@ -46,8 +66,23 @@ def env() -> dict[str, str]:
 
 
 def train_args(data: Path, run: Path, epochs: int, batch: int, lr: float) -> list[str]:
-    return ["train", "--data", str(data), "--output", str(run), "--epochs", str(epochs), "--image-size", "16",
-            "--batch-size", str(batch), "--no-progress", "--set", f"train.optimizer.learning_rate={lr}", *MODEL]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--output",
+        str(run),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "16",
+        "--batch-size",
+        str(batch),
+        "--no-progress",
+        "--set",
+        f"train.optimizer.learning_rate={lr}",
+        *MODEL,
+    ]
 
 
 def multiworker_cmd(data: Path, run: Path, epochs: int = 2) -> list[str]:
@@ -55,15 +90,27 @@ def multiworker_cmd(data: Path, run: Path, epochs: int = 2) -> list[str]:
 
 
 def horovod_cmd(data: Path, run: Path, epochs: int = 2) -> list[str]:
-    return [horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m", "imgtrain",
-            *train_args(data, run, epochs, 4, 0.002), "--strategy", "horovod"]
+    return [
+        horovodrun(),
+        "-np",
+        "2",
+        "-H",
+        "localhost:2",
+        "--gloo",
+        sys.executable,
+        "-m",
+        "imgtrain",
+        *train_args(data, run, epochs, 4, 0.002),
+        "--strategy",
+        "horovod",
+    ]
 
 
 def failure(output: str) -> str:
     """What a failed run printed: the first traceback (the cause; later ones are usually the
     other workers reacting to it) and the last lines."""
     first = output.find("Traceback")
-    head = output[first:first + 4000] + "\n...\n" if first >= 0 else ""
+    head = output[first : first + 4000] + "\n...\n" if first >= 0 else ""
     return head + output[-2000:]
 
 
@@ -83,8 +130,12 @@ def single_run(data: Path, tmp_path_factory) -> Path:
     """The reference: one process, global batch 8 (= 2 workers x 4), learning rate 2 x 0.002
     (what the linear scaling rule gives the two-worker runs)."""
     run = tmp_path_factory.mktemp("single") / "run"
-    proc = subprocess.run([sys.executable, "-m", "imgtrain", *train_args(data, run, 2, 8, 0.004), "--strategy", "single"],
-                          env=env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgtrain", *train_args(data, run, 2, 8, 0.004), "--strategy", "single"],
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, failure(proc.stderr)
     return run
 
@@ -155,8 +206,9 @@ def kill_worker_after_first_checkpoint(cmd: list[str], run: Path) -> tuple[int, 
             killed_at = time.time()
             break
         time.sleep(0.005)
-    assert killed_at is not None, ("the run ended before a worker could be killed:\n"
-                                   + failure(log.read_text(errors="replace")))
+    assert killed_at is not None, "the run ended before a worker could be killed:\n" + failure(
+        log.read_text(errors="replace")
+    )
     code = proc.wait(timeout=180)
     return code, time.time() - killed_at
 
@@ -187,21 +239,45 @@ def test_horovod_wrapper_script(data: Path, tmp_path: Path):
     """launch/horovod.sh runs horovodrun on this host and adds --strategy horovod by itself."""
     horovodrun()  # skip (or fail under IMGTRAIN_REQUIRE_HOROVOD) when Horovod is missing
     run = tmp_path / "run"
-    cmd = ["bash", str(ROOT / "launch" / "horovod.sh"), "-np", "2", "--", "imgtrain",
-           *train_args(data, run, 1, 4, 0.002)]
+    cmd = [
+        "bash",
+        str(ROOT / "launch" / "horovod.sh"),
+        "-np",
+        "2",
+        "--",
+        "imgtrain",
+        *train_args(data, run, 1, 4, 0.002),
+    ]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, failure(proc.stdout + proc.stderr)
     summary = json.loads((run / "run.json").read_text())
     assert summary["strategy"] == "horovod" and summary["world_size"] == 2 and summary["replicas_in_sync"]
-    usage = subprocess.run(["bash", str(ROOT / "launch" / "horovod.sh"), "--", "imgtrain"], capture_output=True, text=True)
+    usage = subprocess.run(
+        ["bash", str(ROOT / "launch" / "horovod.sh"), "--", "imgtrain"], capture_output=True, text=True
+    )
     assert usage.returncode == 2 and "give -np N" in usage.stderr
 
 
 # BatchNorm with precise BN, dropout, MixUp/CutMix, RandAugment and EMA, all at once: the replicas
 # cannot match a single process (each normalises its own batch), but they must match each other.
-RECIPES = ["--set", "model.cnn.batch_norm=true", "--set", "model.cnn.dropout=0.1", "--set", "train.precise_bn.enabled=true",
-           "--set", "data.augment.mixup=0.4", "--set", "data.augment.cutmix=1.0", "--set", "train.ema.decay=0.9",
-           "--set", "data.augment.randaugment.num_ops=2", "--set", "train.label_smoothing=0.1"]
+RECIPES = [
+    "--set",
+    "model.cnn.batch_norm=true",
+    "--set",
+    "model.cnn.dropout=0.1",
+    "--set",
+    "train.precise_bn.enabled=true",
+    "--set",
+    "data.augment.mixup=0.4",
+    "--set",
+    "data.augment.cutmix=1.0",
+    "--set",
+    "train.ema.decay=0.9",
+    "--set",
+    "data.augment.randaugment.num_ops=2",
+    "--set",
+    "train.label_smoothing=0.1",
+]
 
 
 @pytest.mark.parametrize("launcher", ["multiworker", "horovod"])

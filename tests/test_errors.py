@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import write_folder
+
 from imgtrain.cli import main
 
 
@@ -18,7 +18,7 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 
 def assert_one_line(rc: int, err: str, fragment: str) -> None:
     assert rc == 2, err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("imgtrain: error:"), err
     assert fragment in lines[0], err
@@ -31,13 +31,24 @@ def folder(tmp_path: Path) -> Path:
 
 
 def base(folder: Path, tmp_path: Path) -> list[str]:
-    return ["train", "--data", str(folder), "--output", str(tmp_path / "run"), "--image-size", "8", "--epochs", "1",
-            "--no-progress"]
+    return [
+        "train",
+        "--data",
+        str(folder),
+        "--output",
+        str(tmp_path / "run"),
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
 
 
 def test_missing_data_path(capsys, tmp_path):
-    assert_one_line(*run_cli(capsys, "train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "r")),
-                    "does not exist")
+    assert_one_line(
+        *run_cli(capsys, "train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "r")), "does not exist"
+    )
 
 
 def test_no_data_given(capsys, tmp_path):
@@ -59,13 +70,17 @@ def test_unknown_model(capsys, folder, tmp_path):
 
 
 def test_unknown_optimizer(capsys, folder, tmp_path):
-    assert_one_line(*run_cli(capsys, *base(folder, tmp_path), "--set", "train.optimizer.name=lamb"),
-                    "unknown train.optimizer.name 'lamb'")
+    assert_one_line(
+        *run_cli(capsys, *base(folder, tmp_path), "--set", "train.optimizer.name=lamb"),
+        "unknown train.optimizer.name 'lamb'",
+    )
 
 
 def test_unknown_config_key(capsys, folder, tmp_path):
-    assert_one_line(*run_cli(capsys, *base(folder, tmp_path), "--set", "train.learning_rate=0.1"),
-                    "unknown config key 'train.learning_rate'")
+    assert_one_line(
+        *run_cli(capsys, *base(folder, tmp_path), "--set", "train.learning_rate=0.1"),
+        "unknown config key 'train.learning_rate'",
+    )
 
 
 def test_malformed_yaml(capsys, folder, tmp_path):
@@ -81,8 +96,10 @@ def test_malformed_csv(capsys, tmp_path):
 
 def test_label_missing_from_vocabulary(capsys, folder, tmp_path):
     (tmp_path / "m.csv").write_text(f"path,label\n{folder}/red/red_000.png,red\n{folder}/blue/blue_000.png,teal\n")
-    assert_one_line(*run_cli(capsys, "train", "--data", str(tmp_path / "m.csv"),
-                             "--set", "data.label_vocabulary=[red, blue]"), "label 'teal'")
+    assert_one_line(
+        *run_cli(capsys, "train", "--data", str(tmp_path / "m.csv"), "--set", "data.label_vocabulary=[red, blue]"),
+        "label 'teal'",
+    )
 
 
 def test_image_too_small_for_resnet(capsys, folder, tmp_path):
@@ -90,8 +107,14 @@ def test_image_too_small_for_resnet(capsys, folder, tmp_path):
 
 
 def test_resnet_weights_file_missing(capsys, folder, tmp_path):
-    argv = base(folder, tmp_path) + ["--model", "resnet50", "--image-size", "32",
-                                     "--set", f"model.resnet50.weights={tmp_path}/w.h5"]
+    argv = base(folder, tmp_path) + [
+        "--model",
+        "resnet50",
+        "--image-size",
+        "32",
+        "--set",
+        f"model.resnet50.weights={tmp_path}/w.h5",
+    ]
     assert_one_line(*run_cli(capsys, *argv), "w.h5 does not exist")
 
 
@@ -101,8 +124,7 @@ def test_bad_image_with_fail_policy(capsys, folder, tmp_path):
 
 
 def test_warm_start_missing(capsys, folder, tmp_path):
-    assert_one_line(*run_cli(capsys, *base(folder, tmp_path), "--warm-start", str(tmp_path / "other")),
-                    "--warm-start")
+    assert_one_line(*run_cli(capsys, *base(folder, tmp_path), "--warm-start", str(tmp_path / "other")), "--warm-start")
 
 
 def test_argparse_mistakes_are_one_line(capsys):
@@ -115,8 +137,9 @@ def test_evaluate_and_predict_need_a_run(capsys, tmp_path):
 
 
 def test_real_process_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "imgtrain", "train", "--data", str(tmp_path / "missing")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgtrain", "train", "--data", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
@@ -135,11 +158,37 @@ def test_imagenet_weights_offline_is_one_line(tmp_path):
     """The real download path, with every proxy pointed at a closed local port: no network."""
     data = write_folder(tmp_path / "img", per_class=3, size=8)
     closed = "http://127.0.0.1:9"
-    env = {**__import__("os").environ, "https_proxy": closed, "HTTPS_PROXY": closed, "http_proxy": closed,
-           "HTTP_PROXY": closed, "KERAS_HOME": str(tmp_path / "keras_home")}
-    proc = subprocess.run([sys.executable, "-m", "imgtrain", "train", "--data", str(data), "--model", "resnet50",
-                           "--image-size", "32", "--epochs", "1", "--output", str(tmp_path / "run"), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **__import__("os").environ,
+        "https_proxy": closed,
+        "HTTPS_PROXY": closed,
+        "http_proxy": closed,
+        "HTTP_PROXY": closed,
+        "KERAS_HOME": str(tmp_path / "keras_home"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgtrain",
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "resnet50",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "could not download the ImageNet weights" in proc.stderr and "model.resnet50.weights" in proc.stderr

@@ -22,7 +22,9 @@ def test_metrics_match_scikit_learn():
         if avg is None:
             for i, name in enumerate("abcde"):
                 got = m["per_class"][name]
-                assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p[i], r[i], f[i], s[i]))
+                assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
+                    (p[i], r[i], f[i], s[i])
+                )
         else:
             got = m[f"{avg}_avg"]
             assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, r, f))
@@ -30,8 +32,17 @@ def test_metrics_match_scikit_learn():
 
 
 def test_report_files(tmp_path: Path):
-    cm = np.array([[5, 1, 0, 0, 0, 0], [0, 4, 0, 0, 0, 0], [0, 0, 3, 0, 0, 1], [0, 0, 0, 2, 0, 0],
-                   [0, 0, 0, 0, 2, 0], [0, 0, 0, 0, 0, 2]], float)
+    cm = np.array(
+        [
+            [5, 1, 0, 0, 0, 0],
+            [0, 4, 0, 0, 0, 0],
+            [0, 0, 3, 0, 0, 1],
+            [0, 0, 0, 2, 0, 0],
+            [0, 0, 0, 0, 2, 0],
+            [0, 0, 0, 0, 0, 2],
+        ],
+        float,
+    )
     totals = {"confusion": cm, "count": cm.sum(), "loss_sum": 3.0, "correct": np.trace(cm), "topk_correct": 20.0}
     names = [f"c{i}" for i in range(6)]
     report = build_report(totals, names, [{"path": "x/bad.png", "reason": "cannot decode"}])
@@ -46,7 +57,9 @@ def test_report_files(tmp_path: Path):
     assert "`x/bad.png`: cannot decode" in md
     plots.confusion_matrix_png(cm, names, tmp_path / "cm.png")
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
-    (tmp_path / "history.csv").write_text("epoch,loss,accuracy,val_loss,val_accuracy\n1,1.0,0.5,1.1,0.4\n2,0.5,0.8,0.6,0.7\n")
+    (tmp_path / "history.csv").write_text(
+        "epoch,loss,accuracy,val_loss,val_accuracy\n1,1.0,0.5,1.1,0.4\n2,0.5,0.8,0.6,0.7\n"
+    )
     assert plots.curves_png(tmp_path / "history.csv", tmp_path / "curves.png")
     assert not plots.curves_png(tmp_path / "missing.csv", tmp_path / "none.png")
 
@@ -55,7 +68,8 @@ def test_curves_plot_like_with_like(tmp_path, monkeypatch):
     """The training curve is plain cross-entropy; the smoothed objective is drawn apart, named."""
     (tmp_path / "history.csv").write_text(
         "epoch,loss,cross_entropy,accuracy,val_loss,val_accuracy,learning_rate\n"
-        "1,0.90,0.50,0.8,0.45,0.82,0.001\n2,0.80,0.30,0.9,0.28,0.91,0.0005\n3,0.78,0.25,0.92,0.27,0.92,0.0001\n")
+        "1,0.90,0.50,0.8,0.45,0.82,0.001\n2,0.80,0.30,0.9,0.28,0.91,0.0005\n3,0.78,0.25,0.92,0.27,0.92,0.0001\n"
+    )
     drawn = {}
     real_save = plots._save
 
@@ -65,8 +79,9 @@ def test_curves_plot_like_with_like(tmp_path, monkeypatch):
         real_save(fig, path)
 
     monkeypatch.setattr(plots, "_save", capture)
-    assert plots.curves_png(tmp_path / "history.csv", tmp_path / "c.png", best_epoch=2,
-                            objective_differs="label smoothing 0.1")
+    assert plots.curves_png(
+        tmp_path / "history.csv", tmp_path / "c.png", best_epoch=2, objective_differs="label smoothing 0.1"
+    )
     loss = drawn["loss"]
     assert loss["train (running, during the epoch)"] == [0.5, 0.3, 0.25]
     assert loss["train objective (label smoothing 0.1)"] == [0.9, 0.8, 0.78]
@@ -79,8 +94,7 @@ def test_top_k_is_reported_the_same_way_in_validation_and_the_report():
     from imgtrain.train.loop import summarize
 
     for classes, k, shown in ((5, 5, False), (6, 5, True), (4, 3, True), (3, 3, False)):
-        totals = {"loss_sum": 1.0, "correct": 1.0, "topk_correct": 2.0, "count": 2.0,
-                  "confusion": np.eye(classes) * 0}
+        totals = {"loss_sum": 1.0, "correct": 1.0, "topk_correct": 2.0, "count": 2.0, "confusion": np.eye(classes) * 0}
         totals["confusion"][0, 0] = 2
         names = [f"c{i}" for i in range(classes)]
         assert (f"val_top{k}_accuracy" in summarize(totals, top_k=k)) is shown

@@ -3,13 +3,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-from imgtrain.config import ModelConfig
-from imgtrain.errors import UserError
-from imgtrain.models import build_model
 import tensorflow as tf
 
-from imgtrain.config import BACKBONES, MODELS
+from imgtrain.config import BACKBONES, MODELS, ModelConfig
+from imgtrain.errors import UserError
+from imgtrain.models import build_model
 from imgtrain.models.backbones import BASE_NAME, TABLE
 
 
@@ -20,11 +18,11 @@ def test_cnn_shape_and_options():
     built = build_model(cfg, 5, [32, 32])
     out = built.model(np.zeros((2, 32, 32, 3), np.float32))
     assert out.shape == (2, 5)
-    names = [l.name for l in built.model.layers]
+    names = [layer.name for layer in built.model.layers]
     assert sum(n.startswith("block") and "_conv" in n for n in names) == 6
     assert sum("_bn" in n for n in names) == 6
     cfg.cnn.batch_norm = False
-    names = [l.name for l in build_model(cfg, 5, [32, 32]).model.layers]
+    names = [layer.name for layer in build_model(cfg, 5, [32, 32]).model.layers]
     assert not any("_bn" in n for n in names)
 
 
@@ -35,11 +33,13 @@ def test_dnn_has_estimator_options():
     cfg.dnn.dropout = 0.5
     cfg.dnn.batch_norm = True
     model = build_model(cfg, 3, [8, 8]).model
-    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [d.units for d in dense] == [16, 8, 4, 3]
-    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers) == 3
-    assert sum(isinstance(l, keras.layers.Dropout) for l in model.layers) == 3
-    assert all(l.activation.__name__ == "tanh" for l in model.layers if isinstance(l, keras.layers.Activation))
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 3
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in model.layers) == 3
+    assert all(
+        layer.activation.__name__ == "tanh" for layer in model.layers if isinstance(layer, keras.layers.Activation)
+    )
     # Dropout is active in training only.
     x = np.random.rand(4, 8, 8, 3).astype(np.float32) * 255
     np.testing.assert_allclose(model(x, training=False), model(x, training=False))
@@ -69,16 +69,16 @@ def test_resnet_phases_freeze_then_fine_tune(tmp_path: Path):
     assert len(model.trainable_variables) == 2  # only the head
     built.phase_at(2).apply(model)
     b = model.get_layer(BASE_NAME)
-    trainable_layers = [l for l in b.layers if l.trainable and l.weights]
+    trainable_layers = [layer for layer in b.layers if layer.trainable and layer.weights]
     assert 0 < len(trainable_layers) <= 10
-    assert all(b.layers.index(l) >= len(b.layers) - 10 for l in trainable_layers)
+    assert all(b.layers.index(layer) >= len(b.layers) - 10 for layer in trainable_layers)
     assert built.phase_at(3).lr_factor == 0.1
     fine_tune_count = len(model.trainable_variables)
     everything = built.all_trainable_variables()  # union over phases, then back to phase 0
     assert len(everything) == fine_tune_count
     assert len(model.trainable_variables) == 2
     # The base runs in inference mode: BatchNorm statistics do not move in training calls.
-    bn = [l for l in b.layers if isinstance(l, keras.layers.BatchNormalization)][-1]
+    bn = [layer for layer in b.layers if isinstance(layer, keras.layers.BatchNormalization)][-1]
     before = bn.moving_mean.numpy().copy()
     model(np.random.rand(2, 32, 32, 3).astype(np.float32) * 255, training=True)
     np.testing.assert_array_equal(before, bn.moving_mean.numpy())
@@ -116,12 +116,14 @@ def test_every_model_builds_and_trains_a_step(name: str):
     opt.apply(grads, model.trainable_variables)
     assert np.isfinite(loss.numpy()).all()
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+
     # No custom layer anywhere: only Keras' own classes (what a plain Keras process can load).
     def classes(m):
         for layer in m.layers:
             yield type(layer).__module__
             if isinstance(layer, keras.Model):
                 yield from classes(layer)
+
     assert all(mod.startswith("keras.") for mod in classes(model)), set(classes(model))
 
 
@@ -169,7 +171,12 @@ for name, want in expected.items():
 assert not any(m.startswith("imgtrain") for m in sys.modules), "imgtrain was imported"
 print("loaded", len(expected))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"loaded {len(MODELS)}" in proc.stdout

@@ -8,7 +8,7 @@ import tensorflow as tf
 from imgtrain.config import OptimizerConfig, ScheduleConfig
 from imgtrain.errors import UserError
 from imgtrain.train.early_stopping import EarlyStopping
-from imgtrain.train.optim import (build_optimizer, build_schedule, class_weight_vector, scaled_learning_rate)
+from imgtrain.train.optim import build_optimizer, build_schedule, class_weight_vector, scaled_learning_rate
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop", "adagrad", "ftrl"])
@@ -34,7 +34,9 @@ def lr(schedule, step):
 
 
 def test_cosine_with_warmup():
-    s = build_schedule(ScheduleConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.1), 1.0, steps_per_epoch=10, epochs=11)
+    s = build_schedule(
+        ScheduleConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.1), 1.0, steps_per_epoch=10, epochs=11
+    )
     assert lr(s, 0) == pytest.approx(0.1)
     assert lr(s, 9) == pytest.approx(1.0)
     assert lr(s, 10) == pytest.approx(1.0)
@@ -43,7 +45,9 @@ def test_cosine_with_warmup():
 
 
 def test_step_schedule_and_phase_factor():
-    s = build_schedule(ScheduleConfig(name="step", step_epochs=2, step_factor=0.5), 1.0, 10, 10, phases=[(0, 1.0), (3, 0.1)])
+    s = build_schedule(
+        ScheduleConfig(name="step", step_epochs=2, step_factor=0.5), 1.0, 10, 10, phases=[(0, 1.0), (3, 0.1)]
+    )
     assert lr(s, 19) == pytest.approx(1.0)
     assert lr(s, 20) == pytest.approx(0.5)
     assert lr(s, 30) == pytest.approx(0.05)  # fine-tuning phase from epoch 3 at a tenth
@@ -70,8 +74,9 @@ def test_early_stopping_patience_and_modes():
     assert es.update(3, {"val_loss": 0.6}) == (False, False)
     assert es.update(4, {"val_loss": 0.6}) == (False, True)
     assert es.best_epoch == 2 and math.isclose(es.best, 0.5)
-    acc = EarlyStopping.from_config(type("C", (), {"monitor": "val_accuracy", "mode": "auto", "patience": 1,
-                                                   "min_delta": 0.0, "enabled": True})())
+    acc = EarlyStopping.from_config(
+        type("C", (), {"monitor": "val_accuracy", "mode": "auto", "patience": 1, "min_delta": 0.0, "enabled": True})()
+    )
     assert acc.mode == "max"
     with pytest.raises(UserError, match="not a logged metric"):
         acc.update(0, {"val_loss": 1.0})

@@ -3,16 +3,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_folder
+
 from imgtrain.config import AugmentConfig, DataConfig, SplitConfig
 from imgtrain.data import augment as aug
 from imgtrain.data.pipeline import EpochPlan, Shard, eval_dataset, steps_per_epoch, train_dataset
 from imgtrain.data.sources import discover
 from imgtrain.data.split import apply_split
 
-FULL_AUG = AugmentConfig(random_resized_crop=True, crop_scale=[0.5, 1.0], horizontal_flip=True, vertical_flip=True,
-                         rotation=20, zoom=0.2, translate=0.1, brightness=0.1, contrast=0.2)
+FULL_AUG = AugmentConfig(
+    random_resized_crop=True,
+    crop_scale=[0.5, 1.0],
+    horizontal_flip=True,
+    vertical_flip=True,
+    rotation=20,
+    zoom=0.2,
+    translate=0.1,
+    brightness=0.1,
+    contrast=0.2,
+)
 
 
 def _examples(folder: Path):
@@ -68,11 +77,16 @@ def test_shards_see_every_example_exactly_once(tmp_path: Path, workers, per_clas
     ex = _examples(folder)
     cfg = DataConfig(image_size=[16, 16])  # the files' own size: pixels come through unchanged
     from PIL import Image
+
     identity = {np.asarray(Image.open(e.path).convert("RGB"), np.float32).tobytes() for e in ex}
     seen, steps = [], set()
     for i in range(workers):
-        xs, _, _, real = _collect(train_dataset(ex, cfg, EpochPlan(seed=0, epoch=1, batch_size=batch, shard=Shard(workers, i))))
-        steps.add(len(list(train_dataset(ex, cfg, EpochPlan(seed=0, epoch=1, batch_size=batch, shard=Shard(workers, i))))))
+        xs, _, _, real = _collect(
+            train_dataset(ex, cfg, EpochPlan(seed=0, epoch=1, batch_size=batch, shard=Shard(workers, i)))
+        )
+        steps.add(
+            len(list(train_dataset(ex, cfg, EpochPlan(seed=0, epoch=1, batch_size=batch, shard=Shard(workers, i)))))
+        )
         seen += [x.tobytes() for x, r in zip(xs, real) if r == 1]
     assert len(steps) == 1  # every worker takes the same number of steps (collectives never wait forever)
     assert steps == {steps_per_epoch(len(ex), batch, Shard(workers, 1))}
@@ -97,6 +111,7 @@ def test_eval_dataset_is_plain_resize_in_order(image_folder: Path):
     assert (real == 1).all()
     assert ys.tolist() == [e.label for e in ex]
     from PIL import Image
+
     first = np.asarray(Image.open(ex[0].path).convert("RGB"), np.float32)
     np.testing.assert_allclose(xs[0], first, atol=1e-3)  # same size: resize is the identity
     assert (ws == 1.0).all()
@@ -151,4 +166,6 @@ def test_crop_while_decoding_matches_crop_after_decoding(fmt: str):
         if fmt == "png":
             np.testing.assert_array_equal(fast, slow)
         else:
-            assert np.abs(fast - slow).mean() < 0.1 and np.abs(fast - slow).max() < 4  # another box: 12 to 60 on average
+            assert (
+                np.abs(fast - slow).mean() < 0.1 and np.abs(fast - slow).max() < 4
+            )  # another box: 12 to 60 on average

@@ -27,7 +27,8 @@ def test_statistics_are_the_average_of_the_batch_statistics():
     rng = np.random.default_rng(0)
     batches = [rng.normal(3.0, 2.0, (8, 4, 4, 2)).astype(np.float32) for _ in range(3)]
     dataset = lambda: tf.data.Dataset.from_tensor_slices(  # noqa: E731
-        (np.concatenate(batches), np.zeros(24, np.int32), np.ones(24, np.float32), np.ones(24, np.float32))).batch(8)
+        (np.concatenate(batches), np.zeros(24, np.int32), np.ones(24, np.float32), np.ones(24, np.float32))
+    ).batch(8)
     conv, bn = model.layers[1], model.layers[2]
     others = [v.numpy().copy() for v in model.non_trainable_variables if "moving" not in v.path]
     used = PreciseBatchNorm(model, make_distribution("single"))(dataset, 3)
@@ -60,14 +61,27 @@ def test_small_folder_evaluates_with_the_statistics_it_trained_with(tmp_path: Pa
     data = write_shapes(tmp_path / "shapes")
 
     def run(name: str, *extra: str) -> tuple[float, float]:
-        cfg = Config.load(None, [f"data.path={data}", f"output={tmp_path / name}", "model.name=cnn", "train.epochs=8",
-                                 "data.image_size=[32,32]", "train.batch_size=16", "seed=1", *extra])
+        cfg = Config.load(
+            None,
+            [
+                f"data.path={data}",
+                f"output={tmp_path / name}",
+                "model.name=cnn",
+                "train.epochs=8",
+                "data.image_size=[32,32]",
+                "train.batch_size=16",
+                "seed=1",
+                *extra,
+            ],
+        )
         summary = train_run(cfg, progress=False, log=lambda _m: None)
         model = keras.saving.load_model(tmp_path / name / "model.keras")
         from PIL import Image
+
         names = sorted(p.name for p in data.iterdir() if p.is_dir())
-        x = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32)
-                      for n in names for f in sorted((data / n).iterdir())])
+        x = np.stack(
+            [np.asarray(Image.open(f).convert("RGB"), np.float32) for n in names for f in sorted((data / n).iterdir())]
+        )
         y = np.array([i for i, n in enumerate(names) for _ in (data / n).iterdir()])
         inference = float((model(x, training=False).numpy().argmax(-1) == y).mean())
         batch_stats = float((model(x, training=True).numpy().argmax(-1) == y).mean())

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-
 from conftest import write_folder
+
 from imgtrain.cli import main
+from imgtrain.config import DataConfig
 from imgtrain.data import pipeline
 from imgtrain.data.pipeline import EpochPlan, Shard
 from imgtrain.data.tfrecord import open_prepared, parse
-from imgtrain.config import DataConfig
 
 
 def read_split(prepared, split):
@@ -27,12 +27,23 @@ def read_split(prepared, split):
 def test_round_trip_with_weights_vocabulary_and_bad_files(tmp_path: Path, capsys):
     data = write_folder(tmp_path / "img", per_class=10, fmt="mixed")
     (data / "red" / "broken.png").write_bytes(b"garbage")
-    lines = ["path,label,weight"] + [f"img/{p.parent.name}/{p.name},{p.parent.name},{1 + (i % 3)}"
-                                      for i, p in enumerate(sorted(data.rglob("*.*")))]
+    lines = ["path,label,weight"] + [
+        f"img/{p.parent.name}/{p.name},{p.parent.name},{1 + (i % 3)}" for i, p in enumerate(sorted(data.rglob("*.*")))
+    ]
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "prepared"
-    argv = ["prepare", "--data", str(tmp_path / "m.csv"), "--output", str(out), "--shard-size-mb", "0.002",
-            "--no-progress", "--set", "data.label_vocabulary=[red, green, blue]"]
+    argv = [
+        "prepare",
+        "--data",
+        str(tmp_path / "m.csv"),
+        "--output",
+        str(out),
+        "--shard-size-mb",
+        "0.002",
+        "--no-progress",
+        "--set",
+        "data.label_vocabulary=[red, green, blue]",
+    ]
     assert main(argv) == 2  # on_bad_image=fail by default
     assert "broken.png" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
@@ -59,13 +70,33 @@ def test_round_trip_with_weights_vocabulary_and_bad_files(tmp_path: Path, capsys
 
 def test_training_from_tfrecords_equals_training_from_the_folder(tmp_path: Path):
     data = write_folder(tmp_path / "img", per_class=15, fmt="mixed")
-    assert main(["prepare", "--data", str(data), "--output", str(tmp_path / "tfr"), "--no-progress", "--seed", "4"]) == 0
-    common = ["--image-size", "16", "--epochs", "2", "--batch-size", "4", "--seed", "4", "--deterministic", "--no-progress",
-              "--set", "model.cnn.filters=[8]", "--set", "data.augment.rotation=15", "--set", "data.augment.horizontal_flip=true",
-              "--set", "data.augment.random_resized_crop=true"]
+    assert (
+        main(["prepare", "--data", str(data), "--output", str(tmp_path / "tfr"), "--no-progress", "--seed", "4"]) == 0
+    )
+    common = [
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--seed",
+        "4",
+        "--deterministic",
+        "--no-progress",
+        "--set",
+        "model.cnn.filters=[8]",
+        "--set",
+        "data.augment.rotation=15",
+        "--set",
+        "data.augment.horizontal_flip=true",
+        "--set",
+        "data.augment.random_resized_crop=true",
+    ]
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "a"), *common]) == 0
     assert main(["train", "--data", str(tmp_path / "tfr"), "--output", str(tmp_path / "b"), *common]) == 0
     import keras
+
     wa = keras.models.load_model(tmp_path / "a" / "model.keras", compile=False).get_weights()
     wb = keras.models.load_model(tmp_path / "b" / "model.keras", compile=False).get_weights()
     for x, y in zip(wa, wb):
@@ -77,8 +108,23 @@ def test_training_from_tfrecords_equals_training_from_the_folder(tmp_path: Path)
 
 def test_workers_shard_by_file_and_see_each_example_once(tmp_path: Path):
     data = write_folder(tmp_path / "img", per_class=20)
-    assert main(["prepare", "--data", str(data), "--output", str(tmp_path / "tfr"), "--no-progress",
-                 "--shard-size-mb", "0.003", "--set", "data.split={train: 1.0, val: 0.0, test: 0.0}"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path / "tfr"),
+                "--no-progress",
+                "--shard-size-mb",
+                "0.003",
+                "--set",
+                "data.split={train: 1.0, val: 0.0, test: 0.0}",
+            ]
+        )
+        == 0
+    )
     prepared = open_prepared(str(tmp_path / "tfr"))
     files = prepared.files("train")
     assert len(files) >= 3
@@ -86,7 +132,9 @@ def test_workers_shard_by_file_and_see_each_example_once(tmp_path: Path):
     total, steps = 0, set()
     counts = prepared.worker_counts("train", 2)
     for i in range(2):
-        ds = pipeline.tfrecord_train_dataset(files, counts, cfg, EpochPlan(seed=0, epoch=0, batch_size=4, shard=Shard(2, i)))
+        ds = pipeline.tfrecord_train_dataset(
+            files, counts, cfg, EpochPlan(seed=0, epoch=0, batch_size=4, shard=Shard(2, i))
+        )
         batches = list(ds)
         steps.add(len(batches))
         total += int(sum(float(r.numpy().sum()) for _, _, _, r in batches))

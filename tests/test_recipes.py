@@ -58,16 +58,22 @@ def test_random_erasing_box_and_probability():
     changed = np.any(out != 10.0, axis=-1)
     assert 0.05 * 1024 <= changed.sum() <= 0.25 * 1024  # one box of about the asked area
     rows, cols = np.nonzero(changed)
-    assert changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a rectangle
+    assert changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # a rectangle
     np.testing.assert_array_equal(out, ra.random_erasing(x, SEED, on))
     off = RandomErasingConfig(probability=0.0)
     np.testing.assert_array_equal(ra.random_erasing(x, SEED, off), x)
 
 
 def test_augment_with_every_recipe_is_deterministic():
-    cfg = AugmentConfig(horizontal_flip=True, rotation=15, zoom=0.1, brightness=0.1, contrast=0.1,
-                        randaugment=RandAugmentConfig(num_ops=2, magnitude=9),
-                        random_erasing=RandomErasingConfig(probability=0.5))
+    cfg = AugmentConfig(
+        horizontal_flip=True,
+        rotation=15,
+        zoom=0.1,
+        brightness=0.1,
+        contrast=0.1,
+        randaugment=RandAugmentConfig(num_ops=2, magnitude=9),
+        random_erasing=RandomErasingConfig(probability=0.5),
+    )
     x = image(2)
     a = augment(x, SEED, cfg)
     np.testing.assert_array_equal(a, augment(x, SEED, cfg))

@@ -29,8 +29,13 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
         np.testing.assert_array_equal(x, y)
 
 
-FAST = ("model.cnn.dropout=0.2", "data.augment.rotation=10", "data.augment.horizontal_flip=true",
-        "train.early_stopping.patience=50", "deterministic=true")
+FAST = (
+    "model.cnn.dropout=0.2",
+    "data.augment.rotation=10",
+    "data.augment.horizontal_flip=true",
+    "train.early_stopping.patience=50",
+    "deterministic=true",
+)
 
 
 def test_same_seed_same_weights_and_stop_then_resume(image_folder, small_config, tmp_path, capsys):
@@ -57,11 +62,20 @@ def test_same_seed_same_weights_and_stop_then_resume(image_folder, small_config,
 
 # Every training recipe at once: each draws from (seed, epoch, example or step) or keeps its
 # state in the checkpoint, so a resumed run must still end bit for bit where a whole one does.
-RECIPES = ("data.augment.random_resized_crop=true", "data.augment.randaugment={num_ops: 2, magnitude: 9}",
-           "data.augment.random_erasing.probability=0.5", "data.augment.mixup=0.4", "data.augment.cutmix=1.0",
-           "train.ema.decay=0.9", "train.schedule.name=plateau", "train.schedule.plateau_patience=0",
-           "train.schedule.warmup_epochs=1", "train.label_smoothing=0.1", "train.class_weights=balanced",
-           "train.precise_bn.enabled=true")
+RECIPES = (
+    "data.augment.random_resized_crop=true",
+    "data.augment.randaugment={num_ops: 2, magnitude: 9}",
+    "data.augment.random_erasing.probability=0.5",
+    "data.augment.mixup=0.4",
+    "data.augment.cutmix=1.0",
+    "train.ema.decay=0.9",
+    "train.schedule.name=plateau",
+    "train.schedule.plateau_patience=0",
+    "train.schedule.warmup_epochs=1",
+    "train.label_smoothing=0.1",
+    "train.class_weights=balanced",
+    "train.precise_bn.enabled=true",
+)
 
 
 @pytest.mark.parametrize("recipes", [(), RECIPES], ids=["plain", "every-recipe"])
@@ -75,8 +89,9 @@ def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsy
     # every 2 steps): point the checkpoint index back at that save, as it stood at that moment.
     index = run_b / "checkpoints" / "checkpoint"
     assert 'model_checkpoint_path: "ckpt-6"' in index.read_text()
-    index.write_text('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\n'
-                     'all_model_checkpoint_paths: "ckpt-5"\n')
+    index.write_text(
+        'model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-5"\n'
+    )
     summary = train_run(small_config(image_folder, run_b, extra), progress=False)
     assert summary["resumed_from_epoch"] == 1
     assert "continuing at epoch 2, step 5" in capsys.readouterr().out
@@ -92,10 +107,34 @@ def test_resume_refuses_a_different_setup(image_folder, small_config, tmp_path):
 
 
 def _cli(data: Path, run: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "imgtrain", "train", "--data", str(data), "--output", str(run), "--epochs",
-            str(epochs), "--image-size", "16", "--batch-size", "4", "--seed", "5", "--deterministic", "--no-progress",
-            "--set", "model.cnn.filters=[8,16]", "--set", "model.cnn.convs_per_block=1",
-            "--set", "train.early_stopping.patience=50", "--set", "data.augment.rotation=10"]
+    return [
+        sys.executable,
+        "-m",
+        "imgtrain",
+        "train",
+        "--data",
+        str(data),
+        "--output",
+        str(run),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--seed",
+        "5",
+        "--deterministic",
+        "--no-progress",
+        "--set",
+        "model.cnn.filters=[8,16]",
+        "--set",
+        "model.cnn.convs_per_block=1",
+        "--set",
+        "train.early_stopping.patience=50",
+        "--set",
+        "data.augment.rotation=10",
+    ]
 
 
 def test_sigkill_after_epoch_one_then_resume(tmp_path):
@@ -125,15 +164,22 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
 def test_sigkill_after_early_stopping_does_not_train_again(tmp_path):
     data = write_folder(tmp_path / "img", per_class=30, size=16)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    stop_early = ["--set", "train.early_stopping.patience=1", "--set", "train.early_stopping.monitor=val_accuracy",
-                  "--set", "train.early_stopping.min_delta=0.5"]
+    stop_early = [
+        "--set",
+        "train.early_stopping.patience=1",
+        "--set",
+        "train.early_stopping.monitor=val_accuracy",
+        "--set",
+        "train.early_stopping.min_delta=0.5",
+    ]
     whole = tmp_path / "whole"
     done = subprocess.run(_cli(data, whole, 10) + stop_early, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "early stopping:" in done.stdout, done.stderr[-2000:]
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(data, run, 10) + stop_early, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli(data, run, 10) + stop_early, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in proc.stdout:
         if line.startswith("early stopping:"):
             proc.send_signal(signal.SIGKILL)

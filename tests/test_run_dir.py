@@ -20,8 +20,13 @@ from imgtrain import atomic, runlock
 from imgtrain.errors import UserError
 from imgtrain.run import train_run
 
-STOPS_EARLY = ("train.epochs=8", "train.early_stopping.patience=1", "train.early_stopping.monitor=val_accuracy",
-               "train.early_stopping.min_delta=0.5", "deterministic=true")
+STOPS_EARLY = (
+    "train.epochs=8",
+    "train.early_stopping.patience=1",
+    "train.early_stopping.monitor=val_accuracy",
+    "train.early_stopping.min_delta=0.5",
+    "deterministic=true",
+)
 
 
 def weights(run: Path) -> list[np.ndarray]:
@@ -86,13 +91,21 @@ def test_resume_refuses_other_data(small_config, tmp_path):
 def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import time
 from imgtrain import runlock
 with runlock.hold({str(run)!r}):
     print("held", flush=True)
     time.sleep(30)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=rf"is in use by imgtrain pid {holder.pid}"):
@@ -121,11 +134,16 @@ def test_a_damaged_latest_checkpoint_falls_back(image_folder, small_config, tmp_
 def test_csv_weights_must_be_finite_and_not_all_zero(tmp_path, small_config):
     folder = write_folder(tmp_path / "img", per_class=4)
     files = sorted(folder.rglob("*.png"))
-    for bad, message in (("nan", "is not a finite number"), ("inf", "is not a finite number"),
-                         ("-1", "is not a finite number")):
+    for bad, message in (
+        ("nan", "is not a finite number"),
+        ("inf", "is not a finite number"),
+        ("-1", "is not a finite number"),
+    ):
         csv = tmp_path / f"{bad}.csv"
-        csv.write_text("path,label,weight\n" + "".join(
-            f"{f},{f.parent.name},{bad if i == 3 else 1}\n" for i, f in enumerate(files)))
+        csv.write_text(
+            "path,label,weight\n"
+            + "".join(f"{f},{f.parent.name},{bad if i == 3 else 1}\n" for i, f in enumerate(files))
+        )
         with pytest.raises(UserError, match=message):
             train_run(small_config(csv, tmp_path / f"run-{bad}"), progress=False)
     zeros = tmp_path / "zeros.csv"
@@ -139,7 +157,9 @@ def test_csv_bom_and_duplicates(tmp_path, small_config, capsys):
     files = sorted(folder.rglob("*.png"))
     rows = "".join(f"{f},{f.parent.name}\n" for f in files)
     csv = tmp_path / "bom.csv"
-    csv.write_bytes("\ufeffpath,label\n".encode("utf-8") + rows.encode() + f"{files[0]},{files[0].parent.name}\n".encode())
+    csv.write_bytes(
+        "\ufeffpath,label\n".encode("utf-8") + rows.encode() + f"{files[0]},{files[0].parent.name}\n".encode()
+    )
     summary = train_run(small_config(csv, tmp_path / "run", ("train.epochs=1",)), progress=False)
     assert sum(summary["counts"].values()) == len(files)  # the repeated line counted once
     assert "more than once" in capsys.readouterr().out
@@ -152,8 +172,11 @@ def test_csv_bom_and_duplicates(tmp_path, small_config, capsys):
 def test_negative_or_nan_class_weights_and_learning_rates(image_folder, small_config, tmp_path):
     from imgtrain.config import Config
 
-    for item in ("train.optimizer.learning_rate=.nan", "train.optimizer.learning_rate=.inf",
-                 "train.optimizer.learning_rate=-1"):
+    for item in (
+        "train.optimizer.learning_rate=.nan",
+        "train.optimizer.learning_rate=.inf",
+        "train.optimizer.learning_rate=-1",
+    ):
         with pytest.raises(UserError, match="learning_rate must be a positive finite number"):
             Config.load(None, [item])
     with pytest.raises(UserError, match="class weights must be finite and >= 0"):
@@ -166,8 +189,10 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(image_folder, small_con
     run = tmp_path / "run"
     # Adam moves every weight by about the learning rate: step 1's loss is finite, step 2's is not.
     with pytest.raises(UserError, match=r"training loss became (nan|inf) at epoch 1, step 2"):
-        train_run(small_config(image_folder, run, ("train.optimizer.learning_rate=1e30",
-                                                   "train.checkpoint.every_steps=1")), progress=False)
+        train_run(
+            small_config(image_folder, run, ("train.optimizer.learning_rate=1e30", "train.checkpoint.every_steps=1")),
+            progress=False,
+        )
     index = (run / "checkpoints" / "checkpoint").read_text()
     assert 'model_checkpoint_path: "ckpt-1"' in index  # step 1's checkpoint, none with NaN weights
     assert not (run / "run.json").exists()
@@ -176,8 +201,11 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(image_folder, small_con
 def test_every_json_is_valid_json(tmp_path):
     path = tmp_path / "x.json"
     atomic.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": 2.5})
-    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) == \
-        {"a": None, "b": [1.0, None], "c": 2.5}
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) == {
+        "a": None,
+        "b": [1.0, None],
+        "c": 2.5,
+    }
 
 
 def test_predict_output_is_written_whole(tmp_path, monkeypatch):
@@ -191,6 +219,7 @@ def test_predict_output_is_written_whole(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     import csv as csv_module
+
     monkeypatch.setattr(csv_module, "writer", full_disk)
     with pytest.raises(OSError):
         write_records(records, str(out))
@@ -248,8 +277,12 @@ def test_converted_images_follow_their_source(tmp_path):
     stat = os.stat(src)
 
     def converted() -> np.ndarray:
-        cat = Catalog(["a", "b"], [Example(str(src), "a.bmp", 0, 1.0, "train"),
-                                   Example(str(src), "b.bmp", 1, 1.0, "train")], str(tmp_path), "folder")
+        cat = Catalog(
+            ["a", "b"],
+            [Example(str(src), "a.bmp", 0, 1.0, "train"), Example(str(src), "b.bmp", 1, 1.0, "train")],
+            str(tmp_path),
+            "folder",
+        )
         cat = validate_catalog(cat, "fail", tmp_path / "cache", progress=False)
         return np.asarray(Image.open(cat.examples[0].path))
 
@@ -272,10 +305,13 @@ def test_predict_takes_what_train_converts(image_folder, small_config, tmp_path)
     assert len(records) == 1 and math.isclose(sum(records[0]["probabilities"]), 1.0, rel_tol=1e-4)
 
 
-@pytest.mark.parametrize("layout, message", [
-    ({"bus": 4, "car": 4, "train": 4}, None),  # a class named train
-    ({"train/cat": 4, "train/dog": 4, "bird": 4}, "mixes split folders (train/) with the class folder 'bird'"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({"bus": 4, "car": 4, "train": 4}, None),  # a class named train
+        ({"train/cat": 4, "train/dog": 4, "bird": 4}, "mixes split folders (train/) with the class folder 'bird'"),
+    ],
+)
 def test_split_named_class_folders(tmp_path, layout, message):
     from imgtrain.config import Config
     from imgtrain.data.sources import discover
@@ -285,6 +321,7 @@ def test_split_named_class_folders(tmp_path, layout, message):
         (tmp_path / "d" / folder).mkdir(parents=True)
         for i in range(n):
             from PIL import Image
+
             Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "d" / folder / f"{i}.png")
     cfg = Config.load(None, [f"data.path={tmp_path / 'd'}"])
     if message is None:
@@ -294,11 +331,14 @@ def test_split_named_class_folders(tmp_path, layout, message):
             discover(cfg.data)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--seed", "-1"], "seed must be an integer from 0"),
-    (["--set", "model.cnn.kernel_size=0"], "kernel_size >= 1"),
-    (["--image-size", "100000"], "larger than 4096 pixels"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--seed", "-1"], "seed must be an integer from 0"),
+        (["--set", "model.cnn.kernel_size=0"], "kernel_size >= 1"),
+        (["--image-size", "100000"], "larger than 4096 pixels"),
+    ],
+)
 def test_bad_numbers_are_one_line(capsys, tmp_path, argv, fragment):
     from imgtrain.cli import main
 
@@ -357,8 +397,21 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_completes(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:120]}")
     try:
         data = write_folder(tmp_path / "img", per_class=10, size=16)
-        cmd = [sys.executable, "-m", "imgtrain", "train", "--data", str(data), "--output", str(disk / "run"),
-               "--image-size", "16", "--epochs", "2", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "imgtrain",
+            "train",
+            "--data",
+            str(data),
+            "--output",
+            str(disk / "run"),
+            "--image-size",
+            "16",
+            "--epochs",
+            "2",
+            "--no-progress",
+        ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         full = subprocess.run(cmd, env=env, capture_output=True, text=True)
         errors = [line for line in full.stderr.splitlines() if line.startswith("imgtrain: error:")]

@@ -1,8 +1,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import write_folder
+
 from imgtrain.config import DataConfig, SplitConfig
 from imgtrain.data.pipeline import EpochPlan
 from imgtrain.data.sources import discover
@@ -65,8 +65,13 @@ def test_split_depends_on_seed():
 
 def test_csv_manifest_with_strings_weights_and_vocabulary(tmp_path: Path):
     write_folder(tmp_path / "img", per_class=2)
-    rows = ["path,label,weight", "img/red/red_000.png,stop,2.5", "img/green/green_000.png,go,",
-            "img/blue/blue_000.png,wait,0.5", "img/red/red_001.png,stop,1"]
+    rows = [
+        "path,label,weight",
+        "img/red/red_000.png,stop,2.5",
+        "img/green/green_000.png,go,",
+        "img/blue/blue_000.png,wait,0.5",
+        "img/red/red_001.png,stop,1",
+    ]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     cat = discover(DataConfig(path=str(tmp_path / "m.csv"), label_vocabulary=["stop", "go", "wait"]))
     assert cat.class_names == ["stop", "go", "wait"]  # vocabulary order is the label order
@@ -82,13 +87,16 @@ def test_csv_without_header(tmp_path: Path):
     assert cat.class_names == ["b", "r"]
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("path,label\nimg/a.png,x,1,2,3\n", "line 2 has 5 fields"),
-    ("path,label,weight\nimg/a.png,x,heavy\n", "weight 'heavy' is not a number"),
-    ("path,label\nimg/a.png,\n", "empty path or label"),
-    ("", "is empty"),
-    ("path,label,colour\na.png,x,red\n", "unknown column 'colour'"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("path,label\nimg/a.png,x,1,2,3\n", "line 2 has 5 fields"),
+        ("path,label,weight\nimg/a.png,x,heavy\n", "weight 'heavy' is not a number"),
+        ("path,label\nimg/a.png,\n", "empty path or label"),
+        ("", "is empty"),
+        ("path,label,colour\na.png,x,red\n", "unknown column 'colour'"),
+    ],
+)
 def test_malformed_csv(tmp_path: Path, content, fragment):
     (tmp_path / "m.csv").write_text(content)
     with pytest.raises(UserError, match=fragment):

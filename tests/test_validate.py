@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_folder
 from PIL import Image
 
-from conftest import write_folder
 from imgtrain.config import DataConfig, SplitConfig
 from imgtrain.data.images import load
 from imgtrain.data.sources import discover
@@ -21,15 +21,18 @@ def solid(mode_from_rgb: str, size=(12, 10)) -> Image.Image:
     return Image.new("RGB", size, PIXEL).convert(mode_from_rgb)
 
 
-@pytest.mark.parametrize("name, image, fmt, expected", [
-    ("rgb.jpg", solid("RGB"), "JPEG", PIXEL),
-    ("cmyk.jpg", solid("CMYK"), "JPEG", PIXEL),
-    ("gray.jpg", solid("L"), "JPEG", None),
-    ("rgba.png", solid("RGBA"), "PNG", PIXEL),
-    ("palette.png", solid("P"), "PNG", None),
-    ("pic.gif", solid("P"), "GIF", None),
-    ("pic.bmp", solid("RGB"), "BMP", PIXEL),
-])
+@pytest.mark.parametrize(
+    "name, image, fmt, expected",
+    [
+        ("rgb.jpg", solid("RGB"), "JPEG", PIXEL),
+        ("cmyk.jpg", solid("CMYK"), "JPEG", PIXEL),
+        ("gray.jpg", solid("L"), "JPEG", None),
+        ("rgba.png", solid("RGBA"), "PNG", PIXEL),
+        ("palette.png", solid("P"), "PNG", None),
+        ("pic.gif", solid("P"), "GIF", None),
+        ("pic.bmp", solid("RGB"), "BMP", PIXEL),
+    ],
+)
 def test_formats_decode_to_rgb(tmp_path: Path, name, image, fmt, expected):
     path = tmp_path / name
     image.save(path, fmt, **({"quality": 100} if fmt == "JPEG" else {}))

@@ -19,6 +19,7 @@ from imgtrain.config import AugmentConfig
 from imgtrain.data.images import decode, resize
 from imgtrain.data.randaugment import randaugment, random_erasing
 
+
 def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """A stateless seed (shape [2]) unique to one example in one epoch of one run."""
     base = tf.constant([seed, 0x1A6E], dtype=tf.int64)
@@ -49,8 +50,9 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, s
     return resize(tf.slice(image, begin, crop_size), size)
 
 
-def decode_random_resized_crop(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig,
-                               size: Sequence[int]) -> tf.Tensor:
+def decode_random_resized_crop(
+    encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]
+) -> tf.Tensor:
     """Encoded bytes to a random resized crop, decoding only the crop window of a JPEG.
 
     The box depends on the image's size alone, which a JPEG header gives

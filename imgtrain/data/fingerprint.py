@@ -61,8 +61,10 @@ def check_or_record(run_dir: Path, fingerprint: dict[str, Any], resuming: bool, 
         if saved is not None:
             diff = differences(saved, fingerprint)
             if diff:
-                raise UserError(f"{run_dir} holds a run trained on other data: {diff}; resume it with the same "
-                                "data or pass a new --output")
+                raise UserError(
+                    f"{run_dir} holds a run trained on other data: {diff}; resume it with the same "
+                    "data or pass a new --output"
+                )
             return
     if write:
         atomic.write_json(path, fingerprint)

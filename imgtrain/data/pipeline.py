@@ -87,12 +87,14 @@ def train_dataset(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan)
         ds = ds.skip(skip_batches * batch_size)
 
     prepare = _augmenter(cfg, seed, epoch, "decoded" if cfg.cache else "path")
-    return _finish_train(ds, prepare, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)),
-                         _filler(examples, cfg))
+    return _finish_train(
+        ds, prepare, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), _filler(examples, cfg)
+    )
 
 
-def _finish_train(ds: tf.data.Dataset, prepare, plan: EpochPlan, mine_n: int, most_n: int,
-                  filler: tf.data.Dataset) -> tf.data.Dataset:
+def _finish_train(
+    ds: tf.data.Dataset, prepare, plan: EpochPlan, mine_n: int, most_n: int, filler: tf.data.Dataset
+) -> tf.data.Dataset:
     """Augment in parallel, batch, pad to the step count every worker shares, prefetch."""
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
     mine, target = padded_batches(mine_n, most_n, plan.batch_size, plan.multiple)
@@ -133,7 +135,8 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
     first = examples[:1]
     return tf.data.Dataset.from_tensor_slices(_tensors(first)).map(
-        lambda i, p, y, w: (load(p, cfg.image_size, cfg.eval_crop()), y, w, tf.constant(1.0)))
+        lambda i, p, y, w: (load(p, cfg.image_size, cfg.eval_crop()), y, w, tf.constant(1.0))
+    )
 
 
 def eval_dataset(
@@ -149,8 +152,11 @@ def eval_dataset(
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
     crop = cfg.eval_crop()
-    ds = ds.map(lambda i, p, y, w: (load(p, size, crop), y, w, tf.constant(1.0)), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(
+        lambda i, p, y, w: (load(p, size, crop), y, w, tf.constant(1.0)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     if cfg.cache:
         ds = ds.cache()
     mine, target = batches(len(examples), batch_size, shard, multiple)
@@ -202,20 +208,29 @@ def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, pla
     ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
-    return _finish_train(ds, _augmenter(cfg, seed, epoch, "raw"), plan, shard_size(count, shard),
-                         shard_size(count, Shard(shard.count, 0)), _tfds_plain(source, cfg))
+    return _finish_train(
+        ds,
+        _augmenter(cfg, seed, epoch, "raw"),
+        plan,
+        shard_size(count, shard),
+        shard_size(count, Shard(shard.count, 0)),
+        _tfds_plain(source, cfg),
+    )
 
 
 def _tfds_plain(source: tf.data.Dataset, cfg: DataConfig) -> tf.data.Dataset:
     size = cfg.image_size
     crop = cfg.eval_crop()
-    return source.map(lambda x, y: (eval_image(to_rgb(x), size, crop), tf.cast(y, tf.int32), tf.constant(1.0),
-                                    tf.constant(1.0)),
-                      num_parallel_calls=AUTOTUNE, deterministic=True)
+    return source.map(
+        lambda x, y: (eval_image(to_rgb(x), size, crop), tf.cast(y, tf.int32), tf.constant(1.0), tf.constant(1.0)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
 
 
-def tfds_eval_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, batch_size: int,
-                      shard: Shard = Shard(), multiple: int = 1) -> tf.data.Dataset:
+def tfds_eval_dataset(
+    source: tf.data.Dataset, count: int, cfg: DataConfig, batch_size: int, shard: Shard = Shard(), multiple: int = 1
+) -> tf.data.Dataset:
     ds = source
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
@@ -231,8 +246,13 @@ def _records(files: Sequence[str], shard: Shard) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)  # whole files per worker: sequential reads
-    return ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(8, len(files))), block_length=1,
-                         num_parallel_calls=AUTOTUNE, deterministic=True).map(tfrecord_parse, num_parallel_calls=AUTOTUNE)
+    return ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(8, len(files))),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    ).map(tfrecord_parse, num_parallel_calls=AUTOTUNE)
 
 
 def tfrecord_parse(record: tf.Tensor) -> tuple:
@@ -241,15 +261,17 @@ def tfrecord_parse(record: tf.Tensor) -> tuple:
     return parse(record)
 
 
-def tfrecord_train_dataset(files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig,
-                           plan: EpochPlan) -> tf.data.Dataset:
+def tfrecord_train_dataset(
+    files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, plan: EpochPlan
+) -> tf.data.Dataset:
     """Training batches from prepared shards. With one worker and a shuffle buffer at least
     the split's size, the order (and so the run) is identical to the folder it came from."""
     seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
     mine_n, most_n = worker_counts[shard.index], max(worker_counts)
     ds = _records(files, shard)
-    ds = ds.shuffle(max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=epoch_seed(seed, epoch),
-                    reshuffle_each_iteration=False)
+    ds = ds.shuffle(
+        max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False
+    )
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
     filler = _records(files[:1], Shard()).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)))
@@ -260,10 +282,19 @@ def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
     return eval_image(decode(encoded), cfg.image_size, cfg.eval_crop())
 
 
-def tfrecord_eval_dataset(files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, batch_size: int,
-                          shard: Shard = Shard(), multiple: int = 1) -> tf.data.Dataset:
-    ds = _records(files, shard).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
-                                    num_parallel_calls=AUTOTUNE, deterministic=True)
+def tfrecord_eval_dataset(
+    files: Sequence[str],
+    worker_counts: Sequence[int],
+    cfg: DataConfig,
+    batch_size: int,
+    shard: Shard = Shard(),
+    multiple: int = 1,
+) -> tf.data.Dataset:
+    ds = _records(files, shard).map(
+        lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     if cfg.cache:
         ds = ds.cache()
     mine, target = padded_batches(worker_counts[shard.index], max(worker_counts), batch_size, multiple)
@@ -280,5 +311,3 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
     if channels == 4:
         return image[..., :3]
     return image
-
-

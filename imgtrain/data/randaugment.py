@@ -52,8 +52,13 @@ def _transform(image: tf.Tensor, matrix: list) -> tf.Tensor:
     """Output pixel -> input pixel affine ``[a0, a1, a2, b0, b1, b2]``, constant grey border."""
     transform = tf.stack([*matrix, 0.0, 0.0])[None]
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=tf.cast(transform, tf.float32), output_shape=tf.shape(image)[:2],
-        fill_value=GRAY, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+        images=image[None],
+        transforms=tf.cast(transform, tf.float32),
+        output_shape=tf.shape(image)[:2],
+        fill_value=GRAY,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
 
 
 def _rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
@@ -125,8 +130,22 @@ def _ops(level: float, image_shape: tf.Tensor) -> list[Callable[[tf.Tensor, tf.T
     ]
 
 
-OP_NAMES = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize", "contrast",
-            "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+OP_NAMES = (
+    "identity",
+    "autocontrast",
+    "equalize",
+    "rotate",
+    "solarize",
+    "color",
+    "posterize",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
 
 
 def randaugment(image: tf.Tensor, seed: tf.Tensor, cfg: RandAugmentConfig) -> tf.Tensor:
@@ -136,7 +155,7 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, cfg: RandAugmentConfig) -> tf
     for i in range(cfg.num_ops):
         index = tf.random.stateless_uniform([], seed=seeds[2 * i], maxval=len(ops), dtype=tf.int32)
         s = seeds[2 * i + 1]
-        image = tf.switch_case(index, [lambda op=op: op(image, s) for op in ops])
+        image = tf.switch_case(index, [lambda op=op, x=image, s=s: op(x, s) for op in ops])
         image.set_shape([None, None, 3])
     return image
 

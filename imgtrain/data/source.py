@@ -104,12 +104,14 @@ class RecordSource(DataSource):
         return [f"{Path(f).name}\t{c}" for f, c in zip(self.records.files(split), self.records.file_counts(split))]
 
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
-        return pipeline.tfrecord_train_dataset(self.records.files("train"),
-                                               self.worker_counts("train", plan.shard.count), cfg, plan)
+        return pipeline.tfrecord_train_dataset(
+            self.records.files("train"), self.worker_counts("train", plan.shard.count), cfg, plan
+        )
 
     def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
-        return pipeline.tfrecord_eval_dataset(self.records.files(split), self.worker_counts(split, shard.count),
-                                              cfg, batch, shard, multiple)
+        return pipeline.tfrecord_eval_dataset(
+            self.records.files(split), self.worker_counts(split, shard.count), cfg, batch, shard, multiple
+        )
 
 
 class TfdsSource(DataSource):

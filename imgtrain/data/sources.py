@@ -18,8 +18,15 @@ from imgtrain.config import IMAGE_EXTENSIONS, DataConfig
 from imgtrain.errors import UserError
 
 SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass
@@ -62,7 +69,9 @@ def discover(cfg: DataConfig) -> Catalog:
         raise UserError(f"data path {path} does not exist; pass an image folder, a CSV manifest or tfds:NAME to --data")
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise UserError(f"data path {path} is a file but not a .csv manifest; pass a folder or a CSV with path,label[,weight]")
+            raise UserError(
+                f"data path {path} is a file but not a .csv manifest; pass a folder or a CSV with path,label[,weight]"
+            )
         return _from_csv(path, cfg.label_vocabulary)
     return _from_folder(path, cfg.label_vocabulary)
 
@@ -106,18 +115,24 @@ def _layout(root: Path) -> dict[Optional[str], Path]:
         has_classes = bool(_class_dirs(d))
         has_images = any(_is_image(p) for p in d.iterdir())
         if has_classes and has_images:
-            raise UserError(f"data folder {d} holds both images and subfolders, so it is neither a class nor a "
-                            f"split; move its images into {d}/<class>/ or its subfolders out")
+            raise UserError(
+                f"data folder {d} holds both images and subfolders, so it is neither a class nor a "
+                f"split; move its images into {d}/<class>/ or its subfolders out"
+            )
         if has_classes:
             splits[alias] = d
     if not splits:
         return {None: root}
     others = [d.name for d in subdirs if d not in splits.values()]
     if others:
-        raise UserError(f"data folder {root} mixes split folders ({', '.join(sorted(splits))}/) with the class folder "
-                        f"'{others[0]}'; move it under {root}/train/ (or val/, test/), or use one folder per class only")
+        raise UserError(
+            f"data folder {root} mixes split folders ({', '.join(sorted(splits))}/) with the class folder "
+            f"'{others[0]}'; move it under {root}/train/ (or val/, test/), or use one folder per class only"
+        )
     if "train" not in splits:
-        raise UserError(f"data folder {root} has {', '.join(sorted(splits))} folders but no train/; add train/<class>/ images")
+        raise UserError(
+            f"data folder {root} has {', '.join(sorted(splits))} folders but no train/; add train/<class>/ images"
+        )
     return dict(splits)  # root/train/<class>/..., root/val/<class>/..., root/test/<class>/...
 
 
@@ -141,7 +156,9 @@ def _from_folder(root: Path, vocabulary: Optional[list[str]]) -> Catalog:
             for p in files:
                 examples.append(Example(str(p.resolve()), p.relative_to(root).as_posix(), index[name], 1.0, split))
     if not examples:
-        raise UserError(f"data folder {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images under {root}/<class>/")
+        raise UserError(
+            f"data folder {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images under {root}/<class>/"
+        )
     return Catalog(class_names, examples, str(root.resolve()), "folder")
 
 
@@ -161,7 +178,9 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
     if "path" in header and "label" in header:
         unknown = [c for c in header if c not in columns]
         if unknown:
-            raise UserError(f"CSV manifest {path} line 1 has unknown column '{unknown[0]}'; use path,label[,weight][,split]")
+            raise UserError(
+                f"CSV manifest {path} line 1 has unknown column '{unknown[0]}'; use path,label[,weight][,split]"
+            )
         columns = header
         rows = rows[1:]
     raw = []
@@ -180,10 +199,14 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
             try:
                 weight = float(rec["weight"])
             except ValueError:
-                raise UserError(f"CSV manifest {path} line {lineno}: weight '{rec['weight']}' is not a number") from None
+                raise UserError(
+                    f"CSV manifest {path} line {lineno}: weight '{rec['weight']}' is not a number"
+                ) from None
             if not math.isfinite(weight) or weight < 0:
-                raise UserError(f"CSV manifest {path} line {lineno}: weight {rec['weight']} is not a finite number "
-                                ">= 0; fix the weight column")
+                raise UserError(
+                    f"CSV manifest {path} line {lineno}: weight {rec['weight']} is not a finite number "
+                    ">= 0; fix the weight column"
+                )
             has_weights = True
         split = None
         if rec.get("split"):
@@ -206,13 +229,14 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
     class_names = _vocabulary(sorted({r[2] for r in raw}), vocabulary, str(path))
     index = {n: i for i, n in enumerate(class_names)}
     examples = []
-    for lineno, file, label, weight, split in raw:
+    for _lineno, file, label, weight, split in raw:
         key = file.relative_to(base).as_posix() if file.is_relative_to(base) else file.as_posix()
         examples.append(Example(str(file.resolve()), key, index[label], weight, split))
     catalog = Catalog(class_names, examples, str(base.resolve()), "csv", has_weights=has_weights)
     if duplicates:
-        catalog.warnings.append(f"CSV manifest {path} lists {duplicates} file(s) more than once with the same "
-                                "label; each is used once")
+        catalog.warnings.append(
+            f"CSV manifest {path} lists {duplicates} file(s) more than once with the same label; each is used once"
+        )
     return catalog
 
 
@@ -226,8 +250,10 @@ def _dedupe(raw: list[tuple], path: Path) -> tuple[list[tuple], int]:
         if key in seen:
             first = seen[key]
             if (first[2], first[3], first[4]) != (label, weight, split):
-                raise UserError(f"CSV manifest {path} lists {file} twice with different entries (line {first[0]}: "
-                                f"label '{first[2]}', line {lineno}: label '{label}'); keep one line per file")
+                raise UserError(
+                    f"CSV manifest {path} lists {file} twice with different entries (line {first[0]}: "
+                    f"label '{first[2]}', line {lineno}: label '{label}'); keep one line per file"
+                )
             repeats += 1
             continue
         seen[key] = row

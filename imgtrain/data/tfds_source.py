@@ -31,7 +31,9 @@ def load_tfds(name: str, cfg: TfdsConfig) -> TfdsData:
     try:
         builder = tfds.builder(name, data_dir=cfg.data_dir)
     except Exception as exc:  # TFDS raises several types for unknown names
-        raise UserError(f"unknown TFDS dataset '{name}' ({type(exc).__name__}); check the name at tensorflow.org/datasets/catalog") from None
+        raise UserError(
+            f"unknown TFDS dataset '{name}' ({type(exc).__name__}); check the name at tensorflow.org/datasets/catalog"
+        ) from None
     try:
         if cfg.download:
             builder.download_and_prepare()
@@ -42,7 +44,10 @@ def load_tfds(name: str, cfg: TfdsConfig) -> TfdsData:
         ) from None
     keys = builder.info.supervised_keys
     if not keys or len(keys) != 2:
-        raise UserError(f"TFDS dataset '{name}' has no (image, label) supervised keys; imgtrain needs an image classification dataset")
+        raise UserError(
+            f"TFDS dataset '{name}' has no (image, label) supervised keys; "
+            "imgtrain needs an image classification dataset"
+        )
     label_feature = builder.info.features[keys[1]]
     names = list(getattr(label_feature, "names", []) or [])
     if not names:
@@ -56,8 +61,10 @@ def load_tfds(name: str, cfg: TfdsConfig) -> TfdsData:
         try:
             ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
         except (ValueError, KeyError, AssertionError) as exc:
-            raise UserError(f"TFDS dataset '{name}' has no split '{split}' for {role} ({str(exc).splitlines()[0][:120]}); "
-                            f"set data.tfds.{role}_split") from None
+            raise UserError(
+                f"TFDS dataset '{name}' has no split '{split}' for {role} ({str(exc).splitlines()[0][:120]}); "
+                f"set data.tfds.{role}_split"
+            ) from None
         splits[role] = ds
         counts[role] = _count(builder, split, ds)
     return TfdsData(name, names, splits, counts)
@@ -74,4 +81,4 @@ def _count(builder, split: str, ds: tf.data.Dataset) -> int:
 
 
 def tfds_name(path: Optional[str]) -> str:
-    return str(path)[len("tfds:"):]
+    return str(path)[len("tfds:") :]

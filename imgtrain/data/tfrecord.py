@@ -44,17 +44,27 @@ FEATURES = {
 
 def _example(ex: Example, index: int, data: bytes) -> bytes:
     f = tf.train.Feature
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": f(bytes_list=tf.train.BytesList(value=[data])),
-        "image/key": f(bytes_list=tf.train.BytesList(value=[ex.key.encode()])),
-        "label": f(int64_list=tf.train.Int64List(value=[ex.label])),
-        "weight": f(float_list=tf.train.FloatList(value=[ex.weight])),
-        "index": f(int64_list=tf.train.Int64List(value=[index])),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": f(bytes_list=tf.train.BytesList(value=[data])),
+                "image/key": f(bytes_list=tf.train.BytesList(value=[ex.key.encode()])),
+                "label": f(int64_list=tf.train.Int64List(value=[ex.label])),
+                "weight": f(float_list=tf.train.FloatList(value=[ex.weight])),
+                "index": f(int64_list=tf.train.Int64List(value=[index])),
+            }
+        )
+    ).SerializeToString()
 
 
-def write_split(examples: Sequence[Example], out_dir: Path, split: str, shard_bytes: int,
-                progress: bool = True, workers: Optional[int] = None) -> list[dict]:
+def write_split(
+    examples: Sequence[Example],
+    out_dir: Path,
+    split: str,
+    shard_bytes: int,
+    progress: bool = True,
+    workers: Optional[int] = None,
+) -> list[dict]:
     """Write one split's shards; file reads run in parallel, records keep the split's order."""
     shards: list[dict] = []
     writer = None
@@ -65,8 +75,15 @@ def write_split(examples: Sequence[Example], out_dir: Path, split: str, shard_by
             return fh.read()
 
     with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 4)) as pool:
-        for index, (ex, data) in enumerate(tqdm(zip(examples, pool.map(read, examples)), total=len(examples),
-                                                desc=f"writing {split}", unit="img", disable=not progress)):
+        for index, (ex, data) in enumerate(
+            tqdm(
+                zip(examples, pool.map(read, examples)),
+                total=len(examples),
+                desc=f"writing {split}",
+                unit="img",
+                disable=not progress,
+            )
+        ):
             if writer is None or current["bytes"] >= shard_bytes:
                 if writer is not None:
                     writer.close()
@@ -100,10 +117,19 @@ def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict
             continue
         shards = write_split(examples, out_dir, split, int(shard_mb * 2**20), progress=progress)
         per_class = Counter(catalog.class_names[e.label] for e in examples)
-        splits[split] = {"count": len(examples), "per_class": {n: per_class.get(n, 0) for n in catalog.class_names},
-                         "shards": shards}
-    manifest = {"format": FORMAT, "version": 1, "class_names": catalog.class_names,
-                "has_weights": catalog.has_weights, "splits": splits, **extra}
+        splits[split] = {
+            "count": len(examples),
+            "per_class": {n: per_class.get(n, 0) for n in catalog.class_names},
+            "shards": shards,
+        }
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "class_names": catalog.class_names,
+        "has_weights": catalog.has_weights,
+        "splits": splits,
+        **extra,
+    }
     atomic.write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -127,11 +153,16 @@ def check_output_dir(out_dir: Path) -> None:
     if not out_dir.exists():
         return
     ours = set(own_files(out_dir)) | {MANIFEST, ".checks"}
-    foreign = sorted(p.name for p in out_dir.iterdir()
-                     if p.name not in ours and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    foreign = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.name not in ours and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
     if foreign:
-        raise UserError(f"--output {out_dir} is not empty and not an 'imgtrain prepare' output (it holds {foreign[0]}"
-                        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); pass a new or empty directory")
+        raise UserError(
+            f"--output {out_dir} is not empty and not an 'imgtrain prepare' output (it holds {foreign[0]}"
+            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); pass a new or empty directory"
+        )
 
 
 @dataclass
@@ -182,11 +213,15 @@ def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared
             want = int(shard.get("bytes", -1)) + 16 * int(shard.get("count", 0))
             have = (root / shard["file"]).stat().st_size
             if shard.get("bytes") is not None and have != want:
-                raise UserError(f"prepared shard {root / shard['file']} is {have} bytes, not the {want} it was written "
-                                "with (truncated or damaged); run 'imgtrain prepare' again")
+                raise UserError(
+                    f"prepared shard {root / shard['file']} is {have} bytes, not the {want} it was written "
+                    "with (truncated or damaged); run 'imgtrain prepare' again"
+                )
     if vocabulary is not None and list(vocabulary) != prepared.class_names:
-        raise UserError(f"data.label_vocabulary {vocabulary} differs from the prepared classes {prepared.class_names}; "
-                        "prepare again with that vocabulary or remove it")
+        raise UserError(
+            f"data.label_vocabulary {vocabulary} differs from the prepared classes {prepared.class_names}; "
+            "prepare again with that vocabulary or remove it"
+        )
     return prepared
 
 

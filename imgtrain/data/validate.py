@@ -128,8 +128,9 @@ def validate_catalog(
     results: list[tuple[Example, CheckResult]] = []
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
         it = pool.map(run, catalog.examples)
-        for item in tqdm(it, total=len(catalog.examples), desc="checking images", unit="img",
-                         disable=not progress, leave=False):
+        for item in tqdm(
+            it, total=len(catalog.examples), desc="checking images", unit="img", disable=not progress, leave=False
+        ):
             results.append(item)
 
     kept: list[Example] = []
@@ -142,7 +143,8 @@ def validate_catalog(
         if res.status == BAD:
             if policy == "fail":
                 raise UserError(
-                    f"bad image {ex.path}: {res.reason}; remove or fix it, or set data.on_bad_image=skip to leave it out"
+                    f"bad image {ex.path}: {res.reason}; remove or fix it, "
+                    "or set data.on_bad_image=skip to leave it out"
                 )
             skipped.append({"path": ex.key, "reason": res.reason})
             continue
@@ -172,9 +174,7 @@ def check_classes(catalog: Catalog) -> None:
     counts = Counter(e.label for e in catalog.examples)
     empty = [n for i, n in enumerate(catalog.class_names) if counts[i] == 0]
     if empty:
-        raise UserError(
-            f"class '{empty[0]}' in {catalog.root} has no usable images; add images or remove the class"
-        )
+        raise UserError(f"class '{empty[0]}' in {catalog.root} has no usable images; add images or remove the class")
     train_counts = Counter(e.label for e in catalog.examples if e.split == "train")
     no_train = [n for i, n in enumerate(catalog.class_names) if train_counts[i] == 0]
     if no_train:

@@ -38,9 +38,18 @@ def classification_metrics(confusion: np.ndarray, class_names: Sequence[str]) ->
             name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, name in enumerate(class_names)
         },
-        "macro_avg": {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f.mean()), "support": int(total)},
-        "weighted_avg": {"precision": float((p * weights).sum()), "recall": float((r * weights).sum()),
-                         "f1": float((f * weights).sum()), "support": int(total)},
+        "macro_avg": {
+            "precision": float(p.mean()),
+            "recall": float(r.mean()),
+            "f1": float(f.mean()),
+            "support": int(total),
+        },
+        "weighted_avg": {
+            "precision": float((p * weights).sum()),
+            "recall": float((r * weights).sum()),
+            "f1": float((f * weights).sum()),
+            "support": int(total),
+        },
         "accuracy": float(np.trace(confusion) / total) if total else 0.0,
     }
 

@@ -30,7 +30,12 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path
     side = min(4 + 0.45 * k, 24)
     fig, ax = plt.subplots(figsize=(side, side))
     ConfusionMatrixDisplay(np.asarray(confusion).astype(int), display_labels=list(class_names)).plot(
-        ax=ax, cmap="Blues", colorbar=False, include_values=k <= 30, xticks_rotation="vertical" if k > 8 else "horizontal")
+        ax=ax,
+        cmap="Blues",
+        colorbar=False,
+        include_values=k <= 30,
+        xticks_rotation="vertical" if k > 8 else "horizontal",
+    )
     ax.set_title("Confusion matrix (test split): rows true, columns predicted")
     _save(fig, path)
 
@@ -42,8 +47,13 @@ def _read_history(history_csv: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def curves_png(history_csv: Path, path: Path, best_epoch: Optional[int] = None,
-               objective_differs: str = "", validation_note: str = "") -> bool:
+def curves_png(
+    history_csv: Path,
+    path: Path,
+    best_epoch: Optional[int] = None,
+    objective_differs: str = "",
+    validation_note: str = "",
+) -> bool:
     """Cross-entropy, accuracy and learning rate per epoch; False when there is no history.
 
     Like is plotted with like: the training curve is plain cross-entropy against hard labels
@@ -63,10 +73,19 @@ def curves_png(history_csv: Path, path: Path, best_epoch: Optional[int] = None,
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     train_ce = series("cross_entropy") or series("loss")  # histories before 0.2 have no cross_entropy
     panels = (
-        (axes[0], "cross-entropy", [(train_ce, "train (running, during the epoch)", "-o"),
-                                    (series("val_loss"), "validation", "-s")]),
-        (axes[1], "accuracy", [(series("accuracy"), "train (running, during the epoch)", "-o"),
-                               (series("val_accuracy"), "validation", "-s")]),
+        (
+            axes[0],
+            "cross-entropy",
+            [(train_ce, "train (running, during the epoch)", "-o"), (series("val_loss"), "validation", "-s")],
+        ),
+        (
+            axes[1],
+            "accuracy",
+            [
+                (series("accuracy"), "train (running, during the epoch)", "-o"),
+                (series("val_accuracy"), "validation", "-s"),
+            ],
+        ),
     )
     for ax, name, lines in panels:
         for ys, label, style in lines:
@@ -93,8 +112,9 @@ def curves_png(history_csv: Path, path: Path, best_epoch: Optional[int] = None,
     axes[2].grid(alpha=0.3)
     if best_epoch and best_epoch in epochs:
         for ax in axes:
-            ax.axvline(best_epoch, color="tab:red", linestyle="--", alpha=0.6,
-                       label=f"best epoch {best_epoch} (restored)")
+            ax.axvline(
+                best_epoch, color="tab:red", linestyle="--", alpha=0.6, label=f"best epoch {best_epoch} (restored)"
+            )
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

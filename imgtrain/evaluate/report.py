@@ -11,8 +11,13 @@ from imgtrain import atomic
 from imgtrain.evaluate.metrics import classification_metrics, reports_top_k
 
 
-def build_report(totals: dict[str, Any], class_names: Sequence[str], skipped: Sequence[dict], top_k: int = 5,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    totals: dict[str, Any],
+    class_names: Sequence[str],
+    skipped: Sequence[dict],
+    top_k: int = 5,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything the report says, from the summed evaluation quantities of the test split."""
     confusion = np.asarray(totals["confusion"])
     n = float(totals["count"])
@@ -25,13 +30,15 @@ def build_report(totals: dict[str, Any], class_names: Sequence[str], skipped: Se
     }
     if reports_top_k(len(class_names), top_k):
         report[f"top{top_k}_accuracy"] = float(totals["topk_correct"]) / n if n else 0.0
-    report.update({
-        "per_class": metrics["per_class"],
-        "macro_avg": metrics["macro_avg"],
-        "weighted_avg": metrics["weighted_avg"],
-        "confusion_matrix": confusion.astype(int).tolist(),
-        "skipped_files": list(skipped),
-    })
+    report.update(
+        {
+            "per_class": metrics["per_class"],
+            "macro_avg": metrics["macro_avg"],
+            "weighted_avg": metrics["weighted_avg"],
+            "confusion_matrix": confusion.astype(int).tolist(),
+            "skipped_files": list(skipped),
+        }
+    )
     if extra:
         report.update(extra)
     return report
@@ -58,7 +65,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     for avg in ("macro_avg", "weighted_avg"):
         a = report[avg]
         lines.append(f"| {avg.replace('_', ' ')} F1 | {a['f1']:.4f} |")
-    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name in names:
         m = report["per_class"][name]
         lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")

@@ -64,8 +64,9 @@ def _weights_arg(name: str, weights: Optional[str]) -> Optional[str]:
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise UserError(f"{name} weights file {path} does not exist; set model.{name}.weights to a file, "
-                        "imagenet or none")
+        raise UserError(
+            f"{name} weights file {path} does not exist; set model.{name}.weights to a file, imagenet or none"
+        )
     return str(path)
 
 
@@ -117,4 +118,3 @@ def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> Bu
     if t.fine_tune_layers > 0:
         phases.append(Phase(t.freeze_epochs, t.fine_tune_lr_factor, fine_tune, "fine-tune"))
     return BuiltModel(model, phases, batch_stat_layers=[])
-

@@ -15,8 +15,9 @@ def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> Bu
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for b, filters in enumerate(c.filters):
         for i in range(c.convs_per_block):
-            x = layers.Conv2D(filters, c.kernel_size, padding="same", use_bias=not c.batch_norm,
-                              name=f"block{b + 1}_conv{i + 1}")(x)
+            x = layers.Conv2D(
+                filters, c.kernel_size, padding="same", use_bias=not c.batch_norm, name=f"block{b + 1}_conv{i + 1}"
+            )(x)
             if c.batch_norm:
                 x = layers.BatchNormalization(momentum=c.bn_momentum, name=f"block{b + 1}_bn{i + 1}")(x)
             x = layers.ReLU(name=f"block{b + 1}_relu{i + 1}")(x)

@@ -13,8 +13,8 @@ import keras
 from keras import layers
 
 from imgtrain.config import ModelConfig
-from imgtrain.models.phases import BuiltModel
 from imgtrain.errors import UserError
+from imgtrain.models.phases import BuiltModel
 
 
 def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> BuiltModel:
@@ -22,7 +22,9 @@ def build(cfg: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> Bu
     try:
         activation = keras.activations.get(d.activation)
     except ValueError:
-        raise UserError(f"unknown model.dnn.activation '{d.activation}'; use a Keras activation such as relu, elu, gelu, tanh") from None
+        raise UserError(
+            f"unknown model.dnn.activation '{d.activation}'; use a Keras activation such as relu, elu, gelu, tanh"
+        ) from None
     inputs = keras.Input(shape, name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     x = layers.Flatten(name="flatten")(x)

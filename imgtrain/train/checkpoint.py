@@ -30,8 +30,8 @@ STATE_FIELDS = {
     "best": tf.float64,
     "best_epoch": tf.int64,
     "wait": tf.int64,
-    "ce_sum": tf.float64,
-    "stopped_early": tf.int64,  # 1 once early stopping ended the run: a rerun must not train on  # the epoch's plain cross-entropy so far (a mid-epoch resume)
+    "ce_sum": tf.float64,  # the epoch's plain cross-entropy so far (a mid-epoch resume)
+    "stopped_early": tf.int64,  # 1 once early stopping ended the run: a rerun must not train on
     "lr_scale": tf.float32,  # the plateau schedule's multiplier
     "plateau_best": tf.float64,
     "plateau_wait": tf.int64,
@@ -72,9 +72,16 @@ class CheckpointStore:
     worker can restore them without reading another worker's files.
     """
 
-    def __init__(self, save_dir: Optional[Path], restore_dir: Optional[Path], model: keras.Model,
-                 optimizer: keras.optimizers.Optimizer, state: LoopState, keep: int,
-                 after_save: Optional[Callable[[Path], None]] = None) -> None:
+    def __init__(
+        self,
+        save_dir: Optional[Path],
+        restore_dir: Optional[Path],
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        state: LoopState,
+        keep: int,
+        after_save: Optional[Callable[[Path], None]] = None,
+    ) -> None:
         self.save_dir = Path(save_dir) if save_dir else None
         self.restore_dir = Path(restore_dir) if restore_dir else None
         self.model = model
@@ -82,16 +89,18 @@ class CheckpointStore:
         self.after_save = after_save
         self.model_vars = [v.value if isinstance(v, keras.Variable) else v for v in model.variables]
         self.optimizer_vars = [v.value if isinstance(v, keras.Variable) else v for v in optimizer.variables]
-        self.best_vars = [tf.Variable(v.read_value(), trainable=False, name=f"best_{i}")
-                          for i, v in enumerate(self.model_vars)]
+        self.best_vars = [
+            tf.Variable(v.read_value(), trainable=False, name=f"best_{i}") for i, v in enumerate(self.model_vars)
+        ]
         self.checkpoint = tf.train.Checkpoint(
             model=_by_position(self.model_vars),
             optimizer=_by_position(self.optimizer_vars),
             best=_by_position(self.best_vars),
             loop=dict(state.vars),
         )
-        self.manager = (tf.train.CheckpointManager(self.checkpoint, str(self.save_dir), max_to_keep=keep)
-                        if self.save_dir else None)
+        self.manager = (
+            tf.train.CheckpointManager(self.checkpoint, str(self.save_dir), max_to_keep=keep) if self.save_dir else None
+        )
         self.latest: Optional[str] = None
 
     def all_variables(self) -> list:
@@ -106,8 +115,7 @@ class CheckpointStore:
         state = tf.train.get_checkpoint_state(str(self.restore_dir))
         if state is None or not state.model_checkpoint_path:
             return False
-        candidates = list(dict.fromkeys([state.model_checkpoint_path,
-                                         *reversed(state.all_model_checkpoint_paths)]))
+        candidates = list(dict.fromkeys([state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]))
         for i, path in enumerate(candidates):
             if not Path(path).is_absolute():
                 path = str(self.restore_dir / path)
@@ -121,8 +129,10 @@ class CheckpointStore:
                 log(f"resuming from the newest complete checkpoint, {path}")
             self.latest = path
             return True
-        raise UserError(f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} are damaged); "
-                        "start again with a new --output")
+        raise UserError(
+            f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} are damaged); "
+            "start again with a new --output"
+        )
 
     def save(self) -> Optional[str]:
         if self.manager is None:

@@ -28,11 +28,16 @@ def k8s_indexed_job_tf_config(env: Mapping[str, str]) -> dict:
     the pod template's ``subdomain``) and ``IMGTRAIN_JOB_NAME`` (the Job's
     name, e.g. from the ``job-name`` label); ``IMGTRAIN_PORT`` defaults to 12345.
     """
-    missing = [k for k in ("JOB_COMPLETION_INDEX", "IMGTRAIN_WORKERS", "IMGTRAIN_SERVICE", "IMGTRAIN_JOB_NAME")
-               if not env.get(k)]
+    missing = [
+        k
+        for k in ("JOB_COMPLETION_INDEX", "IMGTRAIN_WORKERS", "IMGTRAIN_SERVICE", "IMGTRAIN_JOB_NAME")
+        if not env.get(k)
+    ]
     if missing:
-        raise UserError(f"--cluster k8s-indexed-job needs the environment variable {missing[0]}; "
-                        "see k8s/multiworker-job for a Job that sets them")
+        raise UserError(
+            f"--cluster k8s-indexed-job needs the environment variable {missing[0]}; "
+            "see k8s/multiworker-job for a Job that sets them"
+        )
     try:
         index = int(env["JOB_COMPLETION_INDEX"])
         workers = int(env["IMGTRAIN_WORKERS"])
@@ -40,8 +45,10 @@ def k8s_indexed_job_tf_config(env: Mapping[str, str]) -> dict:
     except ValueError:
         raise UserError("JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS and IMGTRAIN_PORT must be integers") from None
     if workers < 1 or not 0 <= index < workers:
-        raise UserError(f"JOB_COMPLETION_INDEX {index} is outside 0..{workers - 1} (IMGTRAIN_WORKERS={workers}); "
-                        "IMGTRAIN_WORKERS must equal the Job's completions")
+        raise UserError(
+            f"JOB_COMPLETION_INDEX {index} is outside 0..{workers - 1} (IMGTRAIN_WORKERS={workers}); "
+            "IMGTRAIN_WORKERS must equal the Job's completions"
+        )
     job, service = env["IMGTRAIN_JOB_NAME"], env["IMGTRAIN_SERVICE"]
     namespace = env.get("IMGTRAIN_NAMESPACE")
     domain = f"{service}.{namespace}.svc" if namespace else service

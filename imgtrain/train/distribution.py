@@ -120,7 +120,7 @@ class Distribution:
         mean = self.host_sum(flat) / self.world_size
         offset = 0
         for v, x in zip(variables, values):
-            v.assign(mean[offset:offset + x.size].reshape(x.shape).astype(v.dtype))
+            v.assign(mean[offset : offset + x.size].reshape(x.shape).astype(v.dtype))
             offset += x.size
 
     def agree(self, flag: bool) -> bool:
@@ -146,8 +146,12 @@ class Distribution:
         """Clean up after a save (non-chief MultiWorker copies are throw-away)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"strategy": self.name, "world_size": self.world_size, "num_replicas": self.num_replicas,
-                "rank": self.rank}
+        return {
+            "strategy": self.name,
+            "world_size": self.world_size,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+        }
 
 
 class SingleDevice(Distribution):
@@ -169,7 +173,9 @@ class _Distributed(Distribution):
             def replica() -> tf.Tensor:
                 # identity places the value on this replica's device; collectives need one
                 return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(x))
+
             return strategy.run(replica)
+
         return all_reduce
 
     def host_sum(self, values: Sequence[float]) -> np.ndarray:
@@ -193,13 +199,16 @@ class MultiWorker(_Distributed):
     def __init__(self) -> None:
         config = tf_config()
         if not config:
-            raise UserError("train.strategy multiworker needs TF_CONFIG (or --cluster k8s-indexed-job); "
-                            "start workers with launch/multiworker.py")
+            raise UserError(
+                "train.strategy multiworker needs TF_CONFIG (or --cluster k8s-indexed-job); "
+                "start workers with launch/multiworker.py"
+            )
         self.resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=self.resolver)
         cluster = config.get("cluster", {})
-        tasks = [("chief", i) for i in range(len(cluster.get("chief", [])))] + \
-                [("worker", i) for i in range(len(cluster.get("worker", [])))]
+        tasks = [("chief", i) for i in range(len(cluster.get("chief", [])))] + [
+            ("worker", i) for i in range(len(cluster.get("worker", [])))
+        ]
         task = config.get("task", {})
         me = (task.get("type", "worker"), int(task.get("index", 0)))
         self._rank = tasks.index(me) if me in tasks else 0
@@ -234,8 +243,10 @@ class Horovod(Distribution):
         try:
             import horovod.tensorflow as hvd
         except ImportError:
-            raise UserError("train.strategy horovod needs Horovod; install it with launch/install_horovod.sh "
-                            "(make install does) and start with horovodrun") from None
+            raise UserError(
+                "train.strategy horovod needs Horovod; install it with launch/install_horovod.sh "
+                "(make install does) and start with horovodrun"
+            ) from None
         hvd.init()
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
@@ -292,8 +303,10 @@ def tf_config() -> dict:
     try:
         return json.loads(raw)
     except ValueError:
-        raise UserError("TF_CONFIG is not valid JSON; it must look like "
-                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
+        raise UserError(
+            "TF_CONFIG is not valid JSON; it must look like "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
 
 
 def detect_strategy() -> str:
@@ -311,7 +324,10 @@ def detect_strategy() -> str:
 
 # The one table of strategies; config.STRATEGIES is "auto" plus these keys (a test checks).
 STRATEGY_CLASSES: dict[str, type[Distribution]] = {
-    "single": SingleDevice, "mirrored": Mirrored, "multiworker": MultiWorker, "horovod": Horovod,
+    "single": SingleDevice,
+    "mirrored": Mirrored,
+    "multiworker": MultiWorker,
+    "horovod": Horovod,
 }
 
 

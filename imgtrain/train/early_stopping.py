@@ -42,7 +42,8 @@ class EarlyStopping:
         """Record one epoch; return (is the new best, should training stop)."""
         if self.monitor not in logs:
             raise UserError(
-                f"train.early_stopping.monitor '{self.monitor}' is not a logged metric; choose one of: {', '.join(sorted(logs))}"
+                f"train.early_stopping.monitor '{self.monitor}' is not a logged metric; "
+                f"choose one of: {', '.join(sorted(logs))}"
             )
         value = float(logs[self.monitor])
         if self.improved(value):

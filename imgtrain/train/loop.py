@@ -34,8 +34,19 @@ from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
 
-HISTORY_FIELDS = ["epoch", "phase", "loss", "cross_entropy", "accuracy", "val_loss", "val_accuracy", "val_top{k}_accuracy",
-                  "learning_rate", "images_per_sec", "seconds"]
+HISTORY_FIELDS = [
+    "epoch",
+    "phase",
+    "loss",
+    "cross_entropy",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_top{k}_accuracy",
+    "learning_rate",
+    "images_per_sec",
+    "seconds",
+]
 
 
 @dataclass
@@ -109,15 +120,25 @@ def make_eval_step(model: keras.Model, dist: Distribution, num_classes: int, top
     return step
 
 
-def evaluate_sums(model: keras.Model, dist: Distribution, dataset_fn: Callable[[], tf.data.Dataset], num_classes: int,
-                  top_k: int = 5, progress: bool = False, desc: str = "evaluating",
-                  step: Optional[Callable] = None) -> dict[str, np.ndarray]:
+def evaluate_sums(
+    model: keras.Model,
+    dist: Distribution,
+    dataset_fn: Callable[[], tf.data.Dataset],
+    num_classes: int,
+    top_k: int = 5,
+    progress: bool = False,
+    desc: str = "evaluating",
+    step: Optional[Callable] = None,
+) -> dict[str, np.ndarray]:
     """Sum the evaluation quantities over a whole dataset (across all workers): exact under any sharding.
     ``step``: a step from ``make_eval_step`` to reuse (it is traced once per model)."""
     step = step or make_eval_step(model, dist, num_classes, top_k)
     totals: dict[str, np.ndarray] = {
-        "loss_sum": np.float64(0), "correct": np.float64(0), "topk_correct": np.float64(0),
-        "count": np.float64(0), "confusion": np.zeros((num_classes, num_classes), np.float64),
+        "loss_sum": np.float64(0),
+        "correct": np.float64(0),
+        "topk_correct": np.float64(0),
+        "count": np.float64(0),
+        "confusion": np.zeros((num_classes, num_classes), np.float64),
     }
     for batch in tqdm(dist.distribute(dataset_fn), desc=desc, unit="batch", leave=False, disable=not progress):
         out = step(batch)
@@ -137,9 +158,18 @@ def summarize(totals: dict[str, np.ndarray], prefix: str = "val_", top_k: int = 
 class TrainLoop:
     """Runs epochs, evaluates, checkpoints, stops early and restores the best weights."""
 
-    def __init__(self, built: BuiltModel, optimizer: keras.optimizers.Optimizer, dist: Distribution,
-                 data: LoopData, store: CheckpointStore, early: EarlyStopping, run_dir: Path,
-                 options: LoopOptions, plateau: Optional[Plateau] = None) -> None:
+    def __init__(
+        self,
+        built: BuiltModel,
+        optimizer: keras.optimizers.Optimizer,
+        dist: Distribution,
+        data: LoopData,
+        store: CheckpointStore,
+        early: EarlyStopping,
+        run_dir: Path,
+        options: LoopOptions,
+        plateau: Optional[Plateau] = None,
+    ) -> None:
         self.built = built
         self.model = built.model
         self.optimizer = optimizer
@@ -182,8 +212,9 @@ class TrainLoop:
             weight = w * tf.gather(class_w, y) * real  # what one example's loss counts for
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)
-                per_ex = mixed_loss(lambda labels: cross_entropy(labels, logits, num_classes, smoothing),
-                                    y, weight, lam, mix.active)
+                per_ex = mixed_loss(
+                    lambda labels: cross_entropy(labels, logits, num_classes, smoothing), y, weight, lam, mix.active
+                )
                 loss = tf.reduce_sum(per_ex) / tf.maximum(n, 1.0)
                 if model.losses:
                     loss += tf.add_n(model.losses) / dist.num_replicas
@@ -196,10 +227,12 @@ class TrainLoop:
             w_main = tf.where(main, w * real, partner(w * real)) if mix.active else w * real
             pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
             real64 = tf.cast(real, tf.float64)
-            stats = (tf.reduce_sum(tf.cast(per_ex, tf.float64)),
-                     tf.reduce_sum(tf.cast(tf.equal(pred, y_main), tf.float64) * real64),
-                     tf.reduce_sum(real64),
-                     tf.reduce_sum(tf.cast(cross_entropy(y_main, logits, num_classes) * w_main, tf.float64)))
+            stats = (
+                tf.reduce_sum(tf.cast(per_ex, tf.float64)),
+                tf.reduce_sum(tf.cast(tf.equal(pred, y_main), tf.float64) * real64),
+                tf.reduce_sum(real64),
+                tf.reduce_sum(tf.cast(cross_entropy(y_main, logits, num_classes) * w_main, tf.float64)),
+            )
             return grads, stats
 
         compute_fn = tf.function(compute, jit_compile=True) if self.jit_compile else compute
@@ -233,7 +266,10 @@ class TrainLoop:
         EMA of the weights when it is on, with BatchNorm statistics re-estimated for them (precise
         BN). Returns what puts the training weights back; without EMA the re-estimated statistics
         stay, and training continues its moving averages from them."""
-        restore: Callable[[], None] = lambda: None
+
+        def restore() -> None:
+            pass
+
         if self.ema:
             saved = [(v, keras.ops.convert_to_numpy(v)) for v in self.model.variables]
             self.optimizer.finalize_variable_values(self.optimized_variables)
@@ -241,6 +277,7 @@ class TrainLoop:
             def restore() -> None:
                 for v, value in saved:
                     v.assign(value)
+
         if self.precise_bn_batches:
             self.precise_bn(lambda: self.data.train(epoch, 0), self.precise_bn_batches)
         return restore
@@ -279,9 +316,16 @@ class TrainLoop:
         early.best, early.best_epoch, early.wait = float(st.get("best")), int(st.get("best_epoch")), int(st.get("wait"))
         if restored:
             where = f"epoch {start_epoch + 1}" + (f", step {skip + 1}" if skip else "")
-            self.log(f"resuming from checkpoint {self.store.latest or 'of rank 0'}: {start_epoch} epoch(s) done, "
-                     f"continuing at {where}")
-        return start_epoch, skip, (start_epoch if restored else None), (self._load_history(start_epoch) if restored else [])
+            self.log(
+                f"resuming from checkpoint {self.store.latest or 'of rank 0'}: {start_epoch} epoch(s) done, "
+                f"continuing at {where}"
+            )
+        return (
+            start_epoch,
+            skip,
+            (start_epoch if restored else None),
+            (self._load_history(start_epoch) if restored else []),
+        )
 
     def _enter_phase(self, epoch: int) -> None:
         wanted = self.built.phase_at(epoch)
@@ -291,15 +335,25 @@ class TrainLoop:
         wanted.apply(self.model)
         self._step_fn = self._make_train_step(list(self.model.trainable_variables))
         if len(self.built.phases) > 1:
-            self.log(f"phase '{wanted.name}' from epoch {epoch + 1}: "
-                     f"{len(self.model.trainable_variables)} trainable tensors, lr x{wanted.lr_factor:g}")
+            self.log(
+                f"phase '{wanted.name}' from epoch {epoch + 1}: "
+                f"{len(self.model.trainable_variables)} trainable tensors, lr x{wanted.lr_factor:g}"
+            )
 
     def _run_epoch(self, epoch: int, skip: int) -> tuple[RunningSums, float]:
         """Train the steps of one epoch from ``skip`` on; returns the epoch's sums and seconds."""
         st, steps = self.state, self.data.steps_per_epoch
         sums = RunningSums.from_state(st, epoch, skip) if skip else RunningSums(epoch=epoch)
-        bar = tqdm(total=steps, initial=skip, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                   disable=not self.progress, leave=True, dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(
+            total=steps,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            unit="step",
+            disable=not self.progress,
+            leave=True,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
         start = last_flush = time.perf_counter()
         # The step pulls its batch from the iterator inside the graph, and results stay on the
         # device until the progress bar or a checkpoint needs them: the host is not a sync
@@ -312,8 +366,12 @@ class TrainLoop:
                 bar.update(1)
                 if now - last_flush > 0.5:
                     last_flush = now
-                    bar.set_postfix(loss=f"{sums.mean('loss'):.4f}", acc=f"{sums.mean('accuracy'):.4f}",
-                                    img_s=f"{sums.images_this_call() / max(now - start, 1e-9):.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{sums.mean('loss'):.4f}",
+                        acc=f"{sums.mean('accuracy'):.4f}",
+                        img_s=f"{sums.images_this_call() / max(now - start, 1e-9):.0f}",
+                        refresh=False,
+                    )
             done = step + 1
             if self.every_steps and done % self.every_steps == 0 and done < steps:
                 sums.to_state(st, step_in_epoch=done)
@@ -326,12 +384,26 @@ class TrainLoop:
         """Evaluate, stop early or not, drop the plateau rate, checkpoint: (logs, improved, stop)."""
         early = self.early
         self.dist.average_state([v for v in self.model.non_trainable_variables if v.dtype.startswith("float")])
-        logs = {"loss": sums.mean("loss"), "cross_entropy": sums.mean("cross_entropy"),
-                "accuracy": sums.mean("accuracy")}
+        logs = {
+            "loss": sums.mean("loss"),
+            "cross_entropy": sums.mean("cross_entropy"),
+            "accuracy": sums.mean("accuracy"),
+        }
         training_weights = self._evaluation_weights(epoch)
         if self.data.val is not None:
-            logs.update(summarize(evaluate_sums(self.model, self.dist, self.data.val, self.data.num_classes,
-                                                self.data.top_k, step=self._eval_step()), top_k=self.data.top_k))
+            logs.update(
+                summarize(
+                    evaluate_sums(
+                        self.model,
+                        self.dist,
+                        self.data.val,
+                        self.data.num_classes,
+                        self.data.top_k,
+                        step=self._eval_step(),
+                    ),
+                    top_k=self.data.top_k,
+                )
+            )
         improved, should_stop = early.update(epoch, logs)
         stop = self.dist.agree(should_stop)
         if stop:  # checkpointed with the epoch: a crash from here on must not train again
@@ -342,10 +414,21 @@ class TrainLoop:
         if self.plateau is not None:
             dropped = self.plateau.update(logs)
             if dropped is not None:
-                self.log(f"{self.plateau.monitor} has not improved for {self.plateau.patience + 1} epoch(s): "
-                         f"learning rate x{dropped:g} of its schedule from epoch {epoch + 2}")
-        self.state.set(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, correct=0.0, count=0.0, ce_sum=0.0,
-                       best=early.best, best_epoch=early.best_epoch, wait=early.wait)
+                self.log(
+                    f"{self.plateau.monitor} has not improved for {self.plateau.patience + 1} epoch(s): "
+                    f"learning rate x{dropped:g} of its schedule from epoch {epoch + 2}"
+                )
+        self.state.set(
+            epoch=epoch + 1,
+            step_in_epoch=0,
+            loss_sum=0.0,
+            correct=0.0,
+            count=0.0,
+            ce_sum=0.0,
+            best=early.best,
+            best_epoch=early.best_epoch,
+            wait=early.wait,
+        )
         self.store.save()
         return logs, improved, stop
 
@@ -355,8 +438,10 @@ class TrainLoop:
         result = FitResult(resumed_from_epoch=resumed_from)
         finished_early = bool(self.state.get("stopped_early"))
         if finished_early:
-            self.log(f"this run already stopped early after epoch {start_epoch}; not training again "
-                     f"(best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1})")
+            self.log(
+                f"this run already stopped early after epoch {start_epoch}; not training again "
+                f"(best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1})"
+            )
             start_epoch = self.epochs
         hooks = [hook for hook in (self.reporter(),) if hook is not None]
         self._phase = None
@@ -369,17 +454,24 @@ class TrainLoop:
             images_total += sums.images
             seconds_total += seconds
             logs, improved, stop = self._end_epoch(epoch, sums)
-            row = {"epoch": epoch + 1, "phase": self._phase.name, **{k: f"{v:.6f}" for k, v in logs.items()},
-                   "learning_rate": f"{lr:.6g}", "images_per_sec": f"{sums.images / max(seconds, 1e-9):.1f}",
-                   "seconds": f"{seconds:.2f}"}
+            row = {
+                "epoch": epoch + 1,
+                "phase": self._phase.name,
+                **{k: f"{v:.6f}" for k, v in logs.items()},
+                "learning_rate": f"{lr:.6g}",
+                "images_per_sec": f"{sums.images / max(seconds, 1e-9):.1f}",
+                "seconds": f"{seconds:.2f}",
+            }
             history.append(row)
             self._write_history(history)
             for hook in hooks:
                 hook.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
             if stop:
-                self.log(f"early stopping: {early.monitor} has not improved for {early.wait} epoch(s); "
-                         f"best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1}")
+                self.log(
+                    f"early stopping: {early.monitor} has not improved for {early.wait} epoch(s); "
+                    f"best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1}"
+                )
                 break
         for hook in hooks:
             hook.close()
@@ -437,7 +529,8 @@ class RunningSums:
                     raise UserError(
                         f"the training loss became {row[0]} at epoch {self.epoch + 1}, step {self.next_step + k + 1}; "
                         "the last good checkpoint is kept. Lower train.optimizer.learning_rate, set "
-                        "train.optimizer.clipnorm, or check the data and weights")
+                        "train.optimizer.clipnorm, or check the data and weights"
+                    )
             self.next_step += len(rows)
             vals = np.sum(rows, axis=0)
             self.values = self.values + vals
@@ -463,13 +556,16 @@ class EpochReporter:
 
     def __init__(self, logs_dir: Path, epochs: int, log: Callable[[str], None]) -> None:
         self.epochs, self.log = epochs, log
-        self.writers = {"train": tf.summary.create_file_writer(str(logs_dir / "train")),
-                        "validation": tf.summary.create_file_writer(str(logs_dir / "validation"))}
+        self.writers = {
+            "train": tf.summary.create_file_writer(str(logs_dir / "train")),
+            "validation": tf.summary.create_file_writer(str(logs_dir / "validation")),
+        }
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "cross_entropy")
-        self.log(f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  {img_s:.0f} img/s"
-                 f"{'  *best*' if improved else ''}")
+        self.log(
+            f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  {img_s:.0f} img/s{'  *best*' if improved else ''}"
+        )
         self._summaries(epoch + 1, logs, lr, img_s)
 
     def close(self) -> None:

@@ -105,8 +105,9 @@ def partner(values: tf.Tensor) -> tf.Tensor:
     return tf.reverse(values, axis=[0])
 
 
-def mixed_loss(per_target: Callable[[tf.Tensor], tf.Tensor], y: tf.Tensor, weight: tf.Tensor, lam: tf.Tensor,
-               mixing: bool) -> tf.Tensor:
+def mixed_loss(
+    per_target: Callable[[tf.Tensor], tf.Tensor], y: tf.Tensor, weight: tf.Tensor, lam: tf.Tensor, mixing: bool
+) -> tf.Tensor:
     """Per-example loss of a possibly mixed batch: ``lam`` x the loss against each example's own
     label, with its own weight, plus ``1 - lam`` x the loss against its partner's label, with the
     partner's weight. ``per_target(labels)`` is the per-example (smoothed) cross-entropy."""

@@ -24,9 +24,18 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
     the monitored metric stops improving (``Plateau``); it lives in the checkpoint.
     """
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str, step_every: int = 1,
-                 step_factor: float = 0.1, min_ratio: float = 0.0,
-                 phases: Sequence[tuple[int, float]] = (), scale: Optional[tf.Variable] = None) -> None:
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        warmup_steps: int,
+        kind: str,
+        step_every: int = 1,
+        step_factor: float = 0.1,
+        min_ratio: float = 0.0,
+        phases: Sequence[tuple[int, float]] = (),
+        scale: Optional[tf.Variable] = None,
+    ) -> None:
         self.peak = float(peak)
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = max(0, int(warmup_steps))
@@ -60,9 +69,16 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self) -> dict:
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "kind": self.kind, "step_every": self.step_every, "step_factor": self.step_factor,
-                "min_ratio": self.min_ratio, "phases": self.phases}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "kind": self.kind,
+            "step_every": self.step_every,
+            "step_factor": self.step_factor,
+            "min_ratio": self.min_ratio,
+            "phases": self.phases,
+        }
 
 
 def scaled_learning_rate(base: float, replicas: int, enabled: bool) -> float:
@@ -78,9 +94,15 @@ def warmup_epochs(cfg: ScheduleConfig, epochs: int, replicas: int, scaled: bool)
     return min(5.0, epochs / 5.0) if scaled and replicas > 1 else 0.0
 
 
-def build_schedule(cfg: ScheduleConfig, peak: float, steps_per_epoch: int, epochs: int,
-                   phases: Sequence[tuple[int, float]] = (), warmup: Optional[float] = None,
-                   scale: Optional[tf.Variable] = None) -> Schedule:
+def build_schedule(
+    cfg: ScheduleConfig,
+    peak: float,
+    steps_per_epoch: int,
+    epochs: int,
+    phases: Sequence[tuple[int, float]] = (),
+    warmup: Optional[float] = None,
+    scale: Optional[tf.Variable] = None,
+) -> Schedule:
     """The run's schedule; ``warmup`` (epochs) is ``warmup_epochs``'s result, else the config's own."""
     if warmup is None:
         warmup = cfg.warmup_epochs or 0.0
@@ -110,8 +132,10 @@ class Plateau:
     def update(self, logs: dict[str, float]) -> Optional[float]:
         """Record one epoch; return the new scale when the rate drops, else None."""
         if self.monitor not in logs:
-            raise UserError(f"train.schedule.plateau_monitor '{self.monitor}' is not a logged metric; "
-                            f"choose one of: {', '.join(sorted(logs))}")
+            raise UserError(
+                f"train.schedule.plateau_monitor '{self.monitor}' is not a logged metric; "
+                f"choose one of: {', '.join(sorted(logs))}"
+            )
         value, best = float(logs[self.monitor]), float(self.state.get("plateau_best"))
         better = not math.isnan(value) and (math.isnan(best) or (value < best if self.mode == "min" else value > best))
         if better:
@@ -139,8 +163,9 @@ OPTIMIZER_BUILDERS: dict[str, Callable[[OptimizerConfig, Optional[float], dict],
 }
 
 
-def build_optimizer(cfg: OptimizerConfig, learning_rate, precision: str = "float32",
-                    ema_decay: Optional[float] = None) -> keras.optimizers.Optimizer:
+def build_optimizer(
+    cfg: OptimizerConfig, learning_rate, precision: str = "float32", ema_decay: Optional[float] = None
+) -> keras.optimizers.Optimizer:
     common = {"learning_rate": learning_rate}
     if ema_decay is not None:
         # Keras keeps the average in the optimizer's own variables (so it is checkpointed with
@@ -167,11 +192,17 @@ def class_weight_vector(spec, class_names: Sequence[str], train_labels: Sequence
         return [n / (k * c) if c else 0.0 for c in counts]
     unknown = [name for name in spec if name not in class_names]
     if unknown:
-        raise UserError(f"train.class_weights names class '{unknown[0]}', which is not in the data; classes are {list(class_names)}")
+        raise UserError(
+            f"train.class_weights names class '{unknown[0]}', which is not in the data; classes are {list(class_names)}"
+        )
     weights = [float(spec.get(name, 1.0)) for name in class_names]
     bad = [(n, w) for n, w in zip(class_names, weights) if not math.isfinite(w) or w < 0]
     if bad:
-        raise UserError(f"train.class_weights for class '{bad[0][0]}' is {bad[0][1]}; class weights must be finite and >= 0")
+        raise UserError(
+            f"train.class_weights for class '{bad[0][0]}' is {bad[0][1]}; class weights must be finite and >= 0"
+        )
     if not any(weights):
-        raise UserError("every train.class_weights value is 0, so nothing would be learned; give some class a weight > 0")
+        raise UserError(
+            "every train.class_weights value is 0, so nothing would be learned; give some class a weight > 0"
+        )
     return weights

@@ -70,8 +70,9 @@ def _zero_momentum(layers: list) -> Iterator[None]:
 class PreciseBatchNorm:
     """Re-estimates the statistics of a model's BatchNorm layers from training batches."""
 
-    def __init__(self, model: keras.Model, dist: Distribution,
-                 layers: Optional[list[keras.layers.Layer]] = None) -> None:
+    def __init__(
+        self, model: keras.Model, dist: Distribution, layers: Optional[list[keras.layers.Layer]] = None
+    ) -> None:
         self.model = model
         self.dist = dist
         self.layers = batchnorm_layers(model) if layers is None else list(layers)
@@ -87,8 +88,10 @@ class PreciseBatchNorm:
         def replica(x, y, w, real):
             model(x, training=True)
             n = tf.cast(tf.shape(x)[0], tf.float64)
-            stats = [(tf.cast(layer.moving_mean, tf.float64) * n, tf.cast(layer.moving_variance, tf.float64) * n)
-                     for layer in layers]
+            stats = [
+                (tf.cast(layer.moving_mean, tf.float64) * n, tf.cast(layer.moving_variance, tf.float64) * n)
+                for layer in layers
+            ]
             return stats, n
 
         def step(iterator):
