@@ -1,18 +1,21 @@
-"""Run configuration: dataclasses, YAML, ``--set`` overrides, validated at the edge.
+"""Run configuration: the dataclass schema and its checks, validated at the edge.
 
 One ``Config`` describes a run completely. It is built from (in order of
 precedence, lowest first) the dataclass defaults, a YAML file, and
-``section.key=value`` overrides from the command line; then ``validate()``
-checks every value once, so the rest of the code can trust it. The resolved
-config is written to ``RUN_DIR/config.yaml`` so that ``evaluate``, ``predict``
-and a resumed ``train`` see exactly what the first run saw.
+``section.key=value`` overrides from the command line (the text side lives in
+``config_parse``); then ``checked()`` normalises (one image side means a
+square) and validates every value once, each section its own fields, so the
+rest of the code can trust it. Lists of allowed names for components built
+with Keras (optimizers, strategies, backbones) are their tables' keys, repeated
+here only so validation needs no Keras; a test checks each pair agrees. The
+resolved config is written to ``RUN_DIR/config.yaml`` so that ``evaluate``,
+``predict`` and a resumed ``train`` see exactly what the first run saw.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -20,6 +23,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from imgtrain import atomic
+from imgtrain.config_parse import apply_override, from_dict, read_yaml
 from imgtrain.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "ftrl")
@@ -46,6 +50,16 @@ class SplitConfig:
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
+
+    def validate(self) -> None:
+        for name in ("train", "val", "test"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"data.split.{name} must be between 0 and 1, got {getattr(self, name)}")
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6 or self.train <= 0:
+            raise UserError(
+                f"data.split fractions must be positive for train and sum to 1, got "
+                f"train={self.train} val={self.val} test={self.test}"
+            )
 
 
 @dataclass
@@ -82,6 +96,22 @@ class AugmentConfig:
     mix_switch_prob: float = 0.5  # with both on: the chance a batch gets CutMix rather than MixUp
     mix_prob: float = 1.0  # the chance a batch is mixed at all
 
+    def validate(self) -> None:
+        _choice("data.augment.fill_mode", self.fill_mode, FILL_MODES)
+        _in_range("data.augment.rotation", self.rotation, 0.0, 180.0)
+        _in_range("data.augment.zoom", self.zoom, 0.0, 1.0, high_open=True)
+        _in_range("data.augment.translate", self.translate, 0.0, 1.0)
+        _in_range("data.augment.brightness", self.brightness, 0.0, 1.0)
+        _in_range("data.augment.contrast", self.contrast, 0.0, 1.0, high_open=True)
+        _range_pair("data.augment.crop_scale", self.crop_scale, 0.0, 1.0)
+        _range_pair("data.augment.crop_ratio", self.crop_ratio, 0.0, 100.0)
+        for name in ("mixup", "cutmix"):
+            _in_range(f"data.augment.{name}", getattr(self, name), 0.0, 100.0)
+        _in_range("data.augment.mix_switch_prob", self.mix_switch_prob, 0.0, 1.0)
+        _in_range("data.augment.mix_prob", self.mix_prob, 0.0, 1.0)
+        self.randaugment.validate()
+        self.random_erasing.validate()
+
 
 @dataclass
 class RandAugmentConfig:
@@ -89,6 +119,11 @@ class RandAugmentConfig:
 
     num_ops: int = 0  # 0: off; 2 is the usual choice
     magnitude: float = 9.0
+
+    def validate(self) -> None:
+        if self.num_ops < 0 or self.num_ops > 10:
+            raise UserError(f"data.augment.randaugment.num_ops must be 0 (off) to 10, got {self.num_ops}")
+        _in_range("data.augment.randaugment.magnitude", self.magnitude, 0.0, 30.0)
 
 
 @dataclass
@@ -99,6 +134,12 @@ class RandomErasingConfig:
     area: list[float] = field(default_factory=lambda: [0.02, 1 / 3])  # of the image
     ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])  # aspect ratio of the box
     fill: str = "noise"  # noise (per-pixel normal, timm's "pixel" mode) or mean (the ImageNet mean colour)
+
+    def validate(self) -> None:
+        _in_range("data.augment.random_erasing.probability", self.probability, 0.0, 1.0)
+        _choice("data.augment.random_erasing.fill", self.fill, ERASING_FILLS)
+        _range_pair("data.augment.random_erasing.area", self.area, 0.0, 1.0)
+        _range_pair("data.augment.random_erasing.ratio", self.ratio, 0.0, 100.0)
 
 
 @dataclass
@@ -121,6 +162,33 @@ class DataConfig:
         """The centre-crop fraction evaluation uses: only when training crops at random."""
         return self.eval_crop_fraction if self.augment.random_resized_crop else None
 
+    def normalise(self) -> None:
+        """One image side means a square; vocabulary entries are class-folder names, so strings."""
+        if len(self.image_size) == 1:
+            self.image_size = [self.image_size[0], self.image_size[0]]
+        if self.label_vocabulary is not None:
+            self.label_vocabulary = [str(v) for v in self.label_vocabulary]
+
+    def validate(self) -> None:
+        _choice("data.on_bad_image", self.on_bad_image, ("fail", "skip"))
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise UserError(f"data.image_size must be one or two positive integers, got {self.image_size}")
+        if max(self.image_size) > MAX_IMAGE_SIDE:
+            raise UserError(
+                f"data.image_size {self.image_size} is larger than {MAX_IMAGE_SIDE} pixels a side; "
+                "a batch of such images cannot fit in memory. Use a smaller --image-size"
+            )
+        _positive("data.shuffle_buffer", self.shuffle_buffer)
+        if self.eval_crop_fraction is not None:
+            _in_range("data.eval_crop_fraction", self.eval_crop_fraction, 0.0, 1.0, low_open=True)
+        if self.label_vocabulary is not None:
+            if len(set(self.label_vocabulary)) != len(self.label_vocabulary):
+                raise UserError("data.label_vocabulary has repeated entries; list each class once")
+            if len(self.label_vocabulary) < 2:
+                raise UserError("data.label_vocabulary needs at least two classes")
+        self.split.validate()
+        self.augment.validate()
+
 
 @dataclass
 class CnnConfig:
@@ -131,6 +199,18 @@ class CnnConfig:
     bn_momentum: float = 0.99  # evaluation statistics are re-estimated anyway (train.precise_bn)
     dropout: float = 0.1  # after each block
     head_dropout: float = 0.3
+
+    def validate(self) -> None:
+        if not self.filters or min(self.filters) < 1:
+            raise UserError(f"model.cnn.filters must be a non-empty list of positive integers, got {self.filters}")
+        if self.convs_per_block < 1 or self.kernel_size < 1:
+            raise UserError(
+                f"model.cnn needs filters >= 1 (got {self.filters}), convs_per_block >= 1 (got "
+                f"{self.convs_per_block}) and kernel_size >= 1 (got {self.kernel_size})"
+            )
+        _in_range("model.cnn.bn_momentum", self.bn_momentum, 0.0, 1.0, high_open=True)
+        _in_range("model.cnn.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _in_range("model.cnn.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -143,6 +223,12 @@ class TransferConfig:
     fine_tune_lr_factor: float = 0.1
     head_dropout: float = 0.2
 
+    def validate(self, name: str) -> None:
+        _in_range(f"model.{name}.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
+        _in_range(f"model.{name}.fine_tune_lr_factor", self.fine_tune_lr_factor, 0.0, 1e6, low_open=True)
+        if self.freeze_epochs < 0 or self.fine_tune_layers < 0:
+            raise UserError(f"model.{name}.freeze_epochs and fine_tune_layers must be 0 or more")
+
 
 @dataclass
 class DnnConfig:
@@ -150,6 +236,13 @@ class DnnConfig:
     activation: str = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
+
+    def validate(self) -> None:
+        if not self.hidden_units or min(self.hidden_units) < 1:
+            raise UserError(
+                f"model.dnn.hidden_units must be a non-empty list of positive integers, got {self.hidden_units}"
+            )
+        _in_range("model.dnn.dropout", self.dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -167,6 +260,13 @@ class ModelConfig:
         """The section of the chosen backbone."""
         return getattr(self, self.name)
 
+    def validate(self) -> None:
+        _choice("model.name", self.name, MODELS)
+        self.cnn.validate()
+        self.dnn.validate()
+        for name in BACKBONES:
+            getattr(self, name).validate(name)
+
 
 @dataclass
 class OptimizerConfig:
@@ -176,6 +276,15 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgd, rmsprop
     nesterov: bool = False  # sgd
     clipnorm: Optional[float] = None
+
+    def validate(self) -> None:
+        _choice("train.optimizer.name", self.name, OPTIMIZERS)
+        _positive("train.optimizer.learning_rate", self.learning_rate)
+        if self.weight_decay is not None:
+            _in_range("train.optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
+        _in_range("train.optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        if self.clipnorm is not None:
+            _positive("train.optimizer.clipnorm", self.clipnorm)
 
 
 @dataclass
@@ -191,6 +300,17 @@ class ScheduleConfig:
     plateau_patience: int = 2  # plateau: epochs without improvement before the rate drops
     plateau_factor: float = 0.1  # plateau: what the rate is multiplied by
 
+    def validate(self, epochs: int) -> None:
+        _choice("train.schedule.name", self.name, SCHEDULES)
+        if self.warmup_epochs is not None:
+            _in_range("train.schedule.warmup_epochs", self.warmup_epochs, 0.0, float(epochs))
+        _positive("train.schedule.step_epochs", self.step_epochs)
+        _in_range("train.schedule.step_factor", self.step_factor, 0.0, 1.0, low_open=True)
+        _in_range("train.schedule.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _in_range("train.schedule.plateau_factor", self.plateau_factor, 0.0, 1.0, low_open=True, high_open=True)
+        if self.plateau_patience < 0:
+            raise UserError(f"train.schedule.plateau_patience must be 0 or more, got {self.plateau_patience}")
+
 
 @dataclass
 class EarlyStoppingConfig:
@@ -200,11 +320,22 @@ class EarlyStoppingConfig:
     patience: int = 5
     min_delta: float = 0.0
 
+    def validate(self) -> None:
+        _choice("train.early_stopping.mode", self.mode, ("auto", "min", "max"))
+        _in_range("train.early_stopping.min_delta", self.min_delta, 0.0, float("1e30"))
+        if self.patience < 0:
+            raise UserError(f"train.early_stopping.patience must be 0 or more, got {self.patience}")
+
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0  # 0: once per epoch only
     keep: int = 3
+
+    def validate(self) -> None:
+        _positive("train.checkpoint.keep", self.keep)
+        if self.every_steps < 0:
+            raise UserError("train.checkpoint.every_steps must be 0 (per epoch only) or positive")
 
 
 @dataclass
@@ -213,6 +344,10 @@ class EmaConfig:
     the report and the exports. null: off; 0.999 or 0.9999 for long runs."""
 
     decay: Optional[float] = None
+
+    def validate(self) -> None:
+        if self.decay is not None:
+            _in_range("train.ema.decay", self.decay, 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass
@@ -223,6 +358,9 @@ class PreciseBnConfig:
     # past (momentum ** steps_per_epoch > 0.05: under 300 steps at Keras' 0.99); true/false: always/never
     enabled: Optional[bool] = None
     samples: int = 1024  # training images to estimate from (at most one epoch)
+
+    def validate(self) -> None:
+        _positive("train.precise_bn.samples", self.samples)
 
 
 @dataclass
@@ -244,10 +382,33 @@ class TrainConfig:
     cluster: str = "auto"  # how TF_CONFIG is found: auto, none, or k8s-indexed-job (built from the Job's env)
     scale_lr: bool = True  # linear scaling rule with the number of replicas
 
+    def validate(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.strategy", self.strategy, STRATEGIES)
+        _choice("train.cluster", self.cluster, CLUSTERS)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
+            raise UserError(
+                "train.class_weights must be 'balanced' or a mapping of class name to weight, "
+                f"got '{self.class_weights}'"
+            )
+        self.optimizer.validate()
+        self.schedule.validate(self.epochs)
+        self.early_stopping.validate()
+        self.checkpoint.validate()
+        self.ema.validate()
+        self.precise_bn.validate()
+
 
 @dataclass
 class EvaluateConfig:
     top_k: int = 5
+
+    def validate(self) -> None:
+        _positive("evaluate.top_k", self.top_k)
 
 
 @dataclass
@@ -273,8 +434,7 @@ class Config:
         cfg = from_dict(cls, raw, where=where, prefix="")
         for item in overrides or []:
             cfg = apply_override(cfg, item)
-        cfg.validate()
-        return cfg
+        return cfg.checked()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,151 +443,33 @@ class Config:
         """Write the resolved config atomically so a crash never leaves half a file."""
         atomic.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
-    # -- validation -----------------------------------------------------------------
+    # -- checking -------------------------------------------------------------------
+
+    def checked(self) -> "Config":
+        """Normalise, then validate: what every entry point calls before trusting the config."""
+        self.data.normalise()
+        self.validate()
+        return self
 
     def validate(self) -> None:
-        """Check every value once, so a bad one fails before any work starts."""
-        d, m, t = self.data, self.model, self.train
-        _choice("model.name", m.name, MODELS)
-        _choice("train.optimizer.name", t.optimizer.name, OPTIMIZERS)
-        _choice("train.schedule.name", t.schedule.name, SCHEDULES)
-        _choice("train.precision", t.precision, PRECISIONS)
-        _choice("train.strategy", t.strategy, STRATEGIES)
-        _choice("train.cluster", t.cluster, CLUSTERS)
-        _choice("data.on_bad_image", d.on_bad_image, ("fail", "skip"))
-        _choice("data.augment.fill_mode", d.augment.fill_mode, FILL_MODES)
-        _choice("train.early_stopping.mode", t.early_stopping.mode, ("auto", "min", "max"))
-        if len(d.image_size) == 1:
-            d.image_size = [d.image_size[0], d.image_size[0]]
-        if len(d.image_size) != 2 or min(d.image_size) < 1:
-            raise UserError(f"data.image_size must be one or two positive integers, got {d.image_size}")
-        if m.name in BACKBONES and min(d.image_size) < 32:
-            raise UserError(
-                f"data.image_size {d.image_size} is too small for {m.name}, which needs at least 32x32; "
-                "set --image-size 224 (or at least 32)"
-            )
-        self._validate_recipes()
-        self._validate_numbers()
+        """Check every value once, so a bad one fails before any work starts. Each section checks
+        its own fields; what is left here ties sections together."""
         if not 0 <= self.seed < 2**31:
             raise UserError(f"seed must be an integer from 0 to 2147483647, got {self.seed}")
-        c = m.cnn
-        if not c.filters or min(c.filters) < 1 or c.convs_per_block < 1 or c.kernel_size < 1:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        self.evaluate.validate()
+        if self.model.name in BACKBONES and min(self.data.image_size) < 32:
             raise UserError(
-                f"model.cnn needs filters >= 1 (got {c.filters}), convs_per_block >= 1 (got "
-                f"{c.convs_per_block}) and kernel_size >= 1 (got {c.kernel_size})"
+                f"data.image_size {self.data.image_size} is too small for {self.model.name}, which needs at least "
+                "32x32; set --image-size 224 (or at least 32)"
             )
-        if m.dnn.hidden_units and min(m.dnn.hidden_units) < 1:
-            raise UserError(f"model.dnn.hidden_units must all be >= 1, got {m.dnn.hidden_units}")
-        if max(d.image_size) > MAX_IMAGE_SIDE:
-            raise UserError(
-                f"data.image_size {d.image_size} is larger than {MAX_IMAGE_SIDE} pixels a side; "
-                "a batch of such images cannot fit in memory. Use a smaller --image-size"
-            )
-        fr = d.split
-        for name in ("train", "val", "test"):
-            if not 0.0 <= getattr(fr, name) <= 1.0:
-                raise UserError(f"data.split.{name} must be between 0 and 1, got {getattr(fr, name)}")
-        if abs(fr.train + fr.val + fr.test - 1.0) > 1e-6 or fr.train <= 0:
-            raise UserError(
-                f"data.split fractions must be positive for train and sum to 1, got "
-                f"train={fr.train} val={fr.val} test={fr.test}"
-            )
-        if self.deterministic and t.jit_compile:
+        if self.deterministic and self.train.jit_compile:
             raise UserError(
                 "deterministic and train.jit_compile cannot be combined: XLA has no deterministic "
                 "kernels for some gradients (MaxPool); drop --deterministic or train.jit_compile"
             )
-        _positive("train.epochs", t.epochs)
-        _positive("train.batch_size", t.batch_size)
-        _positive("train.optimizer.learning_rate", t.optimizer.learning_rate)
-        _positive("evaluate.top_k", self.evaluate.top_k)
-        _positive("train.checkpoint.keep", t.checkpoint.keep)
-        if t.checkpoint.every_steps < 0:
-            raise UserError("train.checkpoint.every_steps must be 0 (per epoch only) or positive")
-        if not 0.0 <= t.label_smoothing < 1.0:
-            raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-        dropouts = [
-            ("model.cnn.dropout", m.cnn.dropout),
-            ("model.cnn.head_dropout", m.cnn.head_dropout),
-            ("model.dnn.dropout", m.dnn.dropout),
-        ]
-        dropouts += [(f"model.{b}.head_dropout", getattr(m, b).head_dropout) for b in BACKBONES]
-        for name, value in dropouts:
-            _in_range(name, value, 0.0, 1.0, high_open=True)
-        for b in BACKBONES:
-            tc = getattr(m, b)
-            _in_range(f"model.{b}.fine_tune_lr_factor", tc.fine_tune_lr_factor, 0.0, 1e6, low_open=True)
-            if tc.freeze_epochs < 0 or tc.fine_tune_layers < 0:
-                raise UserError(f"model.{b}.freeze_epochs and fine_tune_layers must be 0 or more")
-        if isinstance(t.class_weights, str) and t.class_weights != "balanced":
-            raise UserError(
-                f"train.class_weights must be 'balanced' or a mapping of class name to weight, got '{t.class_weights}'"
-            )
-        if not m.dnn.hidden_units or min(m.dnn.hidden_units) < 1:
-            raise UserError(
-                f"model.dnn.hidden_units must be a non-empty list of positive integers, got {m.dnn.hidden_units}"
-            )
-        if not m.cnn.filters or min(m.cnn.filters) < 1:
-            raise UserError(f"model.cnn.filters must be a non-empty list of positive integers, got {m.cnn.filters}")
-        if d.label_vocabulary is not None:
-            d.label_vocabulary = [str(v) for v in d.label_vocabulary]
-            if len(set(d.label_vocabulary)) != len(d.label_vocabulary):
-                raise UserError("data.label_vocabulary has repeated entries; list each class once")
-            if len(d.label_vocabulary) < 2:
-                raise UserError("data.label_vocabulary needs at least two classes")
-
-    def _validate_numbers(self) -> None:
-        """The plain numeric knobs: finite and in the range each one means something in."""
-        a, t, m = self.data.augment, self.train, self.model
-        _in_range("data.augment.rotation", a.rotation, 0.0, 180.0)
-        _in_range("data.augment.zoom", a.zoom, 0.0, 1.0, high_open=True)
-        _in_range("data.augment.translate", a.translate, 0.0, 1.0)
-        _in_range("data.augment.brightness", a.brightness, 0.0, 1.0)
-        _in_range("data.augment.contrast", a.contrast, 0.0, 1.0, high_open=True)
-        _positive("data.shuffle_buffer", self.data.shuffle_buffer)
-        _in_range("model.cnn.bn_momentum", m.cnn.bn_momentum, 0.0, 1.0, high_open=True)
-        o = t.optimizer
-        if o.weight_decay is not None:
-            _in_range("train.optimizer.weight_decay", o.weight_decay, 0.0, 10.0)
-        _in_range("train.optimizer.momentum", o.momentum, 0.0, 1.0, high_open=True)
-        if o.clipnorm is not None:
-            _positive("train.optimizer.clipnorm", o.clipnorm)
-        _in_range("train.schedule.step_factor", t.schedule.step_factor, 0.0, 1.0, low_open=True)
-        _positive("train.schedule.step_epochs", t.schedule.step_epochs)
-        es = t.early_stopping
-        _in_range("train.early_stopping.min_delta", es.min_delta, 0.0, float("1e30"))
-        if es.patience < 0:
-            raise UserError(f"train.early_stopping.patience must be 0 or more, got {es.patience}")
-
-    def _validate_recipes(self) -> None:
-        """Augmentation recipes, EMA, precise BN and the schedule's extra knobs: finite and in range."""
-        a, t = self.data.augment, self.train
-        ra, er = a.randaugment, a.random_erasing
-        if ra.num_ops < 0 or ra.num_ops > 10:
-            raise UserError(f"data.augment.randaugment.num_ops must be 0 (off) to 10, got {ra.num_ops}")
-        _in_range("data.augment.randaugment.magnitude", ra.magnitude, 0.0, 30.0)
-        _in_range("data.augment.random_erasing.probability", er.probability, 0.0, 1.0)
-        _choice("data.augment.random_erasing.fill", er.fill, ERASING_FILLS)
-        _range_pair("data.augment.random_erasing.area", er.area, 0.0, 1.0)
-        _range_pair("data.augment.random_erasing.ratio", er.ratio, 0.0, 100.0)
-        _range_pair("data.augment.crop_scale", a.crop_scale, 0.0, 1.0)
-        _range_pair("data.augment.crop_ratio", a.crop_ratio, 0.0, 100.0)
-        for name in ("mixup", "cutmix"):
-            _in_range(f"data.augment.{name}", getattr(a, name), 0.0, 100.0)
-        _in_range("data.augment.mix_switch_prob", a.mix_switch_prob, 0.0, 1.0)
-        _in_range("data.augment.mix_prob", a.mix_prob, 0.0, 1.0)
-        if self.data.eval_crop_fraction is not None:
-            _in_range("data.eval_crop_fraction", self.data.eval_crop_fraction, 0.0, 1.0, low_open=True)
-        if t.ema.decay is not None:
-            _in_range("train.ema.decay", t.ema.decay, 0.0, 1.0, low_open=True, high_open=True)
-        _positive("train.precise_bn.samples", t.precise_bn.samples)
-        sc = t.schedule
-        if sc.warmup_epochs is not None:
-            _in_range("train.schedule.warmup_epochs", sc.warmup_epochs, 0.0, float(t.epochs))
-        _in_range("train.schedule.min_lr_ratio", sc.min_lr_ratio, 0.0, 1.0)
-        _in_range("train.schedule.plateau_factor", sc.plateau_factor, 0.0, 1.0, low_open=True, high_open=True)
-        if sc.plateau_patience < 0:
-            raise UserError(f"train.schedule.plateau_patience must be 0 or more, got {sc.plateau_patience}")
 
     @property
     def effective_split_seed(self) -> int:
@@ -462,149 +504,3 @@ def _in_range(
 def _range_pair(name: str, pair: list[float], low: float, high: float) -> None:
     if len(pair) != 2 or not (low < pair[0] <= pair[1] <= high):
         raise UserError(f"{name} must be two numbers [min, max] with {low:g} < min <= max <= {high:g}, got {pair}")
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning every way it can go wrong into one clear line."""
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise UserError(f"config file {path} is not valid YAML{where}: {problem}; fix the file and retry") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"config file {path} must hold a mapping of sections (data:, model:, train:), not {type(data).__name__}"
-        )
-    return data
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
-    """Coerce one YAML value to the field's declared type, or say which key is wrong."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' in {where} must be a mapping, got {value!r}")
-        return from_dict(hint, value, where=where, prefix=key + ".")
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key, where)
-            except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[-1] if errors else f"config key '{key}' in {where} has an invalid value {value!r}")
-    if origin is list:
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and args and args[0] in (int, float):
-            value = [value]
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}' in {where} must be a list, got {value!r}")
-        return [_convert(v, args[0], key, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' in {where} must be a mapping, got {value!r}")
-        return {str(k): _convert(v, args[1], key, where) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"config key '{key}' in {where} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"config key '{key}' in {where} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}' in {where} must be a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"config key '{key}' in {where} must be a string, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting keys it does not know."""
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1)
-            extra = (
-                f"; did you mean '{prefix}{hint[0]}'?"
-                if hint
-                else f"; known keys: {', '.join(prefix + n for n in names)}"
-            )
-            raise UserError(f"unknown config key '{prefix}{key}' in {where}{extra}")
-        kwargs[key] = _convert(value, hints[key], prefix + key, where)
-    return cls(**kwargs)
-
-
-def apply_override(cfg: Config, item: str) -> Config:
-    """Apply one ``section.key=value`` override; the value is parsed as YAML."""
-    if "=" not in item:
-        raise UserError(f"--set '{item}' must look like section.key=value, e.g. train.epochs=5")
-    dotted, _, text = item.partition("=")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    return set_value(cfg, dotted, value, where="--set")
-
-
-def set_value(cfg: Config, dotted: str, value: Any, where: str = "--set") -> Config:
-    """A copy of ``cfg`` with one dotted key set to an already-parsed value."""
-    data = cfg.to_dict()
-    node = data
-    parts = dotted.strip().split(".")
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), dict):
-            if part in node and node[part] is None:
-                node[part] = {}
-            else:
-                _unknown(parts, i, node)
-        node = node[part]
-    last = parts[-1]
-    if last not in node and not _is_mapping_field(cfg, parts[:-1]):
-        _unknown(parts, len(parts) - 1, node)
-    node[last] = value
-    return from_dict(Config, data, where=where, prefix="")
-
-
-def _is_mapping_field(cfg: Config, parts: list[str]) -> bool:
-    obj: Any = cfg
-    for p in parts:
-        obj = getattr(obj, p, None) if not isinstance(obj, dict) else obj.get(p)
-    return isinstance(obj, dict) and not dataclasses.is_dataclass(obj)
-
-
-def _unknown(parts: list[str], i: int, node: dict[str, Any]) -> None:
-    key = ".".join(parts[: i + 1])
-    hint = difflib.get_close_matches(parts[i], list(node), n=1)
-    prefix = ".".join(parts[:i])
-    suggestion = f"; did you mean '{(prefix + '.' if prefix else '') + hint[0]}'?" if hint else ""
-    raise UserError(f"unknown config key '{key}' in --set{suggestion}")

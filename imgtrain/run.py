@@ -1,8 +1,9 @@
-"""One run, end to end: config -> data -> model -> train -> evaluate -> export.
+"""A training run, end to end: config -> data -> model -> train -> evaluate -> export.
 
 This is the only module that knows the order of the stages; each stage lives
-in its own module and knows nothing of the ones after it. The CLI turns flags
-into a ``Config`` and calls ``train_run``, ``evaluate_run`` or predict.
+in its own module and knows nothing of the ones after it. ``build_training``
+assembles the collaborators (the benchmark calls it too); ``train_run`` drives
+them under the run directory's lock. The ``train`` command calls ``train_run``.
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ from imgtrain.data import source as data_source
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
 from imgtrain.evaluate import plots
-from imgtrain.evaluate.report import build_report, write_report
+from imgtrain.evaluate.runner import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
 from imgtrain.models import BuiltModel, build_model
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.cluster import configure_cluster
 from imgtrain.train.distribution import Distribution, make_distribution
 from imgtrain.train.early_stopping import EarlyStopping, resolve_mode
-from imgtrain.train.loop import LoopData, LoopOptions, TrainLoop, evaluate_sums
+from imgtrain.train.loop import LoopData, LoopOptions, TrainLoop
+from imgtrain.train.losses import class_weight_vector
 from imgtrain.train.mixing import MixSettings
 from imgtrain.train.optim import (
     Plateau,
     build_optimizer,
     build_schedule,
-    class_weight_vector,
     scaled_learning_rate,
     warmup_epochs,
 )
@@ -283,33 +284,11 @@ def build_training(
     say: Callable[[str], None] = print,
 ) -> Training:
     """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``."""
-    batch = cfg.train.batch_size
-    train_counts = prep.worker_counts("train", dist.world_size)
-    steps = (
-        pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch, dist.local_replicas)[1]
-        // dist.local_replicas
-    )
-    if min(train_counts) == 0:
-        say(
-            f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
-            "prepare with a smaller --shard-size-mb"
-        )
+    train_counts, steps = _steps_per_epoch(cfg, prep, dist, say)
     with dist.scope():
         built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
-        peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
-        warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
         state = LoopState()
-        schedule = build_schedule(
-            cfg.train.schedule,
-            peak,
-            steps,
-            cfg.train.epochs,
-            [(p.start_epoch, p.lr_factor) for p in built.phases],
-            warmup,
-            scale=state.vars["lr_scale"],
-        )
-        optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision, cfg.train.ema.decay)
-        optimizer.build(built.all_trainable_variables())
+        optimizer, peak, warmup = _create_optimizer(cfg, dist, built, steps, state)
         store = CheckpointStore(
             dist.checkpoint_save_dir(run_dir),
             dist.checkpoint_restore_dir(run_dir),
@@ -326,14 +305,8 @@ def build_training(
     if cfg.train.schedule.name == "plateau":
         monitor = cfg.train.schedule.plateau_monitor or early.monitor
         plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
-    global_batch = batch * dist.num_replicas
-    decay = cfg.train.ema.decay
-    if decay is not None and 1.0 / (1.0 - decay) > steps * cfg.train.epochs / 3:
-        say(
-            f"warning: train.ema.decay {decay:g} averages over about {1.0 / (1.0 - decay):.0f} steps, "
-            f"more than a third of this run's {steps * cfg.train.epochs}; the average will lag the weights. Try "
-            f"{max(0.5, 1.0 - 3.0 / max(1, steps * cfg.train.epochs)):.3g} or less"
-        )
+    global_batch = cfg.train.batch_size * dist.num_replicas
+    _warn_slow_ema(cfg, steps, say)
     say(
         f"model: {cfg.model.name}, {built.model.count_params():,} parameters; "
         f"strategy {dist.name} x{dist.num_replicas}; "
@@ -354,6 +327,57 @@ def build_training(
         built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau
     )
     return Training(built, loop, early, train_counts, global_batch, steps, peak)
+
+
+def _steps_per_epoch(
+    cfg: Config, prep: DataSource, dist: Distribution, say: Callable[[str], None]
+) -> tuple[list[int], int]:
+    """Training examples per worker, and the steps every worker takes per epoch (the longest
+    worker's, padded: collective ops need all workers to step together)."""
+    batch = cfg.train.batch_size
+    train_counts = prep.worker_counts("train", dist.world_size)
+    steps = (
+        pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch, dist.local_replicas)[1]
+        // dist.local_replicas
+    )
+    if min(train_counts) == 0:
+        say(
+            f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
+            "prepare with a smaller --shard-size-mb"
+        )
+    return train_counts, steps
+
+
+def _create_optimizer(
+    cfg: Config, dist: Distribution, built: BuiltModel, steps: int, state: LoopState
+) -> tuple[keras.optimizers.Optimizer, float, float]:
+    """The optimizer on its schedule (scaled peak rate, warmup, phase factors, plateau scale),
+    built for every variable any phase trains; returns it with the peak rate and warmup epochs."""
+    peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
+    warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
+    schedule = build_schedule(
+        cfg.train.schedule,
+        peak,
+        steps,
+        cfg.train.epochs,
+        [(p.start_epoch, p.lr_factor) for p in built.phases],
+        warmup,
+        scale=state.vars["lr_scale"],
+    )
+    optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision, cfg.train.ema.decay)
+    optimizer.build(built.all_trainable_variables())
+    return optimizer, peak, warmup
+
+
+def _warn_slow_ema(cfg: Config, steps: int, say: Callable[[str], None]) -> None:
+    """An EMA whose horizon is over a third of the run mostly remembers the random initialisation."""
+    decay, total = cfg.train.ema.decay, steps * cfg.train.epochs
+    if decay is not None and 1.0 / (1.0 - decay) > total / 3:
+        say(
+            f"warning: train.ema.decay {decay:g} averages over about {1.0 / (1.0 - decay):.0f} steps, "
+            f"more than a third of this run's {total}; the average will lag the weights. Try "
+            f"{max(0.5, 1.0 - 3.0 / max(1, total)):.3g} or less"
+        )
 
 
 def _early_stopping(cfg: Config, prep: DataSource, say: Callable[[str], None]) -> EarlyStopping:
@@ -482,46 +506,3 @@ def weights_fingerprint(model: keras.Model) -> int:
     for w in model.get_weights():
         digest.update(np.ascontiguousarray(w).tobytes())
     return int(digest.hexdigest()[:12], 16)
-
-
-def evaluate_prepared(
-    model: keras.Model, prep: DataSource, cfg: Config, dist: Distribution, run_dir: Path, progress: bool = True
-) -> dict[str, Any]:
-    """Evaluate on the test split and (chief) write report.json, report.md and the plots."""
-    top_k = cfg.evaluate.top_k
-    totals = evaluate_sums(
-        model,
-        dist,
-        lambda: split_dataset(prep, cfg, dist, "test", cfg.train.batch_size),
-        len(prep.class_names),
-        top_k,
-        progress=progress and dist.is_chief,
-        desc="testing",
-    )
-    report = build_report(totals, prep.class_names, prep.skipped, top_k)
-    if dist.is_chief:
-        write_report(report, run_dir)
-        plots.confusion_matrix_png(report["confusion_matrix"], prep.class_names, run_dir / "confusion_matrix.png")
-    return report
-
-
-def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
-    """``imgtrain evaluate``: the exported (best) model on the test split, report rewritten."""
-    from imgtrain.predict import load_run
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not an imgtrain run (no config.yaml); pass --run RUN_DIR from 'imgtrain train'")
-    model, class_names, cfg = load_run(run_dir)
-    if data_path:
-        cfg.data.path = data_path
-    keras.mixed_precision.set_global_policy("float32")
-    prep = prepare_data(cfg, run_dir, progress=progress)
-    if prep.class_names != class_names:
-        raise UserError(
-            f"the data at {cfg.data.path} has classes {prep.class_names}, but the run was trained on "
-            f"{class_names}; evaluate on data with the same classes"
-        )
-    if not prep.has("test"):
-        raise UserError(f"the data at {cfg.data.path} has no test split; add test images or set data.split.test")
-    return evaluate_prepared(model, prep, cfg, make_distribution("single"), run_dir, progress=progress)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from imgtrain.config import Config, apply_override
+from imgtrain.config import Config
+from imgtrain.config_parse import apply_override
 from imgtrain.errors import UserError
 
 

@@ -8,7 +8,8 @@ import tensorflow as tf
 from imgtrain.config import OptimizerConfig, ScheduleConfig
 from imgtrain.errors import UserError
 from imgtrain.train.early_stopping import EarlyStopping
-from imgtrain.train.optim import build_optimizer, build_schedule, class_weight_vector, scaled_learning_rate
+from imgtrain.train.losses import class_weight_vector
+from imgtrain.train.optim import build_optimizer, build_schedule, scaled_learning_rate
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop", "adagrad", "ftrl"])

@@ -11,7 +11,7 @@ from imgtrain.config import AugmentConfig, OptimizerConfig, RandAugmentConfig, R
 from imgtrain.data import randaugment as ra
 from imgtrain.data.augment import augment
 from imgtrain.data.images import central_crop, eval_image
-from imgtrain.train.loop import cross_entropy
+from imgtrain.train.losses import cross_entropy
 from imgtrain.train.mixing import MixSettings, cutmix_mask, mix_batch, mixed_loss
 from imgtrain.train.optim import build_optimizer
 

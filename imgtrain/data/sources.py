@@ -165,58 +165,10 @@ def _from_folder(root: Path, vocabulary: Optional[list[str]]) -> Catalog:
 def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
     """Read ``path,label[,weight][,split]``; paths are relative to the manifest's folder."""
     base = path.parent
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not column text
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read CSV manifest {path}: {exc}") from None
-    rows = [(i + 1, r) for i, r in enumerate(rows) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise UserError(f"CSV manifest {path} is empty; write one line per image: path,label[,weight]")
-    header = [c.strip().lower() for c in rows[0][1]]
-    columns = ["path", "label", "weight", "split"]
-    if "path" in header and "label" in header:
-        unknown = [c for c in header if c not in columns]
-        if unknown:
-            raise UserError(
-                f"CSV manifest {path} line 1 has unknown column '{unknown[0]}'; use path,label[,weight][,split]"
-            )
-        columns = header
-        rows = rows[1:]
-    raw = []
-    has_weights = "weight" in columns
-    for lineno, row in rows:
-        if len(row) < 2 or len(row) > len(columns):
-            raise UserError(
-                f"CSV manifest {path} line {lineno} has {len(row)} fields; expected path,label[,weight] "
-                f"(columns: {','.join(columns)})"
-            )
-        rec = dict(zip(columns, (c.strip() for c in row)))
-        if not rec.get("path") or rec.get("label", "") == "":
-            raise UserError(f"CSV manifest {path} line {lineno} has an empty path or label")
-        weight = 1.0
-        if rec.get("weight", "") != "":
-            try:
-                weight = float(rec["weight"])
-            except ValueError:
-                raise UserError(
-                    f"CSV manifest {path} line {lineno}: weight '{rec['weight']}' is not a number"
-                ) from None
-            if not math.isfinite(weight) or weight < 0:
-                raise UserError(
-                    f"CSV manifest {path} line {lineno}: weight {rec['weight']} is not a finite number "
-                    ">= 0; fix the weight column"
-                )
-            has_weights = True
-        split = None
-        if rec.get("split"):
-            split = SPLIT_ALIASES.get(rec["split"].lower())
-            if split is None:
-                raise UserError(f"CSV manifest {path} line {lineno}: split '{rec['split']}' is not train, val or test")
-        file = Path(rec["path"]).expanduser()
-        file = file if file.is_absolute() else base / file
-        raw.append((lineno, file, rec["label"], weight, split))
-    raw, duplicates = _dedupe(raw, path)
+    columns, rows = _csv_rows(path)
+    raw = [_csv_record(path, lineno, row, columns) for lineno, row in rows]
+    has_weights = "weight" in columns or any(r[5] for r in raw)
+    raw, duplicates = _dedupe([r[:5] for r in raw], path)
     if has_weights and raw and all(r[3] == 0 for r in raw):
         raise UserError(f"every weight in CSV manifest {path} is 0, so nothing would be learned; fix the weight column")
     if vocabulary is not None:
@@ -238,6 +190,60 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
             f"CSV manifest {path} lists {duplicates} file(s) more than once with the same label; each is used once"
         )
     return catalog
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The manifest's columns (from its header, or the default order) and its non-blank rows
+    with their line numbers."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not column text
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read CSV manifest {path}: {exc}") from None
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if r and any(c.strip() for c in r)]
+    if not numbered:
+        raise UserError(f"CSV manifest {path} is empty; write one line per image: path,label[,weight]")
+    header = [c.strip().lower() for c in numbered[0][1]]
+    columns = ["path", "label", "weight", "split"]
+    if "path" in header and "label" in header:
+        unknown = [c for c in header if c not in columns]
+        if unknown:
+            raise UserError(
+                f"CSV manifest {path} line 1 has unknown column '{unknown[0]}'; use path,label[,weight][,split]"
+            )
+        return header, numbered[1:]
+    return columns, numbered
+
+
+def _csv_record(path: Path, lineno: int, row: list[str], columns: list[str]) -> tuple:
+    """One row as (lineno, file, label, weight, split, has_weight), or one line saying what is wrong."""
+    if len(row) < 2 or len(row) > len(columns):
+        raise UserError(
+            f"CSV manifest {path} line {lineno} has {len(row)} fields; expected path,label[,weight] "
+            f"(columns: {','.join(columns)})"
+        )
+    rec = dict(zip(columns, (c.strip() for c in row)))
+    if not rec.get("path") or rec.get("label", "") == "":
+        raise UserError(f"CSV manifest {path} line {lineno} has an empty path or label")
+    weight = 1.0
+    if rec.get("weight", "") != "":
+        try:
+            weight = float(rec["weight"])
+        except ValueError:
+            raise UserError(f"CSV manifest {path} line {lineno}: weight '{rec['weight']}' is not a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(
+                f"CSV manifest {path} line {lineno}: weight {rec['weight']} is not a finite number "
+                ">= 0; fix the weight column"
+            )
+    split = None
+    if rec.get("split"):
+        split = SPLIT_ALIASES.get(rec["split"].lower())
+        if split is None:
+            raise UserError(f"CSV manifest {path} line {lineno}: split '{rec['split']}' is not train, val or test")
+    file = Path(rec["path"]).expanduser()
+    file = file if file.is_absolute() else path.parent / file
+    return (lineno, file, rec["label"], weight, split, rec.get("weight", "") != "")
 
 
 def _dedupe(raw: list[tuple], path: Path) -> tuple[list[tuple], int]:

@@ -111,28 +111,7 @@ def validate_catalog(
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = cache_dir / "checks.json"
-    cache: dict[str, dict] = {}
-    if cache_file.exists():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
-
-    def run(ex: Example) -> tuple[Example, CheckResult]:
-        sig = _signature(ex.path)
-        hit = cache.get(ex.path)
-        if sig is not None and hit and hit.get("sig") == sig:
-            return ex, CheckResult(hit["status"], hit.get("reason", ""), hit.get("mode", ""))
-        return ex, check_file(ex.path)
-
-    results: list[tuple[Example, CheckResult]] = []
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        it = pool.map(run, catalog.examples)
-        for item in tqdm(
-            it, total=len(catalog.examples), desc="checking images", unit="img", disable=not progress, leave=False
-        ):
-            results.append(item)
-
+    results = _check_all(catalog.examples, _read_cache(cache_file), progress, workers)
     kept: list[Example] = []
     skipped: list[dict[str, str]] = []
     new_cache: dict[str, dict] = {}
@@ -148,19 +127,50 @@ def validate_catalog(
                 )
             skipped.append({"path": ex.key, "reason": res.reason})
             continue
-        if res.status == CONVERT:
-            out = cache_dir / "converted" / f"{_content_digest(ex.path)}_{Path(ex.path).stem}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if not out.exists():
-                convert_to_png(ex.path, out)
-            ex = Example(str(out), ex.key, ex.label, ex.weight, ex.split)
-        kept.append(ex)
+        kept.append(_converted(ex, cache_dir) if res.status == CONVERT else ex)
     atomic.write_json(cache_file, new_cache, indent=None)
 
     catalog.examples = kept
     catalog.skipped = skipped
     check_classes(catalog)
     return catalog
+
+
+def _read_cache(cache_file: Path) -> dict[str, dict]:
+    """Earlier verdicts by path; an unreadable cache only costs a re-check."""
+    try:
+        return json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_all(
+    examples: list[Example], cache: dict[str, dict], progress: bool, workers: Optional[int]
+) -> list[tuple[Example, CheckResult]]:
+    """Every example's verdict, in order: from the cache when the file is unchanged, else checked
+    on a thread pool (decoding releases the GIL)."""
+
+    def run(ex: Example) -> tuple[Example, CheckResult]:
+        sig = _signature(ex.path)
+        hit = cache.get(ex.path)
+        if sig is not None and hit and hit.get("sig") == sig:
+            return ex, CheckResult(hit["status"], hit.get("reason", ""), hit.get("mode", ""))
+        return ex, check_file(ex.path)
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        it = pool.map(run, examples)
+        return list(
+            tqdm(it, total=len(examples), desc="checking images", unit="img", disable=not progress, leave=False)
+        )
+
+
+def _converted(ex: Example, cache_dir: Path) -> Example:
+    """``ex`` pointing at a PNG copy TensorFlow can decode, named by the source's content."""
+    out = cache_dir / "converted" / f"{_content_digest(ex.path)}_{Path(ex.path).stem}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        convert_to_png(ex.path, out)
+    return Example(str(out), ex.key, ex.label, ex.weight, ex.split)
 
 
 def check_classes(catalog: Catalog) -> None:

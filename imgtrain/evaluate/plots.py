@@ -71,45 +71,16 @@ def curves_png(
         return [float(v) for v in vals] if all(v not in ("", None) for v in vals) else None
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    running = "train (running, during the epoch)"
     train_ce = series("cross_entropy") or series("loss")  # histories before 0.2 have no cross_entropy
-    panels = (
-        (
-            axes[0],
-            "cross-entropy",
-            [(train_ce, "train (running, during the epoch)", "-o"), (series("val_loss"), "validation", "-s")],
-        ),
-        (
-            axes[1],
-            "accuracy",
-            [
-                (series("accuracy"), "train (running, during the epoch)", "-o"),
-                (series("val_accuracy"), "validation", "-s"),
-            ],
-        ),
+    _metric_panel(axes[0], epochs, "loss", "cross-entropy", [(train_ce, running), (series("val_loss"), "validation")])
+    _metric_panel(
+        axes[1], epochs, "accuracy", "accuracy", [(series("accuracy"), running), (series("val_accuracy"), "validation")]
     )
-    for ax, name, lines in panels:
-        for ys, label, style in lines:
-            if ys is not None:
-                ax.plot(epochs, ys, style, label=label, markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     objective = series("loss")
     if objective_differs and objective is not None and series("cross_entropy") is not None:
         axes[0].plot(epochs, objective, ":", color="grey", label=f"train objective ({objective_differs})")
-    axes[0].set_title("loss")
-    axes[1].set_title("accuracy")
-    lr = series("learning_rate")
-    if lr is not None:
-        axes[2].plot(epochs, lr, "-o", markersize=3, color="tab:green")
-        if min(lr) > 0 and max(lr) / min(lr) > 20:
-            axes[2].set_yscale("log")
-    axes[2].set_xlabel("epoch")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[2].set_ylabel("learning rate (at the epoch's start)")
-    axes[2].set_title("learning rate")
-    axes[2].grid(alpha=0.3)
+    _lr_panel(axes[2], epochs, series("learning_rate"))
     if best_epoch and best_epoch in epochs:
         for ax in axes:
             ax.axvline(
@@ -124,3 +95,28 @@ def curves_png(
     fig.suptitle(note, fontsize=9, y=0.995)
     _save(fig, path)
     return True
+
+
+def _metric_panel(ax, epochs: list[int], title: str, ylabel: str, lines: list) -> None:
+    """Train (circles) and validation (squares) curves of one metric; a missing series is left out."""
+    for (ys, label), style in zip(lines, ("-o", "-s")):
+        if ys is not None:
+            ax.plot(epochs, ys, style, label=label, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _lr_panel(ax, epochs: list[int], lr: Optional[list[float]]) -> None:
+    """The learning rate per epoch, on a log scale when it spans more than a factor of 20."""
+    if lr is not None:
+        ax.plot(epochs, lr, "-o", markersize=3, color="tab:green")
+        if min(lr) > 0 and max(lr) / min(lr) > 20:
+            ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("learning rate (at the epoch's start)")
+    ax.set_title("learning rate")
+    ax.grid(alpha=0.3)

@@ -30,6 +30,7 @@ from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
+from imgtrain.train.losses import cross_entropy
 from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
@@ -86,12 +87,6 @@ class FitResult:
     resumed_from_epoch: Optional[int] = None
     images_per_sec: float = 0.0
     trained: bool = False  # False when the run was already complete (finished or stopped early)
-
-
-def cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float = 0.0) -> tf.Tensor:
-    """Per-example softmax cross-entropy on integer labels, with optional label smoothing."""
-    onehot = tf.one_hot(labels, num_classes, dtype=logits.dtype)
-    return keras.losses.categorical_crossentropy(onehot, logits, from_logits=True, label_smoothing=smoothing)
 
 
 def make_eval_step(model: keras.Model, dist: Distribution, num_classes: int, top_k: int = 5) -> Callable:

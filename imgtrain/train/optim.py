@@ -177,32 +177,3 @@ def build_optimizer(
     if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
-
-
-def class_weight_vector(spec, class_names: Sequence[str], train_labels: Sequence[int]) -> list[float]:
-    """Per-class loss weights: none (all 1), 'balanced' (n / (k * count)), or a mapping."""
-    k = len(class_names)
-    if spec is None:
-        return [1.0] * k
-    if spec == "balanced":
-        counts = [0] * k
-        for y in train_labels:
-            counts[y] += 1
-        n = sum(counts)
-        return [n / (k * c) if c else 0.0 for c in counts]
-    unknown = [name for name in spec if name not in class_names]
-    if unknown:
-        raise UserError(
-            f"train.class_weights names class '{unknown[0]}', which is not in the data; classes are {list(class_names)}"
-        )
-    weights = [float(spec.get(name, 1.0)) for name in class_names]
-    bad = [(n, w) for n, w in zip(class_names, weights) if not math.isfinite(w) or w < 0]
-    if bad:
-        raise UserError(
-            f"train.class_weights for class '{bad[0][0]}' is {bad[0][1]}; class weights must be finite and >= 0"
-        )
-    if not any(weights):
-        raise UserError(
-            "every train.class_weights value is 0, so nothing would be learned; give some class a weight > 0"
-        )
-    return weights

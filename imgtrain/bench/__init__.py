@@ -1,0 +1,78 @@
+"""``imgtrain bench``: how fast imgtrain turns images into a model, against baselines.
+
+Every figure is measured in this process after a warm-up and reported with a
+baseline measured the same way, as images/s and as a ratio:
+
+- pipeline: imgtrain's augmented training pipeline, from an image folder and
+  from prepared TFRecords, against the decode ceiling (the same JPEG files
+  through ``tf.io.decode_jpeg`` in a parallel ``tf.data`` map, nothing else);
+- train: imgtrain's training loop against ``model.fit`` on the same model,
+  in-memory data, batch size and optimizer; optionally with XLA and mixed
+  precision, each against the same run without;
+- memory: peak RSS of one training epoch over many images against one over
+  a tenth as many (each in a fresh child process, since a process's peak
+  only grows).
+
+Tests run ``--quick``; they check that every figure is there, never a speed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from imgtrain.bench.memory import collect_memory_probes, start_memory_probes
+from imgtrain.bench.pipeline import bench_pipeline
+from imgtrain.bench.report import format_table
+from imgtrain.bench.synthetic import FULL, QUICK, write_jpegs
+from imgtrain.bench.training import bench_training
+from imgtrain.errors import UserError
+
+__all__ = ["format_table", "run_bench"]
+
+
+def run_bench(
+    data: Optional[str], quick: bool, models: Sequence[str], jit: bool, mixed: bool, log: Callable[[str], None] = print
+) -> dict:
+    import keras
+    import tensorflow as tf
+
+    sizes = QUICK if quick else FULL
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="imgtrain-bench-") as tmp:
+        work = Path(tmp)
+        if data:
+            folder224 = folder32 = Path(data)
+            if not folder224.is_dir():
+                raise UserError(f"--data {data} must be an image folder (one subfolder per class)")
+        else:
+            n32 = max(max(sizes.train_images.values()), sizes.memory_large)
+            log(f"bench: writing {sizes.pipeline_images} JPEGs at 224x224 and {n32} at 32x32 in {tmp}")
+            folder224 = write_jpegs(work / "jpeg224", sizes.pipeline_images, 224)
+            folder32 = write_jpegs(work / "jpeg32", n32, 32, seed=1)
+        log("bench: input pipeline")
+        result: dict[str, Any] = {
+            "quick": quick,
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "gpus": len(tf.config.list_physical_devices("GPU")),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+            },
+            "pipeline": bench_pipeline(folder224, sizes, work),
+        }
+        result["train"] = bench_training(folder32, sizes, models, jit, mixed, work, log)
+        log("bench: peak memory of a training epoch")
+        probes = start_memory_probes(folder32, sizes, work)
+        try:
+            result["memory"] = collect_memory_probes(probes, work)
+        finally:
+            for proc in probes.values():  # Ctrl-C leaves no probe behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    result["seconds"] = round(time.time() - started, 1)
+    return result

@@ -1,0 +1,67 @@
+"""The benchmark's figures as entries and as a table. Every measured figure is an entry made by
+``rate``: images/s, the baseline's images/s measured the same way in the same process, and
+their ratio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def rate(images_per_sec: float, baseline: float, **extra: Any) -> dict[str, Any]:
+    """One figure: ``{images_per_sec, baseline_images_per_sec, ratio}`` plus what describes it."""
+    return {
+        "images_per_sec": round(images_per_sec, 1),
+        "baseline_images_per_sec": round(baseline, 1),
+        "ratio": round(images_per_sec / baseline, 3) if baseline > 0 else 0.0,
+        **extra,
+    }
+
+
+def format_table(r: dict) -> str:
+    rows = [("figure", "images/s", "baseline", "baseline images/s", "ratio")]
+    p = r["pipeline"]
+    for key in ("folder", "tfrecord", "crop_only"):
+        rows.append(
+            (
+                f"pipeline.{key}",
+                f"{p[key]['images_per_sec']:.0f}",
+                "decode ceiling",
+                f"{p['ceiling']['images_per_sec']:.0f}",
+                f"{p[key]['ratio']:.2f}",
+            )
+        )
+    for name, t in r["train"].items():
+        rows.append(
+            (
+                f"train.{name}",
+                f"{t['imgtrain_images_per_sec']:.0f}",
+                "model.fit",
+                f"{t['fit_images_per_sec']:.0f}",
+                f"{t['ratio']:.2f}",
+            )
+        )
+        for opt in ("jit_compile", "mixed_precision"):
+            if opt in t:
+                rows.append(
+                    (
+                        f"train.{name}.{opt}",
+                        f"{t[opt]['images_per_sec']:.0f}",
+                        "same, without",
+                        f"{t[opt]['baseline_images_per_sec']:.0f}",
+                        f"{t[opt]['ratio']:.2f}",
+                    )
+                )
+    m = r["memory"]
+    rows.append(
+        (
+            f"memory ({m['large']['images']} vs {m['small']['images']} images)",
+            f"{m['large']['peak_rss_bytes'] / 2**20:.0f} MiB",
+            "small epoch",
+            f"{m['small']['peak_rss_bytes'] / 2**20:.0f} MiB",
+            f"{m['ratio']:.2f}",
+        )
+    )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

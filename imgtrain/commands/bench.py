@@ -1,0 +1,56 @@
+"""``imgtrain bench``: pipeline, training and memory figures against same-process baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from imgtrain.errors import UserError
+
+MODELS = ("cnn", "resnet50")  # what the training benchmark can time
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="measure pipeline and training speed against baselines",
+        description="Measure the input pipeline (and the same with only its crop) against the JPEG decode "
+        "ceiling, the training loop against model.fit, and peak memory against a 10x smaller epoch; "
+        "print a table.",
+    )
+    b.add_argument("--data", metavar="FOLDER", help="an image folder to measure on (default: generated JPEGs)")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: checks every figure is produced in under a minute; not a measurement",
+    )
+    b.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="NAME",
+        help=f"model(s) to time: {' and/or '.join(MODELS)} (default: all)",
+    )
+    b.add_argument("--jit-compile", action="store_true", help="also time XLA against the same run without")
+    b.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="also time mixed precision (bfloat16 on CPU, float16 on GPU) against float32",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgtrain.bench import format_table, run_bench
+
+    models = args.models or list(MODELS)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise UserError(f"bench --model {unknown[0]} is not one of: {', '.join(MODELS)}")
+    result = run_bench(args.data, args.quick, models, args.jit_compile, args.mixed_precision)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0

@@ -1,0 +1,28 @@
+"""``imgtrain evaluate``: a finished run's exported model on the test split, report rewritten."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgtrain.commands.options import add_no_progress
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a run's best model on the test split and rewrite its report",
+        description="Evaluate the exported (best) model of a run on the test split; rewrites "
+        "report.json, report.md, confusion_matrix.png and curves.png.",
+    )
+    e.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'imgtrain train'")
+    e.add_argument("--data", metavar="PATH", help="evaluate on this data instead of the run's (same classes)")
+    add_no_progress(e)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgtrain.evaluate.runner import evaluate_run
+
+    report = evaluate_run(Path(args.run), args.data, progress=not args.no_progress)
+    print(f"test accuracy {report['accuracy']:.4f}; report: {Path(args.run) / 'report.json'}")
+    return 0

@@ -1,0 +1,39 @@
+"""``imgtrain prepare``: check, split and write a dataset once as TFRecord shards."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgtrain.commands.options import add_config_flags, add_no_progress
+from imgtrain.config import Config
+from imgtrain.config_parse import set_value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser(
+        "prepare",
+        help="check an image folder or CSV manifest once and write TFRecord shards",
+        description="Check, split and write a dataset as sharded TFRecord files per split plus "
+        "manifest.json; 'imgtrain train --data DIR' reads the result.",
+    )
+    r.add_argument("--data", required=True, metavar="PATH", help="image folder or CSV manifest")
+    r.add_argument("--output", required=True, metavar="DIR", help="directory for the shards and manifest.json")
+    r.add_argument("--shard-size-mb", type=float, default=100.0, metavar="MB", help="target shard size (default 100)")
+    add_config_flags(
+        r,
+        "config whose data section (split, vocabulary, on_bad_image) applies",
+        "override a config value, e.g. --set data.on_bad_image=skip",
+    )
+    r.add_argument("--seed", type=int, help="seed of the hash split (default: the config's)")
+    add_no_progress(r)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgtrain.prepare import prepare_dataset
+
+    cfg = set_value(Config.load(args.config, args.overrides), "data.path", args.data, where="the command line")
+    if args.seed is not None:
+        cfg = set_value(cfg, "seed", args.seed, where="the command line")
+    prepare_dataset(cfg.checked(), Path(args.output), args.shard_size_mb, progress=not args.no_progress)
+    return 0

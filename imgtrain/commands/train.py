@@ -1,0 +1,103 @@
+"""``imgtrain train``: flags and config become one run (resumed when the run directory has one)."""
+
+from __future__ import annotations
+
+import argparse
+
+from imgtrain.commands.options import add_config_flags, add_no_progress
+from imgtrain.config import MODELS, Config
+from imgtrain.config_parse import set_value
+
+EPILOG = """examples:
+  imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos
+  imgtrain train --config configs/digits.yaml --set train.optimizer.name=sgd --set data.augment.rotation=10
+  imgtrain train --data labels.csv --model dnn --set model.dnn.hidden_units=[512,256]
+  imgtrain train --data tfds:cifar10 --model efficientnetv2_b0 --image-size 224
+  imgtrain train --config configs/transfer-small-data.yaml --data photos/   # presets: see configs/
+
+Running the same command again on an existing --output resumes from its last checkpoint."""
+
+# flag (argparse dest) -> the config key it sets; a flag left out keeps the config's value
+FLAG_KEYS = {
+    "data": "data.path",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "image_size": "data.image_size",
+    "output": "output",
+    "seed": "seed",
+    "deterministic": "deterministic",
+    "warm_start": "train.warm_start",
+    "strategy": "train.strategy",
+    "cluster": "train.cluster",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a classifier (resumes an existing run directory)",
+        description="Train a classifier: data -> model -> training -> test report -> export.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_flags(
+        t,
+        "YAML config file; flags and --set override it",
+        "override any config value (YAML syntax), repeatable, e.g. --set train.optimizer.name=sgd",
+    )
+    t.add_argument(
+        "--data",
+        metavar="PATH",
+        help="image folder (one subfolder per class, optionally train/val/test), "
+        "CSV manifest path,label[,weight], or tfds:NAME",
+    )
+    t.add_argument("--model", metavar="NAME", help=f"model architecture: {', '.join(MODELS)} (default cnn)")
+    t.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
+    t.add_argument("--batch-size", type=int, metavar="N", help="images per batch per replica")
+    t.add_argument(
+        "--image-size", type=int, nargs="+", metavar="PX", help="side, or height width, images are resized to"
+    )
+    t.add_argument("--output", metavar="RUN_DIR", help="run directory: checkpoints, logs, report, exports")
+    t.add_argument("--seed", type=int, help="seed for splits, shuffling, augmentation and initialisation")
+    t.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="deterministic TensorFlow ops: same seed, same weights (slower)",
+    )
+    t.add_argument(
+        "--warm-start", metavar="PATH", help="start from another run's weights (run dir, .keras or .weights.h5)"
+    )
+    t.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help="auto (default), single, mirrored, multiworker or horovod; auto picks horovod under "
+        "horovodrun, multiworker with a multi-task TF_CONFIG, mirrored with several GPUs",
+    )
+    t.add_argument(
+        "--cluster",
+        metavar="KIND",
+        help="where TF_CONFIG comes from: auto (default), none, or k8s-indexed-job (built from "
+        "JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_SERVICE, IMGTRAIN_JOB_NAME)",
+    )
+    add_no_progress(t, "no progress bars (logs only)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then --config, then --set, then the named flags; normalised and validated."""
+    cfg = Config.load(args.config, args.overrides)
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            cfg = set_value(cfg, key, value, where="the command line")
+    return cfg.checked()
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgtrain.run import train_run
+
+    summary = train_run(config_from_args(args), progress=not args.no_progress)
+    if summary.get("report"):
+        print(f"test accuracy {summary['test_accuracy']:.4f}; report: {summary['report']}")
+    return 0
