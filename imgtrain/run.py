@@ -432,7 +432,7 @@ def _finish(
         )
         write_class_names(prep.class_names, run_dir)
         export_keras(model, run_dir)
-        export_saved_model(model, prep.class_names, cfg.data.image_size, run_dir, cfg.data.eval_crop())
+        export_saved_model(model, prep.class_names, cfg.data.image_size, run_dir / "saved_model", cfg.data.eval_crop())
     report = evaluate_prepared(model, prep, cfg, dist, run_dir, progress=progress) if prep.has("test") else None
     if not dist.is_chief:
         return {}

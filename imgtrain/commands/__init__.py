@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from imgtrain.commands import bench, evaluate, predict, prepare, train
+from imgtrain.commands import bench, evaluate, export, predict, prepare, train
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
@@ -17,4 +17,5 @@ COMMANDS: dict[str, ModuleType] = {
     "prepare": prepare,
     "bench": bench,
     "predict": predict,
+    "export": export,
 }

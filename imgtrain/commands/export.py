@@ -1,0 +1,47 @@
+"""``imgtrain export``: a finished run's model in another format, read back and checked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgtrain.errors import UserError
+
+# The choices, kept beside the parser so --help needs no TensorFlow; a test checks they are
+# export.FORMATS' keys.
+FORMAT_NAMES = ("saved_model", "keras", "tflite", "tflite-int8", "onnx")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "export",
+        help="write a run's model as saved_model, keras, tflite, tflite-int8 or onnx",
+        description="Write a finished run's model in another format (default under RUN_DIR/export/FORMAT), "
+        "then read it back with that format's own reader and report its top-1 agreement with the run's "
+        "model on the test images, and its size.",
+    )
+    e.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'imgtrain train'")
+    e.add_argument("--format", required=True, choices=FORMAT_NAMES, metavar="F", help=", ".join(FORMAT_NAMES))
+    e.add_argument("--output", metavar="DIR", help="where to write (default RUN_DIR/export/FORMAT)")
+    e.add_argument(
+        "--version", type=int, default=1, metavar="N", help="saved_model: the TF Serving version directory (default 1)"
+    )
+    e.add_argument("--no-check", action="store_true", help="skip reading the export back on the test images")
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgtrain.export import export_run
+
+    if args.version < 1:
+        raise UserError(f"--version must be a positive integer (TF Serving's version folder), got {args.version}")
+    result = export_run(
+        Path(args.run), args.format, Path(args.output) if args.output else None, args.version, check=not args.no_check
+    )
+    line = f"{result.format}: {result.path} ({result.size_bytes / 2**20:.2f} MiB)"
+    if result.images_checked:
+        line += (
+            f"; read back with {result.reader}: top-1 agreement with the run's model "
+            f"{result.agreement:.2%} on {result.images_checked} test images"
+        )
+    print(line)
+    return 0

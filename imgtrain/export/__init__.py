@@ -1,0 +1,181 @@
+"""Exports of a trained run, one format per row of ``FORMATS``.
+
+``train`` writes ``model.keras`` (logits) and ``saved_model/`` itself; ``imgtrain
+export`` makes any format on demand from a finished run, under ``RUN_DIR/export/<format>``
+unless told otherwise, and checks it: the format's own reader (TF's SavedModel loader,
+``keras.saving.load_model``, ``tf.lite.Interpreter``, onnxruntime) classifies the
+run's test images, and the top-1 agreement with the run's Keras model is reported with
+the file size. Every format but ``saved_model`` takes float32 pixels ``[batch, height,
+width, 3]`` (RGB, 0-255, the training size) and returns probabilities; the class names
+are in ``class_names.json`` beside it (index i of the output is ``class_names[i]``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+
+from imgtrain import atomic
+from imgtrain.export import onnx_file, tflite
+from imgtrain.export.keras_file import export_keras, probability_model, write_class_names, write_keras
+from imgtrain.export.saved_model import export_saved_model
+
+__all__ = ["FORMATS", "export_keras", "export_run", "export_saved_model", "write_class_names"]
+
+Classifier = Callable[[np.ndarray], np.ndarray]  # float pixels [n, h, w, 3] -> probabilities [n, k]
+
+
+@dataclass
+class Exported:
+    format: str
+    path: Path  # the file, or the SavedModel's version directory
+    size_bytes: int
+    agreement: Optional[float] = None  # top-1 agreement with the Keras model on the test images
+    images_checked: int = 0
+    reader: str = ""
+
+
+@dataclass(frozen=True)
+class Format:
+    write: Callable[[keras.Model, list, "RunInfo", Path], Path]
+    read: Callable[[Path], Classifier]
+    reader: str  # what reads it, said in the output
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    image_size: list
+    crop_fraction: Optional[float]
+    version: int
+
+
+def _write_saved_model(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
+    return export_saved_model(model, names, info.image_size, out / str(info.version), info.crop_fraction)
+
+
+def _read_saved_model(path: Path) -> Classifier:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serve_pixels"]
+    return lambda x: fn(pixels=tf.constant(x))["probabilities"].numpy()
+
+
+def _write_keras(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
+    return write_keras(model, names, out)
+
+
+def _read_keras(path: Path) -> Classifier:
+    loaded = keras.saving.load_model(str(path), compile=False)
+    return lambda x: np.asarray(loaded.predict(x, verbose=0))
+
+
+def _tflite_writer(int8: bool) -> Callable[[keras.Model, list, RunInfo, Path], Path]:
+    def write(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+            saved = export_saved_model(model, names, info.image_size, Path(tmp) / "saved_model", info.crop_fraction)
+            blob = tflite.convert(saved, int8)
+        final = out / ("model_int8.tflite" if int8 else "model.tflite")
+        with atomic.replacing(final) as part:
+            part.write_bytes(blob)
+        write_class_names(names, out)
+        return final
+
+    return write
+
+
+def _read_tflite(path: Path) -> Classifier:
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "use ai_edge_litert": the stock reader is the check
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner(tflite.SIGNATURE)
+    return lambda x: runner(pixels=x)["probabilities"]
+
+
+def _write_onnx(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "model.onnx"
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+        onnx_file.write(probability_model(model), Path(tmp) / "model.onnx")
+        os.replace(Path(tmp) / "model.onnx", final)  # whole or not at all
+    write_class_names(names, out)
+    return final
+
+
+def _read_onnx(path: Path) -> Classifier:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+# The one table of export formats; the CLI's --format choices are its keys.
+FORMATS: dict[str, Format] = {
+    "saved_model": Format(_write_saved_model, _read_saved_model, "tf.saved_model.load, signature serve_pixels"),
+    "keras": Format(_write_keras, _read_keras, "keras.saving.load_model"),
+    "tflite": Format(_tflite_writer(False), _read_tflite, "tf.lite.Interpreter"),
+    "tflite-int8": Format(_tflite_writer(True), _read_tflite, "tf.lite.Interpreter"),
+    "onnx": Format(_write_onnx, _read_onnx, "onnxruntime"),
+}
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def export_model(
+    model: keras.Model, class_names: list, fmt: str, out: Path, image_size: list, crop: Optional[float], version: int
+) -> Exported:
+    """Write ``model`` (logits) in format ``fmt`` under ``out``; no check."""
+    path = FORMATS[fmt].write(model, list(class_names), RunInfo(list(image_size), crop, version), Path(out))
+    return Exported(fmt, path, size_of(path), reader=FORMATS[fmt].reader)
+
+
+def agreement(model: keras.Model, read: Classifier, batches) -> tuple[float, int]:
+    """Top-1 agreement between ``model`` and an exported classifier over ``(pixels, real)``
+    batches (padding rows, ``real == 0``, left out)."""
+    same = total = 0
+    for x, real in batches:
+        keep = np.asarray(real) > 0
+        x = np.asarray(x, np.float32)
+        ours = np.asarray(model.predict(x, verbose=0)).argmax(-1)
+        theirs = np.asarray(read(x)).argmax(-1)
+        same += int((ours == theirs)[keep].sum())
+        total += int(keep.sum())
+    return (same / total if total else float("nan")), total
+
+
+def export_run(
+    run_dir: Path,
+    fmt: str,
+    out: Optional[Path] = None,
+    version: int = 1,
+    check: bool = True,
+    max_check_images: int = 2000,
+    log: Callable[[str], None] = print,
+) -> Exported:
+    """``imgtrain export``: one format from a finished run, then read back and checked."""
+    from imgtrain.export.check import test_batches
+    from imgtrain.predict import load_run
+
+    run_dir = Path(run_dir)
+    model, class_names, cfg = load_run(run_dir)
+    out = Path(out) if out else run_dir / "export" / fmt
+    result = export_model(model, class_names, fmt, out, cfg.data.image_size, cfg.data.eval_crop(), version)
+    if check:
+        batches = test_batches(cfg, run_dir, max_check_images, log)
+        if batches is not None:
+            result.agreement, result.images_checked = agreement(model, FORMATS[fmt].read(result.path), batches)
+    return result
