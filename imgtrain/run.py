@@ -433,7 +433,8 @@ def _finish(
         write_class_names(prep.class_names, run_dir)
         export_keras(model, run_dir)
         export_saved_model(model, prep.class_names, cfg.data.image_size, run_dir / "saved_model", cfg.data.eval_crop())
-    report = evaluate_prepared(model, prep, cfg, dist, run_dir, progress=progress) if prep.has("test") else None
+    context = _report_context(cfg, training, fit, counts, dist, seconds)
+    report = evaluate_prepared(model, prep, cfg, dist, run_dir, progress, context) if prep.has("test") else None
     if not dist.is_chief:
         return {}
     summary = {
@@ -463,6 +464,29 @@ def _finish(
     }
     _atomic_json(run_dir / "run.json", summary)
     return summary
+
+
+def _report_context(
+    cfg: Config, training: Training, fit: Any, counts: dict[str, int], dist: Distribution, seconds: dict[str, float]
+) -> dict[str, Any]:
+    """The run around the test numbers, for the report's first section."""
+    if fit.stopped_early:
+        stopped = (
+            f"early stopping: {training.early.monitor} did not improve for "
+            f"{cfg.train.early_stopping.patience} epoch(s), after epoch {len(fit.history)}"
+        )
+    else:
+        stopped = f"reached train.epochs ({cfg.train.epochs})"
+    return {
+        "data": cfg.data.path or f"tfds:{cfg.data.tfds.name}",
+        "splits": counts,
+        "model": cfg.model.name,
+        "best_epoch": fit.best_epoch + 1,
+        "stopped": stopped,
+        "strategy": dist.name,
+        "world_size": dist.world_size,
+        "wall_seconds": seconds.get("total_seconds"),
+    }
 
 
 def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps: int) -> int:

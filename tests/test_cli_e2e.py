@@ -116,6 +116,26 @@ def test_evaluate_rewrites_the_same_report(trained_run, capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
+def test_report_has_context_errors_and_calibration(trained_run):
+    data, run = trained_run
+    report = json.loads((run / "report.json").read_text())
+    ctx = report["context"]
+    assert ctx["data"] == str(data) and ctx["model"] == "cnn" and ctx["strategy"] == "single"
+    assert ctx["world_size"] == 1 and ctx["splits"]["test"] == report["num_examples"]
+    assert 1 <= ctx["best_epoch"] <= 4 and ctx["stopped"] and ctx["wall_seconds"] > 0
+    wrong = report["misclassified"]
+    assert report["misclassified_total"] == report["num_examples"] - round(report["accuracy"] * report["num_examples"])
+    assert [w["confidence"] for w in wrong] == sorted((w["confidence"] for w in wrong), reverse=True)
+    for w in wrong:
+        assert (data / w["path"]).exists() and w["true"] != w["predicted"]
+    assert 0.0 <= report["calibration"]["ece"] <= 1.0
+    assert sum(b["count"] for b in report["calibration"]["bins"]) == report["num_examples"]
+    for name in ("report.html", "calibration.png", "per_class_accuracy.png"):
+        assert (run / name).exists(), name
+    assert (run / "misclassified.png").exists() == bool(wrong)
+    assert "Misclassified images" in (run / "report.md").read_text()
+
+
 def test_predict_table_csv_json_and_saved_model_agree(trained_run, tmp_path, capsys):
     data, run = trained_run
     files = sorted(p for p in data.rglob("*") if p.is_file())[:9]

@@ -49,7 +49,7 @@ def test_report_files(tmp_path: Path):
     assert report["top5_accuracy"] == pytest.approx(20 / 20)
     assert report["accuracy"] == pytest.approx(18 / 20)
     assert report["loss"] == pytest.approx(0.15)
-    json_path, md_path = write_report(report, tmp_path)
+    json_path, md_path, _html_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["confusion_matrix"][0] == [5, 1, 0, 0, 0, 0]
     md = md_path.read_text()
     assert "| c0 | 0.833 | 0.833 |" not in md  # precision of c0 is 1.0

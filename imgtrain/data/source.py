@@ -56,6 +56,11 @@ class DataSource:
     def identity(self, split: str) -> list[str]:
         raise NotImplementedError
 
+    def example_keys(self, split: str) -> list[str]:
+        """What names each example of ``split`` in a report, in the order of a one-worker
+        ``eval_dataset``; a kind without file names numbers them."""
+        return [f"{split}[{i}]" for i in range(self.count(split))]
+
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
         raise NotImplementedError
 
@@ -76,6 +81,9 @@ class FileSource(DataSource):
 
     def identity(self, split: str) -> list[str]:
         return sorted(f"{e.key}\t{e.label}\t{e.weight!r}" for e in self.catalog.split(split))
+
+    def example_keys(self, split: str) -> list[str]:
+        return [e.key for e in self.catalog.split(split)]  # the path as the user's folder or CSV names it
 
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
         return pipeline.train_dataset(self.catalog.split("train"), cfg, plan)
@@ -102,6 +110,11 @@ class RecordSource(DataSource):
 
     def identity(self, split: str) -> list[str]:
         return [f"{Path(f).name}\t{c}" for f, c in zip(self.records.files(split), self.records.file_counts(split))]
+
+    def example_keys(self, split: str) -> list[str]:
+        from imgtrain.data.tfrecord import read_keys
+
+        return read_keys(self.records.files(split))  # each record keeps its source's path
 
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
         return pipeline.tfrecord_train_dataset(

@@ -229,3 +229,10 @@ def parse(record: tf.Tensor) -> tuple:
     """A serialized record -> (index, encoded bytes, label, weight)."""
     f = tf.io.parse_single_example(record, FEATURES)
     return f["index"], f["image/encoded"], tf.cast(f["label"], tf.int32), f["weight"]
+
+
+def read_keys(files: list[str]) -> list[str]:
+    """The ``image/key`` of every record of ``files``, in file and record order."""
+    spec = {"image/key": FEATURES["image/key"]}
+    ds = tf.data.TFRecordDataset(list(files)).map(lambda r: tf.io.parse_single_example(r, spec)["image/key"])
+    return [k.decode("utf-8", "replace") for k in ds.as_numpy_iterator()]

@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: the confusion matrix and training curves."""
+"""Pictures people would rather look at than read: confusion matrices, per-class accuracy,
+reliability, the most confident mistakes, and the training curves."""
 
 from __future__ import annotations
 
@@ -26,18 +27,98 @@ def _save(fig, path: Path) -> None:
 
 
 def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: Path) -> None:
+    """Counts beside the row-normalised matrix: on the counts' colour scale a big class hides
+    every error; normalised per true class, each row's mistakes show as shares of it."""
+    cm = np.asarray(confusion).astype(int)
     k = len(class_names)
-    side = min(4 + 0.45 * k, 24)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay(np.asarray(confusion).astype(int), display_labels=list(class_names)).plot(
-        ax=ax,
-        cmap="Blues",
-        colorbar=False,
-        include_values=k <= 30,
-        xticks_rotation="vertical" if k > 8 else "horizontal",
-    )
-    ax.set_title("Confusion matrix (test split): rows true, columns predicted")
+    side = min(4 + 0.45 * k, 20)
+    rows = cm.sum(axis=1, keepdims=True)
+    normalised = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for ax, values, title, fmt in (
+        (axes[0], cm, "counts", "d"),
+        (axes[1], normalised, "share of each true class (rows sum to 1)", ".2f"),
+    ):
+        ConfusionMatrixDisplay(values, display_labels=list(class_names)).plot(
+            ax=ax,
+            cmap="Blues",
+            colorbar=False,
+            include_values=k <= 30,
+            values_format=fmt,
+            xticks_rotation="vertical" if k > 8 else "horizontal",
+        )
+        ax.set_title(title)
+    fig.suptitle("Confusion matrix (test split): rows true, columns predicted")
     _save(fig, path)
+
+
+def per_class_accuracy_png(class_names: Sequence[str], recall: Sequence[float], support: Sequence[int], path: Path):
+    """Accuracy within each true class (its recall), with its number of test images."""
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(8, min(2 + 0.3 * k, 30)))
+    ys = np.arange(k)
+    ax.barh(ys, recall, color="tab:blue")
+    ax.set_yticks(ys, [f"{n} ({s})" for n, s in zip(class_names, support)])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy within the class (recall)")
+    ax.set_title("Per-class accuracy on the test split (test images per class)")
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def reliability_png(calibration: dict, path: Path) -> None:
+    """Accuracy against confidence per bin: on the diagonal a model is calibrated, below it
+    overconfident. Bar widths are the bins, the grey bars how many images each holds."""
+    bins = calibration["bins"]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), height_ratios=[3, 1], sharex=True)
+    width = bins[0]["upper"] - bins[0]["lower"]
+    filled = [b for b in bins if b["count"]]
+    ax.bar(
+        [b["lower"] for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability (test split): expected calibration error {calibration['ece']:.3f}")
+    ax.legend(loc="upper left")
+    hist.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="grey")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    hist.set_xlim(0, 1)
+    _save(fig, path)
+
+
+def gallery_png(worst: Sequence[tuple], keys: Sequence[str], labels, predicted, class_names, path: Path) -> bool:
+    """The most confident mistakes, as the model saw them, each titled true / predicted (confidence)."""
+    if not worst:
+        return False
+    cols = min(4, len(worst))
+    rows = (len(worst) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (conf, pos, image) in zip(axes.flat, worst):
+        ax.imshow(image if image.shape[-1] == 3 else image[..., 0], interpolation="nearest")
+        name = keys[pos] if pos < len(keys) else f"#{pos}"
+        ax.set_title(
+            f"true {class_names[int(labels[pos])]}\npredicted {class_names[int(predicted[pos])]} ({conf:.2f})\n"
+            f"{_shorten(name)}",
+            fontsize=8,
+        )
+    fig.suptitle("Most confident mistakes (test split)")
+    _save(fig, path)
+    return True
+
+
+def _shorten(text: str, most: int = 36) -> str:
+    return text if len(text) <= most else "..." + text[-(most - 3) :]
 
 
 def _read_history(history_csv: Path) -> list[dict]:

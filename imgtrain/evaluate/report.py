@@ -1,14 +1,34 @@
-"""The evaluation report: ``report.json`` for programs, ``report.md`` for people."""
+"""The evaluation report: ``report.json`` for programs, ``report.md`` and a self-contained
+``report.html`` for people.
+
+The headline metrics come from the summed confusion matrix (exact under any strategy); the
+misclassified images and calibration come from the chief's per-example pass
+(``evaluate.predictions``). Class names are user text: Markdown and HTML escape them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from imgtrain import atomic
+from imgtrain.evaluate.html import to_html
+from imgtrain.evaluate.markdown import to_markdown
 from imgtrain.evaluate.metrics import classification_metrics, reports_top_k
+
+
+def top_confusions(confusion: np.ndarray, class_names: Sequence[str], most: int = 10) -> list[dict[str, Any]]:
+    """The largest off-diagonal cells: true -> predicted, count, and share of the true class."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    rows = cm.sum(axis=1)
+    cells = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [
+        {"true": class_names[i], "predicted": class_names[j], "count": n, "share_of_class": round(n / rows[i], 4)}
+        for n, i, j in cells[:most]
+    ]
 
 
 def build_report(
@@ -16,9 +36,10 @@ def build_report(
     class_names: Sequence[str],
     skipped: Sequence[dict],
     top_k: int = 5,
-    extra: dict[str, Any] | None = None,
+    extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Everything the report says, from the summed evaluation quantities of the test split."""
+    """Everything the summed evaluation quantities of the test split say; ``extra`` (run
+    context, misclassified images, calibration) is merged in."""
     confusion = np.asarray(totals["confusion"])
     n = float(totals["count"])
     metrics = classification_metrics(confusion, class_names)
@@ -36,6 +57,7 @@ def build_report(
             "macro_avg": metrics["macro_avg"],
             "weighted_avg": metrics["weighted_avg"],
             "confusion_matrix": confusion.astype(int).tolist(),
+            "top_confusions": top_confusions(confusion, class_names),
             "skipped_files": list(skipped),
         }
     )
@@ -44,51 +66,9 @@ def build_report(
     return report
 
 
-def write_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
-    json_path, md_path = run_dir / "report.json", run_dir / "report.md"
+def write_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path, Path]:
+    json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
     atomic.write_json(json_path, report)
-    atomic.write_text(md_path, to_markdown(report))
-    return json_path, md_path
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    names = report["class_names"]
-    lines = ["# imgtrain evaluation report", ""]
-    lines.append(f"Test split: {report['num_examples']} images, {len(names)} classes.")
-    lines.append("")
-    lines.append("| metric | value |")
-    lines.append("| --- | --- |")
-    lines.append(f"| accuracy | {report['accuracy']:.4f} |")
-    for key in sorted(k for k in report if k.startswith("top") and k.endswith("_accuracy")):
-        lines.append(f"| {key.replace('_', ' ')} | {report[key]:.4f} |")
-    lines.append(f"| loss | {report['loss']:.4f} |")
-    for avg in ("macro_avg", "weighted_avg"):
-        a = report[avg]
-        lines.append(f"| {avg.replace('_', ' ')} F1 | {a['f1']:.4f} |")
-    lines += [
-        "",
-        "## Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name in names:
-        m = report["per_class"][name]
-        lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
-    lines += ["", "## Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
-    lines.append("| true \\ predicted | " + " | ".join(names) + " |")
-    lines.append("| --- " * (len(names) + 1) + "|")
-    for name, row in zip(names, report["confusion_matrix"]):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![training curves](curves.png)", ""]
-    skipped = report.get("skipped_files") or []
-    lines.append(f"## Skipped files ({len(skipped)})")
-    lines.append("")
-    if skipped:
-        for s in skipped[:200]:
-            lines.append(f"- `{s['path']}`: {s['reason']}")
-        if len(skipped) > 200:
-            lines.append(f"- ... and {len(skipped) - 200} more (see report.json)")
-    else:
-        lines.append("None.")
-    return "\n".join(lines) + "\n"
+    atomic.write_text(md_path, to_markdown(report, run_dir))
+    atomic.write_text(html_path, to_html(report, run_dir))
+    return json_path, md_path, html_path

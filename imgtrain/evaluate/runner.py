@@ -7,6 +7,7 @@ same classes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,9 +15,11 @@ import keras
 
 from imgtrain.config import Config
 from imgtrain.data import source as data_source
+from imgtrain.data.pipeline import Shard
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
-from imgtrain.evaluate import plots
+from imgtrain.evaluate import plots, predictions
+from imgtrain.evaluate.calibration import reliability
 from imgtrain.evaluate.report import build_report, write_report
 from imgtrain.predict import load_run
 from imgtrain.train.distribution import Distribution, make_distribution
@@ -24,9 +27,16 @@ from imgtrain.train.loop import evaluate_sums
 
 
 def evaluate_prepared(
-    model: keras.Model, prep: DataSource, cfg: Config, dist: Distribution, run_dir: Path, progress: bool = True
+    model: keras.Model,
+    prep: DataSource,
+    cfg: Config,
+    dist: Distribution,
+    run_dir: Path,
+    progress: bool = True,
+    context: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Evaluate on the test split and (chief) write report.json, report.md and the plots."""
+    """Evaluate on the test split (every worker, summed) and, on the chief, look at each
+    prediction, draw the figures and write report.json, report.md and report.html."""
     top_k = cfg.evaluate.top_k
     totals = evaluate_sums(
         model,
@@ -37,11 +47,36 @@ def evaluate_prepared(
         progress=progress and dist.is_chief,
         desc="testing",
     )
-    report = build_report(totals, prep.class_names, prep.skipped, top_k)
-    if dist.is_chief:
-        write_report(report, run_dir)
-        plots.confusion_matrix_png(report["confusion_matrix"], prep.class_names, run_dir / "confusion_matrix.png")
+    if not dist.is_chief:
+        return build_report(totals, prep.class_names, prep.skipped, top_k)
+    found = predictions.collect(
+        model, prep.eval_dataset(cfg.data, "test", cfg.train.batch_size, Shard(), 1), prep.example_keys("test")
+    )
+    calibration = reliability(found.confidence, found.correct)
+    wrong = predictions.misclassified(found, prep.class_names)
+    extra = {
+        "context": context or {},
+        "calibration": calibration,
+        "misclassified_total": int((~found.correct).sum()),
+        "misclassified": wrong,
+    }
+    report = build_report(totals, prep.class_names, prep.skipped, top_k, extra)
+    _draw(report, found, prep.class_names, run_dir)
+    write_report(report, run_dir)
     return report
+
+
+def _draw(report: dict[str, Any], found: predictions.Predictions, names: list[str], run_dir: Path) -> None:
+    """The report's figures; a figure with nothing to show is removed, not left from a last run."""
+    plots.confusion_matrix_png(report["confusion_matrix"], names, run_dir / "confusion_matrix.png")
+    per_class = [report["per_class"][n] for n in names]
+    plots.per_class_accuracy_png(
+        names, [m["recall"] for m in per_class], [m["support"] for m in per_class], run_dir / "per_class_accuracy.png"
+    )
+    plots.reliability_png(report["calibration"], run_dir / "calibration.png")
+    gallery = run_dir / "misclassified.png"
+    if not plots.gallery_png(found.worst, found.keys, found.labels, found.predicted, names, gallery):
+        gallery.unlink(missing_ok=True)
 
 
 def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
@@ -61,4 +96,31 @@ def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool 
         )
     if not prep.has("test"):
         raise UserError(f"the data at {cfg.data.path} has no test split; add test images or set data.split.test")
-    return evaluate_prepared(model, prep, cfg, make_distribution("single"), run_dir, progress=progress)
+    context = _context_from_run(_read_json(run_dir / "run.json"), cfg, prep)
+    return evaluate_prepared(model, prep, cfg, make_distribution("single"), run_dir, progress, context)
+
+
+def _context_from_run(summary: dict[str, Any], cfg: Config, prep: DataSource) -> dict[str, Any]:
+    """The report's run section for a re-evaluation: the training run from its run.json, the
+    data from what was evaluated now."""
+    stopped = None
+    if summary:
+        stopped = "early stopping" if summary.get("stopped_early") else f"reached train.epochs ({cfg.train.epochs})"
+    return {
+        "data": cfg.data.path or f"tfds:{cfg.data.tfds.name}",
+        "splits": {s: prep.count(s) for s in ("train", "val", "test")},
+        "model": cfg.model.name,
+        "best_epoch": summary.get("best_epoch"),
+        "stopped": stopped,
+        "strategy": summary.get("strategy"),
+        "world_size": summary.get("world_size"),
+        "wall_seconds": summary.get("total_seconds"),
+        "evaluated": "again, by imgtrain evaluate",
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
