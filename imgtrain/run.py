@@ -47,6 +47,7 @@ from imgtrain.train.optim import (
 )
 from imgtrain.train.precise_bn import batches_for
 from imgtrain.train.precise_bn import needed as precise_bn_needed
+from imgtrain.train.tensorboard import flat_hparams
 
 # Keys that may change between a run and its resumption; anything else would
 # make the checkpoint mean something different.
@@ -322,6 +323,7 @@ def build_training(
         ema=cfg.train.ema.decay is not None,
         progress=progress,
         log=say,
+        hparams=flat_hparams(cfg.to_dict()),
     )
     loop = TrainLoop(
         built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau

@@ -136,6 +136,36 @@ def test_report_has_context_errors_and_calibration(trained_run):
     assert "Misclassified images" in (run / "report.md").read_text()
 
 
+def test_tensorboard_logs_read_by_tensorboard(trained_run):
+    """Keras' tag names and steps, plus HParams, the augmented grid and the test metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run = trained_run
+
+    def load(name):
+        ea = EventAccumulator(str(run / "logs" / name), size_guidance={"tensors": 0})
+        ea.Reload()
+        return ea
+
+    train, val, test = load("train"), load("validation"), load("test")
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert [e.step for e in train.Tensors(tag)] == [0, 1, 2, 3], tag
+    for tag in ("epoch_loss", "epoch_accuracy"):
+        assert [e.step for e in val.Tensors(tag)] == [0, 1, 2, 3], tag
+    history = list(csv.DictReader((run / "history.csv").open()))
+    logged = [float(tf.make_ndarray(e.tensor_proto)) for e in val.Tensors("epoch_accuracy")]
+    assert logged == pytest.approx([float(r["val_accuracy"]) for r in history], abs=1e-6)
+    grid = train.Tensors("augmented_training_images")[0]
+    assert grid.step == 0 and tf.make_ndarray(grid.tensor_proto).shape == (3,)  # width, height, PNG bytes
+    assert "_hparams_/session_start_info" in train.Tags()["tensors"]
+    hparams = train.SummaryMetadata("_hparams_/session_start_info").plugin_data
+    assert hparams.plugin_name == "hparams" and b"train.epochs" in hparams.content
+    report = json.loads((run / "report.json").read_text())
+    accuracy = test.Tensors("epoch_accuracy")[0]
+    assert accuracy.step == 3 and float(tf.make_ndarray(accuracy.tensor_proto)) == pytest.approx(report["accuracy"])
+    assert test.Tensors("confusion_matrix")
+
+
 def test_predict_table_csv_json_and_saved_model_agree(trained_run, tmp_path, capsys):
     data, run = trained_run
     files = sorted(p for p in data.rglob("*") if p.is_file())[:9]

@@ -24,6 +24,7 @@ from imgtrain.evaluate.report import build_report, write_report
 from imgtrain.predict import load_run
 from imgtrain.train.distribution import Distribution, make_distribution
 from imgtrain.train.loop import evaluate_sums
+from imgtrain.train.tensorboard import TensorBoardLog
 
 
 def evaluate_prepared(
@@ -63,7 +64,26 @@ def evaluate_prepared(
     report = build_report(totals, prep.class_names, prep.skipped, top_k, extra)
     _draw(report, found, prep.class_names, run_dir)
     write_report(report, run_dir)
+    _log_test(report, run_dir, len(_read_history_rows(run_dir)))
     return report
+
+
+def _log_test(report: dict[str, Any], run_dir: Path, epochs: int) -> None:
+    """The test metrics and confusion matrix in TensorBoard, at the last epoch's step."""
+    metrics = {k: report[k] for k in report if k == "loss" or k.endswith("accuracy")}
+    metrics["calibration_error"] = report["calibration"]["ece"]
+    board = TensorBoardLog(run_dir / "logs")
+    try:
+        board.test(max(0, epochs - 1), metrics, run_dir / "confusion_matrix.png")
+    finally:
+        board.close()
+
+
+def _read_history_rows(run_dir: Path) -> list[str]:
+    try:
+        return (run_dir / "history.csv").read_text().splitlines()[1:]
+    except OSError:
+        return []
 
 
 def _draw(report: dict[str, Any], found: predictions.Predictions, names: list[str], run_dir: Path) -> None:

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import keras
 import numpy as np
@@ -34,6 +34,7 @@ from imgtrain.train.losses import cross_entropy
 from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
+from imgtrain.train.tensorboard import TensorBoardLog
 
 HISTORY_FIELDS = [
     "epoch",
@@ -76,6 +77,7 @@ class LoopOptions:
     ema: bool = False  # evaluate and keep the optimizer's moving average of the weights
     progress: bool = True
     log: Callable[[str], None] = print
+    hparams: dict[str, Any] = field(default_factory=dict)  # the run's config, flat, for TensorBoard's HParams
 
 
 @dataclass
@@ -186,6 +188,7 @@ class TrainLoop:
         self.precise_bn_batches = precise_bn_batches if self.precise_bn.active else 0
         self.ema = ema
         self.plateau = plateau
+        self.hparams = options.hparams
         # The optimizer's EMA slots follow the variables it was built with: every phase's.
         self.optimized_variables = built.all_trainable_variables() if ema else []
         self._phase: Optional[Phase] = None
@@ -439,6 +442,10 @@ class TrainLoop:
             )
             start_epoch = self.epochs
         hooks = [hook for hook in (self.reporter(),) if hook is not None]
+        if hooks and start_epoch == 0 and skip == 0:
+            sample = self._first_batch_images()
+            for hook in hooks:
+                hook.on_train_begin(self.hparams, sample)
         self._phase = None
         stop = False
         images_total, seconds_total = 0.0, 0.0
@@ -482,6 +489,12 @@ class TrainLoop:
         result.trained = start_epoch < self.epochs
         result.images_per_sec = images_total / seconds_total if seconds_total else 0.0
         return result
+
+    def _first_batch_images(self) -> Optional[np.ndarray]:
+        """Epoch 0's first training batch as the model sees it (augmented), for TensorBoard."""
+        for x, *_ in self.data.train(0, 0).take(1):
+            return x.numpy()[:16]
+        return None
 
     def reporter(self) -> Optional["EpochReporter"]:
         """The chief's console line and TensorBoard scalars after every epoch; None elsewhere."""
@@ -547,37 +560,21 @@ class RunningSums:
 
 
 class EpochReporter:
-    """Epoch hook: the console line and TensorBoard scalars (train and validation writers)."""
+    """Epoch hook: the console line and TensorBoard (``train.tensorboard``)."""
 
     def __init__(self, logs_dir: Path, epochs: int, log: Callable[[str], None]) -> None:
         self.epochs, self.log = epochs, log
-        self.writers = {
-            "train": tf.summary.create_file_writer(str(logs_dir / "train")),
-            "validation": tf.summary.create_file_writer(str(logs_dir / "validation")),
-        }
+        self.board = TensorBoardLog(logs_dir)
+
+    def on_train_begin(self, hparams: dict[str, Any], sample: Optional[np.ndarray]) -> None:
+        self.board.start(hparams, sample)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "cross_entropy")
         self.log(
             f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  {img_s:.0f} img/s{'  *best*' if improved else ''}"
         )
-        self._summaries(epoch + 1, logs, lr, img_s)
+        self.board.epoch(epoch, logs, lr, img_s)
 
     def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
-
-    def _summaries(self, epoch: int, logs: dict[str, float], lr: float, img_s: float) -> None:
-        writers = self.writers
-        with writers["train"].as_default():
-            for k, v in logs.items():
-                if not k.startswith("val_"):
-                    tf.summary.scalar(k, v, step=epoch)
-            tf.summary.scalar("learning_rate", lr, step=epoch)
-            tf.summary.scalar("images_per_sec", img_s, step=epoch)
-        with writers["validation"].as_default():
-            for k, v in logs.items():
-                if k.startswith("val_"):
-                    tf.summary.scalar(k[4:], v, step=epoch)
-        for w in writers.values():
-            w.flush()
+        self.board.close()
