@@ -25,6 +25,12 @@ KEYS = [
     "train.resnet50.fit_images_per_sec",
     "memory.small.peak_rss_bytes",
     "memory.large.peak_rss_bytes",
+    "pipeline.geometric.ratio",
+    "pipeline.photo.ratio",
+    "pipeline.vs_keras_layers.ratio",
+    "pipeline.vs_image_data_generator.ratio",
+    "pipeline.vs_keras_layers.baseline_images_per_sec",
+    "pipeline.vs_image_data_generator.baseline_images_per_sec",
 ]
 
 
@@ -52,7 +58,11 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert m["large"]["images"] == 10 * m["small"]["images"]
     assert m["ratio"] == pytest.approx(m["large"]["peak_rss_bytes"] / m["small"]["peak_rss_bytes"], rel=0.01)
     table = capsys.readouterr().out
-    for row in ("pipeline.folder", "pipeline.tfrecord", "pipeline.crop_only", "train.cnn", "train.resnet50", "memory"):
+    for key in ("geometric", "photo", "vs_keras_layers", "vs_image_data_generator"):
+        f = p[key]
+        assert f["ratio"] == pytest.approx(f["images_per_sec"] / f["baseline_images_per_sec"], rel=0.01), key
+    rows = ("pipeline.folder", "pipeline.tfrecord", "pipeline.crop_only", "train.cnn", "train.resnet50", "memory")
+    for row in rows + ("pipeline.geometric", "pipeline.vs_keras_layers", "pipeline.vs_image_data_generator"):
         assert row in table
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from imgtrain.bench.memory import collect_memory_probes, start_memory_probes
+from imgtrain.bench.peers import bench_peers
 from imgtrain.bench.pipeline import bench_pipeline
 from imgtrain.bench.report import format_table
 from imgtrain.bench.synthetic import FULL, QUICK, write_jpegs
@@ -64,6 +65,7 @@ def run_bench(
             },
             "pipeline": bench_pipeline(folder224, sizes, work),
         }
+        result["pipeline"].update(bench_peers(sizes, work, log))
         result["train"] = bench_training(folder32, sizes, models, jit, mixed, work, log)
         log("bench: peak memory of a training epoch")
         probes = start_memory_probes(folder32, sizes, work)

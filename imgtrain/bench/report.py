@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+PEER_ROWS = {  # figure -> what it is measured against
+    "geometric": "decode ceiling (320x240)",
+    "photo": "decode ceiling (500x375)",
+    "vs_keras_layers": "Keras layers pipeline",
+    "vs_image_data_generator": "ImageDataGenerator",
+}
+
 
 def rate(images_per_sec: float, baseline: float, **extra: Any) -> dict[str, Any]:
     """One figure: ``{images_per_sec, baseline_images_per_sec, ratio}`` plus what describes it."""
@@ -30,6 +37,17 @@ def format_table(r: dict) -> str:
                 f"{p[key]['ratio']:.2f}",
             )
         )
+    for key, baseline in PEER_ROWS.items():
+        if key in p:
+            rows.append(
+                (
+                    f"pipeline.{key}",
+                    f"{p[key]['images_per_sec']:.0f}",
+                    baseline,
+                    f"{p[key]['baseline_images_per_sec']:.0f}",
+                    f"{p[key]['ratio']:.2f}",
+                )
+            )
     for name, t in r["train"].items():
         rows.append(
             (

@@ -21,6 +21,7 @@ class BenchSizes:
     epochs: int  # timed epochs after one warm-up epoch; the best one counts
     batch_size: int
     rounds: int  # interleaved repetitions of each measurement and its baseline
+    peer_images: int = 1200  # 320x240 JPEGs for the peers, and as many at photo size (500x375)
 
 
 # On a shared 2-core machine one epoch can run 20% slow for reasons outside the
@@ -44,13 +45,16 @@ QUICK = BenchSizes(
     epochs=1,
     batch_size=16,
     rounds=1,
+    peer_images=64,
 )
 
 
-def write_jpegs(root: Path, count: int, size: int, classes: int = 10, seed: int = 0) -> Path:
-    """Synthetic but JPEG-realistic images: smooth colour fields plus noise and shapes, per class."""
+def write_jpegs(root: Path, count: int, size, classes: int = 10, seed: int = 0) -> Path:
+    """Synthetic but JPEG-realistic images: smooth colour fields plus noise and shapes, per class.
+    ``size``: a side, or (height, width)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    h, w = (size, size) if isinstance(size, int) else size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
     for i in range(count):
         c = i % classes
         folder = root / f"class_{c:02d}"

@@ -101,7 +101,9 @@ def _affine(image: tf.Tensor, seeds: tf.Tensor, cfg: AugmentConfig, fill_mode: s
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: str = "reflect") -> tf.Tensor:
-    """Apply the enabled augmentations to one float32 image already at its final size."""
+    """Apply the enabled augmentations to one float32 image already at its final size: the
+    flips and the affine here (the training pipeline composes them with the resize instead,
+    in ``data.geometry``), then ``photometric``."""
     seeds = tf.random.experimental.stateless_split(seed, num=8)
     if cfg.horizontal_flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
@@ -109,6 +111,13 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
         image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
     if cfg.rotation or cfg.zoom or cfg.translate:
         image = _affine(image, seeds[2:6], cfg, fill_mode)
+    return photometric(image, seed, cfg)
+
+
+def photometric(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """RandAugment, brightness, contrast and random erasing on a float32 image at its final size,
+    with the seeds ``augment`` gives them."""
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
     if cfg.randaugment.num_ops:  # every op keeps 0..255 itself
         image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 101), cfg.randaugment)
     if cfg.brightness:

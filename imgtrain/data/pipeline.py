@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
+from imgtrain.data import geometry
 from imgtrain.data.images import decode, eval_image, load, resize
 from imgtrain.data.sources import Example
 
@@ -112,20 +113,18 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
     """
     size, acfg = cfg.image_size, cfg.augment
 
+    geometric = acfg.random_resized_crop or acfg.horizontal_flip or acfg.vertical_flip or geometry.has_affine(acfg)
+
     def prepare(i, x, y, w):
         s = aug.example_seed(seed, epoch, i)
-        if given in ("decoded", "raw"):
-            if acfg.random_resized_crop:
-                image = aug.random_resized_crop(x, s, acfg, size)
-            else:
-                image = x if given == "decoded" else resize(x, size)
-        else:
+        if given == "decoded" and not geometric:
+            image = x  # the cache holds images at the output size already
+        elif given in ("decoded", "raw"):
+            image = geometry.from_image(x, s, acfg, size) if geometric else resize(x, size)
+        else:  # encoded: JPEGs decoded only in the crop window, at reduced scale when it is large
             encoded = tf.io.read_file(x) if given == "path" else x
-            if acfg.random_resized_crop:
-                image = aug.decode_random_resized_crop(encoded, s, acfg, size)
-            else:
-                image = resize(decode(encoded), size)
-        image = aug.augment(image, tf.random.experimental.stateless_fold_in(s, 1), acfg, acfg.fill_mode)
+            image = geometry.from_bytes(encoded, s, acfg, size)
+        image = aug.photometric(image, tf.random.experimental.stateless_fold_in(s, 1), acfg)
         image.set_shape([size[0], size[1], 3])
         return image, y, w, tf.constant(1.0)
 

@@ -1,0 +1,184 @@
+"""Every geometric augmentation of a training image in one resampling pass, from uint8.
+
+The random resized crop, the flips, and rotation, zoom and translation are each a map
+between pixel coordinates; composed, they are one 3x3 matrix from an output pixel to a
+pixel of the decoded image. The image is then resampled once, bilinearly, straight to the
+output size: ``crop_and_resize`` when the map is axis-aligned (crops and flips: fast,
+and the crop never leaves the image), TensorFlow's projective-transform kernel with the
+configured fill mode otherwise. The two-pass path it replaces (resize, then transform the
+resized image) read every output pixel twice and interpolated twice.
+
+Decoding less: a JPEG's crop window that is at least twice the output size on both sides is
+decoded at 1/2, 1/4 or 1/8 scale (``decode_and_crop_jpeg``'s ``ratio``: the inverse DCT
+does the downscaling, averaging rather than skipping pixels), the largest ratio that
+still leaves at least the output size; the matrix maps into the scaled window. A test
+bounds the difference against decoding at full size.
+
+Random draws take the seeds ``augment.augment`` takes for the same ops (a stateless split
+of the example's seed), so one seed gives one image, in any order and after a resume.
+Pixel coordinates put centres on integers; a resize maps ``(q + 0.5) * scale - 0.5``
+(TensorFlow's half-pixel convention), so with no augmentation this is ``tf.image.resize``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+from imgtrain.config import AugmentConfig
+from imgtrain.data import augment as aug
+from imgtrain.data.images import decode
+
+RATIOS = (8, 4, 2)  # what libjpeg's scaled decoding offers, largest first
+
+
+def has_affine(cfg: AugmentConfig) -> bool:
+    return bool(cfg.rotation or cfg.zoom or cfg.translate)
+
+
+def _matrix(rows: list[list[tf.Tensor]]) -> tf.Tensor:
+    return tf.stack([tf.stack([tf.cast(v, tf.float32) for v in row]) for row in rows])
+
+
+def jitter(seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+    """Output pixel -> pixel of the un-augmented output-size image: the affine (rotation and
+    zoom about the centre, then a shift), then the flips, as ``augment.augment`` applies them."""
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    h, w = float(size[0]), float(size[1])
+    m = tf.eye(3)
+    if has_affine(cfg):
+        angle = tf.random.stateless_uniform([], seeds[2], -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
+        zoom = 1.0 + tf.random.stateless_uniform([], seeds[3], -1.0, 1.0) * cfg.zoom
+        tx = tf.random.stateless_uniform([], seeds[4], -1.0, 1.0) * cfg.translate * w
+        ty = tf.random.stateless_uniform([], seeds[5], -1.0, 1.0) * cfg.translate * h
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        m = _matrix([[cos, -sin, cx - cos * cx + sin * cy - tx], [sin, cos, cy - sin * cx - cos * cy - ty], [0, 0, 1]])
+    # A flip seen from the output: x -> (w - 1) - x on the image the affine reads.
+    if cfg.horizontal_flip:
+        flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
+        fx = tf.where(flip, _matrix([[-1, 0, w - 1], [0, 1, 0], [0, 0, 1]]), tf.eye(3))
+        m = fx @ m
+    if cfg.vertical_flip:
+        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+        fy = tf.where(flip, _matrix([[1, 0, 0], [0, -1, h - 1], [0, 0, 1]]), tf.eye(3))
+        m = fy @ m
+    return m
+
+
+def window_map(top, left, height, width, size: Sequence[int]) -> tf.Tensor:
+    """Pixel of the output-size image -> pixel of the source, for a window (top, left,
+    height, width) of it resized to ``size`` (half-pixel centres)."""
+    sy = tf.cast(height, tf.float32) / float(size[0])
+    sx = tf.cast(width, tf.float32) / float(size[1])
+    return _matrix(
+        [
+            [sx, 0, 0.5 * sx - 0.5 + tf.cast(left, tf.float32)],
+            [0, sy, 0.5 * sy - 0.5 + tf.cast(top, tf.float32)],
+            [0, 0, 1],
+        ]
+    )
+
+
+def scale_map(ratio: tf.Tensor, top_s: tf.Tensor, left_s: tf.Tensor) -> tf.Tensor:
+    """Full-size source pixel -> pixel of a window decoded at 1/ratio scale starting at
+    (top_s, left_s) of the scaled image."""
+    r = 1.0 / tf.cast(ratio, tf.float32)
+    return _matrix(
+        [
+            [r, 0, 0.5 * r - 0.5 - tf.cast(left_s, tf.float32)],
+            [0, r, 0.5 * r - 0.5 - tf.cast(top_s, tf.float32)],
+            [0, 0, 1],
+        ]
+    )
+
+
+def resample(image: tf.Tensor, m: tf.Tensor, size: Sequence[int], affine: bool, fill_mode: str) -> tf.Tensor:
+    """``image`` (uint8) sampled at ``m @ [x, y, 1]`` for every output pixel: float32 ``size``."""
+    h, w = int(size[0]), int(size[1])
+    if affine:
+        out = tf.raw_ops.ImageProjectiveTransformV3(
+            images=image[None],
+            transforms=tf.reshape(m, [9])[None, :8],
+            output_shape=[h, w],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode=fill_mode.upper(),
+        )[0]
+        # The uint8 kernel truncates its bilinear result; +0.5 centres the error on zero.
+        return tf.cast(out, tf.float32) + tf.where(out < 255, 0.5, 0.0)
+    # Axis-aligned: the box's corners are the first and last output pixels' sources, clamped
+    # to the image (a box edge half a pixel outside would read the extrapolation value).
+    ih = tf.cast(tf.shape(image)[0] - 1, tf.float32)
+    iw = tf.cast(tf.shape(image)[1] - 1, tf.float32)
+    y0 = tf.clip_by_value(m[1, 2], 0.0, ih)
+    y1 = tf.clip_by_value(m[1, 1] * (h - 1) + m[1, 2], 0.0, ih)
+    x0 = tf.clip_by_value(m[0, 2], 0.0, iw)
+    x1 = tf.clip_by_value(m[0, 0] * (w - 1) + m[0, 2], 0.0, iw)
+    box = tf.stack(
+        [y0 / tf.maximum(ih, 1.0), x0 / tf.maximum(iw, 1.0), y1 / tf.maximum(ih, 1.0), x1 / tf.maximum(iw, 1.0)]
+    )
+    return tf.image.crop_and_resize(image[None], box[None], [0], [h, w])[0]
+
+
+def _window(shape: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """(begin [top, left], size [height, width]) of the crop in an image of ``shape``."""
+    if cfg.random_resized_crop:
+        begin, crop = aug.crop_window(shape, seed, cfg)
+        return begin[:2], crop[:2]
+    return tf.zeros([2], tf.int32), tf.cast(shape[:2], tf.int32)
+
+
+def _ratio(window: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """The largest JPEG scale-down that keeps the window at least the output size."""
+    ratio = tf.constant(1)
+    for r in reversed(RATIOS):  # 2, 4, 8: each one that fits replaces the smaller
+        fits = tf.logical_and(window[0] >= r * int(size[0]), window[1] >= r * int(size[1]))
+        ratio = tf.where(fits, r, ratio)
+    return ratio
+
+
+def _decode_jpeg_window(encoded, shape, begin, extent, ratio):
+    """Decode the window at 1/ratio scale: (pixels, top and left of the window in the scaled image)."""
+    scaled = (shape[:2] + ratio - 1) // ratio  # libjpeg rounds scaled sizes up
+    start = begin // ratio
+    stop = tf.minimum(scaled, (begin + extent + ratio - 1) // ratio)
+    window = tf.concat([start, stop - start], 0)
+    branches = {r: (lambda r=r: tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=r)) for r in (1, *RATIOS)}
+    image = tf.case([(tf.equal(ratio, r), fn) for r, fn in branches.items()], exclusive=True)
+    image.set_shape([None, None, 3])
+    return image, start
+
+
+def from_bytes(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+    """Encoded image -> augmented float32 ``size`` image, geometry in one pass (JPEGs decoded
+    only in the crop window, at reduced scale when it is large)."""
+    crop_seed, jitter_seed = seed, tf.random.experimental.stateless_fold_in(seed, 1)
+    affine = has_affine(cfg)
+
+    def jpeg() -> tf.Tensor:
+        shape = tf.image.extract_jpeg_shape(encoded)
+        begin, extent = _window(shape, crop_seed, cfg)
+        ratio = _ratio(extent, size)
+        pixels, start = _decode_jpeg_window(encoded, shape, begin, extent, ratio)
+        m = scale_map(ratio, start[0], start[1]) @ window_map(begin[0], begin[1], extent[0], extent[1], size)
+        return resample(pixels, m @ jitter(jitter_seed, cfg, size), size, affine, cfg.fill_mode)
+
+    def other() -> tf.Tensor:
+        return from_image(decode(encoded), seed, cfg, size)
+
+    out = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    out.set_shape([int(size[0]), int(size[1]), 3])
+    return out
+
+
+def from_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+    """A decoded image of any size -> augmented float32 ``size`` image, geometry in one pass."""
+    begin, extent = _window(tf.shape(image), seed, cfg)
+    m = window_map(begin[0], begin[1], extent[0], extent[1], size)
+    jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    out = resample(image, m @ jitter(jitter_seed, cfg, size), size, has_affine(cfg), cfg.fill_mode)
+    out.set_shape([int(size[0]), int(size[1]), 3])
+    return out

@@ -1,0 +1,86 @@
+"""One-pass geometry: the same pictures as the two-pass path it replaced, within interpolation
+error, and reduced-scale JPEG decoding close to decoding at full size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from imgtrain.config import AugmentConfig
+from imgtrain.data import augment as aug
+from imgtrain.data import geometry
+from imgtrain.data.images import resize
+
+GEOMETRIC = AugmentConfig(horizontal_flip=True, vertical_flip=True, rotation=20, zoom=0.2, translate=0.2)
+
+
+def photo(h: int = 300, w: int = 400) -> tf.Tensor:
+    """Smooth gradients plus mild noise: what interpolation error on real photos looks like."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    pixels = np.stack([xx * 255 / w, yy * 255 / h, 128 + 60 * np.sin(xx / 17.0) * np.cos(yy / 23.0)], -1)
+    return tf.constant(np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8))
+
+
+def two_pass(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size) -> np.ndarray:
+    """The path before: crop and resize, then flips and the affine on the resized image."""
+    base = aug.random_resized_crop(image, seed, cfg, size) if cfg.random_resized_crop else resize(image, size)
+    return aug.augment(base, tf.random.experimental.stateless_fold_in(seed, 1), cfg, cfg.fill_mode).numpy()
+
+
+def seeds(n: int = 6):
+    return [aug.example_seed(1, tf.constant(0), tf.constant(i)) for i in range(n)]
+
+
+def test_without_affine_it_is_crop_resize_and_flip():
+    image = photo()
+    for cfg in (AugmentConfig(), AugmentConfig(horizontal_flip=True, vertical_flip=True, random_resized_crop=True)):
+        for s in seeds():
+            one, two = geometry.from_image(image, s, cfg, [96, 128]).numpy(), two_pass(image, s, cfg, [96, 128])
+            # crop_and_resize and resize place samples alike up to float rounding of the box
+            assert np.abs(one - two).mean() < 0.05 and np.abs(one - two).max() < 2.0
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_one_pass_matches_two_passes_within_interpolation_error(crop: bool):
+    image = photo()
+    cfg = AugmentConfig(**{**GEOMETRIC.__dict__, "random_resized_crop": crop, "crop_scale": [0.5, 1.0]})
+    for s in seeds():
+        one = geometry.from_image(image, s, cfg, [112, 112]).numpy()
+        two = two_pass(image, s, cfg, [112, 112])
+        assert one.shape == two.shape == (112, 112, 3)
+        # The borders differ where the two fill differently (the resized image's edge against
+        # the source's); the interior differs by one interpolation fewer.
+        inner = (slice(20, 92), slice(20, 92))
+        assert np.abs(one[inner] - two[inner]).mean() < 3.0  # a wrong map differs by tens
+        assert one.min() >= 0 and one.max() <= 255
+
+
+def test_same_seed_same_image_and_seeds_differ():
+    image = photo()
+    s = seeds()[0]
+    np.testing.assert_array_equal(
+        geometry.from_image(image, s, GEOMETRIC, [64, 64]), geometry.from_image(image, s, GEOMETRIC, [64, 64])
+    )
+    outs = [geometry.from_image(image, t, GEOMETRIC, [64, 64]).numpy() for t in seeds()]
+    assert len({o.tobytes() for o in outs}) == len(outs)
+
+
+@pytest.mark.parametrize("size", [[64, 64], [100, 150]])
+def test_reduced_scale_jpeg_decoding_stays_close_to_full_decoding(size):
+    image = photo(480, 640)
+    encoded = tf.io.encode_jpeg(image, quality=95)
+    for cfg in (AugmentConfig(), AugmentConfig(random_resized_crop=True, crop_scale=[0.5, 1.0]), GEOMETRIC):
+        for s in seeds(4):
+            fast = geometry.from_bytes(encoded, s, cfg, size).numpy()
+            full = geometry.from_image(tf.io.decode_jpeg(encoded, channels=3), s, cfg, size).numpy()
+            inner = (slice(8, size[0] - 8), slice(8, size[1] - 8))
+            assert np.abs(fast[inner] - full[inner]).mean() < 3.0, cfg  # averaging vs point sampling
+
+
+def test_ratio_is_the_largest_that_keeps_the_output_size():
+    assert int(geometry._ratio(tf.constant([480, 640]), [64, 64])) == 4  # 8 would leave 60 rows
+    assert int(geometry._ratio(tf.constant([480, 640]), [224, 224])) == 2
+    assert int(geometry._ratio(tf.constant([300, 300]), [224, 224])) == 1
+    assert int(geometry._ratio(tf.constant([4000, 4000]), [224, 224])) == 8
