@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = (
     "train.strategy",
     "train.cluster",
     "train.warm_start",
+    "train.steps_per_execution",  # how many steps per call, not which steps
 )
 
 
@@ -318,6 +319,7 @@ def build_training(
         cfg.train.epochs,
         label_smoothing=cfg.train.label_smoothing,
         jit_compile=cfg.train.jit_compile,
+        steps_per_execution=cfg.train.steps_per_execution,
         checkpoint_every_steps=cfg.train.checkpoint.every_steps,
         precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
         ema=cfg.train.ema.decay is not None,

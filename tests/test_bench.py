@@ -25,6 +25,8 @@ KEYS = [
     "train.resnet50.fit_images_per_sec",
     "memory.small.peak_rss_bytes",
     "memory.large.peak_rss_bytes",
+    "train.cnn_steps_per_execution.ratio",
+    "train.cnn_steps_per_execution.ratio_same_n",
     "pipeline.geometric.ratio",
     "pipeline.photo.ratio",
     "pipeline.vs_keras_layers.ratio",

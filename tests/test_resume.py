@@ -98,6 +98,26 @@ def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsy
     assert_same(weights(tmp_path / "a"), weights(run_b))
 
 
+def test_steps_per_execution_same_weights_and_exact_resume(image_folder, small_config, tmp_path, capsys):
+    """Three steps per call (cut at the mid-epoch checkpoints and the epoch's end) train the
+    same weights as one per call, and resume from a mid-epoch checkpoint as exactly."""
+    extra = FAST + ("train.checkpoint.every_steps=2",) + RECIPES[:5]
+    train_run(small_config(image_folder, tmp_path / "one", extra), progress=False)
+    multi = extra + ("train.steps_per_execution=3",)
+    train_run(small_config(image_folder, tmp_path / "three", multi), progress=False)
+    assert_same(weights(tmp_path / "one"), weights(tmp_path / "three"))
+    run_b = tmp_path / "resumed"
+    train_run(small_config(image_folder, run_b, multi + ("train.epochs=2",)), progress=False)
+    index = run_b / "checkpoints" / "checkpoint"
+    index.write_text(
+        'model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-5"\n'
+    )
+    capsys.readouterr()
+    train_run(small_config(image_folder, run_b, multi), progress=False)
+    assert "continuing at epoch 2, step" in capsys.readouterr().out
+    assert_same(weights(tmp_path / "one"), weights(run_b))
+
+
 def test_resume_refuses_a_different_setup(image_folder, small_config, tmp_path):
     from imgtrain.errors import UserError
 

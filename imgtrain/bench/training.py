@@ -13,8 +13,12 @@ from imgtrain.bench.synthetic import BenchSizes, balanced, examples_of
 from imgtrain.config import Config
 from imgtrain.data.source import DataSource
 
+STEPS_PER_EXECUTION = 8  # the several-steps-per-call figure's N
 
-def _train_config(model: str, batch: int, epochs: int, precision: str = "float32", jit: bool = False) -> Config:
+
+def _train_config(
+    model: str, batch: int, epochs: int, precision: str = "float32", jit: bool = False, steps_per_execution: int = 1
+) -> Config:
     cfg = Config.load(
         None,
         [
@@ -28,6 +32,7 @@ def _train_config(model: str, batch: int, epochs: int, precision: str = "float32
             "model.cnn.filters=[32,64,128]",
             f"train.precision={precision}",
             f"train.jit_compile={str(jit).lower()}",
+            f"train.steps_per_execution={steps_per_execution}",
             "train.early_stopping.enabled=false",
             # model.fit does neither; both happen between epochs (outside the timed seconds) but
             # would lengthen the bench: re-estimating BatchNorm statistics, keeping old checkpoints.
@@ -113,6 +118,7 @@ def bench_keras_fit(cfg: Config, examples, num_classes: int) -> float:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=cfg.train.jit_compile,
+        steps_per_execution=cfg.train.steps_per_execution,
     )
     times: list[float] = []
 
@@ -181,5 +187,30 @@ def bench_training(
                 _train_config(name, sizes.batch_size, 1 + sizes.epochs, precision=mixed_policy), examples, k, work
             )
             entry["mixed_precision"] = rate(with_mp, ours, policy=mixed_policy)
+        if name == "cnn":
+            entry_spe = _bench_steps_per_execution(sizes, examples, k, work, fit, log)
+            out["cnn_steps_per_execution"] = entry_spe
         out[name] = entry
     return out
+
+
+def _bench_steps_per_execution(sizes: BenchSizes, examples, k: int, work: Path, fit_one: float, log) -> dict:
+    """imgtrain's loop with N steps per call against ``fit`` with N = 1 (the ratio) and with the
+    same N (``ratio_same_n``), interleaved as the other figures."""
+    n = STEPS_PER_EXECUTION
+    log(f"bench: training cnn with steps_per_execution={n} (imgtrain loop and model.fit)")
+    cfg = _train_config("cnn", sizes.batch_size, 1 + sizes.epochs, steps_per_execution=n)
+    ours = fit_n = 0.0
+    for r in range(sizes.rounds):
+        for which in ("loop", "fit") if r % 2 == 0 else ("fit", "loop"):
+            if which == "loop":
+                ours = max(ours, bench_imgtrain_loop(cfg, examples, k, work))
+            else:
+                fit_n = max(fit_n, bench_keras_fit(cfg, examples, k))
+    return rate(
+        ours,
+        fit_one,
+        steps_per_execution=n,
+        fit_same_n_images_per_sec=round(fit_n, 1),
+        ratio_same_n=rate(ours, fit_n)["ratio"],
+    )

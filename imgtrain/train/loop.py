@@ -72,6 +72,7 @@ class LoopOptions:
     epochs: int
     label_smoothing: float = 0.0
     jit_compile: bool = False
+    steps_per_execution: int = 1  # training steps per call into the runtime
     checkpoint_every_steps: int = 0  # 0: a checkpoint per epoch only
     precise_bn_batches: int = 0  # training steps re-estimating BatchNorm statistics per evaluation
     ema: bool = False  # evaluate and keep the optimizer's moving average of the weights
@@ -179,6 +180,7 @@ class TrainLoop:
         self.epochs = options.epochs
         self.label_smoothing = options.label_smoothing
         self.jit_compile = options.jit_compile
+        self.steps_per_execution = options.steps_per_execution
         self.every_steps = options.checkpoint_every_steps
         self.log = options.log if dist.is_chief else (lambda _msg: None)
         self.chief = dist.is_chief
@@ -252,7 +254,27 @@ class TrainLoop:
             seed = tf.random.experimental.stateless_fold_in(base_seed, position)
             return dist.reduce_sum(dist.run(replica, (next(iterator), seed)))
 
-        return tf.function(step)
+        if self.steps_per_execution == 1:
+            return tf.function(step)
+
+        def steps(iterator, position, count):
+            """``count`` steps in one call (train.steps_per_execution): fewer trips from Python
+            to the runtime. Each step applies its own update and draws its own seed, so the
+            weights are those of ``count`` single steps; the statistics come back summed."""
+            total = tuple(tf.zeros([], tf.float64) for _ in RunningSums.FIELDS)
+            for i in tf.range(count):
+                out = step(iterator, position + tf.cast(i, tf.int64))
+                total = tuple(a + b for a, b in zip(total, out))
+            return total
+
+        return tf.function(steps)
+
+    def _steps_this_call(self, step: int, steps: int) -> int:
+        """Up to steps_per_execution steps, never past the epoch's end or a mid-epoch checkpoint."""
+        count = min(self.steps_per_execution, steps - step)
+        if self.every_steps:
+            count = min(count, self.every_steps - step % self.every_steps)
+        return count
 
     def _step_seed(self, epoch: int, step: int) -> tf.Tensor:
         """The step's position in the run, as the int64 the step turns into its seed."""
@@ -357,11 +379,17 @@ class TrainLoop:
         # device until the progress bar or a checkpoint needs them: the host is not a sync
         # point on every step (what Keras's fit does too).
         iterator = iter(self.dist.distribute(lambda: self.data.train(epoch, skip)))
-        for step in range(skip, steps):
-            sums.add(self._step_fn(iterator, self._step_seed(epoch, step)))
+        step = skip
+        while step < steps:
+            count = self._steps_this_call(step, steps)
+            if self.steps_per_execution == 1:
+                sums.add(self._step_fn(iterator, self._step_seed(epoch, step)))
+            else:
+                sums.add(self._step_fn(iterator, self._step_seed(epoch, step), tf.constant(count)), count)
+            step += count
             now = time.perf_counter()
             if self.progress:
-                bar.update(1)
+                bar.update(count)
                 if now - last_flush > 0.5:
                     last_flush = now
                     bar.set_postfix(
@@ -370,9 +398,8 @@ class TrainLoop:
                         img_s=f"{sums.images_this_call() / max(now - start, 1e-9):.0f}",
                         refresh=False,
                     )
-            done = step + 1
-            if self.every_steps and done % self.every_steps == 0 and done < steps:
-                sums.to_state(st, step_in_epoch=done)
+            if self.every_steps and step % self.every_steps == 0 and step < steps:
+                sums.to_state(st, step_in_epoch=step)
                 self.store.save()
         sums.flush()
         bar.close()
@@ -522,8 +549,9 @@ class RunningSums:
     def from_state(cls, state: LoopState, epoch: int, first_step: int) -> "RunningSums":
         return cls(np.array([state.get(f) for f in cls.FIELDS]), epoch, first_step)
 
-    def add(self, step_out) -> None:
-        self.pending.append(step_out)
+    def add(self, step_out, steps: int = 1) -> None:
+        """One call's summed statistics, covering ``steps`` training steps."""
+        self.pending.append((step_out, steps))
         if len(self.pending) >= 64:  # bound what waits on the device
             self.flush()
 
@@ -531,15 +559,18 @@ class RunningSums:
         """Bring pending steps to the host; a non-finite loss stops the run here, before any
         checkpoint holds its weights (what Keras' TerminateOnNaN does for fit)."""
         if self.pending:
-            rows = [[float(t) for t in out] for out in self.pending]
-            for k, row in enumerate(rows):
+            rows = [[float(t) for t in out] for out, _ in self.pending]
+            first = self.next_step
+            for row, (_, steps) in zip(rows, self.pending):
                 if not math.isfinite(row[0]):
+                    where = f"step {first + 1}" if steps == 1 else f"steps {first + 1}-{first + steps}"
                     raise UserError(
-                        f"the training loss became {row[0]} at epoch {self.epoch + 1}, step {self.next_step + k + 1}; "
+                        f"the training loss became {row[0]} at epoch {self.epoch + 1}, {where}; "
                         "the last good checkpoint is kept. Lower train.optimizer.learning_rate, set "
                         "train.optimizer.clipnorm, or check the data and weights"
                     )
-            self.next_step += len(rows)
+                first += steps
+            self.next_step = first
             vals = np.sum(rows, axis=0)
             self.values = self.values + vals
             self.images += vals[2]
