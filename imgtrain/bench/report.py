@@ -24,72 +24,55 @@ def rate(images_per_sec: float, baseline: float, **extra: Any) -> dict[str, Any]
     }
 
 
-def format_table(r: dict) -> str:
-    rows = [("figure", "images/s", "baseline", "baseline images/s", "ratio")]
-    p = r["pipeline"]
-    for key in ("folder", "tfrecord", "crop_only"):
-        rows.append(
-            (
-                f"pipeline.{key}",
-                f"{p[key]['images_per_sec']:.0f}",
-                "decode ceiling",
-                f"{p['ceiling']['images_per_sec']:.0f}",
-                f"{p[key]['ratio']:.2f}",
-            )
-        )
+def _row(figure: str, value: float, baseline: str, base_value: float, ratio: float) -> tuple[str, ...]:
+    return (figure, f"{value:.0f}", baseline, f"{base_value:.0f}", f"{ratio:.2f}")
+
+
+def _pipeline_rows(p: dict) -> list[tuple[str, ...]]:
+    rows = [
+        _row(f"pipeline.{k}", p[k]["images_per_sec"], "decode ceiling", p["ceiling"]["images_per_sec"], p[k]["ratio"])
+        for k in ("folder", "tfrecord", "crop_only")
+    ]
     for key, baseline in PEER_ROWS.items():
         if key in p:
+            f = p[key]
             rows.append(
-                (
-                    f"pipeline.{key}",
-                    f"{p[key]['images_per_sec']:.0f}",
-                    baseline,
-                    f"{p[key]['baseline_images_per_sec']:.0f}",
-                    f"{p[key]['ratio']:.2f}",
-                )
+                _row(f"pipeline.{key}", f["images_per_sec"], baseline, f["baseline_images_per_sec"], f["ratio"])
             )
-    for name, t in r["train"].items():
+    return rows
+
+
+def _train_rows(train: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for name, t in train.items():
         if name == "cnn_steps_per_execution":
-            n = t["steps_per_execution"]
+            n, label = t["steps_per_execution"], f"train.cnn.steps_per_execution={t['steps_per_execution']}"
+            rows.append(_row(label, t["images_per_sec"], "model.fit, N=1", t["baseline_images_per_sec"], t["ratio"]))
             rows.append(
-                (
-                    f"train.cnn.steps_per_execution={n}",
-                    f"{t['images_per_sec']:.0f}",
-                    "model.fit, N=1",
-                    f"{t['baseline_images_per_sec']:.0f}",
-                    f"{t['ratio']:.2f}",
-                )
-            )
-            rows.append(
-                (
-                    f"train.cnn.steps_per_execution={n}",
-                    f"{t['images_per_sec']:.0f}",
-                    f"model.fit, N={n}",
-                    f"{t['fit_same_n_images_per_sec']:.0f}",
-                    f"{t['ratio_same_n']:.2f}",
-                )
+                _row(label, t["images_per_sec"], f"model.fit, N={n}", t["fit_same_n_images_per_sec"], t["ratio_same_n"])
             )
             continue
         rows.append(
-            (
-                f"train.{name}",
-                f"{t['imgtrain_images_per_sec']:.0f}",
-                "model.fit",
-                f"{t['fit_images_per_sec']:.0f}",
-                f"{t['ratio']:.2f}",
-            )
+            _row(f"train.{name}", t["imgtrain_images_per_sec"], "model.fit", t["fit_images_per_sec"], t["ratio"])
         )
         for opt in ("jit_compile", "mixed_precision"):
             if opt in t:
+                o = t[opt]
                 rows.append(
-                    (
+                    _row(
                         f"train.{name}.{opt}",
-                        f"{t[opt]['images_per_sec']:.0f}",
+                        o["images_per_sec"],
                         "same, without",
-                        f"{t[opt]['baseline_images_per_sec']:.0f}",
-                        f"{t[opt]['ratio']:.2f}",
+                        o["baseline_images_per_sec"],
+                        o["ratio"],
                     )
                 )
+    return rows
+
+
+def format_table(r: dict) -> str:
+    rows = [("figure", "images/s", "baseline", "baseline images/s", "ratio")]
+    rows += _pipeline_rows(r["pipeline"]) + _train_rows(r["train"])
     m = r["memory"]
     rows.append(
         (

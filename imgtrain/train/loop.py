@@ -256,18 +256,7 @@ class TrainLoop:
 
         if self.steps_per_execution == 1:
             return tf.function(step)
-
-        def steps(iterator, position, count):
-            """``count`` steps in one call (train.steps_per_execution): fewer trips from Python
-            to the runtime. Each step applies its own update and draws its own seed, so the
-            weights are those of ``count`` single steps; the statistics come back summed."""
-            total = tuple(tf.zeros([], tf.float64) for _ in RunningSums.FIELDS)
-            for i in tf.range(count):
-                out = step(iterator, position + tf.cast(i, tf.int64))
-                total = tuple(a + b for a, b in zip(total, out))
-            return total
-
-        return tf.function(steps)
+        return tf.function(several_steps(step))
 
     def _steps_this_call(self, step: int, steps: int) -> int:
         """Up to steps_per_execution steps, never past the epoch's end or a mid-epoch checkpoint."""
@@ -532,6 +521,22 @@ class TrainLoop:
         if self._cached_eval_step is None:
             self._cached_eval_step = make_eval_step(self.model, self.dist, self.data.num_classes, self.data.top_k)
         return self._cached_eval_step
+
+
+def several_steps(step: Callable) -> Callable:
+    """``step(iterator, position)`` run ``count`` times in one call (train.steps_per_execution):
+    fewer trips from Python to the runtime. Each step applies its own update and draws its own
+    seed from its position, so the weights are those of ``count`` single steps; the
+    statistics come back summed."""
+
+    def steps(iterator, position, count):
+        total = tuple(tf.zeros([], tf.float64) for _ in RunningSums.FIELDS)
+        for i in tf.range(count):
+            out = step(iterator, position + tf.cast(i, tf.int64))
+            total = tuple(a + b for a, b in zip(total, out))
+        return total
+
+    return steps
 
 
 class RunningSums:
