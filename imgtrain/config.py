@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -40,6 +41,7 @@ MAX_IMAGE_SIDE = 4096
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CLUSTERS = ("auto", "none", "k8s-indexed-job")  # how TF_CONFIG is found (train/cluster.py)
 STRATEGIES = ("auto", "single", "mirrored", "multiworker", "horovod")
+SERVICE_ADDRESS = re.compile(r"grpc://[A-Za-z0-9._\-\[\]:]+:\d{1,5}")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -157,6 +159,9 @@ class DataConfig:
     # With random resized crops, evaluation sees the central crop_fraction of each image (shorter
     # side), resized: objects then appear at the scale training saw. 1 or null: the whole image.
     eval_crop_fraction: Optional[float] = 0.875
+    # A tf.data service dispatcher, grpc://HOST:PORT: the training pipeline's decoding and
+    # augmentation run on its workers (launch/data_service.py) instead of this host's CPUs.
+    service: Optional[str] = None
 
     def eval_crop(self) -> Optional[float]:
         """The centre-crop fraction evaluation uses: only when training crops at random."""
@@ -181,6 +186,10 @@ class DataConfig:
         _positive("data.shuffle_buffer", self.shuffle_buffer)
         if self.eval_crop_fraction is not None:
             _in_range("data.eval_crop_fraction", self.eval_crop_fraction, 0.0, 1.0, low_open=True)
+        if self.service is not None and not SERVICE_ADDRESS.fullmatch(self.service):
+            raise UserError(
+                f"data.service must look like grpc://HOST:PORT (a tf.data service dispatcher), got '{self.service}'"
+            )
         if self.label_vocabulary is not None:
             if len(set(self.label_vocabulary)) != len(self.label_vocabulary):
                 raise UserError("data.label_vocabulary has repeated entries; list each class once")

@@ -63,6 +63,7 @@ RESUMABLE_CHANGES = (
     "train.cluster",
     "train.warm_start",
     "train.steps_per_execution",  # how many steps per call, not which steps
+    "data.service",  # where the pipeline runs, not what it makes
 )
 
 
@@ -248,6 +249,13 @@ def _run_data(
     prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
     if not prep.has("train"):
         raise UserError(f"no training images in {cfg.data.path} after the split; add images or raise data.split.train")
+    if cfg.data.service and not prep.serviceable:
+        raise UserError(
+            f"data.service takes an image folder or CSV manifest, not {cfg.data.path}; "
+            "train from the folder, or drop data.service"
+        )
+    if cfg.data.service and cfg.data.cache:
+        raise UserError("data.service and data.cache cannot be combined: the service decodes; drop one")
     for warning in prep.warnings:
         say(f"warning: {warning}")
     # Only once the data are known to be the run's own does anything in the run directory change.

@@ -1,12 +1,12 @@
-"""Every geometric augmentation of a training image in one resampling pass, from uint8.
+"""Every geometric augmentation of a training image with one resampling of the decoded pixels.
 
 The random resized crop, the flips, and rotation, zoom and translation are each a map
 between pixel coordinates; composed, they are one 3x3 matrix from an output pixel to a
-pixel of the decoded image. The image is then resampled once, bilinearly, straight to the
-output size: ``crop_and_resize`` when the map is axis-aligned (crops and flips: fast,
-and the crop never leaves the image), TensorFlow's projective-transform kernel with the
-configured fill mode otherwise. The two-pass path it replaces (resize, then transform the
-resized image) read every output pixel twice and interpolated twice.
+pixel of the decoded image. With rotation, zoom or shift on, the image is resampled once,
+bilinearly, straight to the output size by TensorFlow's projective-transform kernel with the
+configured fill mode; without them the crop window is resized (``tf.image.resize``, several
+times faster than that kernel on a CPU) and flipped. The two-pass path it replaces (resize,
+then transform the resized image) interpolated every output pixel twice.
 
 Decoding less: a JPEG's crop window that is at least twice the output size on both sides is
 decoded at 1/2, 1/4 or 1/8 scale (``decode_and_crop_jpeg``'s ``ratio``: the inverse DCT
@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from imgtrain.config import AugmentConfig
 from imgtrain.data import augment as aug
-from imgtrain.data.images import decode
+from imgtrain.data.images import decode, resize
 
 RATIOS = (8, 4, 2)  # what libjpeg's scaled decoding offers, largest first
 
@@ -95,32 +95,30 @@ def scale_map(ratio: tf.Tensor, top_s: tf.Tensor, left_s: tf.Tensor) -> tf.Tenso
     )
 
 
-def resample(image: tf.Tensor, m: tf.Tensor, size: Sequence[int], affine: bool, fill_mode: str) -> tf.Tensor:
-    """``image`` (uint8) sampled at ``m @ [x, y, 1]`` for every output pixel: float32 ``size``."""
-    h, w = int(size[0]), int(size[1])
-    if affine:
-        out = tf.raw_ops.ImageProjectiveTransformV3(
-            images=image[None],
-            transforms=tf.reshape(m, [9])[None, :8],
-            output_shape=[h, w],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode=fill_mode.upper(),
-        )[0]
-        # The uint8 kernel truncates its bilinear result; +0.5 centres the error on zero.
-        return tf.cast(out, tf.float32) + tf.where(out < 255, 0.5, 0.0)
-    # Axis-aligned: the box's corners are the first and last output pixels' sources, clamped
-    # to the image (a box edge half a pixel outside would read the extrapolation value).
-    ih = tf.cast(tf.shape(image)[0] - 1, tf.float32)
-    iw = tf.cast(tf.shape(image)[1] - 1, tf.float32)
-    y0 = tf.clip_by_value(m[1, 2], 0.0, ih)
-    y1 = tf.clip_by_value(m[1, 1] * (h - 1) + m[1, 2], 0.0, ih)
-    x0 = tf.clip_by_value(m[0, 2], 0.0, iw)
-    x1 = tf.clip_by_value(m[0, 0] * (w - 1) + m[0, 2], 0.0, iw)
-    box = tf.stack(
-        [y0 / tf.maximum(ih, 1.0), x0 / tf.maximum(iw, 1.0), y1 / tf.maximum(ih, 1.0), x1 / tf.maximum(iw, 1.0)]
-    )
-    return tf.image.crop_and_resize(image[None], box[None], [0], [h, w])[0]
+def resample(image: tf.Tensor, m: tf.Tensor, size: Sequence[int], fill_mode: str) -> tf.Tensor:
+    """``image`` sampled at ``m @ [x, y, 1]`` for every output pixel: float32 ``size``."""
+    # Float in: the uint8 kernel truncates its bilinear result, and fixing that afterwards
+    # costs more passes over the output than one cast of the source costs.
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None],
+        transforms=tf.reshape(m, [9])[None, :8],
+        output_shape=[int(size[0]), int(size[1])],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode=fill_mode.upper(),
+    )[0]
+
+
+def resize_and_flip(window: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+    """No rotation, zoom or shift: the window resized (``tf.image.resize`` reads uint8 and is
+    the fastest resampler TensorFlow has on a CPU), then the flips, with ``augment``'s seeds."""
+    image = resize(window, size)
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    if cfg.horizontal_flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
+    if cfg.vertical_flip:
+        image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
+    return image
 
 
 def _window(shape: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
@@ -163,8 +161,10 @@ def from_bytes(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Se
         begin, extent = _window(shape, crop_seed, cfg)
         ratio = _ratio(extent, size)
         pixels, start = _decode_jpeg_window(encoded, shape, begin, extent, ratio)
+        if not affine:
+            return resize_and_flip(pixels, jitter_seed, cfg, size)
         m = scale_map(ratio, start[0], start[1]) @ window_map(begin[0], begin[1], extent[0], extent[1], size)
-        return resample(pixels, m @ jitter(jitter_seed, cfg, size), size, affine, cfg.fill_mode)
+        return resample(pixels, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode)
 
     def other() -> tf.Tensor:
         return from_image(decode(encoded), seed, cfg, size)
@@ -177,8 +177,12 @@ def from_bytes(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Se
 def from_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
     """A decoded image of any size -> augmented float32 ``size`` image, geometry in one pass."""
     begin, extent = _window(tf.shape(image), seed, cfg)
-    m = window_map(begin[0], begin[1], extent[0], extent[1], size)
     jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    out = resample(image, m @ jitter(jitter_seed, cfg, size), size, has_affine(cfg), cfg.fill_mode)
+    if has_affine(cfg):
+        m = window_map(begin[0], begin[1], extent[0], extent[1], size)
+        out = resample(image, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode)
+    else:
+        window = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([extent, [-1]], 0))
+        out = resize_and_flip(window, jitter_seed, cfg, size)
     out.set_shape([int(size[0]), int(size[1]), 3])
     return out

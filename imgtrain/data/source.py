@@ -38,6 +38,7 @@ class DataSource:
     class_names: list[str]
     skipped: list[dict]
     warnings: list[str]
+    serviceable = False  # can send its training epoch through a tf.data service (data.service)
 
     def count(self, split: str) -> int:
         raise NotImplementedError
@@ -69,6 +70,8 @@ class DataSource:
 
 
 class FileSource(DataSource):
+    serviceable = True  # a list of files, which the service splits among its workers
+
     def __init__(self, catalog) -> None:
         self.catalog = catalog
         self.class_names, self.skipped, self.warnings = catalog.class_names, catalog.skipped, catalog.warnings
