@@ -100,6 +100,15 @@ def test_every_format_is_read_by_its_own_reader(fmt, run_and_pixels, capsys):
     np.testing.assert_allclose(sums, 1.0, atol=1e-3)  # probabilities, not logits
 
 
+def test_an_unwritable_output_is_one_line(run_and_pixels, tmp_path, capsys):
+    run, _, _ = run_and_pixels
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    assert main(["export", "--run", str(run), "--format", "keras", "--output", str(blocked / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the export to" in err[0] and "--output" in err[0]
+
+
 def test_format_choices_are_the_table(capsys):
     from imgtrain.commands.export import FORMAT_NAMES
     from imgtrain.export import FORMATS

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from imgtrain import atomic
+from imgtrain.errors import UserError
 from imgtrain.export import onnx_file, tflite
 from imgtrain.export.keras_file import export_keras, probability_model, write_class_names, write_keras
 from imgtrain.export.saved_model import export_saved_model
@@ -157,6 +158,18 @@ def agreement(model: keras.Model, read: Classifier, batches) -> tuple[float, int
     return (same / total if total else float("nan")), total
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse, before any conversion, a place the export cannot be written to."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the export to {out} ({exc.strerror or exc}); pass --output a writable directory"
+        ) from None
+
+
 def export_run(
     run_dir: Path,
     fmt: str,
@@ -173,6 +186,7 @@ def export_run(
     run_dir = Path(run_dir)
     model, class_names, cfg = load_run(run_dir)
     out = Path(out) if out else run_dir / "export" / fmt
+    _check_writable(out)
     result = export_model(model, class_names, fmt, out, cfg.data.image_size, cfg.data.eval_crop(), version)
     if check:
         batches = test_batches(cfg, run_dir, max_check_images, log)
