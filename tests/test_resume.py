@@ -60,6 +60,14 @@ def test_same_seed_same_weights_and_stop_then_resume(image_folder, small_config,
     assert any(not np.array_equal(x, y) for x, y in zip(weights(tmp_path / "a"), weights(tmp_path / "d")))
 
 
+def back_to_ckpt5(index: Path) -> None:
+    """Point the checkpoint index back at the mid-epoch save ckpt-5, as it stood right after it:
+    a crash at that moment, without killing a process."""
+    index.write_text(
+        'model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-5"\n'
+    )
+
+
 # Every training recipe at once: each draws from (seed, epoch, example or step) or keeps its
 # state in the checkpoint, so a resumed run must still end bit for bit where a whole one does.
 RECIPES = (
@@ -89,9 +97,7 @@ def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsy
     # every 2 steps): point the checkpoint index back at that save, as it stood at that moment.
     index = run_b / "checkpoints" / "checkpoint"
     assert 'model_checkpoint_path: "ckpt-6"' in index.read_text()
-    index.write_text(
-        'model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-5"\n'
-    )
+    back_to_ckpt5(index)
     summary = train_run(small_config(image_folder, run_b, extra), progress=False)
     assert summary["resumed_from_epoch"] == 1
     assert "continuing at epoch 2, step 5" in capsys.readouterr().out
@@ -109,9 +115,7 @@ def test_steps_per_execution_same_weights_and_exact_resume(image_folder, small_c
     run_b = tmp_path / "resumed"
     train_run(small_config(image_folder, run_b, multi + ("train.epochs=2",)), progress=False)
     index = run_b / "checkpoints" / "checkpoint"
-    index.write_text(
-        'model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-5"\n'
-    )
+    back_to_ckpt5(index)
     capsys.readouterr()
     train_run(small_config(image_folder, run_b, multi), progress=False)
     assert "continuing at epoch 2, step" in capsys.readouterr().out

@@ -76,19 +76,24 @@ def decode_random_resized_crop(
     return resize(crop, size)
 
 
-def _affine(image: tf.Tensor, seeds: tf.Tensor, cfg: AugmentConfig, fill_mode: str) -> tf.Tensor:
-    h = tf.cast(tf.shape(image)[0], tf.float32)
-    w = tf.cast(tf.shape(image)[1], tf.float32)
+def affine_matrix(seeds: tf.Tensor, cfg: AugmentConfig, h: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """The random affine as a 3x3 map from an output pixel to an input pixel of an ``h`` x ``w``
+    image: rotate and scale about the centre, then shift. ``seeds``: four stateless seeds
+    (angle, zoom, horizontal and vertical shift)."""
+    h, w = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
     angle = tf.random.stateless_uniform([], seeds[0], -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
     zoom = 1.0 + tf.random.stateless_uniform([], seeds[1], -1.0, 1.0) * cfg.zoom
     tx = tf.random.stateless_uniform([], seeds[2], -1.0, 1.0) * cfg.translate * w
     ty = tf.random.stateless_uniform([], seeds[3], -1.0, 1.0) * cfg.translate * h
     cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    # Output pixel -> input pixel: rotate and scale about the centre, then shift.
     a2 = cx - cos * cx + sin * cy - tx
     b2 = cy - sin * cx - cos * cy - ty
-    transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[None]
+    return tf.reshape(tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0, 1.0]), [3, 3])
+
+
+def _affine(image: tf.Tensor, seeds: tf.Tensor, cfg: AugmentConfig, fill_mode: str) -> tf.Tensor:
+    transform = tf.reshape(affine_matrix(seeds, cfg, tf.shape(image)[0], tf.shape(image)[1]), [9])[None, :8]
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None],
         transforms=transform,

@@ -22,7 +22,6 @@ Pixel coordinates put centres on integers; a resize maps ``(q + 0.5) * scale - 0
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import tensorflow as tf
@@ -49,13 +48,7 @@ def jitter(seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tenso
     h, w = float(size[0]), float(size[1])
     m = tf.eye(3)
     if has_affine(cfg):
-        angle = tf.random.stateless_uniform([], seeds[2], -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
-        zoom = 1.0 + tf.random.stateless_uniform([], seeds[3], -1.0, 1.0) * cfg.zoom
-        tx = tf.random.stateless_uniform([], seeds[4], -1.0, 1.0) * cfg.translate * w
-        ty = tf.random.stateless_uniform([], seeds[5], -1.0, 1.0) * cfg.translate * h
-        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-        m = _matrix([[cos, -sin, cx - cos * cx + sin * cy - tx], [sin, cos, cy - sin * cx - cos * cy - ty], [0, 0, 1]])
+        m = aug.affine_matrix(seeds[2:6], cfg, h, w)
     # A flip seen from the output: x -> (w - 1) - x on the image the affine reads.
     if cfg.horizontal_flip:
         flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
