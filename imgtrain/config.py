@@ -162,6 +162,9 @@ class DataConfig:
     # A tf.data service dispatcher, grpc://HOST:PORT: the training pipeline's decoding and
     # augmentation run on its workers (launch/data_service.py) instead of this host's CPUs.
     service: Optional[str] = None
+    # Seconds the service may send nothing before this host makes what it still owes itself
+    # (a dead service worker otherwise stalls TensorFlow's client for good).
+    service_timeout: float = 60.0
 
     def eval_crop(self) -> Optional[float]:
         """The centre-crop fraction evaluation uses: only when training crops at random."""
@@ -195,6 +198,7 @@ class DataConfig:
                 raise UserError("data.label_vocabulary has repeated entries; list each class once")
             if len(self.label_vocabulary) < 2:
                 raise UserError("data.label_vocabulary needs at least two classes")
+        _in_range("data.service_timeout", self.service_timeout, 0.0, 86400.0, low_open=True)
         self.split.validate()
         self.augment.validate()
 

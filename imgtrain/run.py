@@ -64,6 +64,7 @@ RESUMABLE_CHANGES = (
     "train.warm_start",
     "train.steps_per_execution",  # how many steps per call, not which steps
     "data.service",  # where the pipeline runs, not what it makes
+    "data.service_timeout",
 )
 
 

@@ -118,6 +118,8 @@ def test_shipped_configs_are_valid(path: Path):
         ("train.schedule.step_factor=0", "train.schedule.step_factor must be in"),
         ("train.early_stopping.min_delta=.nan", "train.early_stopping.min_delta must be in"),
         ("train.early_stopping.patience=-1", "patience must be 0 or more"),
+        ("data.service_timeout=0", "data.service_timeout must be in (0, 86400]"),
+        ("data.service_timeout=.nan", "data.service_timeout must be in"),
     ],
 )
 def test_recipe_numbers_are_checked(item: str, message: str):

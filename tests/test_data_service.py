@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,10 @@ def images(ds) -> Counter:
     return seen
 
 
+def split_train(cfg: DataConfig):
+    return apply_split(discover(cfg), cfg.split, 0).split("train")
+
+
 def test_every_example_once_per_epoch_through_the_service(tmp_path):
     port = free_port()
     service = start("--port", str(port), "--workers", "2")
@@ -76,8 +81,7 @@ def test_every_example_once_per_epoch_through_the_service(tmp_path):
         augment = AugmentConfig(horizontal_flip=True, rotation=15.0)
         local_cfg = DataConfig(path=str(folder), image_size=[16, 16], augment=augment)
         cfg = DataConfig(path=str(folder), image_size=[16, 16], augment=augment, service=f"grpc://localhost:{port}")
-        catalog = apply_split(discover(local_cfg), local_cfg.split, 0)
-        examples = catalog.split("train")
+        examples = split_train(local_cfg)
         for epoch in (0, 1):
             served, local, steps = Counter(), Counter(), set()
             for rank in range(2):
@@ -91,3 +95,36 @@ def test_every_example_once_per_epoch_through_the_service(tmp_path):
             assert served == local  # the same augmented pixels, each example exactly once
     finally:
         stop(service)
+
+
+def test_a_killed_service_worker_does_not_lose_the_epoch(tmp_path, capfd):
+    """Dispatcher and two workers in their own processes; one is killed (SIGKILL) once the
+    trainer has its first batch. TensorFlow's client alone waits for it forever; the trainer
+    makes what the service owes itself, so the epoch is complete and each example once."""
+    port = free_port()
+    dispatcher = start("--role", "dispatcher", "--port", str(port), "--worker-timeout", "2")
+    workers = []
+    try:
+        wait_for(port)
+        for _ in range(2):
+            workers.append(start("--role", "worker", "--dispatcher", f"localhost:{port}", "--port", str(free_port())))
+        folder = write_folder(tmp_path / "img", per_class=100, size=32)
+        augment = AugmentConfig(horizontal_flip=True, rotation=15.0)
+        local_cfg = DataConfig(path=str(folder), image_size=[32, 32], augment=augment)
+        cfg = replace(local_cfg, service=f"grpc://localhost:{port}", service_timeout=5)
+        examples = split_train(local_cfg)
+        plan = EpochPlan(seed=3, epoch=0, batch_size=4)
+        served: Counter = Counter()
+        batches = 0
+        for batch in train_dataset(examples, cfg, plan):
+            if batches == 0:
+                workers[0].kill()
+            batches += 1
+            served += images([batch])
+        local = images(train_dataset(examples, local_cfg, plan))
+        assert batches == -(-len(examples) // 4)
+        assert sum(served.values()) == len(examples)
+        assert served == local
+        assert "the tf.data service sent nothing for 5 s" in capfd.readouterr().err
+    finally:
+        stop(*workers, dispatcher)

@@ -97,31 +97,14 @@ def train_dataset(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan)
 
 
 def _service_train(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
-    """This worker's epoch, decoded and augmented by a tf.data service (``data.service``).
+    """This worker's epoch through a tf.data service (``data/service.py`` says what it keeps)."""
+    from imgtrain.data.service import service_train
 
-    The worker's examples are chosen here as without the service (the epoch's permutation,
-    this worker's shard, minus the batches a resume skips), and sent as a list the service
-    splits among its workers ("distributed_epoch"): each example is read once per epoch, and
-    its pixels are those the local pipeline makes (augmentation is seeded per example). What
-    the service does not keep is order: examples arrive as its workers finish them, so batches
-    differ from run to run and a run is not bit-reproducible. If a service worker dies, the
-    examples it held are lost for that epoch; weightless filler batches keep the step count
-    every training worker shares.
-    """
     n, shard = len(examples), plan.shard
     order = np.random.default_rng(epoch_seed(plan.seed, plan.epoch)).permutation(n)
     mine = order[shard.index :: shard.count][plan.skip_batches * plan.batch_size :]
-    picked = [examples[i] for i in mine]
-    ds = tf.data.Dataset.from_tensor_slices(
-        (
-            tf.constant(mine, tf.int64),
-            tf.constant([e.path for e in picked], tf.string),
-            tf.constant([e.label for e in picked], tf.int32),
-            tf.constant([e.weight for e in picked], tf.float32),
-        )
-    )
-    ds = ds.map(_augmenter(cfg, plan.seed, plan.epoch, "path"), num_parallel_calls=AUTOTUNE)
-    ds = ds.apply(tf.data.experimental.service.distribute(processing_mode="distributed_epoch", service=cfg.service))
+    prepare = _augmenter(cfg, plan.seed, plan.epoch, "path")
+    ds = service_train(examples, mine, prepare, cfg.service, plan.batch_size, cfg.service_timeout)
     _, target = padded_batches(
         shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), plan.batch_size, plan.multiple
     )
