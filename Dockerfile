@@ -30,12 +30,18 @@ COPY pyproject.toml README.md ./
 COPY imgtrain ./imgtrain
 COPY launch ./launch
 COPY configs ./configs
+# Behind a TLS-intercepting proxy, pass its CA bundle as a build secret (never stored in a
+# layer): --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt
 # The second install is the project itself from /src, whose dependencies pyproject.toml pins.
 # hadolint ignore=DL3013
-RUN pip install pip==24.3.1 setuptools==75.8.0 wheel==0.45.1 \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install pip==24.3.1 setuptools==75.8.0 wheel==0.45.1 \
     && pip install ".[${VARIANT}]"
 # NCCL's headers and library come with tensorflow[and-cuda]'s nvidia-nccl wheel.
-RUN if [ "${VARIANT}" = gpu ]; then \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && if [ "${VARIANT}" = gpu ]; then \
         NCCL_HOME="$(python -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))')"; \
         ln -sf "${NCCL_HOME}/lib/libnccl.so.2" "${NCCL_HOME}/lib/libnccl.so"; \
         export NCCL_HOME; \

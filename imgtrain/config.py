@@ -39,7 +39,7 @@ FILL_MODES = ("reflect", "constant", "nearest", "wrap")  # ImageProjectiveTransf
 # 6 GiB before any model runs. run.check_fits_in_memory then weighs the model and the machine.
 MAX_IMAGE_SIDE = 4096
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-CLUSTERS = ("auto", "none", "k8s-indexed-job")  # how TF_CONFIG is found (train/cluster.py)
+CLUSTERS = ("auto", "none", "k8s-indexed-job", "jobset")  # how TF_CONFIG is found (train/cluster.py)
 STRATEGIES = ("auto", "single", "mirrored", "multiworker", "horovod")
 SERVICE_ADDRESS = re.compile(r"grpc://[A-Za-z0-9._\-\[\]:]+:\d{1,5}")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -395,7 +395,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     warm_start: Optional[str] = None  # another run dir, .keras or .weights.h5 file
     strategy: str = "auto"
-    cluster: str = "auto"  # how TF_CONFIG is found: auto, none, or k8s-indexed-job (built from the Job's env)
+    cluster: str = "auto"  # how TF_CONFIG is found: auto, none, k8s-indexed-job or jobset (from the pod's env)
     scale_lr: bool = True  # linear scaling rule with the number of replicas
 
     def validate(self) -> None:

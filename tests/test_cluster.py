@@ -1,9 +1,10 @@
 import json
+import re
 
 import pytest
 
 from imgtrain.errors import UserError
-from imgtrain.train.cluster import configure_cluster, detect_cluster, k8s_indexed_job_tf_config
+from imgtrain.train.cluster import configure_cluster, detect_cluster, jobset_tf_config, k8s_indexed_job_tf_config
 from imgtrain.train.distribution import detect_strategy
 
 JOB_ENV = {
@@ -75,3 +76,61 @@ def test_strategy_and_cluster_tables_match_config():
 
     assert set(STRATEGIES) == {"auto", *STRATEGY_CLASSES}
     assert CLUSTERS is CONFIG_CLUSTERS  # one list
+
+
+# A Kubeflow Trainer v2 TrainJob "imgtrain" on its runtime's replicated job "node": what the
+# runtime's downward API and the TrainJob's env give pod 2 of 4.
+JOBSET_ENV = {
+    "JOB_COMPLETION_INDEX": "2",
+    "IMGTRAIN_WORKERS": "4",
+    "IMGTRAIN_JOBSET": "imgtrain",
+    "IMGTRAIN_REPLICATED_JOB": "node",
+    "IMGTRAIN_JOB_INDEX": "0",
+}
+
+
+def test_jobset_tf_config_follows_the_trainjob_pod_names():
+    cfg = jobset_tf_config(JOBSET_ENV)
+    # JobSet's host names, as Trainer v2's JAX plugin names its coordinator: <trainjob>-node-0-<i>.<trainjob>
+    assert cfg == {
+        "cluster": {"worker": [f"imgtrain-node-0-{i}.imgtrain:12345" for i in range(4)]},
+        "task": {"type": "worker", "index": 2},
+    }
+
+
+def test_jobset_defaults_subdomain_namespace_and_port():
+    env = {k: v for k, v in JOBSET_ENV.items() if k not in ("IMGTRAIN_REPLICATED_JOB", "IMGTRAIN_JOB_INDEX")}
+    assert jobset_tf_config(env)["cluster"]["worker"][0] == "imgtrain-node-0-0.imgtrain:12345"
+    custom = {**JOBSET_ENV, "IMGTRAIN_SUBDOMAIN": "net", "IMGTRAIN_NAMESPACE": "ml", "IMGTRAIN_PORT": "2222"}
+    custom["IMGTRAIN_REPLICATED_JOB"], custom["IMGTRAIN_JOB_INDEX"] = "workers", "1"
+    assert jobset_tf_config(custom)["cluster"]["worker"][3] == "imgtrain-workers-1-3.net.ml.svc:2222"
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"IMGTRAIN_JOBSET": ""}, "--cluster jobset needs the environment variable IMGTRAIN_JOBSET"),
+        ({"IMGTRAIN_WORKERS": ""}, "needs the environment variable IMGTRAIN_WORKERS"),
+        ({"JOB_COMPLETION_INDEX": "4"}, "outside 0..3"),
+        ({"IMGTRAIN_JOB_INDEX": "-1"}, "IMGTRAIN_JOB_INDEX must be a non-negative integer"),
+        ({"IMGTRAIN_PORT": "70000"}, "IMGTRAIN_PORT must be 1-65535"),
+    ],
+)
+def test_jobset_bad_env(change, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        jobset_tf_config({**JOBSET_ENV, **change})
+
+
+def test_auto_detects_a_jobset_pod():
+    env = dict(JOBSET_ENV)
+    assert detect_cluster(env) == "jobset"
+    assert configure_cluster("auto", env) == "jobset"
+    assert json.loads(env["TF_CONFIG"])["cluster"]["worker"][2] == "imgtrain-node-0-2.imgtrain:12345"
+    assert configure_cluster("jobset", dict(JOBSET_ENV)) == "jobset"
+
+
+def test_every_cluster_kind_has_a_builder():
+    from imgtrain.config import CLUSTERS
+    from imgtrain.train.cluster import BUILDERS
+
+    assert set(CLUSTERS) == {"auto", "none", *BUILDERS}

@@ -78,8 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--cluster",
         metavar="KIND",
-        help="where TF_CONFIG comes from: auto (default), none, or k8s-indexed-job (built from "
-        "JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_SERVICE, IMGTRAIN_JOB_NAME)",
+        help="where TF_CONFIG comes from: auto (default), none, k8s-indexed-job (an Indexed Job: "
+        "JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_SERVICE, IMGTRAIN_JOB_NAME) or jobset (a JobSet, "
+        "e.g. a Kubeflow Trainer v2 TrainJob: JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_JOBSET)",
     )
     add_no_progress(t, "no progress bars (logs only)")
 

@@ -200,7 +200,7 @@ class MultiWorker(_Distributed):
         config = tf_config()
         if not config:
             raise UserError(
-                "train.strategy multiworker needs TF_CONFIG (or --cluster k8s-indexed-job); "
+                "train.strategy multiworker needs TF_CONFIG (or --cluster k8s-indexed-job / jobset); "
                 "start workers with launch/multiworker.py"
             )
         self.resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
