@@ -27,13 +27,24 @@ from imgtrain.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 CRDS = ROOT.parent / "shared" / "k8s-crds"
-OVERLAYS = ("multiworker-job", "multiworker-data-service", "tfjob", "mpijob")
+OVERLAYS = (
+    "multiworker-job",
+    "multiworker-data-service",
+    "tfjob",
+    "mpijob",
+    "trainjob-multiworker",
+    "trainjob-horovod",
+)
 KUBERNETES_VERSION = "1.31.0"  # the oldest release these manifests promise to work on
 CORE_KINDS = {"Job", "Service", "PersistentVolumeClaim", "ConfigMap"}
 CRD_FILES = {
     ("kubeflow.org", "TFJob"): "kubeflow.org_tfjobs.yaml",
     ("kubeflow.org", "MPIJob"): "kubeflow.org_mpijobs_v2beta1.yaml",
+    ("trainer.kubeflow.org", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
+    ("trainer.kubeflow.org", "TrainingRuntime"): "trainer.kubeflow.org_trainingruntimes.yaml",
+    ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer.kubeflow.org_clustertrainingruntimes.yaml",
 }
+TRAINER_ANCESTOR = "trainer.kubeflow.org/trainjob-ancestor-step"
 
 
 def project_version() -> str:
@@ -70,6 +81,11 @@ def pod_templates(doc: dict) -> list[tuple[str, dict]]:
         return [(name, spec["template"]) for name, spec in doc["spec"]["tfReplicaSpecs"].items()]
     if kind == "MPIJob":
         return [(name, spec["template"]) for name, spec in doc["spec"]["mpiReplicaSpecs"].items()]
+    if kind in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        return [
+            (job["name"], job["template"]["spec"]["template"])
+            for job in doc["spec"]["template"]["spec"]["replicatedJobs"]
+        ]
     return []
 
 
@@ -136,7 +152,7 @@ def test_kubeflow_resources_pass_their_crd_schemas(rendered):
 
     _, docs = rendered
     for doc in docs:
-        if doc["kind"] not in ("TFJob", "MPIJob"):
+        if (doc["apiVersion"].split("/")[0], doc["kind"]) not in CRD_FILES:
             continue
         group, version = doc["apiVersion"].split("/")
         schema = crd_schema(group, doc["kind"], version)
@@ -206,12 +222,114 @@ def test_indexed_job_dns_and_tf_config_env():
     assert "--cluster" in container["args"] and "k8s-indexed-job" in container["args"]
 
 
+def trainjob_and_runtime(overlay: str) -> tuple[dict, dict]:
+    docs = render(overlay)
+    (job,) = by_kind(docs, "TrainJob")
+    (runtime,) = by_kind(docs, "TrainingRuntime")
+    ref = job["spec"]["runtimeRef"]
+    assert (ref["apiGroup"], ref["kind"], ref["name"]) == (
+        "trainer.kubeflow.org",
+        "TrainingRuntime",
+        runtime["metadata"]["name"],
+    )
+    return job, runtime
+
+
+def replicated_jobs(runtime: dict) -> dict[str, dict]:
+    return {j["name"]: j for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+
+
+def trainer_step(runtime: dict) -> tuple[str, dict]:
+    """The replicated job Trainer v2 applies the TrainJob's trainer to, and its container "node"."""
+    steps = [
+        j
+        for j in replicated_jobs(runtime).values()
+        if j["template"].get("metadata", {}).get("labels", {}).get(TRAINER_ANCESTOR)
+    ]
+    assert len(steps) == 1 and steps[0]["template"]["metadata"]["labels"][TRAINER_ANCESTOR] == "trainer"
+    containers = {c["name"]: c for c in steps[0]["template"]["spec"]["template"]["spec"]["containers"]}
+    return steps[0]["name"], containers["node"]
+
+
+def test_trainjob_multiworker_tf_config_names_the_jobset_pods():
+    from imgtrain.train.cluster import jobset_tf_config
+
+    job, runtime = trainjob_and_runtime("trainjob-multiworker")
+    name, container = trainer_step(runtime)
+    jobset = runtime["spec"]["template"]["spec"]
+    assert list(replicated_jobs(runtime)) == [name] and jobset["network"]["enableDNSHostnames"] is True
+    nodes = job["spec"]["trainer"]["numNodes"]
+    args = container["args"]
+    assert args[args.index("--cluster") + 1] == "jobset" and args[args.index("--strategy") + 1] == "multiworker"
+    env = {e["name"]: e for e in container["env"] + job["spec"]["trainer"]["env"]}
+    assert int(env["IMGTRAIN_WORKERS"]["value"]) == nodes
+    port = int(env["IMGTRAIN_PORT"]["value"])
+    assert port in [p["containerPort"] for p in container["ports"]]
+    # What JobSet's labels hand each pod of the TrainJob, through the downward API.
+    labels = {
+        "jobset.sigs.k8s.io/jobset-name": job["metadata"]["name"],
+        "jobset.sigs.k8s.io/replicatedjob-name": name,
+        "jobset.sigs.k8s.io/job-index": "0",
+    }
+    pod_env = {"JOB_COMPLETION_INDEX": "1", "IMGTRAIN_WORKERS": str(nodes), "IMGTRAIN_PORT": str(port)}
+    for var, spec in env.items():
+        path = spec.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
+        if path.startswith("metadata.labels["):
+            pod_env[var] = labels[path[len("metadata.labels['") : -2]]
+    # JobSet's host names: <jobset>-<replicated job>-<job index>-<pod index>.<subdomain>,
+    # the subdomain defaulting to the JobSet's name, which is the TrainJob's.
+    subdomain = jobset["network"].get("subdomain", job["metadata"]["name"])
+    want = [f"{job['metadata']['name']}-{name}-0-{i}.{subdomain}:{port}" for i in range(nodes)]
+    assert jobset_tf_config(pod_env) == {"cluster": {"worker": want}, "task": {"type": "worker", "index": 1}}
+    res = job["spec"]["trainer"]["resourcesPerNode"]
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] >= 1
+
+
+def test_trainjob_horovod_runs_horovodrun_over_the_mpi_nodes():
+    job, runtime = trainjob_and_runtime("trainjob-horovod")
+    mpi = runtime["spec"]["mlPolicy"]["mpi"]
+    assert mpi["mpiImplementation"] == "OpenMPI" and mpi["sshAuthMountPath"] == "/home/imgtrain/.ssh"
+    assert mpi.get("runLauncherAsNode", False) is False
+    name, launcher = trainer_step(runtime)
+    jobs = replicated_jobs(runtime)
+    assert name == "launcher" and jobs["launcher"]["dependsOn"] == [{"name": "node", "status": "Ready"}]
+    cmd = launcher["command"] + launcher["args"]
+    nodes = job["spec"]["trainer"]["numNodes"]
+    assert cmd[0] == "horovodrun" and int(cmd[cmd.index("-np") + 1]) == nodes * mpi["numProcPerNode"]
+    assert cmd[cmd.index("--hostfile") + 1] == "/etc/mpi/hostfile"  # written by Trainer v2's MPI plugin
+    assert cmd[cmd.index("--strategy") + 1] == "horovod"
+    (node,) = jobs["node"]["template"]["spec"]["template"]["spec"]["containers"]
+    assert node["resources"]["limits"]["nvidia.com/gpu"] == mpi["numProcPerNode"]
+    assert node["command"] == ["/usr/sbin/sshd"]
+    sshd_config = node["args"][node["args"].index("-f") + 1]
+    assert sshd_config in (ROOT / "Dockerfile").read_text()  # the image writes that file
+    assert node["readinessProbe"]["tcpSocket"]["port"] == 2222 in [p["containerPort"] for p in node["ports"]]
+
+
+def test_trainer_v2_crd_check_catches_a_wrong_field():
+    import jsonschema
+
+    job, runtime = trainjob_and_runtime("trainjob-multiworker")
+    for doc, kind in ((job, "TrainJob"), (runtime, "TrainingRuntime")):
+        jsonschema.validate(doc, crd_schema("trainer.kubeflow.org", kind, "v1alpha1"))
+    bad = copy.deepcopy(job)
+    bad["spec"]["trainer"]["numNode"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, crd_schema("trainer.kubeflow.org", "TrainJob", "v1alpha1"))
+    bad = copy.deepcopy(runtime)
+    bad["spec"]["template"]["spec"]["replicatedJobs"][0]["replica"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, crd_schema("trainer.kubeflow.org", "TrainingRuntime", "v1alpha1"))
+
+
 def test_restart_settings_resume_from_checkpoints(rendered):
     _, docs = rendered
     for doc in docs:
         if doc["kind"] == "Job":
             assert doc["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
             assert doc["spec"]["backoffLimit"] > 0
+        elif doc["kind"] == "TrainingRuntime":  # JobSet: the whole set is recreated on a failure
+            assert doc["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] > 0
         elif doc["kind"] in ("TFJob", "MPIJob"):
             assert doc["spec"]["runPolicy"]["backoffLimit"] > 0
             specs = doc["spec"].get("tfReplicaSpecs") or doc["spec"]["mpiReplicaSpecs"]
@@ -236,6 +354,8 @@ def test_gpus_match_slots_and_processes(rendered):
     name, docs = rendered
     for doc in docs:
         for role, tmpl in pod_templates(doc):
+            if doc["kind"] == "TrainingRuntime":
+                continue  # GPUs may come from the TrainJob: test_trainjob_* check them
             if role in ("Launcher", "Deployment"):  # Deployments here are the CPU-only data service
                 for c in tmpl["spec"]["containers"] if role == "Deployment" else []:
                     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
@@ -282,6 +402,7 @@ def dockerfile_version() -> str:
 def test_images_agree_with_each_other_and_the_dockerfile(rendered):
     _, docs = rendered
     images = {c["image"] for d in docs for _, t in pod_templates(d) for c in t["spec"]["containers"]}
+    images |= {d["spec"]["trainer"]["image"] for d in by_kind(docs, "TrainJob") if "image" in d["spec"]["trainer"]}
     assert len(images) == 1, images
     (image,) = images
     name, _, tag = image.rpartition(":")
