@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint clean help
+.PHONY: install demo test test-fast lint image-test clean help
 
 help:
 	@echo "make install   create $(VENV) with imgtrain, its test tools and Horovod (built from source)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test      run the whole test suite (slow multi-process tests included)"
 	@echo "make test-fast skip the tests marked slow"
 	@echo "make lint      ruff: lint rules and formatting (configured in pyproject.toml)"
+	@echo "make image-test build the CPU image with podman on a local Debian base and run it (root)"
 
 install: $(STAMP)
 
@@ -36,6 +37,9 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+image-test: install
+	$(PY) tests/image_check.py
 
 clean:
 	rm -rf $(VENV) runs data/digits .pytest_cache
