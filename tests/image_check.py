@@ -8,7 +8,8 @@ but for its build arguments (the CPU variant on that base in place of the CUDA/U
 a CA bundle on this machine is passed as the ``ca_bundle`` build secret, for proxies that
 intercept TLS. Then, each step timed:
 
-- ``imgtrain --version`` is the project's version; the user is 1000:1000;
+- ``imgtrain --version`` is the project's version; the user is 1000:1000; the MPI nodes'
+  sshd configuration is valid for that user;
 - the volume is writable as the manifests mount it (group 1000, setgid, read-only root
   filesystem with /tmp an emptyDir, the config mounted read-only);
 - a tiny dataset trains inside the container to a ``report.json``;
@@ -193,6 +194,13 @@ def check_identity(podman: Podman, tag: str, version: str) -> None:
         raise Failed(f"the image runs as {':'.join(ids[:2])}, not 1000:1000 as the manifests' securityContext says")
 
 
+@timed("sshd config of the MPI nodes")
+def check_sshd(podman: Podman, tag: str) -> None:
+    """The MPI nodes run sshd as user 1000 on port 2222 from the config the image writes."""
+    opts = ["run", "--rm", "--network", "none", *limits(), "--entrypoint", "/usr/sbin/sshd", tag]
+    podman(*opts, "-t", "-f", "/home/imgtrain/.sshd/sshd_config", step="sshd -t")
+
+
 @timed("volume writable")
 def check_volume(podman: Podman, tag: str, data: Path, config: Path) -> None:
     probe = (
@@ -241,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         build(podman, base, args.tag)
         size = int(podman("image", "inspect", "--format", "{{.Size}}", args.tag, step="inspect").strip())
         check_identity(podman, args.tag, version)
+        check_sshd(podman, args.tag)
         with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
             data, config = volume(Path(tmp))
             check_volume(podman, args.tag, data, config)

@@ -36,7 +36,8 @@ def test_the_image_builds_trains_and_runs_horovod():
     )
     print(out.stdout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
-    for step in ("base image", "build", "version and user", "volume writable", "train in the container"):
+    steps = ("base image", "build", "version and user", "sshd config of the MPI nodes", "volume writable")
+    for step in (*steps, "train in the container"):
         assert f"image-test: {step}: ok" in out.stdout
     assert "image-test: horovodrun -np 2 --gloo in the container: ok" in out.stdout
     assert "image-test: passed" in out.stdout
