@@ -52,3 +52,13 @@ def test_repeats_are_dropped_and_a_short_epoch_is_completed():
 def test_a_complete_service_epoch_makes_nothing_locally():
     seen = received(batches_of([1, 0], [2]), [0, 1, 2], timeout=10.0)
     assert seen == {0: [0.0], 1: [10.0], 2: [20.0]}
+
+
+def test_the_epoch_ends_when_everything_is_in_without_waiting_for_the_end(capsys):
+    """A service that has sent every example but never says it is done (a dead worker's task
+    never ends): nothing is made here and there is no wait for the watchdog."""
+    start = time.monotonic()
+    seen = received(batches_of([1, 0], [2], then_sleep=6), [0, 1, 2], timeout=4.0)
+    assert time.monotonic() - start < 3
+    assert seen == {0: [0.0], 1: [10.0], 2: [20.0]}
+    assert "warning" not in capsys.readouterr().err

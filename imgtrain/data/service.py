@@ -52,6 +52,8 @@ class _Watchdog:
     def _read(self, dataset: tf.data.Dataset) -> None:
         try:
             for element in dataset.as_numpy_iterator():
+                if self._abandoned.is_set():
+                    return
                 self._put(element)
             self._put(_END)
         except Exception as exc:  # noqa: BLE001 - handed to the reader, who falls back
@@ -88,22 +90,26 @@ def received_batches(
     pending = set(int(i) for i in wanted)
     watchdog = _Watchdog(served)
     started = time.monotonic()
-    while pending:
-        item = watchdog.get(timeout)
-        if item is _END:
-            break
-        if item is None or isinstance(item, Exception):
-            watchdog.abandon()
-            why = f"sent nothing for {timeout:g} s" if item is None else f"failed ({str(item).splitlines()[0][:200]})"
-            _say(
-                f"the tf.data service {why} after {time.monotonic() - started:.0f} s of this epoch; "
-                f"the {len(pending)} example(s) it still owes are made on this host"
-            )
-            break
-        keep = np.array([int(i) in pending for i in item[0]], dtype=bool)
-        pending.difference_update(int(i) for i in item[0][keep])
-        if keep.any():
-            yield tuple(part[keep] for part in item)
+    try:
+        while pending:
+            item = watchdog.get(timeout)
+            if item is _END:
+                break
+            if item is None or isinstance(item, Exception):
+                why = (
+                    f"sent nothing for {timeout:g} s" if item is None else f"failed ({str(item).splitlines()[0][:200]})"
+                )
+                _say(
+                    f"the tf.data service {why} after {time.monotonic() - started:.0f} s of this epoch; "
+                    f"the {len(pending)} example(s) it still owes are made on this host"
+                )
+                break
+            keep = np.array([int(i) in pending for i in item[0]], dtype=bool)
+            pending.difference_update(int(i) for i in item[0][keep])
+            if keep.any():
+                yield tuple(part[keep] for part in item)
+    finally:
+        watchdog.abandon()  # whatever it still reads is dropped; its thread ends when the read does
     if pending:
         missing = np.array([i for i in wanted if int(i) in pending], dtype=np.int64)
         yield from local(missing).as_numpy_iterator()
