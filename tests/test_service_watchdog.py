@@ -62,3 +62,16 @@ def test_the_epoch_ends_when_everything_is_in_without_waiting_for_the_end(capsys
     assert time.monotonic() - start < 3
     assert seen == {0: [0.0], 1: [10.0], 2: [20.0]}
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_empty_share_asks_the_service_for_nothing():
+    asked = []
+
+    def gen():
+        asked.append(True)
+        yield np.array([0], np.int64), np.array([0.0], np.float32)
+
+    served = tf.data.Dataset.from_generator(gen, output_signature=SPEC)
+    assert list(received_batches(served, np.array([], np.int64), local, timeout=10.0)) == []
+    time.sleep(0.5)  # a reader thread, had one started, would have asked by now
+    assert asked == []

@@ -26,6 +26,7 @@ from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
 from imgtrain.data import geometry
 from imgtrain.data.images import decode, eval_image, load, resize
+from imgtrain.data.service import service_train
 from imgtrain.data.sources import Example
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -98,8 +99,6 @@ def train_dataset(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan)
 
 def _service_train(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
     """This worker's epoch through a tf.data service (``data/service.py`` says what it keeps)."""
-    from imgtrain.data.service import service_train
-
     n, shard = len(examples), plan.shard
     order = np.random.default_rng(epoch_seed(plan.seed, plan.epoch)).permutation(n)
     mine = order[shard.index :: shard.count][plan.skip_batches * plan.batch_size :]

@@ -88,6 +88,8 @@ def received_batches(
     """Batches ``(index, image, label, weight, real)`` from ``served``, then, for the indices
     of ``wanted`` it never sent, from ``local(missing)``: each wanted index exactly once."""
     pending = set(int(i) for i in wanted)
+    if not pending:  # a worker whose share is empty (or already trained): nothing to ask for
+        return
     watchdog = _Watchdog(served)
     started = time.monotonic()
     try:
