@@ -425,3 +425,23 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_completes(tmp_path):
         assert json.loads((disk / "run" / "run.json").read_text())["epochs_completed"] == 2
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_resume_from_a_relative_output_in_another_working_directory(image_folder, small_config, tmp_path, monkeypatch):
+    """The README writes --output runs/x: the checkpoint index's names must not be joined twice."""
+    monkeypatch.chdir(tmp_path)
+    train_run(small_config(image_folder, Path("runs/x"), ("train.epochs=2",)), progress=False)
+    summary = train_run(small_config(image_folder, Path("runs/x"), ("train.epochs=3",)), progress=False)
+    assert summary["resumed_from_epoch"] == 2 and summary["epochs_completed"] == 3
+
+
+def test_a_checkpoint_listed_but_missing_is_named_as_missing(image_folder, small_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=2",)), progress=False)
+    for f in (run / "checkpoints").glob("ckpt-2.*"):
+        f.unlink()
+    capsys.readouterr()
+    summary = train_run(small_config(image_folder, run, ("train.epochs=3",)), progress=False)
+    out = capsys.readouterr().out
+    assert f"checkpoint {run / 'checkpoints' / 'ckpt-2'} is listed in the index but its files are missing" in out
+    assert summary["resumed_from_epoch"] == 1

@@ -12,6 +12,7 @@ are not tracked by ``tf.train.Checkpoint`` themselves, so their backing
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -109,29 +110,31 @@ class CheckpointStore:
 
     def restore_latest(self, log: Callable[[str], None] = print) -> bool:
         """Restore the newest checkpoint that reads back whole; a truncated or corrupt newer one
-        (a full disk, a copy cut short) is skipped with a line saying which one is used instead."""
+        (a full disk, a copy cut short) is skipped with a line saying which one is used instead.
+
+        Checkpoints are looked up by name inside ``restore_dir`` whatever the index file holds
+        (``get_checkpoint_state`` returns paths already joined onto the directory it was given,
+        and an index written elsewhere may hold absolute paths of a folder that has since moved).
+        """
         if self.restore_dir is None:
             return False
         state = tf.train.get_checkpoint_state(str(self.restore_dir))
         if state is None or not state.model_checkpoint_path:
             return False
-        candidates = list(dict.fromkeys([state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]))
+        names = [state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]
+        candidates = [self.restore_dir / n for n in dict.fromkeys(os.path.basename(p) for p in names)]
         for i, path in enumerate(candidates):
-            if not Path(path).is_absolute():
-                path = str(self.restore_dir / path)
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            except Exception as exc:  # noqa: BLE001 - any failure to read means: try an older one
-                reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-                log(f"warning: checkpoint {path} cannot be read ({reason}); trying an older one")
+            problem = _unreadable(self.checkpoint, path)
+            if problem:
+                log(f"warning: checkpoint {path} {problem}; trying an older one")
                 continue
             if i:
                 log(f"resuming from the newest complete checkpoint, {path}")
-            self.latest = path
+            self.latest = str(path)
             return True
         raise UserError(
-            f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} are damaged); "
-            "start again with a new --output"
+            f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} listed in its 'checkpoint' "
+            "index are missing or damaged); start again with a new --output"
         )
 
     def save(self) -> Optional[str]:
@@ -157,3 +160,24 @@ class CheckpointStore:
     def restore_best(self) -> None:
         for best, var in zip(self.best_vars, self.model_vars):
             var.assign(best.read_value())
+
+
+def _unreadable(checkpoint: tf.train.Checkpoint, path: Path) -> Optional[str]:
+    """Why the checkpoint at ``path`` cannot be restored ('is missing', 'is damaged (...)'), or None
+    once it has been restored. Only a failure to read the files counts: a checkpoint whose variables
+    do not match this model is a different run, and that is said as such, not skipped."""
+    if not Path(f"{path}.index").is_file():
+        return "is listed in the index but its files are missing"
+    try:
+        status = checkpoint.restore(str(path))
+    except Exception as exc:  # noqa: BLE001 - TF's reader fails on bad bytes with many types (IndexError, DataLoss, ...)
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        return f"cannot be read, it is damaged ({reason})"
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as exc:
+        raise UserError(
+            f"checkpoint {path} holds a different model than this configuration builds "
+            f"({str(exc).splitlines()[0][:100]}); resume with the run's own config.yaml or pass a new --output"
+        ) from None
+    return None
