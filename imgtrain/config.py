@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,6 +461,27 @@ class Config:
     def save(self, path: Path) -> None:
         """Write the resolved config atomically so a crash never leaves half a file."""
         atomic.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def with_absolute_paths(self, cwd: Optional[Path] = None) -> "Config":
+        """Resolve every path the user gave (``output``, ``data.path``, ``data.tfds.data_dir``,
+        ``train.warm_start``) against the working directory, once, where it enters.
+
+        The rule, for flags and config files alike: a relative path is relative to the directory
+        imgtrain runs in, not to the config file. The run's saved ``config.yaml`` then holds
+        absolute paths, so ``evaluate``, ``predict`` and ``export`` find the data from any folder.
+        """
+        base = Path(cwd) if cwd is not None else Path.cwd()
+
+        def absolute(value: Optional[str]) -> Optional[str]:
+            if not value or str(value).startswith("tfds:"):
+                return value
+            return os.path.normpath(base / Path(str(value)).expanduser())
+
+        self.output = absolute(self.output) or self.output
+        self.data.path = absolute(self.data.path)
+        self.data.tfds.data_dir = absolute(self.data.tfds.data_dir)
+        self.train.warm_start = absolute(self.train.warm_start)
+        return self
 
     # -- checking -------------------------------------------------------------------
 

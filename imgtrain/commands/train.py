@@ -15,7 +15,10 @@ EPILOG = """examples:
   imgtrain train --data tfds:cifar10 --model efficientnetv2_b0 --image-size 224
   imgtrain train --config configs/transfer-small-data.yaml --data photos/   # presets: see configs/
 
-Running the same command again on an existing --output resumes from its last checkpoint."""
+Running the same command again on an existing --output resumes from its last checkpoint.
+Relative paths (--data, --output, --warm-start, and data.path, output, data.tfds.data_dir and
+train.warm_start in a --config file) are relative to the working directory, not to the config
+file; the run's config.yaml records them as absolute paths."""
 
 # flag (argparse dest) -> the config key it sets; a flag left out keeps the config's value
 FLAG_KEYS = {
@@ -92,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, dest)
         if value is not None:
             cfg = set_value(cfg, key, value, where="the command line")
-    return cfg.checked()
+    return cfg.checked().with_absolute_paths()
 
 
 def run(args: argparse.Namespace) -> int:
