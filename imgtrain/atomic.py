@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,14 +27,53 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
+_TEMP = re.compile(r"^\.tmp-(\d+)-[0-9a-f]{8}-.")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_orphans(folder: Path, before: float) -> list[str]:
+    """Remove the temporaries in ``folder`` that a process killed mid-write left behind; return
+    their names. A temporary is an orphan when the process its name holds is not running here
+    and it was last written before ``before`` (the caller's start): a worker on another node,
+    whose pid means nothing here, writes only after the run it belongs to started."""
+    removed = []
+    for entry in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        match = _TEMP.match(entry.name)
+        try:
+            if not match or _alive(int(match.group(1))) or entry.lstat().st_mtime >= before:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue  # gone already, or not ours to remove: leave it
+        removed.append(entry.name)
+    return removed
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     tmp = temp_sibling(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.filename is None:  # a write through an open file names no path: name the target
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -106,27 +106,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = disk_full(exc)
         if where is None:
             raise
+        where = where or f"into {_destination(args)}"
+        after = " (a run resumes from its last complete checkpoint)" if args.command == "train" else ""
         print(
-            f"imgtrain: error: no space left on device writing {where}; free some space and run the same "
-            "command again (a run resumes from its last complete checkpoint)",
+            f"imgtrain: error: no space left on device writing {where}; free some space there and run the "
+            f"same command again{after}",
             file=sys.stderr,
         )
         return EXIT_USER_ERROR
 
 
+def _destination(args: argparse.Namespace) -> str:
+    """Where the command writes, for a message about a write whose file the error did not name."""
+    if getattr(args, "output", None):
+        return args.output
+    if args.command == "train":
+        return "the run directory (the config's output)"
+    return f"the run directory {getattr(args, 'run', '') or ''}".rstrip()
+
+
 def disk_full(exc: BaseException) -> Optional[str]:
     """The path being written when ``exc`` is a full disk (OSError ENOSPC, or TensorFlow's word for
-    it), else None."""
+    it), '' when the error does not name it, else None."""
     import errno
 
     for e in (exc, exc.__cause__, exc.__context__):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return str(e.filename or "a file")
+            return str(e.filename or "")
         text = str(e or "")
         if "No space left on device" in text or "Disk quota exceeded" in text:
             # TensorFlow: "... {{function_node ..._device_/job:...}} /path/ckpt-1_temp/part-...; No space left"
             match = re.search(r"\s(/[^\s;]+);\s*(?:No space left on device|Disk quota exceeded)", text)
-            return match.group(1).split("_temp/")[0] if match else "a file"
+            return match.group(1).split("_temp/")[0] if match else ""
     return None
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +90,49 @@ def split_dataset(prep: DataSource, cfg: Config, dist: Distribution, split: str,
     return prep.eval_dataset(cfg.data, split, batch, dist.shard, dist.local_replicas)
 
 
+# What a run writes in its directory; --overwrite removes these and nothing else, since an
+# --output may be a folder that also holds the user's own files.
+RUN_OUTPUTS = (
+    "checkpoints",
+    "logs",
+    "history.csv",
+    "run.json",
+    "model.keras",
+    "saved_model",
+    "export",
+    "report.json",
+    "report.md",
+    "report.html",
+)
+# Any of these without checkpoints: a finished run that can no longer be resumed, only replaced.
+FINISHED = ("model.keras", "run.json", "report.json")
+OVERWRITE_HINT = "pass another --output, or --overwrite to replace it"
+
+
+def _clear_run(run_dir: Path, say: Callable[[str], None]) -> None:
+    found = [name for name in RUN_OUTPUTS if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    for name in found:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {run_dir}")
+
+
 def _check_resumable(cfg: Config, run_dir: Path) -> bool:
-    """True when run_dir holds a run to resume; refuses one trained with another setup."""
+    """True when run_dir holds a run to resume; refuses one trained with another setup, and a
+    finished run whose checkpoints are gone (training would silently replace its results)."""
     saved_path = run_dir / "config.yaml"
     has_ckpt = (run_dir / "checkpoints" / "checkpoint").exists()
     if not has_ckpt:
+        finished = [name for name in FINISHED if (run_dir / name).exists()]
+        if finished:
+            raise UserError(
+                f"{run_dir} holds a finished run ({', '.join(finished)}) with no checkpoints to resume from, "
+                f"and training would replace it; {OVERWRITE_HINT}"
+            )
         return False
     if not saved_path.exists():
         return True
@@ -117,7 +156,7 @@ def _check_resumable(cfg: Config, run_dir: Path) -> bool:
         if a.get(key) != b.get(key):
             raise UserError(
                 f"{run_dir} holds a run trained with {key}={a.get(key)!r}, not {b.get(key)!r}; "
-                "resume it with the same settings or pass a new --output"
+                f"resume it with the same settings, or {OVERWRITE_HINT}"
             )
     return True
 
@@ -155,9 +194,14 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def train_run(
-    cfg: Config, progress: bool = True, log: Callable[[str], None] = print, dist: Optional[Distribution] = None
+    cfg: Config,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    dist: Optional[Distribution] = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train (or resume), restore the best weights, export, evaluate; return the run summary."""
+    """Train (or resume), restore the best weights, export, evaluate; return the run summary.
+    ``overwrite`` first removes an earlier run's outputs from the run directory (RUN_OUTPUTS)."""
     t_start = time.time()
     run_dir = Path(cfg.output)
     if dist is None:
@@ -167,6 +211,14 @@ def train_run(
     say = log if chief else (lambda _m: None)
     _make_run_dir(run_dir)
     with runlock.hold(run_dir, enabled=chief):
+        if chief:
+            left = atomic.remove_orphans(run_dir, before=t_start)
+            if left:
+                say(f"removed {len(left)} temporary file(s) an interrupted run left in {run_dir}: {', '.join(left)}")
+        if overwrite:
+            if chief:
+                _clear_run(run_dir, say)
+            dist.agree(True)  # a barrier: no worker looks for checkpoints while the chief removes them
         return _train_locked(cfg, run_dir, dist, progress, say, t_start)
 
 

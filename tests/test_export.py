@@ -4,6 +4,7 @@ that never imports imgtrain, and the serving signature's per-image errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -146,3 +147,12 @@ def test_bytes_signature_marks_an_undecodable_image_and_serves_the_rest(run_and_
     assert out["name"][1] == out["name"][2] == ""
     assert out["index"] == out["one"]  # each good image classified as it is alone
     assert [round(s, 3) for s in out["sum"]] == [1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_relative_run_and_output_from_another_working_directory(run_and_pixels, tmp_path, monkeypatch, capsys):
+    run, _, _ = run_and_pixels
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(run, tmp_path)
+    assert main(["export", "--run", relative, "--format", "keras", "--output", "exports/k"]) == 0
+    assert (tmp_path / "exports" / "k" / "model.keras").exists()
+    assert "top-1 agreement with the run's model" in capsys.readouterr().out

@@ -148,3 +148,17 @@ def test_broken_prepared_directory(tmp_path: Path, capsys):
     next(out.glob("train-*.tfrecord")).unlink()
     assert main(["train", "--data", str(out), "--output", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "lacks shard" in capsys.readouterr().err
+
+
+def test_prepare_then_train_with_relative_paths(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_folder(Path("photos"), per_class=8)
+    assert main(["prepare", "--data", "photos/", "--output", "photos-tfrecord/", "--no-progress"]) == 0
+    assert (tmp_path / "photos-tfrecord" / "manifest.json").exists()
+    args = ["train", "--data", "photos-tfrecord/", "--output", "runs/t", "--epochs", "1", "--image-size", "16"]
+    args += ["--batch-size", "4", "--no-progress", "--set", "model.cnn.filters=[8]"]
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "t" / "report.json").exists()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["evaluate", "--run", "../runs/t"]) == 0  # the run recorded where its shards are

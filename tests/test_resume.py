@@ -162,13 +162,16 @@ def _cli(data: Path, run: Path, epochs: int) -> list[str]:
 
 
 def test_sigkill_after_epoch_one_then_resume(tmp_path):
-    data = write_folder(tmp_path / "img", per_class=60, size=16)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(_cli(data, tmp_path / "whole", 3), check=True, env=env, capture_output=True)
+    """Run as the README writes it: relative --data and --output from the user's folder."""
+    write_folder(tmp_path / "img", per_class=60, size=16)
+    data, env = Path("img"), {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run(_cli(data, Path("runs/whole"), 3), check=True, env=env, capture_output=True, cwd=tmp_path)
 
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(data, run, 3), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    index = run / "checkpoints" / "checkpoint"
+    run = Path("runs/killed")
+    proc = subprocess.Popen(
+        _cli(data, run, 3), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
+    index = tmp_path / run / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if index.exists() and "ckpt-1" in index.read_text():
@@ -177,12 +180,13 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
         time.sleep(0.005)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (run / "model.keras").exists()
+    assert not (tmp_path / run / "model.keras").exists()
 
-    again = subprocess.run(_cli(data, run, 3), env=env, capture_output=True, text=True)
+    again = subprocess.run(_cli(data, run, 3), env=env, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 epoch(s) done, continuing at epoch 2" in again.stdout
-    assert_same(weights(tmp_path / "whole"), weights(run))
+    assert "cannot be read" not in again.stdout + again.stderr
+    assert_same(weights(tmp_path / "runs/whole"), weights(tmp_path / run))
 
 
 def test_sigkill_after_early_stopping_does_not_train_again(tmp_path):

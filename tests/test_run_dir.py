@@ -445,3 +445,95 @@ def test_a_checkpoint_listed_but_missing_is_named_as_missing(image_folder, small
     out = capsys.readouterr().out
     assert f"checkpoint {run / 'checkpoints' / 'ckpt-2'} is listed in the index but its files are missing" in out
     assert summary["resumed_from_epoch"] == 1
+
+
+def test_a_rerun_removes_what_a_killed_write_left(image_folder, small_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = run / f".tmp-{int(gone.stdout)}-0a1b2c3d-model.keras"  # as a SIGKILL mid-save leaves it
+    shutil.copy(run / "model.keras", left)
+    os.utime(left, (1, 1))
+    capsys.readouterr()
+    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    assert not left.exists()
+    assert f"removed 1 temporary file(s) an interrupted run left in {run}: {left.name}" in capsys.readouterr().out
+
+
+def test_a_finished_run_without_checkpoints_is_not_replaced_unless_asked(image_folder, small_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    shutil.rmtree(run / "checkpoints")
+    before = {name: (run / name).read_bytes() for name in ("model.keras", "config.yaml", "report.json")}
+    other = small_config(image_folder, run, ("train.epochs=1", "model.name=dnn"))
+    with pytest.raises(UserError, match=r"holds a finished run \(model.keras, run.json, report.json\) with no "
+                       r"checkpoints to resume from.*--overwrite to replace it"):
+        train_run(other, progress=False)
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+    (run / "notes.txt").write_text("the user's own file")
+    capsys.readouterr()
+    summary = train_run(other, progress=False, overwrite=True)
+    assert "--overwrite: removed the earlier run's" in capsys.readouterr().out
+    assert summary["epochs_completed"] == 1 and summary.get("resumed_from_epoch") is None
+    assert (run / "model.keras").read_bytes() != before["model.keras"]
+    assert "dnn" in (run / "config.yaml").read_text()
+    assert (run / "notes.txt").read_text() == "the user's own file"
+
+
+def test_overwrite_replaces_a_run_of_another_setup(image_folder, small_config, tmp_path):
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    other = small_config(image_folder, run, ("train.epochs=1", "model.cnn.filters=[4]"))
+    with pytest.raises(UserError, match="or --overwrite to replace it"):
+        train_run(other, progress=False)
+    summary = train_run(other, progress=False, overwrite=True)
+    assert summary["epochs_completed"] == 1 and summary.get("resumed_from_epoch") is None
+
+
+def test_a_write_that_names_no_file_names_the_destination(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from imgtrain import cli
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write through an open file raises it
+
+    monkeypatch.setattr(cli, "_dispatch", full)
+    assert cli.main(["predict", "--run", "runs/x", "photos/", "--output", "out/p.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no space left on device writing into out/p.csv" in err
+    assert "checkpoint" not in err  # training's advice is for training
+    with pytest.raises(OSError) as raised, atomic.replacing(tmp_path / "report.json") as tmp:
+        with open(tmp, "w") as f:
+            f.write("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert raised.value.filename == str(tmp_path / "report.json")
+
+
+@pytest.mark.slow
+def test_predict_onto_a_real_full_disk_names_the_file(image_folder, small_config, tmp_path):
+    run = tmp_path / "run"
+    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:120]}")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError:
+                pass  # the disk is full
+        cmd = [sys.executable, "-m", "imgtrain", "predict", "--run", "run", "images", "--output", "disk/p.csv"]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        full = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
+        errors = [line for line in full.stderr.splitlines() if line.startswith("imgtrain: error:")]
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+        assert len(errors) == 1 and "no space left on device writing disk/p.csv" in errors[0], errors
+        assert "checkpoint" not in errors[0]
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written file left
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -85,6 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_SERVICE, IMGTRAIN_JOB_NAME) or jobset (a JobSet, "
         "e.g. a Kubeflow Trainer v2 TrainJob: JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_JOBSET)",
     )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in RUN_DIR (its checkpoints, model, report and exports are removed) "
+        "instead of resuming it or refusing",
+    )
     add_no_progress(t, "no progress bars (logs only)")
 
 
@@ -101,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     from imgtrain.run import train_run
 
-    summary = train_run(config_from_args(args), progress=not args.no_progress)
+    summary = train_run(config_from_args(args), progress=not args.no_progress, overwrite=args.overwrite)
     if summary.get("report"):
         print(f"test accuracy {summary['test_accuracy']:.4f}; report: {summary['report']}")
     return 0

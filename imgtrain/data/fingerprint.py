@@ -63,7 +63,7 @@ def check_or_record(run_dir: Path, fingerprint: dict[str, Any], resuming: bool, 
             if diff:
                 raise UserError(
                     f"{run_dir} holds a run trained on other data: {diff}; resume it with the same "
-                    "data or pass a new --output"
+                    "data, or pass another --output, or --overwrite to replace it"
                 )
             return
     if write:

@@ -134,7 +134,7 @@ class CheckpointStore:
             return True
         raise UserError(
             f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} listed in its 'checkpoint' "
-            "index are missing or damaged); start again with a new --output"
+            "index are missing or damaged); start again with a new --output, or --overwrite to train anew here"
         )
 
     def save(self) -> Optional[str]:

@@ -1,0 +1,170 @@
+"""User journeys: the README's commands run as a user runs them.
+
+Every journey works in a fresh working directory of its own (``user``) holding what a user's
+folder holds: ``.venv`` (a link to the installed environment), ``launch/`` (a link to the
+repository's launchers) and a small generated ``photos/`` folder. Commands are subprocesses
+with *relative* paths, started from that directory, and the journeys assert only what a user
+looks at: the exit code, the last line, the files in the run directory and ``run.json``'s
+weights fingerprint. Nothing here imports imgtrain.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+import readme
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _image_writer() -> Callable[..., Path]:
+    """tests/conftest.py's ``write_folder`` (one generator of test images for the whole suite)."""
+    spec = importlib.util.spec_from_file_location("imgtrain_test_images", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_folder
+
+
+write_folder = _image_writer()
+VENV = Path(sys.prefix)
+
+# Appended to a README command: small images and model, so a journey trains in seconds. The
+# later flag wins in argparse, so the README's own --epochs 20 is what these replace.
+SMALL = (
+    "--image-size 16 --batch-size 8 --seed 3 --deterministic --no-progress "
+    "--set model.cnn.filters=[8,16] --set model.cnn.convs_per_block=1 "
+    "--set train.early_stopping.patience=50"
+)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def last_line(self) -> str:
+        lines = [line for line in (self.out + "\n" + self.err).splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+class User:
+    """A shell in a working directory of its own."""
+
+    def __init__(self, home: Path) -> None:
+        self.cwd = home
+        self.env = {
+            **os.environ,
+            "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.pop("TF_CONFIG", None)
+
+    def argv(self, command: str) -> list[str]:
+        return shlex.split(command, comments=True)
+
+    def run(self, command: str, timeout: float = 600, cwd: Optional[Path] = None) -> Result:
+        proc = subprocess.run(
+            self.argv(command), cwd=cwd or self.cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, command: str, timeout: float = 600, cwd: Optional[Path] = None) -> Result:
+        result = self.run(command, timeout, cwd)
+        assert result.code == 0, f"{command}\nexit {result.code}\n{result.text[-3000:]}"
+        return result
+
+    def interrupt(
+        self, command: str, when: Callable[[str], bool], sig: int = signal.SIGKILL, timeout: float = 600
+    ) -> Result:
+        """Start ``command`` in its own process group and send ``sig`` to the group once ``when``
+        (given the output so far, or polled with '' each 5 ms) says so."""
+        proc = subprocess.Popen(
+            self.argv(command),
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        lines: list[str] = []
+
+        def read() -> None:
+            for line in proc.stdout:  # a line at a time, so that ``when`` sees output as it comes
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            if when("".join(lines)):
+                os.killpg(proc.pid, sig)
+                break
+            time.sleep(0.005)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=30)
+        return Result(proc.returncode, "".join(lines), "")
+
+
+def fingerprint(run_dir: Path) -> int:
+    """The chief's weights fingerprint from run.json (what two runs compare to agree)."""
+    return json.loads((run_dir / "run.json").read_text())["replica_weight_fingerprints"][0]
+
+
+def checkpoint_named(run_dir: Path, number: int) -> Callable[[str], bool]:
+    """True once the run's checkpoint index names checkpoint ``number`` (it is complete on disk)."""
+    index = run_dir / "checkpoints" / "checkpoint"
+
+    def when(_out: str) -> bool:
+        try:
+            return f'"ckpt-{number}"' in index.read_text()
+        except OSError:
+            return False
+
+    return when
+
+
+def make_home(path: Path, per_class: int = 16) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ".venv").symlink_to(VENV, target_is_directory=True)
+    (path / "launch").symlink_to(REPO / "launch", target_is_directory=True)
+    write_folder(path / "photos", per_class=per_class, size=16, seed=1)
+    return path
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> User:
+    return User(make_home(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> User:
+    """A user whose runs/photos was trained once by the README's train command (3 epochs)."""
+    u = User(make_home(tmp_path_factory.mktemp("trained") / "home"))
+    u.ok(readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
+         + f" {SMALL} --epochs 3")
+    return u

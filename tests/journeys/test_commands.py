@@ -1,0 +1,82 @@
+"""Journey: after training, the README's other commands (evaluate, predict, export in every
+format, prepare then train on its shards, bench) with relative paths from the user's folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import readme
+from journey import SMALL, User
+
+pytestmark = pytest.mark.slow
+
+EVALUATE = readme.command(".venv/bin/imgtrain evaluate --run runs/photos")
+PREDICT = readme.command(".venv/bin/imgtrain predict --run runs/photos new_photos/ --top-k 3 --output predictions.csv")
+EXPORT = readme.command(".venv/bin/imgtrain export --run runs/photos --format tflite")
+PREPARE = readme.command(".venv/bin/imgtrain prepare --data photos/ --output photos-tfrecord/")
+BENCH = readme.command(".venv/bin/imgtrain bench")
+
+
+def new_photos(user: User, count: int = 5) -> list[Path]:
+    """A folder of images the model has not been given by name: copies of a few of photos/."""
+    target = user.cwd / "new_photos"
+    target.mkdir(exist_ok=True)
+    sources = sorted(p for p in (user.cwd / "photos").rglob("*") if p.is_file())[::7][:count]
+    for i, source in enumerate(sources):
+        shutil.copy(source, target / f"{i}{source.suffix}")
+    return sorted(target.iterdir())
+
+
+def test_evaluate(trained: User) -> None:
+    result = trained.ok(EVALUATE)
+    assert result.last_line.startswith("test accuracy "), result.last_line
+    assert (trained.cwd / "runs/photos/report.json").exists()
+
+
+def test_predict_a_folder_to_csv_then_single_files_then_a_new_folder(trained: User) -> None:
+    photos = new_photos(trained)
+    result = trained.ok(PREDICT)
+    assert "predictions.csv" in result.last_line and str(len(photos)) in result.last_line, result.last_line
+    with open(trained.cwd / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(photos)
+
+    one, two = (p.relative_to(trained.cwd) for p in photos[:2])
+    table = trained.ok(f".venv/bin/imgtrain predict --run runs/photos {one} {two} --top-k 2")
+    assert str(one) in table.out and str(two) in table.out, table.out
+
+    trained.ok(f".venv/bin/imgtrain predict --run runs/photos {one} --output out/new/predictions.json")
+    written = json.loads((trained.cwd / "out/new/predictions.json").read_text())
+    assert len(written) == 1 and json.dumps(written).count(one.name) >= 1
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite-int8", "onnx"])
+def test_export_each_format_to_a_relative_folder(trained: User, fmt: str) -> None:
+    result = trained.ok(f".venv/bin/imgtrain export --run runs/photos --format {fmt} --output exports/{fmt}")
+    written = trained.cwd / "exports" / fmt
+    assert written.is_dir() and any(written.iterdir()), result.text[-2000:]
+    assert str(Path("exports") / fmt) in result.last_line or fmt in result.last_line, result.last_line
+
+
+def test_export_as_the_readme_writes_it(trained: User) -> None:
+    result = trained.ok(EXPORT)
+    assert any((trained.cwd / "runs/photos/export/tflite").glob("*.tflite")), result.text[-2000:]
+
+
+def test_prepare_then_train_on_the_shards(user: User) -> None:
+    prepared = user.ok(PREPARE)
+    assert (user.cwd / "photos-tfrecord/manifest.json").exists(), prepared.text[-2000:]
+    again = user.run(PREPARE)  # a second prepare onto the same folder: refused or redone, never half
+    assert again.code in (0, 1, 2) and (user.cwd / "photos-tfrecord/manifest.json").exists()
+    train = user.ok(f".venv/bin/imgtrain train --data photos-tfrecord/ --model cnn --output runs/shards {SMALL} --epochs 2")
+    assert train.last_line.startswith("test accuracy "), train.last_line
+
+
+def test_bench_quick(user: User) -> None:
+    result = user.ok(f"{BENCH} --quick --json bench.json", timeout=900)
+    figures = json.loads((user.cwd / "bench.json").read_text())
+    assert figures and "ratio" in result.out, result.text[-2000:]

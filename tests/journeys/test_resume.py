@@ -1,0 +1,63 @@
+"""Journey: train, stop it (SIGKILL, Ctrl-C, a kill after early stopping), run the same command
+again; raise --epochs on a finished run. Every rerun ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import readme
+from journey import SMALL, User, checkpoint_named, fingerprint, make_home
+
+pytestmark = pytest.mark.slow
+
+TRAIN = readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
+MID_EPOCH = "--set train.checkpoint.every_steps=2 --set data.augment.rotation=10"
+STOP_EARLY = (
+    "--set train.early_stopping.patience=1 --set train.early_stopping.monitor=val_accuracy "
+    "--set train.early_stopping.min_delta=0.5"
+)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Fingerprints of uninterrupted runs: 3 epochs, and the early-stopping setup."""
+    user = User(make_home(tmp_path_factory.mktemp("whole") / "home"))
+    user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3")
+    user.ok(f"{TRAIN} {SMALL} {STOP_EARLY} --epochs 10 --output runs/early")
+    return {"3": fingerprint(user.cwd / "runs/photos"), "early": fingerprint(user.cwd / "runs/early")}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
+def test_stopped_mid_epoch_then_the_same_command(user: User, whole: dict[str, int], sig: int, code: int) -> None:
+    command = f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3"
+    stopped = user.interrupt(command, checkpoint_named(user.cwd / "runs/photos", 1), sig)
+    assert stopped.code == code, stopped.out[-2000:]
+    if sig == signal.SIGINT:
+        assert "run the same command again to resume" in stopped.last_line
+    assert not (user.cwd / "runs/photos/run.json").exists(), "the run ended before it was stopped"
+    again = user.ok(command)
+    assert "continuing at epoch 1, step" in again.out, again.out[-2000:]
+    assert again.last_line.startswith("test accuracy ") and "report: " in again.last_line
+    assert fingerprint(user.cwd / "runs/photos") == whole["3"]
+
+
+def test_killed_after_early_stopping_then_the_same_command(user: User, whole: dict[str, int]) -> None:
+    command = f"{TRAIN} {SMALL} {STOP_EARLY} --epochs 10 --output runs/early"
+    killed = user.interrupt(command, lambda out: "\nearly stopping:" in out)
+    assert killed.code == -signal.SIGKILL, killed.out[-2000:]
+    again = user.ok(command)
+    assert "epoch 2/10" not in again.out, "trained again after early stopping"
+    assert fingerprint(user.cwd / "runs/early") == whole["early"]
+    third = user.ok(command)
+    assert "nothing to train" in third.out
+
+
+def test_more_epochs_on_a_finished_run(user: User, whole: dict[str, int]) -> None:
+    user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 2")
+    again = user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3")
+    assert "2 epoch(s) done, continuing at epoch 3" in again.out, again.out[-2000:]
+    assert fingerprint(user.cwd / "runs/photos") == whole["3"]
+    same = user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3")
+    assert "nothing to train" in same.out
