@@ -24,10 +24,16 @@ from imgtrain.errors import UserError
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every way it can go wrong into one clear line."""
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+        hint = f" (it holds {', '.join(yamls)})" if yamls else ""
+        raise UserError(f"--config {path} is a folder{hint}; pass the YAML file itself, e.g. --config {path}/NAME.yaml")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise UserError(f"config file {path} cannot be read (permission denied); make it readable") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:

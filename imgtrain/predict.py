@@ -58,7 +58,8 @@ def _decodable(path: Path, scratch: Path, position: int) -> str:
     training applies (``data.validate``), so predict takes every image train takes."""
     result = check_file(str(path))
     if result.status == BAD:
-        raise UserError(f"cannot decode image {path}: {result.reason}; pass JPEG, PNG, BMP or GIF files")
+        fix = result.fix or "pass JPEG, PNG, BMP or GIF files"
+        raise UserError(f"cannot decode image {path}: {result.reason}; {fix}")
     if result.status == CONVERT:
         out = scratch / f"{position}.png"
         convert_to_png(str(path), out)
@@ -111,8 +112,12 @@ def write_records(records: list[dict], output: str | None) -> None:
     k = max((len(r["top"]) for r in records), default=1)
     if path.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output {path} must end in .csv or .json")
-    if not path.parent.is_dir():
-        raise UserError(f"--output {path}: the folder {path.parent} does not exist; create it or write elsewhere")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a new folder, as train's --output makes one
+    except OSError as exc:
+        raise UserError(
+            f"--output {path}: cannot create the folder {path.parent} ({exc.strerror}); write elsewhere"
+        ) from None
     # Whole or not at all: an existing predictions file survives a full disk or a crash.
     with atomic.replacing(path) as tmp:
         if path.suffix.lower() == ".json":

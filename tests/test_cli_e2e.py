@@ -341,7 +341,28 @@ def test_every_command_from_a_working_directory_with_relative_paths(trained_run,
     shutil.move("runs/r", "sub/moved")
     monkeypatch.chdir(tmp_path / "sub")
     assert main(["evaluate", "--run", "moved"]) == 0
-    assert main(["predict", "--run", "moved", "../photos/red/" + sorted(p.name for p in (data / "red").iterdir())[0]]) == 0
+    first = sorted(p.name for p in (data / "red").iterdir())[0]
+    assert main(["predict", "--run", "moved", f"../photos/red/{first}"]) == 0
     capsys.readouterr()
     assert main(["train", "--data", "../photos", "--output", "moved", "--epochs", "3", *small]) == 0
     assert "2 epoch(s) done, continuing at epoch 3" in capsys.readouterr().out
+
+
+def test_a_tfds_dataset_not_downloaded_with_download_off_says_so(tmp_path, capsys):
+    rc = main(
+        [
+            "train",
+            "--data",
+            "tfds:mnist",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "--set",
+            f"data.tfds.data_dir={tmp_path / 'empty'}",
+            "--set",
+            "data.tfds.download=false",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "is not prepared in" in err and "data.tfds.download=true" in err and "_split" not in err

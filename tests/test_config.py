@@ -125,3 +125,13 @@ def test_shipped_configs_are_valid(path: Path):
 def test_recipe_numbers_are_checked(item: str, message: str):
     with pytest.raises(UserError, match=re.escape(message)):
         Config.load(None, [item])
+
+
+def test_a_config_that_is_a_folder_says_so(tmp_path, capsys):
+    from imgtrain.cli import main
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "small.yaml").write_text("seed: 1\n")
+    assert main(["train", "--config", str(tmp_path / "configs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a folder (it holds small.yaml)" in err and "does not exist" not in err

@@ -168,9 +168,7 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     subprocess.run(_cli(data, Path("runs/whole"), 3), check=True, env=env, capture_output=True, cwd=tmp_path)
 
     run = Path("runs/killed")
-    proc = subprocess.Popen(
-        _cli(data, run, 3), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path
-    )
+    proc = subprocess.Popen(_cli(data, run, 3), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     index = tmp_path / run / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -466,8 +466,11 @@ def test_a_finished_run_without_checkpoints_is_not_replaced_unless_asked(image_f
     shutil.rmtree(run / "checkpoints")
     before = {name: (run / name).read_bytes() for name in ("model.keras", "config.yaml", "report.json")}
     other = small_config(image_folder, run, ("train.epochs=1", "model.name=dnn"))
-    with pytest.raises(UserError, match=r"holds a finished run \(model.keras, run.json, report.json\) with no "
-                       r"checkpoints to resume from.*--overwrite to replace it"):
+    with pytest.raises(
+        UserError,
+        match=r"holds a finished run \(model.keras, run.json, report.json\) with no "
+        r"checkpoints to resume from.*--overwrite to replace it",
+    ):
         train_run(other, progress=False)
     assert {name: (run / name).read_bytes() for name in before} == before
 

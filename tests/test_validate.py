@@ -114,3 +114,28 @@ def test_one_class_and_empty_class(tmp_path: Path):
     cat = apply_split(discover(DataConfig(path=str(tmp_path / "two"))), SplitConfig(), 0)
     with pytest.raises(UserError, match="class 'empty' .* has no usable images"):
         validate_catalog(cat, "fail", tmp_path / "c2", progress=False)
+
+
+def test_an_image_over_the_pixel_limit_says_so_and_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from imgtrain.cli import main
+    from imgtrain.data.validate import check_file
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (60, 50)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3,000 pixels: over the limit, under twice it
+    result = check_file(str(big))
+    assert result.status == "bad" and "3,000 pixels is over the 1,000-pixel limit" in result.reason
+    assert "downscale it" in result.fix
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # over twice the limit: Pillow's error, not its warning
+    assert "3,000 pixels is over the 100-pixel limit" in check_file(str(big)).reason
+
+    from imgtrain.config import Config
+
+    # No model is needed: the image is refused before one would be used.
+    monkeypatch.setattr("imgtrain.predict.load_run", lambda _run: (None, ["a", "b"], Config()))
+    assert main(["predict", "--run", str(tmp_path / "run"), str(big)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "over the 100-pixel limit" in err and "downscale it" in err
+    assert "pass JPEG, PNG, BMP or GIF" not in err

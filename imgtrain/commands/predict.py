@@ -27,4 +27,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--top-k must be at least 1")
     records = predict_files(Path(args.run), args.paths, top_k=args.top_k)
     write_records(records, args.output)
+    if args.output:
+        print(f"wrote {len(records)} prediction(s) to {args.output}")
     return 0

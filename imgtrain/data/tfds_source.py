@@ -42,6 +42,12 @@ def load_tfds(name: str, cfg: TfdsConfig) -> TfdsData:
             f"TFDS dataset '{name}' is not in {cfg.data_dir or '~/tensorflow_datasets'} and could not be downloaded "
             f"({type(exc).__name__}); run once with network access or set data.tfds.data_dir to a prepared copy"
         ) from None
+    if not cfg.download and not builder.is_prepared():  # TFDS would blame the split instead
+        raise UserError(
+            f"TFDS dataset '{name}' is not prepared in {cfg.data_dir or '~/tensorflow_datasets'} and "
+            "data.tfds.download is false; set data.tfds.download=true (needs network access once) "
+            "or data.tfds.data_dir to a folder that holds it"
+        )
     keys = builder.info.supervised_keys
     if not keys or len(keys) != 2:
         raise UserError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,19 @@ class CheckResult:
     status: str
     reason: str = ""
     mode: str = ""
+    fix: str = ""  # what the user does about a BAD file, when it is more than "use another file"
+
+
+def _too_large(exc: Exception) -> CheckResult:
+    """Pillow's decompression-bomb guard: the file is fine, only too large to decode safely."""
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    pixels = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
+    return CheckResult(
+        BAD,
+        f"{size} is over the {limit:,}-pixel limit Pillow decodes safely",
+        fix=f"downscale it to at most {limit / 1e6:.0f} megapixels",
+    )
 
 
 def check_file(path: str) -> CheckResult:
@@ -55,7 +69,9 @@ def check_file(path: str) -> CheckResult:
                     return CheckResult(BAD, "image has no pixels")
     except FileNotFoundError:
         return CheckResult(BAD, "file not found")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        return _too_large(exc)
+    except (OSError, SyntaxError, ValueError) as exc:
         return CheckResult(BAD, f"cannot decode: {str(exc).splitlines()[0][:160] or type(exc).__name__}")
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -118,11 +134,17 @@ def validate_catalog(
     for ex, res in results:
         sig = _signature(ex.path)
         if sig is not None:
-            new_cache[ex.path] = {"sig": sig, "status": res.status, "reason": res.reason, "mode": res.mode}
+            new_cache[ex.path] = {
+                "sig": sig,
+                "status": res.status,
+                "reason": res.reason,
+                "mode": res.mode,
+                "fix": res.fix,
+            }
         if res.status == BAD:
             if policy == "fail":
                 raise UserError(
-                    f"bad image {ex.path}: {res.reason}; remove or fix it, "
+                    f"bad image {ex.path}: {res.reason}; {res.fix or 'remove or fix it'}, "
                     "or set data.on_bad_image=skip to leave it out"
                 )
             skipped.append({"path": ex.key, "reason": res.reason})
@@ -154,7 +176,7 @@ def _check_all(
         sig = _signature(ex.path)
         hit = cache.get(ex.path)
         if sig is not None and hit and hit.get("sig") == sig:
-            return ex, CheckResult(hit["status"], hit.get("reason", ""), hit.get("mode", ""))
+            return ex, CheckResult(hit["status"], hit.get("reason", ""), hit.get("mode", ""), hit.get("fix", ""))
         return ex, check_file(ex.path)
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-
 import readme
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +57,14 @@ class Result:
 
     @property
     def last_line(self) -> str:
-        lines = [line for line in (self.out + "\n" + self.err).splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        """What a user reads last: stdout's last line after a success, stderr's after a failure
+        (progress bars on stderr redraw themselves and are not read)."""
+        first, second = (self.out, self.err) if self.code == 0 else (self.err, self.out)
+        for stream in (first, second):
+            lines = [line for line in stream.replace("\r", "\n").splitlines() if line.strip()]
+            if lines:
+                return lines[-1].strip()
+        return ""
 
     @property
     def text(self) -> str:
@@ -165,6 +170,8 @@ def user(tmp_path: Path) -> User:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> User:
     """A user whose runs/photos was trained once by the README's train command (3 epochs)."""
     u = User(make_home(tmp_path_factory.mktemp("trained") / "home"))
-    u.ok(readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
-         + f" {SMALL} --epochs 3")
+    u.ok(
+        readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
+        + f" {SMALL} --epochs 3"
+    )
     return u

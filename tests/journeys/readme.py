@@ -17,13 +17,13 @@ NOT_RUNNABLE = {
     "make test": "the suite itself (CI runs it); not re-run inside the suite",
     "horovodrun -np 4 -H localhost:4 imgtrain train --config cfg.yaml": "four processes need four GPUs "
     "(the journeys run -np 2 on this host)",
-    "TF_CONFIG='{\"cluster\": {\"worker\": [\"node0:12345\", \"node1:12345\"]}, \"task\": {\"type\": \"worker\", "
-    "\"index\": 1}}' imgtrain train --config cfg.yaml --output /shared/runs/x": "needs two nodes",
+    'TF_CONFIG=\'{"cluster": {"worker": ["node0:12345", "node1:12345"]}, "task": {"type": "worker", '
+    '"index": 1}}\' imgtrain train --config cfg.yaml --output /shared/runs/x': "needs two nodes",
     "launch/horovod.sh -np 8 -H node0:4,node1:4 -- imgtrain train --config cfg.yaml": "needs two GPU nodes",
     "launch/horovod.sh -np 8 --hostfile hosts.txt -- imgtrain train --config cfg.yaml": "needs GPU nodes",
     "docker build -t imgtrain:0.1.0 .": "no Docker engine here (make image-test builds the CPU image with podman)",
     "docker build -t imgtrain:0.1.0-cpu --build-arg VARIANT=cpu --build-arg BUILD_BASE=ubuntu:22.04 "
-    "--build-arg RUNTIME_BASE=ubuntu:22.04 .": "no Docker engine here (make image-test builds this variant with podman)",
+    "--build-arg RUNTIME_BASE=ubuntu:22.04 .": "no Docker engine here (make image-test builds it with podman)",
     'docker run --gpus all -v "$PWD/work:/data" imgtrain:0.1.0 train --data /data/images --output /data/runs/x': (
         "no Docker engine or GPU here (make image-test runs the image with podman)"
     ),

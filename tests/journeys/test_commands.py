@@ -72,7 +72,8 @@ def test_prepare_then_train_on_the_shards(user: User) -> None:
     assert (user.cwd / "photos-tfrecord/manifest.json").exists(), prepared.text[-2000:]
     again = user.run(PREPARE)  # a second prepare onto the same folder: refused or redone, never half
     assert again.code in (0, 1, 2) and (user.cwd / "photos-tfrecord/manifest.json").exists()
-    train = user.ok(f".venv/bin/imgtrain train --data photos-tfrecord/ --model cnn --output runs/shards {SMALL} --epochs 2")
+    command = ".venv/bin/imgtrain train --data photos-tfrecord/ --model cnn --output runs/shards"
+    train = user.ok(f"{command} {SMALL} --epochs 2")
     assert train.last_line.startswith("test accuracy "), train.last_line
 
 

@@ -17,7 +17,9 @@ from journey import User, fingerprint
 pytestmark = pytest.mark.slow
 
 HOROVOD_SH = readme.command("launch/horovod.sh -np 2 -- imgtrain train --config cfg.yaml")
-MULTIWORKER = readme.command("python launch/multiworker.py --workers 2 -- imgtrain train --config cfg.yaml --output runs/x")
+MULTIWORKER = readme.command(
+    "python launch/multiworker.py --workers 2 -- imgtrain train --config cfg.yaml --output runs/x"
+)  # noqa: E501
 # The README's horovodrun line asks for 4 processes (one per GPU); this host runs 2.
 HOROVODRUN = readme.command("horovodrun -np 4 -H localhost:4 imgtrain train --config cfg.yaml").replace("4", "2")
 

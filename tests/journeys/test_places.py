@@ -68,9 +68,13 @@ def test_a_config_file_in_another_folder_with_relative_paths(user: User) -> None
     assert "relative to the working directory" in " ".join((REPO / "README.md").read_text().split())
 
     (user.cwd / "configs").mkdir()
-    cfg = {"seed": 3, "output": "runs/cfg", "data": {"path": "photos", "image_size": [16, 16]},
-           "model": {"name": "cnn", "cnn": {"filters": [8], "convs_per_block": 1}},
-           "train": {"epochs": 2, "batch_size": 8}}
+    cfg = {
+        "seed": 3,
+        "output": "runs/cfg",
+        "data": {"path": "photos", "image_size": [16, 16]},
+        "model": {"name": "cnn", "cnn": {"filters": [8], "convs_per_block": 1}},
+        "train": {"epochs": 2, "batch_size": 8},
+    }
     (user.cwd / "configs/small.yaml").write_text(yaml.safe_dump(cfg))
     first = user.ok(".venv/bin/imgtrain train --config configs/small.yaml --no-progress")
     assert (user.cwd / "runs/cfg/report.json").exists(), first.text[-2000:]

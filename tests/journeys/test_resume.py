@@ -4,7 +4,6 @@ again; raise --epochs on a finished run. Every rerun ends where an uninterrupted
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import pytest
 import readme
