@@ -13,7 +13,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from imgtrain import __version__
+from imgtrain import __version__, stop
 from imgtrain.commands import COMMANDS
 from imgtrain.errors import EXIT_USER_ERROR, UserError
 
@@ -94,8 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        stop.install_default()
         _import_tensorflow_quietly()
         return _dispatch(args)
+    except stop.Stopped as exc:
+        print(f"imgtrain: {exc}", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         print(f"imgtrain: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

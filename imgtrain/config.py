@@ -345,9 +345,14 @@ class EarlyStoppingConfig:
 class CheckpointConfig:
     every_steps: int = 0  # 0: once per epoch only
     keep: int = 3
+    # Several workers look together at whether one was told to stop (SIGTERM, SIGINT) every
+    # this many steps: one all-reduce of a number each time (a single process looks every step).
+    stop_check_steps: int = 10
 
     def validate(self) -> None:
         _positive("train.checkpoint.keep", self.keep)
+        if not 1 <= self.stop_check_steps <= 10_000:
+            raise UserError(f"train.checkpoint.stop_check_steps must be 1 to 10000, got {self.stop_check_steps}")
         if self.every_steps < 0:
             raise UserError("train.checkpoint.every_steps must be 0 (per epoch only) or positive")
 

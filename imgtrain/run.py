@@ -262,8 +262,23 @@ def _train_locked(
         dist,
         run_dir,
         progress,
-        {"train_seconds": round(train_seconds, 2), "total_seconds": round(time.time() - t_start, 2)},
+        {
+            "train_seconds": round(train_seconds, 2),
+            "total_seconds": round(time.time() - t_start, 2),
+            "stop_checks": _stop_checks(training.loop, train_seconds),
+        },
     )
+
+
+def _stop_checks(loop: Any, train_seconds: float) -> dict[str, Any]:
+    """What the workers' shared look at the stop flag cost this run (nothing for one process)."""
+    checks = loop.stop_checks
+    return {
+        "every_steps": loop.stop_every,
+        "checks": checks["checks"],
+        "seconds": round(checks["seconds"], 4),
+        "share_of_training": round(checks["seconds"] / max(train_seconds, 1e-9), 5),
+    }
 
 
 def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> None:
@@ -382,6 +397,7 @@ def build_training(
         jit_compile=cfg.train.jit_compile,
         steps_per_execution=cfg.train.steps_per_execution,
         checkpoint_every_steps=cfg.train.checkpoint.every_steps,
+        stop_check_every=cfg.train.checkpoint.stop_check_steps,
         precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
         ema=cfg.train.ema.decay is not None,
         progress=progress,

@@ -27,6 +27,7 @@ from imgtrain import atomic
 from imgtrain.errors import UserError
 from imgtrain.evaluate.metrics import reports_top_k
 from imgtrain.models.phases import BuiltModel, Phase
+from imgtrain.stop import StopFlag, Stopped, signal_name
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
@@ -74,6 +75,7 @@ class LoopOptions:
     jit_compile: bool = False
     steps_per_execution: int = 1  # training steps per call into the runtime
     checkpoint_every_steps: int = 0  # 0: a checkpoint per epoch only
+    stop_check_every: int = 10  # steps between the workers' shared look at the stop flag
     precise_bn_batches: int = 0  # training steps re-estimating BatchNorm statistics per evaluation
     ema: bool = False  # evaluate and keep the optimizer's moving average of the weights
     progress: bool = True
@@ -182,6 +184,11 @@ class TrainLoop:
         self.jit_compile = options.jit_compile
         self.steps_per_execution = options.steps_per_execution
         self.every_steps = options.checkpoint_every_steps
+        # One process looks at its own flag every step, for free; several agree on it every
+        # stop_check_every steps, since each look is a collective.
+        self.stop_every = 1 if dist.world_size == 1 else options.stop_check_every
+        self.stop = StopFlag()
+        self.stop_checks = {"checks": 0, "seconds": 0.0}
         self.log = options.log if dist.is_chief else (lambda _msg: None)
         self.chief = dist.is_chief
         self.progress = options.progress and dist.is_chief
@@ -387,9 +394,16 @@ class TrainLoop:
                         img_s=f"{sums.images_this_call() / max(now - start, 1e-9):.0f}",
                         refresh=False,
                     )
-            if self.every_steps and step % self.every_steps == 0 and step < steps:
+            saved = bool(self.every_steps) and step % self.every_steps == 0 and step < steps
+            if saved:
                 sums.to_state(st, step_in_epoch=step)
                 self.store.save()
+            if step < steps and step // self.stop_every > (step - count) // self.stop_every and self._stop_agreed():
+                if not saved:
+                    sums.to_state(st, step_in_epoch=step)
+                    self.store.save()
+                bar.close()
+                raise self._stopped(f"at epoch {epoch + 1}, step {step} of {steps}")
         sums.flush()
         bar.close()
         return sums, time.perf_counter() - start
@@ -447,6 +461,34 @@ class TrainLoop:
         return logs, improved, stop
 
     def fit(self) -> FitResult:
+        """Train from the latest checkpoint to the last epoch (or early stopping). A SIGTERM or
+        SIGINT meanwhile ends it with ``Stopped`` once a checkpoint holds the step reached."""
+        with self.stop:
+            result = self._fit()
+            if result.trained and self._stop_agreed():  # a signal during the last epoch's end
+                raise self._stopped("after the last epoch")
+        return result
+
+    def _stop_agreed(self) -> bool:
+        """Whether any worker was told to stop; the same answer on every worker, which must all
+        ask at the same steps. The signal number agreed is kept in ``self.stop.signum``."""
+        if self.dist.world_size == 1:
+            return bool(self.stop.signum)
+        start = time.perf_counter()
+        signums = self.dist.gather(float(self.stop.signum))
+        self.stop_checks["checks"] += 1
+        self.stop_checks["seconds"] += time.perf_counter() - start
+        self.stop.signum = self.stop.signum or int(max(signums))
+        return bool(self.stop.signum)
+
+    def _stopped(self, where: str) -> Stopped:
+        return Stopped(
+            self.stop.signum,
+            f"stopped by {signal_name(self.stop.signum)} {where}; checkpoint written; "
+            "run the same command again to resume",
+        )
+
+    def _fit(self) -> FitResult:
         early = self.early
         start_epoch, skip, resumed_from, history = self._resume()
         result = FitResult(resumed_from_epoch=resumed_from)
@@ -466,6 +508,8 @@ class TrainLoop:
         stop = False
         images_total, seconds_total = 0.0, 0.0
         for epoch in range(start_epoch, self.epochs):
+            if epoch > start_epoch and self._stop_agreed():  # told during the last epoch's end
+                raise self._stopped(f"at the end of epoch {epoch}")
             self._enter_phase(epoch)
             lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
             sums, seconds = self._run_epoch(epoch, skip)

@@ -1,0 +1,165 @@
+"""Told to stop (SIGTERM: a preemption, `docker stop`, a node drain; SIGINT: Ctrl-C), training
+writes a checkpoint at the step it reached and exits 128 + the signal; the same command again
+ends with the weights of an uninterrupted run. One process, and one worker of two under
+MultiWorkerMirroredStrategy and Horovod, each run as a user runs it (relative paths)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import write_folder
+from test_distributed import LAUNCHER, MODEL, env, failure, horovodrun
+
+from imgtrain import stop
+
+STOPPED = re.compile(r"stopped by (SIG[A-Z]+) at epoch (\d+), step (\d+) of (\d+); checkpoint written")
+
+
+def train(run: str, epochs: int = 2) -> list[str]:
+    return [
+        "train", "--data", "photos", "--output", run, "--epochs", str(epochs), "--image-size", "16",
+        "--batch-size", "4", "--no-progress", "--deterministic", "--set", "train.checkpoint.every_steps=3",
+        "--set", "train.checkpoint.stop_check_steps=2", *MODEL,
+    ]  # fmt: skip
+
+
+COMMANDS = {
+    "single": lambda run: [sys.executable, "-m", "imgtrain", *train(run)],
+    "multiworker": lambda run: [sys.executable, str(LAUNCHER), "--workers", "2", "--", "imgtrain", *train(run)],
+    "horovod": lambda run: [horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m",
+                            "imgtrain", *train(run)],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("preempt")
+    write_folder(folder / "photos", per_class=40, size=16)
+    return folder
+
+
+def run(cmd: list[str], home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=home, env=env(), capture_output=True, text=True, timeout=600)
+
+
+def worker(launcher_pid: int, rank: int) -> psutil.Process:
+    """The imgtrain process of ``rank`` under a launcher (itself, for one process)."""
+    top = psutil.Process(launcher_pid)
+    for p in [top, *top.children(recursive=True)]:
+        try:
+            environ, argv = p.environ(), " ".join(p.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "imgtrain" not in argv or "--output" not in argv:
+            continue
+        if "HOROVOD_RANK" in environ and int(environ["HOROVOD_RANK"]) == rank:
+            return p
+        if "TF_CONFIG" in environ and json.loads(environ["TF_CONFIG"])["task"]["index"] == rank:
+            return p
+        if "HOROVOD_RANK" not in environ and "TF_CONFIG" not in environ and rank == 0 and p.pid == launcher_pid:
+            return p
+    raise AssertionError(f"no rank-{rank} worker under {launcher_pid}")
+
+
+def signal_mid_epoch(cmd: list[str], home: Path, run_dir: str, rank: int, sig: int) -> tuple[int, str, float]:
+    """Start ``cmd``; once its first mid-epoch checkpoint is on disk, send ``sig`` to ``rank``'s
+    process; return (exit code, output, seconds from the signal to the exit)."""
+    log = home / f"{run_dir}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=home, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    index, deadline, sent = home / run_dir / "checkpoints" / "checkpoint", time.time() + 400, None
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and '"ckpt-1"' in index.read_text():
+            worker(proc.pid, rank).send_signal(sig)
+            sent = time.time()
+            break
+        time.sleep(0.005)
+    assert sent is not None, "the run ended before it could be signalled:\n" + failure(log.read_text())
+    code = proc.wait(timeout=120)
+    return code, log.read_text(errors="replace"), time.time() - sent
+
+
+def weights(run_dir: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher, rank, sig",
+    [
+        ("single", 0, signal.SIGTERM),
+        ("single", 0, signal.SIGINT),
+        ("multiworker", 1, signal.SIGTERM),
+        ("horovod", 1, signal.SIGTERM),
+    ],
+)
+def test_told_to_stop_mid_epoch_then_the_same_command(home: Path, launcher: str, rank: int, sig: int) -> None:
+    make = COMMANDS[launcher]
+    whole = f"runs/{launcher}-whole"
+    done = run(make(whole), home)
+    assert done.returncode == 0, failure(done.stdout + done.stderr)
+
+    name = f"runs/{launcher}-{signal.Signals(sig).name}"
+    code, out, seconds = signal_mid_epoch(make(name), home, name, rank, sig)
+    assert seconds < 60, "a worker hung after the stop"
+    if launcher == "single":
+        assert code == 128 + sig, out[-2000:]
+    else:
+        assert code != 0, out[-2000:]
+    stops = STOPPED.findall(out)
+    assert stops, failure(out)
+    signame, epoch, step, _steps = stops[0]
+    assert signame == signal.Signals(sig).name
+    assert len({s[1:3] for s in stops}) == 1, f"the workers stopped at different steps: {stops}"
+    assert not (home / name / "run.json").exists()
+
+    again = run(make(name), home)
+    assert again.returncode == 0, failure(again.stdout + again.stderr)
+    # The checkpoint holds the very step it stopped at: nothing but the step in flight is lost.
+    assert f"continuing at epoch {epoch}, step {int(step) + 1}" in again.stdout, again.stdout[-2000:]
+    for a, b in zip(weights(home / whole), weights(home / name)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    summary = json.loads((home / name / "run.json").read_text())
+    assert summary["replicas_in_sync"] and summary["stop_checks"]["every_steps"] == (1 if launcher == "single" else 2)
+
+
+def test_a_second_signal_stops_at_once_and_a_first_only_raises_the_flag() -> None:
+    with stop.StopFlag() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert flag.signum == signal.SIGTERM
+        with pytest.raises(stop.Stopped, match="second SIGINT .* the previous checkpoint stands") as second:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        assert second.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+def test_sigterm_outside_training_is_one_line_and_exit_143(monkeypatch, capsys) -> None:
+    from imgtrain import cli
+
+    def busy(_args):  # a command at work (checking images, evaluating, exporting)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", busy)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(["evaluate", "--run", "runs/x"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err.strip()
+    assert err == "imgtrain: stopped by SIGTERM; run the same command again to resume"
