@@ -7,8 +7,11 @@ Each worker gets free localhost ports and a TF_CONFIG naming all of them;
 its output is streamed with a ``[worker i]`` prefix. If any worker fails, the
 others are stopped (SIGTERM, then SIGKILL after --grace seconds) and the
 launcher exits with the failed worker's code, so a dead worker never leaves
-the rest hanging in a collective. Running the same command again resumes
-from the last complete checkpoint.
+the rest hanging in a collective. SIGTERM or SIGINT to the launcher is passed
+on to every worker, which stop together at one step and write a checkpoint
+there (a worker that stops so, exit 143 or 130, is not a failure: the others
+get --grace seconds to stop at the same step by themselves). Running the same
+command again resumes from the last complete checkpoint.
 
 On several nodes, start one worker per node yourself with the same cluster
 list and that node's index, e.g. on node 1 of 2:
@@ -90,6 +93,16 @@ def stream(prefix: str, pipe: IO[bytes], out: IO[str], lock: threading.Lock) -> 
     pipe.close()
 
 
+# imgtrain's exit codes after SIGTERM and SIGINT: it wrote a checkpoint, and so will the others.
+STOPPED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
+
+
+def wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+
+
 def stop_all(procs: list[subprocess.Popen], grace: float) -> None:
     for p in procs:
         if p.poll() is None:
@@ -104,7 +117,7 @@ def stop_all(procs: list[subprocess.Popen], grace: float) -> None:
 
 
 def launch(
-    workers: int, cmd: list[str], host: str = "localhost", grace: float = 10.0, env: Optional[dict[str, str]] = None
+    workers: int, cmd: list[str], host: str = "localhost", grace: float = 30.0, env: Optional[dict[str, str]] = None
 ) -> int:
     hosts = [f"{host}:{p}" for p in free_ports(workers, "127.0.0.1" if host == "localhost" else host)]
     base_env = dict(env or os.environ)
@@ -132,8 +145,13 @@ def launch(
         failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             i, c = failed[0]
-            with lock:
-                print(f"[launcher] worker {i} exited with code {c}; stopping the others", flush=True)
+            if c in STOPPED_CODES:  # told to stop: the others stop at the same step by themselves
+                with lock:
+                    print(f"[launcher] worker {i} stopped ({c}); waiting for the others to stop too", flush=True)
+                wait_all(procs, grace)
+            else:
+                with lock:
+                    print(f"[launcher] worker {i} exited with code {c}; stopping the others", flush=True)
             stop_all(procs, grace)
             code = c if c > 0 else 128 - c  # a signal -N becomes 128+N, as a shell reports it
             break
@@ -158,7 +176,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="launch/multiworker.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, required=True, help="number of worker processes on this host")
     parser.add_argument("--host", default="localhost", help="address the workers use to reach each other")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL on failure")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds a stopping worker gets to write its checkpoint (default 30)"
+    )
     args = parser.parse_args(argv[:split])
     cmd = argv[split + 1 :]
     if args.workers < 1 or not cmd:

@@ -403,6 +403,10 @@ class TrainLoop:
                     sums.to_state(st, step_in_epoch=step)
                     self.store.save()
                 bar.close()
+                if self.dist.world_size > 1:
+                    # A barrier: no worker leaves (and no launcher, seeing it leave, signals the
+                    # rest) before the chief's checkpoint is whole.
+                    self.dist.agree(True)
                 raise self._stopped(f"at epoch {epoch + 1}, step {step} of {steps}")
         sums.flush()
         bar.close()
