@@ -50,10 +50,12 @@ RUN --mount=type=secret,id=ca_bundle \
 
 FROM ${RUNTIME_BASE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
-# OpenMPI so horovodrun/mpirun work inside; OpenSSH for MPIJob workers.
+# OpenMPI so horovodrun/mpirun work inside; OpenSSH for MPIJob workers; tini as PID 1, which
+# passes SIGTERM (docker/podman stop, a pod's termination) on to imgtrain's process group and
+# reaps what the launchers leave.
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        python3 openmpi-bin openssh-client openssh-server \
+        python3 openmpi-bin openssh-client openssh-server tini \
     && rm -rf /var/lib/apt/lists/*
 # The user is 1000:1000, as the Kubernetes manifests' securityContext says.
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash imgtrain \
@@ -75,5 +77,7 @@ LABEL org.opencontainers.image.title="imgtrain" \
 USER 1000:1000
 WORKDIR /data
 VOLUME ["/data"]
-ENTRYPOINT ["imgtrain"]
+# On SIGTERM imgtrain writes a checkpoint at the step it reached and exits 143; the same
+# command again resumes (README: Preemption).
+ENTRYPOINT ["tini", "-g", "--", "imgtrain"]
 CMD ["--help"]

@@ -234,6 +234,37 @@ def check_horovod(podman: Podman, tag: str, data: Path, config: Path) -> dict:
     return found
 
 
+@timed("podman stop mid-training, then the same command")
+def check_stop(podman: Podman, tag: str, data: Path, config: Path) -> str:
+    """``podman stop`` sends SIGTERM to the entrypoint (tini, which passes it on): imgtrain
+    writes a checkpoint where it stands and exits 143; the same command again resumes."""
+    run_dir, name = data / "runs" / "stopped", "imgtrain-stop-check"
+    args = ["train", "--config", "/etc/imgtrain/config.yaml", "--output", "/data/runs/stopped", "--no-progress"]
+    args += ["--epochs", "30", "--set", "train.checkpoint.every_steps=1"]
+    opts = ["run", "-d", "--name", name, "--network", "none", "--tmpfs", "/tmp", "--read-only", *limits()]
+    opts += ["-v", f"{data}:/data", "-v", f"{config}:/etc/imgtrain:ro", "-e", "MPLCONFIGDIR=/tmp/matplotlib"]
+    subprocess.run([podman.exe, *podman.runtime, "rm", "-f", name], capture_output=True)
+    podman(*opts, tag, *args, step="stop: start")
+    try:
+        index, deadline = run_dir / "checkpoints" / "checkpoint", time.time() + 600
+        while not (index.is_file() and '"ckpt-2"' in index.read_text()):
+            if time.time() > deadline:
+                raise Failed("the stopped container wrote no second checkpoint in 10 minutes")
+            time.sleep(0.05)
+        podman("stop", "-t", "60", name, step="stop: podman stop")
+        code = podman("inspect", "--format", "{{.State.ExitCode}}", name, step="stop: exit code").strip()
+        logs = podman("logs", name, step="stop: logs")
+    finally:
+        subprocess.run([podman.exe, *podman.runtime, "rm", "-f", name], capture_output=True)
+    stopped = [line for line in logs.splitlines() if "stopped by SIGTERM" in line]
+    if code != "143" or not stopped or "checkpoint written" not in stopped[0]:
+        raise Failed(f"podman stop: exit code {code}, not 143 with a checkpoint; the logs end:\n{logs[-1500:]}")
+    again = container(podman, tag, data, config, *args, step="stop: the same command again")
+    if "resuming from checkpoint" not in again or not (run_dir / "run.json").is_file():
+        raise Failed(f"the same command after podman stop did not resume; it printed:\n{again[-1500:]}")
+    return stopped[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tag", default="localhost/imgtrain:test-cpu")
@@ -255,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             check_volume(podman, args.tag, data, config)
             report = check_train(podman, args.tag, data, config)
             check_horovod(podman, args.tag, data, config)
+            stop_line = check_stop(podman, args.tag, data, config)
     except (Failed, subprocess.TimeoutExpired) as exc:
         print(f"image-test: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -263,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([podman.exe, "rmi", "-f", args.tag], capture_output=True)
     print(f"image-test: image {args.tag}: {size / 2**20:,.0f} MiB")
     print(f"image-test: test accuracy in the container {report.get('accuracy', report.get('test', {}))}")
+    print(f"image-test: podman stop: {stop_line.strip()}")
     for step, seconds in TIMES:
         print(f"image-test: {step:45s} {seconds:7.1f} s")
     print("image-test: passed")

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-import readme
+
+from journeys import readme
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import readme
-from journey import SMALL, User
+
+from journeys import readme
+from journeys.journey import SMALL, User
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,10 @@ from typing import Callable
 
 import psutil
 import pytest
-import readme
 import yaml
-from journey import User, fingerprint
+
+from journeys import readme
+from journeys.journey import User, fingerprint
 
 pytestmark = pytest.mark.slow
 

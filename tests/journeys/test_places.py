@@ -7,9 +7,10 @@ import shlex
 import shutil
 
 import pytest
-import readme
 import yaml
-from journey import REPO, SMALL, User, fingerprint
+
+from journeys import readme
+from journeys.journey import REPO, SMALL, User, fingerprint
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import readme
-from journey import REPO, VENV, User, make_home
+
+from journeys import readme
+from journeys.journey import REPO, VENV, User, make_home
 
 pytestmark = pytest.mark.slow
 

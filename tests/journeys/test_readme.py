@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import readme
+from journeys import readme
 
 HERE = Path(__file__).resolve().parent
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import signal
 
 import pytest
-import readme
-from journey import SMALL, User, checkpoint_named, fingerprint, make_home
+
+from journeys import readme
+from journeys.journey import SMALL, User, checkpoint_named, fingerprint, make_home
 
 pytestmark = pytest.mark.slow
 

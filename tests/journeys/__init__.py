@@ -1,0 +1,1 @@
+"""User journeys: the README run as a user runs it (see journey.py)."""
