@@ -325,8 +325,8 @@ def test_trainer_v2_crd_check_catches_a_wrong_field():
 def test_restart_settings_resume_from_checkpoints(rendered):
     _, docs = rendered
     for doc in docs:
-        if doc["kind"] == "Job":
-            assert doc["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+        if doc["kind"] == "Job":  # a failed pod is replaced with its index (podFailurePolicy needs Never)
+            assert doc["spec"]["template"]["spec"]["restartPolicy"] == "Never"
             assert doc["spec"]["backoffLimit"] > 0
         elif doc["kind"] == "TrainingRuntime":  # JobSet: the whole set is recreated on a failure
             assert doc["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] > 0
@@ -461,7 +461,8 @@ def test_dockerfile_contract():
     assert "launch/install_horovod.sh" in text
     assert "openmpi-bin" in text
     assert re.search(r"^USER 1000(:1000)?$", text, re.M)
-    assert 'ENTRYPOINT ["imgtrain"]' in text
+    assert 'ENTRYPOINT ["tini", "-g", "--", "imgtrain"]' in text  # SIGTERM reaches imgtrain's handler
+    assert re.search(r"apt-get install[^\n]*(\\\n[^\n]*)*\btini\b", text)
     assert re.search(r'^VOLUME \["/data"\]', text, re.M)
     assert text.count("\nFROM ") + text.startswith("FROM ") >= 2  # multi-stage
     ignore = (ROOT / ".dockerignore").read_text().split()
