@@ -103,10 +103,10 @@ def wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
         time.sleep(0.1)
 
 
-def stop_all(procs: list[subprocess.Popen], grace: float) -> None:
+def stop_all(procs: list[subprocess.Popen], grace: float, sig: int = signal.SIGTERM) -> None:
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(sig)
     deadline = time.time() + grace
     for p in procs:
         try:
@@ -134,7 +134,7 @@ def launch(
         threads.append(t)
 
     def forward(signum, _frame):
-        stop_all(procs, grace)
+        stop_all(procs, grace, signum)  # Ctrl-C stays SIGINT for the workers (exit 130)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGINT, forward)

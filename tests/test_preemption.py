@@ -55,7 +55,7 @@ def run(cmd: list[str], home: Path) -> subprocess.CompletedProcess:
 
 
 def worker(launcher_pid: int, rank: int) -> psutil.Process:
-    """The imgtrain process of ``rank`` under a launcher (itself, for one process)."""
+    """The imgtrain process of ``rank`` under a launcher, or the launcher (the process started)."""
     top = psutil.Process(launcher_pid)
     if rank == LAUNCHER_ITSELF:
         return top
@@ -69,8 +69,6 @@ def worker(launcher_pid: int, rank: int) -> psutil.Process:
         if "HOROVOD_RANK" in environ and int(environ["HOROVOD_RANK"]) == rank:
             return p
         if "TF_CONFIG" in environ and json.loads(environ["TF_CONFIG"])["task"]["index"] == rank:
-            return p
-        if "HOROVOD_RANK" not in environ and "TF_CONFIG" not in environ and rank == 0 and p.pid == launcher_pid:
             return p
     raise AssertionError(f"no rank-{rank} worker under {launcher_pid}")
 
@@ -103,13 +101,15 @@ def weights(run_dir: Path) -> list[np.ndarray]:
 @pytest.mark.parametrize(
     "launcher, rank, sig",
     [
-        ("single", 0, signal.SIGTERM),
-        ("single", 0, signal.SIGINT),
+        ("single", LAUNCHER_ITSELF, signal.SIGTERM),
+        ("single", LAUNCHER_ITSELF, signal.SIGINT),
         ("multiworker", 1, signal.SIGTERM),
+        ("multiworker", 0, signal.SIGINT),
         ("horovod", 1, signal.SIGTERM),
         ("multiworker", LAUNCHER_ITSELF, signal.SIGTERM),
         ("horovod.sh", LAUNCHER_ITSELF, signal.SIGTERM),
     ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else ("launcher" if v == LAUNCHER_ITSELF else str(v)),
 )
 def test_told_to_stop_mid_epoch_then_the_same_command(home: Path, launcher: str, rank: int, sig: int) -> None:
     make = COMMANDS[launcher]
