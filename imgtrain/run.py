@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from imgtrain import __version__, atomic, runlock
 from imgtrain.config import Config
-from imgtrain.data import fingerprint, pipeline
+from imgtrain.data import fingerprint, geometry, pipeline
 from imgtrain.data import source as data_source
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
@@ -331,12 +331,20 @@ def _run_data(
     if dist.is_chief:
         cfg.save(run_dir / "config.yaml")
     counts = {s: prep.count(s) for s in ("train", "val", "test")}
+    resampler = _resampler(cfg)
     say(
         f"data: {len(prep.class_names)} classes; "
         f"train {counts['train']}, val {counts['val']}, test {counts['test']} images"
         + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else "")
+        + (f"; rotation/zoom/shift resampled by {resampler}" if resampler else "")
     )
     return prep
+
+
+def _resampler(cfg: Config) -> Optional[str]:
+    """Who resamples the rotation, zoom and shift (None when none of them is on)."""
+    acfg = cfg.data.augment
+    return geometry.resampler_for(acfg.resampler, bool(cfg.data.service)) if geometry.has_affine(acfg) else None
 
 
 @dataclass
@@ -535,6 +543,7 @@ def _finish(
         "resumed_from_epoch": fit.resumed_from_epoch,
         "counts": counts,
         "skipped_files": len(prep.skipped),
+        "resampler": _resampler(cfg),
         "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
         "images_per_sec_total": round(sum(per_worker), 1),
         "replica_weight_fingerprints": [int(f) for f in fingerprints],

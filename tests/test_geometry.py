@@ -83,3 +83,48 @@ def test_ratio_is_the_largest_that_keeps_the_output_size():
     assert int(geometry._ratio(tf.constant([480, 640]), [224, 224])) == 2
     assert int(geometry._ratio(tf.constant([300, 300]), [224, 224])) == 1
     assert int(geometry._ratio(tf.constant([4000, 4000]), [224, 224])) == 8
+
+
+@pytest.mark.parametrize("fill_mode", ["reflect", "constant", "nearest", "wrap"])
+def test_opencv_makes_the_pixels_tensorflow_makes(fill_mode: str):
+    """OpenCV's warpAffine from the same matrix: uint8 out, so within half a level of
+    TensorFlow's float kernel, except along wrap's seams (TensorFlow repeats the image with a
+    period one pixel short of its size; OpenCV with its size)."""
+    pytest.importorskip("cv2")
+    image = photo(240, 320)
+    cfg = AugmentConfig(**{**GEOMETRIC.__dict__, "fill_mode": fill_mode, "random_resized_crop": True})
+    for s in seeds(8):
+        tf_pixels = geometry.from_image(image, s, cfg, [224, 224], "tensorflow").numpy()
+        cv_pixels = geometry.from_image(image, s, cfg, [224, 224], "opencv").numpy()
+        assert cv_pixels.dtype == np.float32 and cv_pixels.shape == (224, 224, 3)
+        off = np.abs(cv_pixels - tf_pixels)
+        if fill_mode == "wrap":
+            assert (off > 0.51).any(-1).mean() < 0.03, (off > 0.51).any(-1).mean()
+        else:
+            assert off.max() <= 0.51 and off.mean() < 0.35, (off.max(), off.mean())
+        again = geometry.from_image(image, s, cfg, [224, 224], "opencv").numpy()
+        np.testing.assert_array_equal(cv_pixels, again)  # seeded: the same image every time
+
+
+def test_encoded_jpegs_resample_the_same_through_opencv():
+    pytest.importorskip("cv2")
+    encoded = tf.io.encode_jpeg(photo(240, 320), quality=95)
+    cfg = AugmentConfig(**{**GEOMETRIC.__dict__, "random_resized_crop": True})
+    for s in seeds(4):
+        a = geometry.from_bytes(encoded, s, cfg, [112, 112], "tensorflow").numpy()
+        b = geometry.from_bytes(encoded, s, cfg, [112, 112], "opencv").numpy()
+        assert np.abs(a - b).max() <= 0.51
+
+
+def test_the_resampler_chosen(monkeypatch):
+    from imgtrain.errors import UserError
+
+    pytest.importorskip("cv2")
+    assert geometry.resampler_for("auto", service=False) == "opencv"
+    assert geometry.resampler_for("auto", service=True) == "tensorflow"  # service workers run no Python
+    assert geometry.resampler_for("opencv", service=True) == "tensorflow"
+    assert geometry.resampler_for("tensorflow", service=False) == "tensorflow"
+    monkeypatch.setattr(geometry, "_cv2", lambda: None)  # as where OpenCV is not installed
+    assert geometry.resampler_for("auto", service=False) == "tensorflow"
+    with pytest.raises(UserError, match="OpenCV is not installed; pip install opencv-python-headless"):
+        geometry.resampler_for("opencv", service=False)

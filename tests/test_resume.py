@@ -1,5 +1,6 @@
 """Resume and determinism: a stopped or killed run continues and ends where an uninterrupted one does."""
 
+import json
 import os
 import re
 import signal
@@ -184,7 +185,9 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 epoch(s) done, continuing at epoch 2" in again.stdout
     assert "cannot be read" not in again.stdout + again.stderr
-    assert_same(weights(tmp_path / "runs/whole"), weights(tmp_path / run))
+    assert_same(weights(tmp_path / "runs/whole"), weights(tmp_path / run))  # rotations by OpenCV, resumed exactly
+    assert json.loads((tmp_path / run / "run.json").read_text())["resampler"] == "opencv"
+    assert "rotation/zoom/shift resampled by opencv" in again.stdout
 
 
 def test_sigkill_after_early_stopping_does_not_train_again(tmp_path):

@@ -22,8 +22,10 @@ Pixel coordinates put centres on integers; a resize maps ``(q + 0.5) * scale - 0
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from imgtrain.config import AugmentConfig
@@ -88,8 +90,72 @@ def scale_map(ratio: tf.Tensor, top_s: tf.Tensor, left_s: tf.Tensor) -> tf.Tenso
     )
 
 
-def resample(image: tf.Tensor, m: tf.Tensor, size: Sequence[int], fill_mode: str) -> tf.Tensor:
-    """``image`` sampled at ``m @ [x, y, 1]`` for every output pixel: float32 ``size``."""
+@functools.lru_cache(maxsize=None)
+def _cv2() -> Optional[object]:
+    """OpenCV, set to one thread per call (tf.data's parallel map supplies the parallelism;
+    OpenCV's own pool on top of it would oversubscribe the cores), or None when missing."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def resampler_for(choice: str, service: bool) -> str:
+    """The resampler a pipeline uses: ``choice`` (auto, opencv or tensorflow) made concrete.
+    A tf.data service runs the pipeline's graph in other processes, where a Python function
+    cannot go, so with one (and in its local fallback, which must make the same pixels) it is
+    TensorFlow's kernel."""
+    if service or choice == "tensorflow":
+        return "tensorflow"
+    if _cv2() is None:
+        if choice == "opencv":
+            from imgtrain.errors import UserError
+
+            raise UserError(
+                "data.augment.resampler is opencv but OpenCV is not installed; "
+                "pip install opencv-python-headless, or set data.augment.resampler=tensorflow"
+            )
+        return "tensorflow"
+    return "opencv"
+
+
+def _border(fill_mode: str) -> int:
+    cv2 = _cv2()
+    return {
+        "reflect": cv2.BORDER_REFLECT,  # d c b a | a b c d | d c b a, as TensorFlow's reflect
+        "constant": cv2.BORDER_CONSTANT,
+        "nearest": cv2.BORDER_REPLICATE,
+        "wrap": cv2.BORDER_WRAP,
+    }[fill_mode]
+
+
+def _warp(image: np.ndarray, m: np.ndarray, height: np.ndarray, width: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """cv2.warpAffine with ``m`` as the output -> source map (WARP_INVERSE_MAP), bilinear; it
+    releases the GIL, so tf.data's parallel calls run it on every core."""
+    cv2 = _cv2()
+    out = cv2.warpAffine(
+        np.ascontiguousarray(image),
+        np.asarray(m, np.float64)[:2],
+        (int(width), int(height)),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=int(border),
+        borderValue=(0, 0, 0, 0),
+    )
+    return out.astype(np.float32)
+
+
+def resample(
+    image: tf.Tensor, m: tf.Tensor, size: Sequence[int], fill_mode: str, resampler: str = "tensorflow"
+) -> tf.Tensor:
+    """``image`` sampled at ``m @ [x, y, 1]`` for every output pixel: float32 ``size``, by
+    OpenCV (uint8 in, fixed-point bilinear: within a level or two of TensorFlow's float
+    kernel, about 8x faster) or by TensorFlow's projective-transform kernel."""
+    if resampler == "opencv":
+        args = [image, m, int(size[0]), int(size[1]), _border(fill_mode)]
+        out = tf.numpy_function(_warp, args, tf.float32, stateful=False)
+        return tf.ensure_shape(out, [int(size[0]), int(size[1]), 3])
     # Float in: the uint8 kernel truncates its bilinear result, and fixing that afterwards
     # costs more passes over the output than one cast of the source costs.
     return tf.raw_ops.ImageProjectiveTransformV3(
@@ -143,7 +209,9 @@ def _decode_jpeg_window(encoded, shape, begin, extent, ratio):
     return image, start
 
 
-def from_bytes(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+def from_bytes(
+    encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int], resampler: str = "tensorflow"
+) -> tf.Tensor:
     """Encoded image -> augmented float32 ``size`` image, geometry in one pass (JPEGs decoded
     only in the crop window, at reduced scale when it is large)."""
     crop_seed, jitter_seed = seed, tf.random.experimental.stateless_fold_in(seed, 1)
@@ -157,23 +225,25 @@ def from_bytes(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Se
         if not affine:
             return resize_and_flip(pixels, jitter_seed, cfg, size)
         m = scale_map(ratio, start[0], start[1]) @ window_map(begin[0], begin[1], extent[0], extent[1], size)
-        return resample(pixels, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode)
+        return resample(pixels, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode, resampler)
 
     def other() -> tf.Tensor:
-        return from_image(decode(encoded), seed, cfg, size)
+        return from_image(decode(encoded), seed, cfg, size, resampler)
 
     out = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     out.set_shape([int(size[0]), int(size[1]), 3])
     return out
 
 
-def from_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+def from_image(
+    image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int], resampler: str = "tensorflow"
+) -> tf.Tensor:
     """A decoded image of any size -> augmented float32 ``size`` image, geometry in one pass."""
     begin, extent = _window(tf.shape(image), seed, cfg)
     jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     if has_affine(cfg):
         m = window_map(begin[0], begin[1], extent[0], extent[1], size)
-        out = resample(image, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode)
+        out = resample(image, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode, resampler)
     else:
         window = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([extent, [-1]], 0))
         out = resize_and_flip(window, jitter_seed, cfg, size)

@@ -138,16 +138,17 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
     size, acfg = cfg.image_size, cfg.augment
 
     geometric = acfg.random_resized_crop or acfg.horizontal_flip or acfg.vertical_flip or geometry.has_affine(acfg)
+    resampler = geometry.resampler_for(acfg.resampler, bool(cfg.service))
 
     def prepare(i, x, y, w):
         s = aug.example_seed(seed, epoch, i)
         if given == "decoded" and not geometric:
             image = x  # the cache holds images at the output size already
         elif given in ("decoded", "raw"):
-            image = geometry.from_image(x, s, acfg, size) if geometric else resize(x, size)
+            image = geometry.from_image(x, s, acfg, size, resampler) if geometric else resize(x, size)
         else:  # encoded: JPEGs decoded only in the crop window, at reduced scale when it is large
             encoded = tf.io.read_file(x) if given == "path" else x
-            image = geometry.from_bytes(encoded, s, acfg, size)
+            image = geometry.from_bytes(encoded, s, acfg, size, resampler)
         image = aug.photometric(image, tf.random.experimental.stateless_fold_in(s, 1), acfg)
         image.set_shape([size[0], size[1], 3])
         return image, y, w, tf.constant(1.0)

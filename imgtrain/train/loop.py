@@ -485,6 +485,11 @@ class TrainLoop:
         self.stop.signum = self.stop.signum or int(max(signums))
         return bool(self.stop.signum)
 
+    def _stop_between_epochs(self, epoch: int, start_epoch: int) -> None:
+        """A signal during the last epoch's end (validation, checkpoint): its checkpoint stands."""
+        if epoch > start_epoch and self._stop_agreed():
+            raise self._stopped(f"at the end of epoch {epoch}")
+
     def _stopped(self, where: str) -> Stopped:
         return Stopped(
             self.stop.signum,
@@ -512,8 +517,7 @@ class TrainLoop:
         stop = False
         images_total, seconds_total = 0.0, 0.0
         for epoch in range(start_epoch, self.epochs):
-            if epoch > start_epoch and self._stop_agreed():  # told during the last epoch's end
-                raise self._stopped(f"at the end of epoch {epoch}")
+            self._stop_between_epochs(epoch, start_epoch)
             self._enter_phase(epoch)
             lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
             sums, seconds = self._run_epoch(epoch, skip)
