@@ -83,7 +83,10 @@ class User:
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONUNBUFFERED": "1",
         }
-        self.env.pop("TF_CONFIG", None)
+        # A user's own shell: no TF_CONFIG, and nothing of the `make test` this suite may run
+        # under (a make inside would print "Entering directory" lines as a sub-make).
+        for name in ("TF_CONFIG", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
+            self.env.pop(name, None)
 
     def argv(self, command: str) -> list[str]:
         return shlex.split(command, comments=True)
