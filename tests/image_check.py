@@ -212,7 +212,10 @@ def check_volume(podman: Podman, tag: str, data: Path, config: Path) -> None:
 @timed("train in the container")
 def check_train(podman: Podman, tag: str, data: Path, config: Path) -> dict:
     args = ["train", "--config", "/etc/imgtrain/config.yaml", "--output", "/data/runs/single", "--no-progress"]
-    container(podman, tag, data, config, *args, step="train")
+    args += ["--set", "data.augment.rotation=10"]  # rotations resampled by OpenCV, which the image ships
+    out = container(podman, tag, data, config, *args, step="train")
+    if "resampled by opencv" not in out:
+        raise Failed(f"training in the container did not resample with OpenCV; it printed:\n{out[-1500:]}")
     report = data / "runs" / "single" / "report.json"
     if not report.is_file():
         raise Failed(f"training in the container wrote no {report}")

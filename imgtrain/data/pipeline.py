@@ -138,7 +138,7 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
     size, acfg = cfg.image_size, cfg.augment
 
     geometric = acfg.random_resized_crop or acfg.horizontal_flip or acfg.vertical_flip or geometry.has_affine(acfg)
-    resampler = geometry.resampler_for(acfg.resampler, bool(cfg.service))
+    resampler = geometry.resampler_for(acfg.resampler, bool(cfg.service)) if geometry.has_affine(acfg) else ""
 
     def prepare(i, x, y, w):
         s = aug.example_seed(seed, epoch, i)
