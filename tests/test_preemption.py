@@ -144,6 +144,7 @@ def test_told_to_stop_mid_epoch_then_the_same_command(home: Path, launcher: str,
 
 
 def test_a_second_signal_stops_at_once_and_a_first_only_raises_the_flag() -> None:
+    before = {sig: signal.getsignal(sig) for sig in stop.SIGNALS}
     with stop.StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
@@ -152,7 +153,7 @@ def test_a_second_signal_stops_at_once_and_a_first_only_raises_the_flag() -> Non
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
         assert second.value.exit_code == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert {sig: signal.getsignal(sig) for sig in stop.SIGNALS} == before  # handlers put back
 
 
 def test_sigterm_outside_training_is_one_line_and_exit_143(monkeypatch, capsys) -> None:
