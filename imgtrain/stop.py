@@ -70,7 +70,8 @@ class StopFlag:
     def __enter__(self) -> "StopFlag":
         if _main_thread():  # Python only lets the main thread set handlers
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._note)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, a background job: stays ignored
+                    self._previous[sig] = signal.signal(sig, self._note)
         return self
 
     def __exit__(self, *_exc: object) -> None:

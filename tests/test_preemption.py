@@ -143,8 +143,19 @@ def test_told_to_stop_mid_epoch_then_the_same_command(home: Path, launcher: str,
     assert summary["replicas_in_sync"] and summary["stop_checks"]["every_steps"] == (1 if launcher == "single" else 2)
 
 
-def test_a_second_signal_stops_at_once_and_a_first_only_raises_the_flag() -> None:
+@pytest.fixture
+def handlers():
+    """Python's own handlers for the test (a suite started in the background ignores SIGINT),
+    and whatever was there before put back after it."""
     before = {sig: signal.getsignal(sig) for sig in stop.SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_a_second_signal_stops_at_once_and_a_first_only_raises_the_flag(handlers) -> None:
     with stop.StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
@@ -153,10 +164,20 @@ def test_a_second_signal_stops_at_once_and_a_first_only_raises_the_flag() -> Non
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
         assert second.value.exit_code == 130
-    assert {sig: signal.getsignal(sig) for sig in stop.SIGNALS} == before  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_sigterm_outside_training_is_one_line_and_exit_143(monkeypatch, capsys) -> None:
+def test_an_ignored_sigint_stays_ignored(handlers) -> None:
+    """Under nohup or in a background job SIGINT is ignored: training keeps it so."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with stop.StopFlag() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert flag.signum == 0 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_sigterm_outside_training_is_one_line_and_exit_143(handlers, monkeypatch, capsys) -> None:
     from imgtrain import cli
 
     def busy(_args):  # a command at work (checking images, evaluating, exporting)

@@ -228,8 +228,10 @@ def test_predict_output_is_written_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_records(records, str(out))
     assert out.read_text().startswith("path,class_1,prob_1")
-    with pytest.raises(UserError, match="does not exist"):
-        write_records(records, str(tmp_path / "missing" / "p.csv"))
+    write_records(records, str(tmp_path / "new" / "folder" / "p.csv"))  # made, as train's --output is
+    assert (tmp_path / "new" / "folder" / "p.csv").read_text().startswith("path,class_1")
+    with pytest.raises(UserError, match="cannot create the folder"):
+        write_records(records, str(out / "below-a-file" / "p.csv"))
 
 
 def test_prepare_removes_only_its_own_shards(tmp_path):
