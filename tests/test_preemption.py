@@ -50,8 +50,17 @@ def home(tmp_path_factory) -> Path:
     return folder
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C and SIGTERM as a terminal leaves them: a suite started in the background ignores
+    SIGINT, children inherit that, and imgtrain keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run(cmd: list[str], home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=home, env=env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        cmd, cwd=home, env=env(), capture_output=True, text=True, timeout=600, preexec_fn=as_in_a_terminal
+    )
 
 
 def worker(launcher_pid: int, rank: int) -> psutil.Process:
@@ -78,7 +87,9 @@ def signal_mid_epoch(cmd: list[str], home: Path, run_dir: str, rank: int, sig: i
     process; return (exit code, output, seconds from the signal to the exit)."""
     log = home / f"{run_dir}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=home, env=env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=home, env=env(), stdout=out, stderr=subprocess.STDOUT, preexec_fn=as_in_a_terminal
+        )
     index, deadline, sent = home / run_dir / "checkpoints" / "checkpoint", time.time() + 400, None
     while time.time() < deadline and proc.poll() is None:
         if index.exists() and '"ckpt-1"' in index.read_text():

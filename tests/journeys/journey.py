@@ -50,6 +50,14 @@ SMALL = (
 )
 
 
+def as_in_a_terminal() -> None:
+    """In the child, before it runs: Ctrl-C and SIGTERM as a terminal's shell leaves them. A
+    suite started in the background (``make test &``, some CI runners) ignores SIGINT, and
+    children inherit that; imgtrain keeps an ignored SIGINT ignored, as nohup users expect."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @dataclass
 class Result:
     code: int
@@ -93,7 +101,13 @@ class User:
 
     def run(self, command: str, timeout: float = 600, cwd: Optional[Path] = None) -> Result:
         proc = subprocess.run(
-            self.argv(command), cwd=cwd or self.cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+            self.argv(command),
+            cwd=cwd or self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=as_in_a_terminal,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -115,6 +129,7 @@ class User:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=as_in_a_terminal,
         )
         lines: list[str] = []
 
