@@ -78,7 +78,7 @@ def test_every_example_once_per_epoch_through_the_service(tmp_path):
     try:
         wait_for(port)
         folder = write_folder(tmp_path / "img", per_class=10)
-        augment = AugmentConfig(horizontal_flip=True, rotation=15.0)
+        augment = AugmentConfig(horizontal_flip=True, rotation=15.0, resampler="tensorflow")  # as the service does
         local_cfg = DataConfig(path=str(folder), image_size=[16, 16], augment=augment)
         cfg = DataConfig(path=str(folder), image_size=[16, 16], augment=augment, service=f"grpc://localhost:{port}")
         examples = split_train(local_cfg)
@@ -109,7 +109,7 @@ def epoch_through_a_dying_service(tmp_path, worker_timeout: str, service_timeout
         for _ in range(2):
             workers.append(start("--role", "worker", "--dispatcher", f"localhost:{port}", "--port", str(free_port())))
         folder = write_folder(tmp_path / "img", per_class=100, size=32)
-        augment = AugmentConfig(horizontal_flip=True, rotation=15.0)
+        augment = AugmentConfig(horizontal_flip=True, rotation=15.0, resampler="tensorflow")  # as the service does
         local_cfg = DataConfig(path=str(folder), image_size=[32, 32], augment=augment)
         cfg = replace(local_cfg, service=f"grpc://localhost:{port}", service_timeout=service_timeout)
         examples = split_train(local_cfg)
