@@ -40,6 +40,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a whole folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def remove_orphans(folder: Path, before: float) -> list[str]:
     """Remove the temporaries in ``folder`` that a process killed mid-write left behind; return
     their names. A temporary is an orphan when the process its name holds is not running here
@@ -51,10 +59,7 @@ def remove_orphans(folder: Path, before: float) -> list[str]:
         try:
             if not match or _alive(int(match.group(1))) or entry.lstat().st_mtime >= before:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            remove_path(entry)
         except OSError:
             continue  # gone already, or not ours to remove: leave it
         removed.append(entry.name)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,11 +111,7 @@ OVERWRITE_HINT = "pass another --output, or --overwrite to replace it"
 def _clear_run(run_dir: Path, say: Callable[[str], None]) -> None:
     found = [name for name in RUN_OUTPUTS if (run_dir / name).exists() or (run_dir / name).is_symlink()]
     for name in found:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        atomic.remove_path(run_dir / name)
     if found:
         say(f"--overwrite: removed the earlier run's {', '.join(found)} from {run_dir}")
 

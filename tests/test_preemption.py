@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import write_folder
+from journeys.journey import as_in_a_terminal
 from test_distributed import LAUNCHER, MODEL, env, failure, horovodrun
 
 from imgtrain import stop
@@ -48,13 +49,6 @@ def home(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("preempt")
     write_folder(folder / "photos", per_class=40, size=16)
     return folder
-
-
-def as_in_a_terminal() -> None:
-    """Ctrl-C and SIGTERM as a terminal leaves them: a suite started in the background ignores
-    SIGINT, children inherit that, and imgtrain keeps an ignored SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(cmd: list[str], home: Path) -> subprocess.CompletedProcess:

@@ -389,14 +389,20 @@ def test_a_batch_that_cannot_fit_is_refused_before_any_work():
         check_fits_in_memory(dnn, memory_bytes=24 * 2**30)
 
 
+def small_disk(path: Path, size: str) -> Path:
+    """A tmpfs of ``size`` mounted at ``path`` (the caller unmounts it); skips where mounting
+    needs a root this process is not."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:120]}")
+    return path
+
+
 @pytest.mark.slow
 def test_a_real_full_disk_is_one_line_and_the_rerun_completes(tmp_path):
     """The run directory on a 2 MB tmpfs: the first checkpoint (about 4.6 MB) cannot be written."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:120]}")
+    disk = small_disk(tmp_path / "disk", "2m")
     try:
         data = write_folder(tmp_path / "img", per_class=10, size=16)
         cmd = [
@@ -520,11 +526,7 @@ def test_a_write_that_names_no_file_names_the_destination(capsys, tmp_path, monk
 def test_predict_onto_a_real_full_disk_names_the_file(image_folder, small_config, tmp_path):
     run = tmp_path / "run"
     train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:120]}")
+    disk = small_disk(tmp_path / "disk", "64k")
     try:
         with open(disk / "filler", "wb", buffering=0) as f:
             try:
