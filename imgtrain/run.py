@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from imgtrain import __version__, atomic, runlock
 from imgtrain.config import Config
-from imgtrain.data import fingerprint, geometry, pipeline
+from imgtrain.data import fingerprint, pipeline
 from imgtrain.data import source as data_source
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
@@ -331,15 +331,14 @@ def _run_data(
         f"data: {len(prep.class_names)} classes; "
         f"train {counts['train']}, val {counts['val']}, test {counts['test']} images"
         + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else "")
-        + (f"; rotation/zoom/shift resampled by {resampler}" if resampler else "")
+        + (f"; augmentation resampled by {resampler}" if resampler else "")
     )
     return prep
 
 
 def _resampler(cfg: Config) -> Optional[str]:
-    """Who resamples the rotation, zoom and shift (None when none of them is on)."""
-    acfg = cfg.data.augment
-    return geometry.resampler_for(acfg.resampler, bool(cfg.data.service)) if geometry.has_affine(acfg) else None
+    """Who resamples the training images (None when no augmentation moves pixels)."""
+    return pipeline.resampler_of(cfg.data) or None
 
 
 @dataclass

@@ -66,13 +66,16 @@ def test_same_seed_same_image_and_seeds_differ():
     assert len({o.tobytes() for o in outs}) == len(outs)
 
 
+@pytest.mark.parametrize("resampler", ["tensorflow", "opencv"])
 @pytest.mark.parametrize("size", [[64, 64], [100, 150]])
-def test_reduced_scale_jpeg_decoding_stays_close_to_full_decoding(size):
+def test_reduced_scale_jpeg_decoding_stays_close_to_full_decoding(size, resampler: str):
+    if resampler == "opencv":
+        pytest.importorskip("cv2")
     image = photo(480, 640)
     encoded = tf.io.encode_jpeg(image, quality=95)
     for cfg in (AugmentConfig(), AugmentConfig(random_resized_crop=True, crop_scale=[0.5, 1.0]), GEOMETRIC):
         for s in seeds(4):
-            fast = geometry.from_bytes(encoded, s, cfg, size).numpy()
+            fast = geometry.from_bytes(encoded, s, cfg, size, resampler).numpy().astype(np.float32)
             full = geometry.from_image(tf.io.decode_jpeg(encoded, channels=3), s, cfg, size).numpy()
             inner = (slice(8, size[0] - 8), slice(8, size[1] - 8))
             assert np.abs(fast[inner] - full[inner]).mean() < 3.0, cfg  # averaging vs point sampling
@@ -96,8 +99,8 @@ def test_opencv_makes_the_pixels_tensorflow_makes(fill_mode: str):
     for s in seeds(8):
         tf_pixels = geometry.from_image(image, s, cfg, [224, 224], "tensorflow").numpy()
         cv_pixels = geometry.from_image(image, s, cfg, [224, 224], "opencv").numpy()
-        assert cv_pixels.dtype == np.float32 and cv_pixels.shape == (224, 224, 3)
-        off = np.abs(cv_pixels - tf_pixels)
+        assert cv_pixels.dtype == np.uint8 and cv_pixels.shape == (224, 224, 3)
+        off = np.abs(cv_pixels.astype(np.float32) - tf_pixels)
         if fill_mode == "wrap":
             assert (off > 0.51).any(-1).mean() < 0.03, (off > 0.51).any(-1).mean()
         else:
@@ -106,14 +109,55 @@ def test_opencv_makes_the_pixels_tensorflow_makes(fill_mode: str):
         np.testing.assert_array_equal(cv_pixels, again)  # seeded: the same image every time
 
 
-def test_encoded_jpegs_resample_the_same_through_opencv():
+@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(random_resized_crop=True, horizontal_flip=True)])
+def test_opencv_crops_and_flips_as_tensorflow_resizes_and_flips(cfg: AugmentConfig):
+    """Without rotation, zoom or shift OpenCV still does the one pass (window map and flips as
+    one matrix) where TensorFlow resizes, then flips: the same pixels within a level (the
+    window's edge rows read the source's next pixel where TensorFlow repeats the edge)."""
+    pytest.importorskip("cv2")
+    image = photo(240, 320)
+    for s in seeds(6):
+        tf_pixels = geometry.from_image(image, s, cfg, [96, 128], "tensorflow").numpy()
+        cv_pixels = geometry.from_image(image, s, cfg, [96, 128], "opencv").numpy().astype(np.float32)
+        off = np.abs(cv_pixels - tf_pixels)
+        assert off[1:-1, 1:-1].max() <= 1.0 and off.mean() < 0.35, (off[1:-1, 1:-1].max(), off.mean())
+
+
+@pytest.mark.parametrize("brightness,contrast", [(0.2, 0.0), (0.0, 0.3), (0.2, 0.3)])
+def test_tone_in_the_opencv_call_matches_tensorflows_brightness_and_contrast(brightness: float, contrast: float):
+    """Brightness and contrast as one lookup table in the resampling call, with the draws
+    ``photometric`` takes: within a level of TensorFlow's float path (which is not rounded),
+    and saturated at 0 and 255 as its clip is."""
+    pytest.importorskip("cv2")
+    image = photo(240, 320)
+    cfg = AugmentConfig(**{**GEOMETRIC.__dict__, "brightness": brightness, "contrast": contrast})
+    saturated = 0
+    for s in seeds(8):
+        photo_seed = tf.random.experimental.stateless_fold_in(s, 1)
+        want = aug.photometric(geometry.from_image(image, s, cfg, [112, 112], "tensorflow"), photo_seed, cfg).numpy()
+        got = geometry.from_image(image, s, cfg, [112, 112], "opencv", aug.tone(photo_seed, cfg)).numpy()
+        off = np.abs(got.astype(np.float32) - want)
+        assert off.max() <= 1.2 and off.mean() < 0.5, (off.max(), off.mean())
+        saturated += int((got == 255).sum() + (got == 0).sum())
+    assert saturated > 0  # the draws did reach the ends, so the clip was exercised
+
+
+def test_encoded_jpegs_decode_and_resample_the_same_through_opencv():
+    """OpenCV decodes the whole JPEG with libjpeg-turbo's accurate IDCT and resamples from it:
+    TensorFlow's path from the same decode, within a level (OpenCV's fixed-point weights), but
+    for a crop's edge rows, where TensorFlow's resize repeats the window's edge."""
     pytest.importorskip("cv2")
     encoded = tf.io.encode_jpeg(photo(240, 320), quality=95)
-    cfg = AugmentConfig(**{**GEOMETRIC.__dict__, "random_resized_crop": True})
-    for s in seeds(4):
-        a = geometry.from_bytes(encoded, s, cfg, [112, 112], "tensorflow").numpy()
-        b = geometry.from_bytes(encoded, s, cfg, [112, 112], "opencv").numpy()
-        assert np.abs(a - b).max() <= 0.51
+    decoded = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+    for cfg in (
+        AugmentConfig(**{**GEOMETRIC.__dict__, "random_resized_crop": True}),
+        AugmentConfig(random_resized_crop=True, horizontal_flip=True),
+    ):
+        for s in seeds(4):
+            a = geometry.from_image(decoded, s, cfg, [224, 224], "tensorflow").numpy()
+            b = geometry.from_bytes(encoded, s, cfg, [224, 224], "opencv").numpy()
+            off = np.abs(a - b)
+            assert b.dtype == np.uint8 and off[1:-1, 1:-1].max() <= 1.0 and off.mean() < 0.35
 
 
 def test_the_resampler_chosen(monkeypatch):

@@ -6,6 +6,9 @@ batch and augmentations (flip, rotation 20 degrees, shift 0.2, zoom 0.2):
 - ``keras.utils.image_dataset_from_directory`` with Keras' ``RandomFlip``,
   ``RandomRotation``, ``RandomTranslation`` and ``RandomZoom`` layers in a parallel,
   prefetched ``map`` (today's Keras tutorial);
+- Albumentations (``Resize``, ``HorizontalFlip``, ``Affine``) called through
+  ``tf.numpy_function`` in a parallel, prefetched ``map``: what a user who cares about speed
+  writes, OpenCV underneath as in imgtrain (skipped when Albumentations is not installed);
 - imgtrain's training pipeline, whose ratio to each is reported; and against the decode
   ceiling of the same files (``geometric``), and, with full augmentation, on photo-size
   sources (500x375, near ImageNet's average) against their decode ceiling (``photo``).
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from imgtrain.bench.pipeline import PIPELINE_AUGMENT, images_per_sec
 from imgtrain.bench.report import rate
@@ -79,6 +82,41 @@ def image_data_generator(folder: Path, batch: int) -> Callable[[], Any]:
     return make
 
 
+def albumentations_pipeline(folder: Path, batch: int) -> Optional[Callable[[], Any]]:
+    """uint8 batches, as imgtrain's OpenCV path yields them; None when Albumentations is not
+    installed."""
+    try:
+        import albumentations as A
+    except ImportError:
+        return None
+    import cv2
+    import tensorflow as tf
+
+    transform = A.Compose(
+        [
+            A.Resize(*OUT),
+            A.HorizontalFlip(p=0.5),
+            A.Affine(
+                rotate=(-20, 20), translate_percent=(-0.2, 0.2), scale=(0.8, 1.2), border_mode=cv2.BORDER_REFLECT, p=1.0
+            ),
+        ],
+        seed=0,
+    )
+    _, examples = examples_of(folder)
+    paths, labels = [e.path for e in examples], [e.label for e in examples]
+
+    def load(path, label):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        out = tf.numpy_function(lambda x: transform(image=x)["image"], [image], tf.uint8)
+        return tf.ensure_shape(out, (*OUT, 3)), label
+
+    def make():
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels)).shuffle(len(paths), seed=0)
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    return make
+
+
 def imgtrain_pipeline(folder: Path, augment: AugmentConfig, batch: int) -> Callable[[], Any]:
     from imgtrain.data import pipeline
 
@@ -102,6 +140,11 @@ def bench_peers(sizes: BenchSizes, work: Path, log: Callable[[str], None]) -> di
         "photo_ceiling": decode_ceiling(photo_paths, batch),
         "photo": imgtrain_pipeline(photos, PIPELINE_AUGMENT, batch),
     }
+    albumentations = albumentations_pipeline(peers, batch)
+    if albumentations is None:
+        log("bench: albumentations is not installed (pip install 'imgtrain[bench]'); its peer is skipped")
+    else:
+        runs["albumentations"] = albumentations
     warm = max(1, min(3, n // batch // 3))
     best = {k: 0.0 for k in runs}
     for _ in range(sizes.rounds):  # interleaved, best of each, as the other figures
@@ -110,7 +153,7 @@ def bench_peers(sizes: BenchSizes, work: Path, log: Callable[[str], None]) -> di
             best[key] = max(best[key], images_per_sec(make, warm))
     common = {"images": n, "source": list(PEER_SOURCE), "image_size": list(OUT), "batch_size": batch}
     work_done = "horizontal_flip, rotation 20, translate 0.2, zoom 0.2"
-    return {
+    out = {
         "geometric": rate(best["imgtrain"], best["ceiling"], augment=work_done, **common),
         "vs_keras_layers": rate(best["imgtrain"], best["keras_layers"], augment=work_done, **common),
         "vs_image_data_generator": rate(best["imgtrain"], best["image_data_generator"], augment=work_done, **common),
@@ -121,3 +164,6 @@ def bench_peers(sizes: BenchSizes, work: Path, log: Callable[[str], None]) -> di
             **{**common, "source": list(PHOTO_SOURCE)},
         ),
     }
+    if "albumentations" in best:
+        out["vs_albumentations"] = rate(best["imgtrain"], best["albumentations"], augment=work_done, **common)
+    return out

@@ -11,6 +11,7 @@ PEER_ROWS = {  # figure -> what it is measured against
     "photo": "decode ceiling (500x375)",
     "vs_keras_layers": "Keras layers pipeline",
     "vs_image_data_generator": "ImageDataGenerator",
+    "vs_albumentations": "Albumentations pipeline",
 }
 
 

@@ -5,11 +5,13 @@ example index), never from a global generator, so the same seed gives the
 same batches in any order of execution, with any number of parallel calls,
 and after a resume. TensorFlow has stateless crop, flip, brightness and
 contrast ops; rotation, zoom and translation are composed into one affine
-matrix and applied by TensorFlow's projective-transform kernel in one pass.
+matrix and applied by TensorFlow's projective-transform kernel in one pass
+(the training pipeline's faster path is in ``data.geometry``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -76,24 +78,38 @@ def decode_random_resized_crop(
     return resize(crop, size)
 
 
-def affine_matrix(seeds: tf.Tensor, cfg: AugmentConfig, h: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-    """The random affine as a 3x3 map from an output pixel to an input pixel of an ``h`` x ``w``
-    image: rotate and scale about the centre, then shift. ``seeds``: four stateless seeds
-    (angle, zoom, horizontal and vertical shift)."""
-    h, w = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-    angle = tf.random.stateless_uniform([], seeds[0], -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
-    zoom = 1.0 + tf.random.stateless_uniform([], seeds[1], -1.0, 1.0) * cfg.zoom
-    tx = tf.random.stateless_uniform([], seeds[2], -1.0, 1.0) * cfg.translate * w
-    ty = tf.random.stateless_uniform([], seeds[3], -1.0, 1.0) * cfg.translate * h
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    a2 = cx - cos * cx + sin * cy - tx
-    b2 = cy - sin * cx - cos * cy - ty
-    return tf.reshape(tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0, 1.0]), [3, 3])
+def jitter_draws(seed: tf.Tensor) -> tf.Tensor:
+    """The six uniforms in [0, 1) behind the flips and the affine, one stateless call:
+    horizontal flip, vertical flip, angle, zoom, horizontal and vertical shift."""
+    return tf.random.stateless_uniform([6], seed)
 
 
-def _affine(image: tf.Tensor, seeds: tf.Tensor, cfg: AugmentConfig, fill_mode: str) -> tf.Tensor:
-    transform = tf.reshape(affine_matrix(seeds, cfg, tf.shape(image)[0], tf.shape(image)[1]), [9])[None, :8]
+def jitter_rows(u, cfg: AugmentConfig, h: float, w: float, xp) -> list:
+    """The top two rows of the 3x3 map from an output pixel to a pixel of an ``h`` x ``w`` image:
+    rotate and scale about the centre, shift, then the flips (seen from the output:
+    x -> (w - 1) - x), from the draws ``u``. ``xp`` is ``numpy`` or ``tensorflow``: the one
+    definition serves OpenCV's path, computed in its NumPy call, and TensorFlow's graph."""
+    a, b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    if cfg.rotation or cfg.zoom or cfg.translate:
+        angle = (2.0 * u[2] - 1.0) * (cfg.rotation * math.pi / 180.0)
+        zoom = 1.0 + (2.0 * u[3] - 1.0) * cfg.zoom
+        tx = (2.0 * u[4] - 1.0) * cfg.translate * w
+        ty = (2.0 * u[5] - 1.0) * cfg.translate * h
+        cos, sin = xp.cos(angle) / zoom, xp.sin(angle) / zoom
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        a = [cos, -sin, cx - cos * cx + sin * cy - tx]
+        b = [sin, cos, cy - sin * cx - cos * cy - ty]
+    if cfg.horizontal_flip:
+        sx = xp.where(u[0] < 0.5, -1.0, 1.0)
+        a = [sx * a[0], sx * a[1], sx * a[2] + (1.0 - sx) * (w - 1.0) / 2.0]
+    if cfg.vertical_flip:
+        sy = xp.where(u[1] < 0.5, -1.0, 1.0)
+        b = [sy * b[0], sy * b[1], sy * b[2] + (1.0 - sy) * (h - 1.0) / 2.0]
+    return a + b
+
+
+def _affine(image: tf.Tensor, rows: list, fill_mode: str) -> tf.Tensor:
+    transform = tf.stack([tf.cast(v, tf.float32) for v in rows] + [tf.constant(0.0)] * 2)[None]
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None],
         transforms=transform,
@@ -107,28 +123,49 @@ def _affine(image: tf.Tensor, seeds: tf.Tensor, cfg: AugmentConfig, fill_mode: s
 
 def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: str = "reflect") -> tf.Tensor:
     """Apply the enabled augmentations to one float32 image already at its final size: the
-    flips and the affine here (the training pipeline composes them with the resize instead,
-    in ``data.geometry``), then ``photometric``."""
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    flips, then the affine, each its own pass (the training pipeline composes them with the
+    resize instead, in ``data.geometry``), then ``photometric``."""
+    u = jitter_draws(seed)
     if cfg.horizontal_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
+        image = tf.cond(u[0] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
     if cfg.vertical_flip:
-        image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
+        image = tf.cond(u[1] < 0.5, lambda: tf.reverse(image, [0]), lambda: image)
     if cfg.rotation or cfg.zoom or cfg.translate:
-        image = _affine(image, seeds[2:6], cfg, fill_mode)
+        h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+        flipless = dataclasses.replace(cfg, horizontal_flip=False, vertical_flip=False)
+        image = _affine(image, jitter_rows(u, flipless, h, w, tf), fill_mode)
     return photometric(image, seed, cfg)
+
+
+def tone(seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """(brightness delta on 0..255, contrast factor) drawn as ``tf.image.stateless_random_*``
+    draw them; (0, 1) for what is off. The one definition of these draws: ``photometric``
+    applies them in TensorFlow, ``geometry``'s OpenCV path in its one resampling call."""
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    delta, factor = tf.constant(0.0), tf.constant(1.0)
+    if cfg.brightness:
+        delta = tf.random.stateless_uniform([], seeds[6], -cfg.brightness * 255.0, cfg.brightness * 255.0)
+    if cfg.contrast:
+        factor = tf.random.stateless_uniform([], seeds[7], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
+    return delta, factor
+
+
+def fusable(cfg: AugmentConfig) -> bool:
+    """Whether every per-pixel op on is a per-channel ``a * x + b`` (brightness, contrast), which
+    a lookup table applies to uint8 pixels in one pass, rather than RandAugment or erasing."""
+    return not cfg.randaugment.num_ops and not cfg.random_erasing.probability
 
 
 def photometric(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
     """RandAugment, brightness, contrast and random erasing on a float32 image at its final size,
     with the seeds ``augment`` gives them."""
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
     if cfg.randaugment.num_ops:  # every op keeps 0..255 itself
         image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 101), cfg.randaugment)
+    delta, factor = tone(seed, cfg)
     if cfg.brightness:
-        image = tf.image.stateless_random_brightness(image, cfg.brightness * 255.0, seed=seeds[6])
+        image = tf.image.adjust_brightness(image, delta)
     if cfg.contrast:
-        image = tf.image.stateless_random_contrast(image, 1.0 - cfg.contrast, 1.0 + cfg.contrast, seed=seeds[7])
+        image = tf.image.adjust_contrast(image, factor)
     if cfg.brightness or cfg.contrast:
         # Only these can leave 0..255; flips and the bilinear affine cannot, and a clip is a
         # full pass over the image (about 7% of the pipeline's throughput at 224x224).

@@ -2,11 +2,16 @@
 
 The random resized crop, the flips, and rotation, zoom and translation are each a map
 between pixel coordinates; composed, they are one 3x3 matrix from an output pixel to a
-pixel of the decoded image. With rotation, zoom or shift on, the image is resampled once,
-bilinearly, straight to the output size by TensorFlow's projective-transform kernel with the
-configured fill mode; without them the crop window is resized (``tf.image.resize``, several
-times faster than that kernel on a CPU) and flipped. The two-pass path it replaces (resize,
-then transform the resized image) interpolated every output pixel twice.
+pixel of the decoded image, and the image is resampled once, bilinearly, straight to the
+output size with the configured fill mode. Two resamplers (``data.augment.resampler``):
+
+- OpenCV (the default when installed): ``cv2.warpAffine`` inside the parallel map, uint8 in
+  and out, about 8x faster than TensorFlow's kernel and free of the GIL while it works;
+  brightness and contrast, when they are the only per-pixel ops, ride in the same call as
+  one lookup table, so the image is touched twice in all and batched as uint8.
+- TensorFlow: its projective-transform kernel when rotation, zoom or shift is on, else the
+  crop window resized (``tf.image.resize``) and flipped; float32 out. A tf.data service
+  uses this one, since its workers run the graph where no Python function can go.
 
 Decoding less: a JPEG's crop window that is at least twice the output size on both sides is
 decoded at 1/2, 1/4 or 1/8 scale (``decode_and_crop_jpeg``'s ``ratio``: the inverse DCT
@@ -14,8 +19,9 @@ does the downscaling, averaging rather than skipping pixels), the largest ratio 
 still leaves at least the output size; the matrix maps into the scaled window. A test
 bounds the difference against decoding at full size.
 
-Random draws take the seeds ``augment.augment`` takes for the same ops (a stateless split
-of the example's seed), so one seed gives one image, in any order and after a resume.
+Random draws are ``augment.augment``'s for the same ops (``jitter_draws``: one stateless call
+per example), so one seed gives one image, in any order, after a resume and on either
+resampler.
 Pixel coordinates put centres on integers; a resize maps ``(q + 0.5) * scale - 0.5``
 (TensorFlow's half-pixel convention), so with no augmentation this is ``tf.image.resize``.
 """
@@ -39,55 +45,25 @@ def has_affine(cfg: AugmentConfig) -> bool:
     return bool(cfg.rotation or cfg.zoom or cfg.translate)
 
 
-def _matrix(rows: list[list[tf.Tensor]]) -> tf.Tensor:
-    return tf.stack([tf.stack([tf.cast(v, tf.float32) for v in row]) for row in rows])
+def is_geometric(cfg: AugmentConfig) -> bool:
+    """Whether any op on moves pixels (crop, flips, rotation, zoom, shift)."""
+    return bool(cfg.random_resized_crop or cfg.horizontal_flip or cfg.vertical_flip or has_affine(cfg))
 
 
-def jitter(seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
-    """Output pixel -> pixel of the un-augmented output-size image: the affine (rotation and
-    zoom about the centre, then a shift), then the flips, as ``augment.augment`` applies them."""
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
-    h, w = float(size[0]), float(size[1])
-    m = tf.eye(3)
-    if has_affine(cfg):
-        m = aug.affine_matrix(seeds[2:6], cfg, h, w)
-    # A flip seen from the output: x -> (w - 1) - x on the image the affine reads.
-    if cfg.horizontal_flip:
-        flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
-        fx = tf.where(flip, _matrix([[-1, 0, w - 1], [0, 1, 0], [0, 0, 1]]), tf.eye(3))
-        m = fx @ m
-    if cfg.vertical_flip:
-        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-        fy = tf.where(flip, _matrix([[1, 0, 0], [0, -1, h - 1], [0, 0, 1]]), tf.eye(3))
-        m = fy @ m
-    return m
-
-
-def window_map(top, left, height, width, size: Sequence[int]) -> tf.Tensor:
-    """Pixel of the output-size image -> pixel of the source, for a window (top, left,
-    height, width) of it resized to ``size`` (half-pixel centres)."""
-    sy = tf.cast(height, tf.float32) / float(size[0])
-    sx = tf.cast(width, tf.float32) / float(size[1])
-    return _matrix(
-        [
-            [sx, 0, 0.5 * sx - 0.5 + tf.cast(left, tf.float32)],
-            [0, sy, 0.5 * sy - 0.5 + tf.cast(top, tf.float32)],
-            [0, 0, 1],
-        ]
-    )
-
-
-def scale_map(ratio: tf.Tensor, top_s: tf.Tensor, left_s: tf.Tensor) -> tf.Tensor:
-    """Full-size source pixel -> pixel of a window decoded at 1/ratio scale starting at
-    (top_s, left_s) of the scaled image."""
-    r = 1.0 / tf.cast(ratio, tf.float32)
-    return _matrix(
-        [
-            [r, 0, 0.5 * r - 0.5 - tf.cast(left_s, tf.float32)],
-            [0, r, 0.5 * r - 0.5 - tf.cast(top_s, tf.float32)],
-            [0, 0, 1],
-        ]
-    )
+def source_rows(u, window, cfg: AugmentConfig, size: Sequence[int], xp) -> list:
+    """The top two rows of the map from an output pixel to a pixel of the decoded pixels:
+    ``augment.jitter_rows`` (output -> the un-augmented output-size image), then the window
+    resized to ``size`` (half-pixel centres), then a JPEG's scaled decoding. ``window``:
+    [top, left, height, width, ratio, top_s, left_s] (the window in the full-size source, the
+    scale-down ratio, and where the decoded window starts in the scaled image). ``xp`` is
+    ``numpy`` or ``tensorflow``, as for ``jitter_rows``."""
+    top, left, height, width, ratio, top_s, left_s = (window[k] for k in range(7))
+    j = aug.jitter_rows(u, cfg, float(size[0]), float(size[1]), xp)
+    r = 1.0 / ratio
+    sy, sx = r * height / float(size[0]), r * width / float(size[1])
+    oy = r * (0.5 * height / float(size[0]) - 0.5 + top) + 0.5 * r - 0.5 - top_s
+    ox = r * (0.5 * width / float(size[1]) - 0.5 + left) + 0.5 * r - 0.5 - left_s
+    return [sx * j[0], sx * j[1], sx * j[2] + ox, sy * j[3], sy * j[4], sy * j[5] + oy]
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,52 +107,131 @@ def _border(fill_mode: str) -> int:
     }[fill_mode]
 
 
-def _warp(image: np.ndarray, m: np.ndarray, height: np.ndarray, width: np.ndarray, border: np.ndarray) -> np.ndarray:
-    """cv2.warpAffine with ``m`` as the output -> source map (WARP_INVERSE_MAP), bilinear; it
-    releases the GIL, so tf.data's parallel calls run it on every core."""
+def _reach(image: np.ndarray, m: np.ndarray, size: Sequence[int], border: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` padded (with ``border``) by exactly what the output's corners reach outside it,
+    plus two pixels for the bilinear neighbours, and ``m`` moved onto the padded image."""
+    h, w = int(size[0]), int(size[1])
+    corners = np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]]) @ m.T
+    (x0, y0), (x1, y1) = np.floor(corners.min(0)) - 2, np.ceil(corners.max(0)) + 2
+    rows, cols = image.shape[:2]
+    left, top = int(max(0.0, -x0)), int(max(0.0, -y0))
+    right, bottom = int(max(0.0, x1 - (cols - 1))), int(max(0.0, y1 - (rows - 1)))
+    if not (left or top or right or bottom):
+        return image, m
+    moved = m.copy()
+    moved[0, 2] += left
+    moved[1, 2] += top
+    return _cv2().copyMakeBorder(image, top, bottom, left, right, border), moved
+
+
+def _render(image, params, cfg: AugmentConfig, size: Sequence[int], tone: bool) -> np.ndarray:
+    """The OpenCV path, in one NumPy call: the matrix (``source_rows``), ``cv2.warpAffine`` with
+    it as the output -> source map (WARP_INVERSE_MAP, bilinear), then, with ``tone``,
+    brightness and contrast as one per-channel lookup table; uint8 out. OpenCV releases the
+    GIL, so tf.data's parallel calls run on every core. ``params``: the six jitter draws, the
+    seven numbers of ``source_rows``'s window, brightness delta, contrast factor."""
     cv2 = _cv2()
+    if image.dtype != np.uint8:  # the in-memory cache holds float32 pixels
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    params = params.astype(np.float64)
+    m = np.asarray(source_rows(params[:6], params[6:13], cfg, size, np), np.float64).reshape(2, 3)
+    border = _border(cfg.fill_mode)
+    if cfg.fill_mode in ("reflect", "wrap"):
+        # warpAffine's reflect and wrap borders take a generic path about twice as slow as its
+        # replicate border; padding first, by what the output reaches, then replicating, gives
+        # the same pixels.
+        image, m = _reach(image, m, size, border)
+        border = cv2.BORDER_REPLICATE
     out = cv2.warpAffine(
         np.ascontiguousarray(image),
-        np.asarray(m, np.float64)[:2],
-        (int(width), int(height)),
+        m,
+        (int(size[1]), int(size[0])),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=int(border),
+        borderMode=border,
         borderValue=(0, 0, 0, 0),
     )
-    return out.astype(np.float32)
+    if tone:
+        # adjust_brightness then adjust_contrast, as TensorFlow does them with no clip between:
+        # factor * (x + delta - mean') + mean', where mean' = mean + delta, is factor * x + offset.
+        delta, factor = params[13], params[14]
+        offset = (1.0 - factor) * np.asarray(cv2.mean(out)[:3]) + delta
+        levels = np.arange(256, dtype=np.float64)[:, None] * factor + offset[None, :]
+        out = cv2.LUT(out, np.clip(np.rint(levels), 0, 255).astype(np.uint8).reshape(256, 1, 3))
+    return out
+
+
+def _decode_render(encoded, params, cfg: AugmentConfig, size: Sequence[int], tone: bool) -> np.ndarray:
+    """A JPEG through OpenCV alone: decoded by ``cv2.imdecode`` at the largest 1/2, 1/4 or 1/8
+    scale that keeps the crop window (``params[6:10]``: top, left, height, width) at least
+    ``size`` (libjpeg's scaled IDCT, as ``decode_and_crop_jpeg``'s ``ratio``), then
+    ``_render``. The same libjpeg-turbo as TensorFlow's decoder, with its accurate IDCT: the
+    pixels ``decode_jpeg(dct_method="INTEGER_ACCURATE")`` gives; EXIF orientation ignored, as
+    there."""
+    cv2 = _cv2()
+    height, width = float(params[8]), float(params[9])
+    ratio = next((r for r in RATIOS if height >= r * int(size[0]) and width >= r * int(size[1])), 1)
+    reduced = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4}
+    reduced[8] = cv2.IMREAD_REDUCED_GRAYSCALE_8  # the scale bits only: colour comes from COLOR_RGB
+    flags = reduced[ratio] | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    data = encoded.item() if isinstance(encoded, np.ndarray) else encoded  # a tf.string scalar: bytes
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ValueError("OpenCV could not decode a JPEG that TensorFlow's header check accepted")
+    params = params.astype(np.float64)
+    params[10:13] = (ratio, 0, 0)  # the window sits in the whole scaled image
+    return _render(image, params, cfg, size, tone)
+
+
+Tone = Optional[tuple[tf.Tensor, tf.Tensor]]
+
+
+def _opencv(fn, first: tf.Tensor, u, window, cfg: AugmentConfig, size: Sequence[int], tone: Tone) -> tf.Tensor:
+    """``fn`` (``_render`` or ``_decode_render``) through one ``tf.numpy_function`` with two
+    inputs: every input and every TensorFlow op costs per image, more than NumPy's arithmetic."""
+    delta, factor = tone if tone is not None else (0.0, 1.0)
+    params = tf.concat([u, tf.cast(window, tf.float32), tf.stack([delta, factor])], 0)
+    call = functools.partial(fn, cfg=cfg, size=tuple(int(v) for v in size), tone=tone is not None)
+    out = tf.numpy_function(call, [first, params], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, [int(size[0]), int(size[1]), 3])
 
 
 def resample(
-    image: tf.Tensor, m: tf.Tensor, size: Sequence[int], fill_mode: str, resampler: str = "tensorflow"
+    image: tf.Tensor,
+    u: tf.Tensor,
+    window: tf.Tensor,
+    cfg: AugmentConfig,
+    size: Sequence[int],
+    resampler: str = "tensorflow",
+    tone: Tone = None,
 ) -> tf.Tensor:
-    """``image`` sampled at ``m @ [x, y, 1]`` for every output pixel: float32 ``size``, by
-    OpenCV (uint8 in, fixed-point bilinear: within a level or two of TensorFlow's float
-    kernel, about 8x faster) or by TensorFlow's projective-transform kernel."""
+    """``image`` sampled at ``source_rows`` for every output pixel, at ``size``: uint8 from
+    OpenCV (fixed-point bilinear, within a level of TensorFlow's float kernel, several times
+    faster; ``tone``, the (delta, factor) of ``augment.tone``, applied in the same call),
+    float32 from TensorFlow's projective-transform kernel."""
     if resampler == "opencv":
-        args = [image, m, int(size[0]), int(size[1]), _border(fill_mode)]
-        out = tf.numpy_function(_warp, args, tf.float32, stateful=False)
-        return tf.ensure_shape(out, [int(size[0]), int(size[1]), 3])
+        return _opencv(_render, image, u, window, cfg, size, tone)
+    rows = source_rows(u, tf.unstack(tf.cast(window, tf.float32)), cfg, size, tf)
     # Float in: the uint8 kernel truncates its bilinear result, and fixing that afterwards
     # costs more passes over the output than one cast of the source costs.
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(image, tf.float32)[None],
-        transforms=tf.reshape(m, [9])[None, :8],
+        transforms=tf.stack([tf.cast(v, tf.float32) for v in rows] + [tf.constant(0.0)] * 2)[None],
         output_shape=[int(size[0]), int(size[1])],
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode=fill_mode.upper(),
+        fill_mode=cfg.fill_mode.upper(),
     )[0]
 
 
-def resize_and_flip(window: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
-    """No rotation, zoom or shift: the window resized (``tf.image.resize`` reads uint8 and is
-    the fastest resampler TensorFlow has on a CPU), then the flips, with ``augment``'s seeds."""
+def resize_and_flip(window: tf.Tensor, u: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
+    """TensorFlow's path without rotation, zoom or shift: the window resized
+    (``tf.image.resize`` reads uint8 and is TensorFlow's fastest resampler on a CPU), then
+    flipped by the draws ``u`` as ``augment.augment`` flips."""
     image = resize(window, size)
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
     if cfg.horizontal_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
+        image = tf.cond(u[0] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
     if cfg.vertical_flip:
-        image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
+        image = tf.cond(u[1] < 0.5, lambda: tf.reverse(image, [0]), lambda: image)
     return image
 
 
@@ -189,12 +244,10 @@ def _window(shape: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.T
 
 
 def _ratio(window: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """The largest JPEG scale-down that keeps the window at least the output size."""
-    ratio = tf.constant(1)
-    for r in reversed(RATIOS):  # 2, 4, 8: each one that fits replaces the smaller
-        fits = tf.logical_and(window[0] >= r * int(size[0]), window[1] >= r * int(size[1]))
-        ratio = tf.where(fits, r, ratio)
-    return ratio
+    """The largest JPEG scale-down that keeps the window at least the output size (or 1)."""
+    ratios = tf.constant(RATIOS)
+    fits = tf.reduce_all(window[None, :2] >= ratios[:, None] * tf.constant([int(size[0]), int(size[1])]), axis=1)
+    return tf.reduce_max(tf.where(fits, ratios, 1))
 
 
 def _decode_jpeg_window(encoded, shape, begin, extent, ratio):
@@ -210,42 +263,60 @@ def _decode_jpeg_window(encoded, shape, begin, extent, ratio):
 
 
 def from_bytes(
-    encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int], resampler: str = "tensorflow"
+    encoded: tf.Tensor,
+    seed: tf.Tensor,
+    cfg: AugmentConfig,
+    size: Sequence[int],
+    resampler: str = "tensorflow",
+    tone: Tone = None,
 ) -> tf.Tensor:
-    """Encoded image -> augmented float32 ``size`` image, geometry in one pass (JPEGs decoded
-    only in the crop window, at reduced scale when it is large)."""
-    crop_seed, jitter_seed = seed, tf.random.experimental.stateless_fold_in(seed, 1)
-    affine = has_affine(cfg)
+    """Encoded image -> augmented ``size`` image, geometry in one pass, JPEGs decoded at reduced
+    scale when the crop window is large: uint8 by OpenCV (a JPEG in one NumPy call, decode
+    included, since every TensorFlow op and Python call per image costs), float32 by
+    TensorFlow (decoding only the crop window)."""
+    u = aug.jitter_draws(tf.random.experimental.stateless_fold_in(seed, 1))
+    one_pass = resampler == "opencv" or has_affine(cfg)
+
+    def jpeg_opencv() -> tf.Tensor:
+        begin, extent = _window(tf.image.extract_jpeg_shape(encoded), seed, cfg)
+        window = tf.concat([begin, extent, [0, 0, 0]], 0)  # ratio and start: chosen in the call
+        return _opencv(_decode_render, encoded, u, window, cfg, size, tone)
 
     def jpeg() -> tf.Tensor:
         shape = tf.image.extract_jpeg_shape(encoded)
-        begin, extent = _window(shape, crop_seed, cfg)
+        begin, extent = _window(shape, seed, cfg)
         ratio = _ratio(extent, size)
         pixels, start = _decode_jpeg_window(encoded, shape, begin, extent, ratio)
-        if not affine:
-            return resize_and_flip(pixels, jitter_seed, cfg, size)
-        m = scale_map(ratio, start[0], start[1]) @ window_map(begin[0], begin[1], extent[0], extent[1], size)
-        return resample(pixels, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode, resampler)
+        if not one_pass:
+            return resize_and_flip(pixels, u, cfg, size)
+        window = tf.concat([begin, extent, [ratio], start], 0)
+        return resample(pixels, u, window, cfg, size, resampler, tone)
 
     def other() -> tf.Tensor:
-        return from_image(decode(encoded), seed, cfg, size, resampler)
+        return from_image(decode(encoded), seed, cfg, size, resampler, tone)
 
-    out = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    out = tf.cond(tf.io.is_jpeg(encoded), jpeg_opencv if resampler == "opencv" else jpeg, other)
     out.set_shape([int(size[0]), int(size[1]), 3])
     return out
 
 
 def from_image(
-    image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, size: Sequence[int], resampler: str = "tensorflow"
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    cfg: AugmentConfig,
+    size: Sequence[int],
+    resampler: str = "tensorflow",
+    tone: Tone = None,
 ) -> tf.Tensor:
-    """A decoded image of any size -> augmented float32 ``size`` image, geometry in one pass."""
+    """A decoded image of any size -> augmented ``size`` image, geometry in one pass: uint8 by
+    OpenCV, float32 by TensorFlow."""
     begin, extent = _window(tf.shape(image), seed, cfg)
-    jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    if has_affine(cfg):
-        m = window_map(begin[0], begin[1], extent[0], extent[1], size)
-        out = resample(image, m @ jitter(jitter_seed, cfg, size), size, cfg.fill_mode, resampler)
+    u = aug.jitter_draws(tf.random.experimental.stateless_fold_in(seed, 1))
+    if resampler == "opencv" or has_affine(cfg):
+        window = tf.concat([begin, extent, [1, 0, 0]], 0)
+        out = resample(image, u, window, cfg, size, resampler, tone)
     else:
-        window = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([extent, [-1]], 0))
-        out = resize_and_flip(window, jitter_seed, cfg, size)
+        pixels = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([extent, [-1]], 0))
+        out = resize_and_flip(pixels, u, cfg, size)
     out.set_shape([int(size[0]), int(size[1]), 3])
     return out

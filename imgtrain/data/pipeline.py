@@ -6,7 +6,9 @@ parallel, order-preserving ``map``; only ``prefetch`` worth of images is ever
 in memory. The order of batches is a pure function of (seed, epoch), which
 is what lets a resumed run skip exactly the batches it already trained on.
 
-Elements are ``(image, label, weight, real)``. In a multi-worker run every
+Elements are ``(image, label, weight, real)``; training images are float32 on the 0..255
+scale, or uint8 from the OpenCV path (``data.geometry``), which the training step casts.
+Evaluation images are always float32. In a multi-worker run every
 worker must take the same number of steps (each step is a collective), but
 shards differ by up to one example; a worker whose shard runs out first is
 padded with copies of one image whose ``real`` is 0, which the loop leaves out
@@ -122,6 +124,10 @@ def _finish_train(
 ) -> tf.data.Dataset:
     """Augment in parallel, batch, pad to the step count every worker shares, prefetch."""
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
+    if ds.element_spec[0].dtype == tf.uint8:
+        # OpenCV's path: batches stay uint8 (a quarter of the bytes to copy and to send to the
+        # device; the training step casts), so the one-image pads must be uint8 too.
+        filler = filler.map(lambda x, y, w, r: (tf.saturate_cast(tf.round(x), tf.uint8), y, w, r))
     mine, target = padded_batches(mine_n, most_n, plan.batch_size, plan.multiple)
     skip = plan.skip_batches
     ds = _pad(ds, filler, (target - skip) - max(0, mine - skip))
@@ -136,24 +142,35 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
     target size (``"decoded"``, the in-memory cache).
     """
     size, acfg = cfg.image_size, cfg.augment
-
-    geometric = acfg.random_resized_crop or acfg.horizontal_flip or acfg.vertical_flip or geometry.has_affine(acfg)
-    resampler = geometry.resampler_for(acfg.resampler, bool(cfg.service)) if geometry.has_affine(acfg) else ""
+    geometric = geometry.is_geometric(acfg)
+    resampler = resampler_of(cfg)
+    # OpenCV's path also does brightness/contrast, and its images stay uint8 up to the batch.
+    fused = resampler == "opencv" and aug.fusable(acfg)
 
     def prepare(i, x, y, w):
         s = aug.example_seed(seed, epoch, i)
+        photo_seed = tf.random.experimental.stateless_fold_in(s, 1)
+        tone = aug.tone(photo_seed, acfg) if fused and (acfg.brightness or acfg.contrast) else None
         if given == "decoded" and not geometric:
             image = x  # the cache holds images at the output size already
         elif given in ("decoded", "raw"):
-            image = geometry.from_image(x, s, acfg, size, resampler) if geometric else resize(x, size)
+            image = geometry.from_image(x, s, acfg, size, resampler, tone) if geometric else resize(x, size)
         else:  # encoded: JPEGs decoded only in the crop window, at reduced scale when it is large
             encoded = tf.io.read_file(x) if given == "path" else x
-            image = geometry.from_bytes(encoded, s, acfg, size, resampler)
-        image = aug.photometric(image, tf.random.experimental.stateless_fold_in(s, 1), acfg)
+            image = geometry.from_bytes(encoded, s, acfg, size, resampler, tone)
+        if not fused:
+            image = aug.photometric(tf.cast(image, tf.float32), photo_seed, acfg)
         image.set_shape([size[0], size[1], 3])
         return image, y, w, tf.constant(1.0)
 
     return prepare
+
+
+def resampler_of(cfg: DataConfig) -> str:
+    """Who resamples the training images ("" when no op on moves pixels)."""
+    if not geometry.is_geometric(cfg.augment):
+        return ""
+    return geometry.resampler_for(cfg.augment.resampler, bool(cfg.service))
 
 
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:

@@ -246,6 +246,7 @@ class TrainLoop:
 
         def replica(batch, seed):
             x, y, w, real = batch
+            x = tf.cast(x, tf.float32)  # the pipeline's OpenCV path sends uint8: cast on the device
             # The loss is divided by the global number of real examples, so summing the
             # replicas' gradients gives the gradient of the global mean.
             n = dist.all_sum(tf.reduce_sum(real))
@@ -561,7 +562,7 @@ class TrainLoop:
     def _first_batch_images(self) -> Optional[np.ndarray]:
         """Epoch 0's first training batch as the model sees it (augmented), for TensorBoard."""
         for x, *_ in self.data.train(0, 0).take(1):
-            return x.numpy()[:16]
+            return x.numpy()[:16].astype(np.float32)
         return None
 
     def reporter(self) -> Optional["EpochReporter"]:

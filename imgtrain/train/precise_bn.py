@@ -86,7 +86,7 @@ class PreciseBatchNorm:
         model, layers, dist = self.model, self.layers, self.dist
 
         def replica(x, y, w, real):
-            model(x, training=True)
+            model(tf.cast(x, tf.float32), training=True)  # uint8 from the OpenCV pipeline
             n = tf.cast(tf.shape(x)[0], tf.float64)
             stats = [
                 (tf.cast(layer.moving_mean, tf.float64) * n, tf.cast(layer.moving_variance, tf.float64) * n)
