@@ -23,10 +23,22 @@ from imgtrain.data.randaugment import randaugment, random_erasing
 
 
 def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-    """A stateless seed (shape [2]) unique to one example in one epoch of one run."""
+    """A stateless seed (shape [2]) unique to one example in one epoch of one run: the epoch's
+    key (a stateless draw from the run seed and the epoch) beside the example's index, which is
+    what ``stateless_fold_in(epoch_seed, index)`` gives. A Python ``epoch`` (the pipeline's)
+    has its key drawn once, outside the per-image graph."""
+    if isinstance(epoch, int):
+        with tf.init_scope():
+            key = _epoch_key(seed, epoch)
+    else:
+        key = _epoch_key(seed, epoch)
+    return tf.stack([key, tf.cast(index, tf.int64)])
+
+
+def _epoch_key(seed: int, epoch) -> tf.Tensor:
     base = tf.constant([seed, 0x1A6E], dtype=tf.int64)
     s = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
-    return tf.random.experimental.stateless_fold_in(s, tf.cast(index, tf.int64))
+    return tf.random.stateless_uniform([], s, dtype=tf.int64, minval=None, maxval=None)
 
 
 def crop_window(shape: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
@@ -78,16 +90,17 @@ def decode_random_resized_crop(
     return resize(crop, size)
 
 
-def jitter_draws(seed: tf.Tensor) -> tf.Tensor:
-    """The six uniforms in [0, 1) behind the flips and the affine, one stateless call:
-    horizontal flip, vertical flip, angle, zoom, horizontal and vertical shift."""
-    return tf.random.stateless_uniform([6], seed)
+def draws(seed: tf.Tensor) -> tf.Tensor:
+    """The eight uniforms in [0, 1) behind the flips, the affine, brightness and contrast, in
+    one stateless call (every op per image costs): horizontal flip, vertical flip, angle,
+    zoom, horizontal shift, vertical shift, brightness, contrast."""
+    return tf.random.stateless_uniform([8], seed)
 
 
 def jitter_rows(u, cfg: AugmentConfig, h: float, w: float, xp) -> list:
     """The top two rows of the 3x3 map from an output pixel to a pixel of an ``h`` x ``w`` image:
     rotate and scale about the centre, shift, then the flips (seen from the output:
-    x -> (w - 1) - x), from the draws ``u``. ``xp`` is ``numpy`` or ``tensorflow``: the one
+    x -> (w - 1) - x), from the draws ``u`` of ``draws``. ``xp`` is ``numpy`` or ``tensorflow``: the one
     definition serves OpenCV's path, computed in its NumPy call, and TensorFlow's graph."""
     a, b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
     if cfg.rotation or cfg.zoom or cfg.translate:
@@ -125,7 +138,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
     """Apply the enabled augmentations to one float32 image already at its final size: the
     flips, then the affine, each its own pass (the training pipeline composes them with the
     resize instead, in ``data.geometry``), then ``photometric``."""
-    u = jitter_draws(seed)
+    u = draws(seed)
     if cfg.horizontal_flip:
         image = tf.cond(u[0] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
     if cfg.vertical_flip:
@@ -137,16 +150,11 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
     return photometric(image, seed, cfg)
 
 
-def tone(seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    """(brightness delta on 0..255, contrast factor) drawn as ``tf.image.stateless_random_*``
-    draw them; (0, 1) for what is off. The one definition of these draws: ``photometric``
-    applies them in TensorFlow, ``geometry``'s OpenCV path in its one resampling call."""
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
-    delta, factor = tf.constant(0.0), tf.constant(1.0)
-    if cfg.brightness:
-        delta = tf.random.stateless_uniform([], seeds[6], -cfg.brightness * 255.0, cfg.brightness * 255.0)
-    if cfg.contrast:
-        factor = tf.random.stateless_uniform([], seeds[7], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
+def tone(u, cfg: AugmentConfig) -> tuple:
+    """(brightness delta on 0..255, contrast factor) from the draws ``u`` of ``draws``; (0, 1)
+    for what is off. Plain arithmetic, so TensorFlow's path and OpenCV's NumPy call share it."""
+    delta = (2.0 * u[6] - 1.0) * cfg.brightness * 255.0 if cfg.brightness else 0.0
+    factor = 1.0 + (2.0 * u[7] - 1.0) * cfg.contrast if cfg.contrast else 1.0
     return delta, factor
 
 
@@ -161,7 +169,7 @@ def photometric(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Ten
     with the seeds ``augment`` gives them."""
     if cfg.randaugment.num_ops:  # every op keeps 0..255 itself
         image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 101), cfg.randaugment)
-    delta, factor = tone(seed, cfg)
+    delta, factor = tone(draws(seed), cfg)
     if cfg.brightness:
         image = tf.image.adjust_brightness(image, delta)
     if cfg.contrast:

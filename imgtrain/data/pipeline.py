@@ -19,7 +19,7 @@ exactly once per epoch, on exactly one worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -93,9 +93,9 @@ def train_dataset(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan)
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
 
-    prepare = _augmenter(cfg, seed, epoch, "decoded" if cfg.cache else "path")
+    augmenter = _augmenter(cfg, seed, epoch, "decoded" if cfg.cache else "path")
     return _finish_train(
-        ds, prepare, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), _filler(examples, cfg)
+        ds, augmenter, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), _filler(examples, cfg)
     )
 
 
@@ -104,7 +104,7 @@ def _service_train(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan
     n, shard = len(examples), plan.shard
     order = np.random.default_rng(epoch_seed(plan.seed, plan.epoch)).permutation(n)
     mine = order[shard.index :: shard.count][plan.skip_batches * plan.batch_size :]
-    prepare = _augmenter(cfg, plan.seed, plan.epoch, "path")
+    prepare = _augmenter(cfg, plan.seed, plan.epoch, "path").per_example  # TensorFlow's path: per example
     ds = service_train(examples, mine, prepare, cfg.service, plan.batch_size, cfg.service_timeout)
     _, target = padded_batches(
         shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), plan.batch_size, plan.multiple
@@ -120,10 +120,12 @@ def _service_train(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan
 
 
 def _finish_train(
-    ds: tf.data.Dataset, prepare, plan: EpochPlan, mine_n: int, most_n: int, filler: tf.data.Dataset
+    ds: tf.data.Dataset, augmenter: Augmenter, plan: EpochPlan, mine_n: int, most_n: int, filler: tf.data.Dataset
 ) -> tf.data.Dataset:
     """Augment in parallel, batch, pad to the step count every worker shares, prefetch."""
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
+    ds = ds.map(augmenter.per_example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
+    if augmenter.per_batch is not None:
+        ds = ds.map(augmenter.per_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
     if ds.element_spec[0].dtype == tf.uint8:
         # OpenCV's path: batches stay uint8 (a quarter of the bytes to copy and to send to the
         # device; the training step casts), so the one-image pads must be uint8 too.
@@ -134,23 +136,45 @@ def _finish_train(
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
-def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
-    """The per-example training transform for elements ``(index, x, label, weight)``.
+@dataclass(frozen=True)
+class Augmenter:
+    """The training transform: ``per_example`` on elements ``(index, x, label, weight)`` and,
+    where the work is done per batch, ``per_batch`` on the batched results; both end in
+    ``(image, label, weight, real)`` batches."""
+
+    per_example: Callable
+    per_batch: Optional[Callable] = None
+
+
+def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
+    """The training transform for elements ``(index, x, label, weight)``.
 
     ``x`` is a path (``given="path"``), encoded bytes (``"bytes"``), a decoded
     image of any size (``"raw"``, from TFDS) or one already resized to the
-    target size (``"decoded"``, the in-memory cache).
+    target size (``"decoded"``, the in-memory cache). On OpenCV's path, with
+    brightness and contrast the only per-pixel ops, encoded images are decoded and
+    augmented a batch at a time (``geometry.render_batch``).
     """
     size, acfg = cfg.image_size, cfg.augment
     geometric = geometry.is_geometric(acfg)
     resampler = resampler_of(cfg)
     # OpenCV's path also does brightness/contrast, and its images stay uint8 up to the batch.
     fused = resampler == "opencv" and aug.fusable(acfg)
+    tone = fused and bool(acfg.brightness or acfg.contrast)
+
+    if fused and given in ("path", "bytes"):
+
+        def per_example(i, x, y, w):
+            encoded = tf.io.read_file(x) if given == "path" else x
+            return encoded, geometry.encoded_params(encoded, aug.example_seed(seed, epoch, i), acfg), y, w
+
+        def per_batch(encoded, params, y, w):
+            return geometry.render_batch(encoded, params, acfg, size, tone), y, w, tf.ones_like(w)
+
+        return Augmenter(per_example, per_batch)
 
     def prepare(i, x, y, w):
         s = aug.example_seed(seed, epoch, i)
-        photo_seed = tf.random.experimental.stateless_fold_in(s, 1)
-        tone = aug.tone(photo_seed, acfg) if fused and (acfg.brightness or acfg.contrast) else None
         if given == "decoded" and not geometric:
             image = x  # the cache holds images at the output size already
         elif given in ("decoded", "raw"):
@@ -158,12 +182,12 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str):
         else:  # encoded: JPEGs decoded only in the crop window, at reduced scale when it is large
             encoded = tf.io.read_file(x) if given == "path" else x
             image = geometry.from_bytes(encoded, s, acfg, size, resampler, tone)
-        if not fused:
-            image = aug.photometric(tf.cast(image, tf.float32), photo_seed, acfg)
+        if not fused:  # the seed geometry's draws come from, so brightness and contrast draw alike
+            image = aug.photometric(tf.cast(image, tf.float32), tf.random.experimental.stateless_fold_in(s, 1), acfg)
         image.set_shape([size[0], size[1], 3])
         return image, y, w, tf.constant(1.0)
 
-    return prepare
+    return Augmenter(prepare)
 
 
 def resampler_of(cfg: DataConfig) -> str:
