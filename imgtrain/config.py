@@ -93,10 +93,13 @@ class AugmentConfig:
     brightness: float = 0.0  # maximum delta on the 0..1 scale
     contrast: float = 0.0  # maximum relative change, e.g. 0.2
     fill_mode: str = "reflect"  # how rotation/zoom/translate fill the border: reflect, constant, nearest, wrap
-    # auto: OpenCV's warpAffine when it is installed (about 9x faster than TensorFlow's kernel,
-    # pixels within half a level), TensorFlow's projective transform otherwise and with a
-    # tf.data service (whose workers cannot run Python)
+    # auto: OpenCV (decode and warpAffine a batch at a time; several times faster than
+    # TensorFlow's kernels, pixels within a level) when it is installed, TensorFlow otherwise
+    # and with a tf.data service (whose workers cannot run Python)
     resampler: str = "auto"
+    # true: tf.data decodes, crops and resizes; the flips, rotation, zoom, shift, brightness
+    # and contrast run batched in the training step, on the GPU when there is one
+    on_device: bool = False
     randaugment: "RandAugmentConfig" = field(default_factory=lambda: RandAugmentConfig())
     random_erasing: "RandomErasingConfig" = field(default_factory=lambda: RandomErasingConfig())
     mixup: float = 0.0  # Beta(alpha, alpha) of the batch-level MixUp; 0: off
@@ -120,6 +123,11 @@ class AugmentConfig:
         _in_range("data.augment.mix_prob", self.mix_prob, 0.0, 1.0)
         self.randaugment.validate()
         self.random_erasing.validate()
+        if self.on_device and (self.randaugment.num_ops or self.random_erasing.probability):
+            raise UserError(
+                "data.augment.on_device covers flips, rotation, zoom, shift, brightness and contrast; "
+                "randaugment and random_erasing run in tf.data: set data.augment.on_device=false or turn them off"
+            )
 
 
 @dataclass
@@ -206,6 +214,11 @@ class DataConfig:
             if len(self.label_vocabulary) < 2:
                 raise UserError("data.label_vocabulary needs at least two classes")
         _in_range("data.service_timeout", self.service_timeout, 0.0, 86400.0, low_open=True)
+        if self.service is not None and self.augment.on_device:
+            raise UserError(
+                "data.augment.on_device and data.service cannot be combined: the service augments on its "
+                "workers; drop one"
+            )
         self.split.validate()
         self.augment.validate()
 

@@ -332,13 +332,21 @@ def _run_data(
         f"train {counts['train']}, val {counts['val']}, test {counts['test']} images"
         + (f"; skipped {len(prep.skipped)} bad file(s)" if prep.skipped else "")
         + (f"; augmentation resampled by {resampler}" if resampler else "")
+        + (f"; flips, affine and colour in the training step on the {_on_device(cfg)}" if _on_device(cfg) else "")
     )
     return prep
 
 
 def _resampler(cfg: Config) -> Optional[str]:
-    """Who resamples the training images (None when no augmentation moves pixels)."""
+    """Who resamples the training images in tf.data (None when no augmentation there moves pixels)."""
     return pipeline.resampler_of(cfg.data) or None
+
+
+def _on_device(cfg: Config) -> Optional[str]:
+    """The device data.augment.on_device runs on: GPU or CPU (None when it is off)."""
+    if not cfg.data.augment.on_device:
+        return None
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
 @dataclass
@@ -487,6 +495,7 @@ def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) ->
         seed=cfg.seed,
         top_k=cfg.evaluate.top_k,
         mix=MixSettings.from_config(cfg.data.augment),
+        on_device=cfg.data.augment if cfg.data.augment.on_device else None,
     )
 
 
@@ -538,6 +547,7 @@ def _finish(
         "counts": counts,
         "skipped_files": len(prep.skipped),
         "resampler": _resampler(cfg),
+        "augment_on_device": _on_device(cfg),
         "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
         "images_per_sec_total": round(sum(per_worker), 1),
         "replica_weight_fingerprints": [int(f) for f in fingerprints],

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,41 @@ def test_crop_while_decoding_matches_crop_after_decoding(fmt: str):
             assert (
                 np.abs(fast - slow).mean() < 0.1 and np.abs(fast - slow).max() < 4
             )  # another box: 12 to 60 on average
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [
+        AugmentConfig(horizontal_flip=True, vertical_flip=True, rotation=20, zoom=0.2, translate=0.2),
+        AugmentConfig(horizontal_flip=True, brightness=0.2, contrast=0.3, rotation=10, fill_mode="constant"),
+        AugmentConfig(horizontal_flip=True),
+    ],
+)
+def test_on_device_makes_the_pixels_the_pipeline_makes(tmp_path, augment: AugmentConfig):
+    """data.augment.on_device: tf.data sends each image with its draws, the step augments the
+    batch; from images at the training size (PNG: one decode for both) these are the pixels
+    the pipeline's TensorFlow path makes (the same kernel and matrices), example by example."""
+    from PIL import Image
+
+    from imgtrain.train.inputs import model_input
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for k in range(5):
+            pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / label / f"{k}.png")
+    examples = apply_split(discover(DataConfig(path=str(tmp_path))), SplitConfig(1.0, 0.0, 0.0), 0).split("train")
+    plan = EpochPlan(seed=3, epoch=2, batch_size=4)
+    on_tf = DataConfig(image_size=[24, 32], augment=dataclasses.replace(augment, resampler="tensorflow"))
+    on_step = DataConfig(image_size=[24, 32], augment=dataclasses.replace(augment, on_device=True))
+    batches = 0
+    for want, got in zip(train_dataset(examples, on_tf, plan), train_dataset(examples, on_step, plan)):
+        images, draws = got[0]
+        assert draws.shape == (images.shape[0], 8)
+        pixels = model_input(got[0], on_step.augment).numpy()
+        np.testing.assert_allclose(pixels, want[0].numpy(), atol=2e-3)
+        for a, b in zip(want[1:], got[1:]):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        batches += 1
+    assert batches == 3

@@ -162,14 +162,18 @@ def _cli(data: Path, run: Path, epochs: int) -> list[str]:
     ]
 
 
-def test_sigkill_after_epoch_one_then_resume(tmp_path):
-    """Run as the README writes it: relative --data and --output from the user's folder."""
+@pytest.mark.parametrize("on_device", [False, True])
+def test_sigkill_after_epoch_one_then_resume(tmp_path, on_device: bool):
+    """Run as the README writes it: relative --data and --output from the user's folder; with
+    the augmentation in tf.data (OpenCV) and in the training step (data.augment.on_device)."""
     write_folder(tmp_path / "img", per_class=60, size=16)
     data, env = Path("img"), {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(_cli(data, Path("runs/whole"), 3), check=True, env=env, capture_output=True, cwd=tmp_path)
+    extra = ["--set", "data.augment.on_device=true", "--set", "data.augment.brightness=0.1"] if on_device else []
+    subprocess.run(_cli(data, Path("runs/whole"), 3) + extra, check=True, env=env, capture_output=True, cwd=tmp_path)
 
     run = Path("runs/killed")
-    proc = subprocess.Popen(_cli(data, run, 3), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    cmd = _cli(data, run, 3) + extra
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     index = tmp_path / run / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -181,13 +185,18 @@ def test_sigkill_after_epoch_one_then_resume(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / run / "model.keras").exists()
 
-    again = subprocess.run(_cli(data, run, 3), env=env, capture_output=True, text=True, cwd=tmp_path)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 epoch(s) done, continuing at epoch 2" in again.stdout
     assert "cannot be read" not in again.stdout + again.stderr
-    assert_same(weights(tmp_path / "runs/whole"), weights(tmp_path / run))  # rotations by OpenCV, resumed exactly
-    assert json.loads((tmp_path / run / "run.json").read_text())["resampler"] == "opencv"
-    assert "augmentation resampled by opencv" in again.stdout
+    assert_same(weights(tmp_path / "runs/whole"), weights(tmp_path / run))  # augmented alike, resumed exactly
+    record = json.loads((tmp_path / run / "run.json").read_text())
+    if on_device:  # nothing left for tf.data to resample: the rotation is the step's
+        assert record["resampler"] is None and record["augment_on_device"] == "CPU"
+        assert "flips, affine and colour in the training step on the CPU" in again.stdout
+    else:
+        assert record["resampler"] == "opencv" and record["augment_on_device"] is None
+        assert "augmentation resampled by opencv" in again.stdout
 
 
 def test_sigkill_after_early_stopping_does_not_train_again(tmp_path):

@@ -9,7 +9,9 @@ batch and augmentations (flip, rotation 20 degrees, shift 0.2, zoom 0.2):
 - Albumentations (``Resize``, ``HorizontalFlip``, ``Affine``) called through
   ``tf.numpy_function`` in a parallel, prefetched ``map``: what a user who cares about speed
   writes, OpenCV underneath as in imgtrain (skipped when Albumentations is not installed);
-- imgtrain's training pipeline, whose ratio to each is reported; and against the decode
+- imgtrain's training pipeline, whose ratio to each is reported; with
+  ``data.augment.on_device`` (``on_device``: the step's augmentation on the default device,
+  the GPU when there is one), against the decode ceiling; and against the decode
   ceiling of the same files (``geometric``), and, with full augmentation, on photo-size
   sources (500x375, near ImageNet's average) against their decode ceiling (``photo``).
 """
@@ -30,6 +32,12 @@ OUT = (224, 224)
 GEOMETRIC = AugmentConfig(horizontal_flip=True, rotation=20.0, translate=0.2, zoom=0.2)
 PEER_SOURCE = (240, 320)
 PHOTO_SOURCE = (375, 500)
+
+
+def tf_gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
 
 
 def decode_ceiling(paths: list[str], batch: int) -> Callable[[], Any]:
@@ -125,6 +133,22 @@ def imgtrain_pipeline(folder: Path, augment: AugmentConfig, batch: int) -> Calla
     return lambda: pipeline.train_dataset(examples, cfg, pipeline.EpochPlan(0, 1, batch))
 
 
+def on_device_pipeline(folder: Path, batch: int) -> Callable[[], Any]:
+    """imgtrain with ``data.augment.on_device``: tf.data decodes and resizes, then each batch is
+    augmented as the training step does it (``train.inputs.model_input``), on TensorFlow's
+    default device: the GPU when there is one."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from imgtrain.train.inputs import model_input
+
+    cfg = dataclasses.replace(GEOMETRIC, on_device=True)
+    make = imgtrain_pipeline(folder, cfg, batch)
+    step = tf.function(lambda x: model_input(x, cfg))
+    return lambda: ((step(x), *rest) for x, *rest in make())
+
+
 def bench_peers(sizes: BenchSizes, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     n, batch = sizes.peer_images, sizes.batch_size
     log(f"bench: {n} JPEGs at {PEER_SOURCE[1]}x{PEER_SOURCE[0]} and {n} at {PHOTO_SOURCE[1]}x{PHOTO_SOURCE[0]}")
@@ -135,6 +159,7 @@ def bench_peers(sizes: BenchSizes, work: Path, log: Callable[[str], None]) -> di
     runs = {
         "ceiling": decode_ceiling(peer_paths, batch),
         "imgtrain": imgtrain_pipeline(peers, GEOMETRIC, batch),
+        "on_device": on_device_pipeline(peers, batch),
         "keras_layers": keras_layers(peers, batch),
         "image_data_generator": image_data_generator(peers, batch),
         "photo_ceiling": decode_ceiling(photo_paths, batch),
@@ -164,6 +189,8 @@ def bench_peers(sizes: BenchSizes, work: Path, log: Callable[[str], None]) -> di
             **{**common, "source": list(PHOTO_SOURCE)},
         ),
     }
+    device = "GPU" if tf_gpus() else "CPU"
+    out["on_device"] = rate(best["on_device"], best["ceiling"], augment=work_done, device=device, **common)
     if "albumentations" in best:
         out["vs_albumentations"] = rate(best["imgtrain"], best["albumentations"], augment=work_done, **common)
     return out

@@ -8,6 +8,7 @@ from typing import Any
 
 PEER_ROWS = {  # figure -> what it is measured against
     "geometric": "decode ceiling (320x240)",
+    "on_device": "decode ceiling (320x240)",
     "photo": "decode ceiling (500x375)",
     "vs_keras_layers": "Keras layers pipeline",
     "vs_image_data_generator": "ImageDataGenerator",
@@ -37,9 +38,8 @@ def _pipeline_rows(p: dict) -> list[tuple[str, ...]]:
     for key, baseline in PEER_ROWS.items():
         if key in p:
             f = p[key]
-            rows.append(
-                _row(f"pipeline.{key}", f["images_per_sec"], baseline, f["baseline_images_per_sec"], f["ratio"])
-            )
+            label = f"pipeline.{key}" + (f" (on {f['device']})" if "device" in f else "")
+            rows.append(_row(label, f["images_per_sec"], baseline, f["baseline_images_per_sec"], f["ratio"]))
     return rows
 
 

@@ -28,6 +28,7 @@ Pixel coordinates put centres on integers; a resize maps ``(q + 0.5) * scale - 0
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional, Sequence
 
@@ -355,3 +356,51 @@ def from_image(
         out = resize_and_flip(pixels, u, cfg, size)
     out.set_shape([int(size[0]), int(size[1]), 3])
     return out
+
+
+def on_host(cfg: AugmentConfig) -> AugmentConfig:
+    """What tf.data still does with ``on_device``: the crop (decoded, cropped and resized to the
+    training size); the rest is ``augment_batch``'s."""
+    return dataclasses.replace(
+        cfg,
+        horizontal_flip=False,
+        vertical_flip=False,
+        rotation=0.0,
+        zoom=0.0,
+        translate=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        on_device=False,
+    )
+
+
+def augment_batch(images: tf.Tensor, u: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """``data.augment.on_device``: a batch at the training size (uint8 or float32) and its
+    examples' draws ``u`` [batch, 8] (``augment.draws``) -> float32, with the flips and the
+    affine in one batched call of TensorFlow's projective-transform kernel and brightness and
+    contrast batched, inside the training step and so on its device. The same matrices and
+    kernel as the pipeline's TensorFlow path: from an image already at the training size,
+    the same pixels."""
+    x = tf.cast(images, tf.float32)
+    h, w = int(x.shape[1]), int(x.shape[2])
+    cols = tf.unstack(tf.cast(u, tf.float32), num=8, axis=1)  # one vector per draw: every formula batches
+    ones = tf.ones_like(cols[0])
+    if has_affine(cfg) or cfg.horizontal_flip or cfg.vertical_flip:
+        rows = aug.jitter_rows(cols, cfg, float(h), float(w), tf)
+        transforms = tf.stack([ones * tf.cast(v, tf.float32) for v in rows] + [ones * 0.0] * 2, axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=transforms,
+            output_shape=[h, w],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode=cfg.fill_mode.upper(),
+        )
+    if cfg.brightness or cfg.contrast:
+        delta, factor = aug.tone(cols, cfg)
+        x = x + tf.reshape(ones * delta, [-1, 1, 1, 1])
+        if cfg.contrast:
+            mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+            x = (x - mean) * tf.reshape(ones * factor, [-1, 1, 1, 1]) + mean
+        x = tf.clip_by_value(x, 0.0, 255.0)
+    return x

@@ -18,6 +18,7 @@ exactly once per epoch, on exactly one worker.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -126,10 +127,9 @@ def _finish_train(
     ds = ds.map(augmenter.per_example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
     if augmenter.per_batch is not None:
         ds = ds.map(augmenter.per_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if ds.element_spec[0].dtype == tf.uint8:
-        # OpenCV's path: batches stay uint8 (a quarter of the bytes to copy and to send to the
-        # device; the training step casts), so the one-image pads must be uint8 too.
-        filler = filler.map(lambda x, y, w, r: (tf.saturate_cast(tf.round(x), tf.uint8), y, w, r))
+    # OpenCV's path keeps batches uint8 (a quarter of the bytes to copy and to send to the
+    # device; the training step casts); on_device adds the draws. The pads follow.
+    filler = _like(filler, ds)
     mine, target = padded_batches(mine_n, most_n, plan.batch_size, plan.multiple)
     skip = plan.skip_batches
     ds = _pad(ds, filler, (target - skip) - max(0, mine - skip))
@@ -155,6 +155,9 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
     brightness and contrast the only per-pixel ops, encoded images are decoded and
     augmented a batch at a time (``geometry.render_batch``).
     """
+    if cfg.augment.on_device:
+        host = dataclasses.replace(cfg, augment=geometry.on_host(cfg.augment))
+        return _with_draws(_augmenter(host, seed, epoch, given), seed, epoch)
     size, acfg = cfg.image_size, cfg.augment
     geometric = geometry.is_geometric(acfg)
     resampler = resampler_of(cfg)
@@ -190,11 +193,46 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
     return Augmenter(prepare)
 
 
+def _with_draws(host: Augmenter, seed: int, epoch: int) -> Augmenter:
+    """``data.augment.on_device``: ``host``'s images (cropped and resized) paired with each
+    example's draws, ``((image, draws), label, weight, real)``, for ``geometry.augment_batch``
+    in the training step. The draws are those the pipeline's own path takes."""
+    if host.per_batch is not None:  # OpenCV's batched path: the draws lead each example's params
+
+        def per_batch(encoded, params, y, w):
+            images, y, w, real = host.per_batch(encoded, params, y, w)
+            return (images, params[:, :8]), y, w, real
+
+        return Augmenter(host.per_example, per_batch)
+
+    def per_example(i, x, y, w):
+        image, y, w, real = host.per_example(i, x, y, w)
+        u = aug.draws(tf.random.experimental.stateless_fold_in(aug.example_seed(seed, epoch, i), 1))
+        return (image, u), y, w, real
+
+    return Augmenter(per_example)
+
+
+def _images_dtype(ds: tf.data.Dataset) -> tf.DType:
+    spec = ds.element_spec[0]
+    return (spec[0] if isinstance(spec, tuple) else spec).dtype
+
+
+def _like(filler: tf.data.Dataset, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The one-image pads in the structure and dtype of ``ds``'s training batches."""
+    if _images_dtype(ds) == tf.uint8:
+        filler = filler.map(lambda x, y, w, r: (tf.saturate_cast(tf.round(x), tf.uint8), y, w, r))
+    if isinstance(ds.element_spec[0], tuple):  # on_device: any draws do, the pads count for nothing
+        filler = filler.map(lambda x, y, w, r: ((x, tf.fill([8], 0.75)), y, w, r))
+    return filler
+
+
 def resampler_of(cfg: DataConfig) -> str:
-    """Who resamples the training images ("" when no op on moves pixels)."""
-    if not geometry.is_geometric(cfg.augment):
+    """Who resamples the training images in tf.data ("" when no augmentation there moves pixels)."""
+    acfg = geometry.on_host(cfg.augment) if cfg.augment.on_device else cfg.augment
+    if not geometry.is_geometric(acfg):
         return ""
-    return geometry.resampler_for(cfg.augment.resampler, bool(cfg.service))
+    return geometry.resampler_for(acfg.resampler, bool(cfg.service))
 
 
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:

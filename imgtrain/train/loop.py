@@ -24,6 +24,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from imgtrain import atomic
+from imgtrain.config import AugmentConfig
 from imgtrain.errors import UserError
 from imgtrain.evaluate.metrics import reports_top_k
 from imgtrain.models.phases import BuiltModel, Phase
@@ -31,6 +32,7 @@ from imgtrain.stop import StopFlag, Stopped, signal_name
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
+from imgtrain.train.inputs import model_input
 from imgtrain.train.losses import cross_entropy
 from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
@@ -64,6 +66,7 @@ class LoopData:
     seed: int = 0  # the run's seed: batch-level mixing draws from (seed, epoch, step)
     top_k: int = 5  # evaluate.top_k: validation reports top-k accuracy when there are more classes than k
     mix: MixSettings = field(default_factory=MixSettings)
+    on_device: Optional[AugmentConfig] = None  # data.augment.on_device: the augmentations the step applies
 
 
 @dataclass
@@ -193,7 +196,7 @@ class TrainLoop:
         self.chief = dist.is_chief
         self.progress = options.progress and dist.is_chief
         precise_bn_batches, ema = options.precise_bn_batches, options.ema
-        self.precise_bn = PreciseBatchNorm(self.model, dist, built.batch_statistics_layers())
+        self.precise_bn = PreciseBatchNorm(self.model, dist, built.batch_statistics_layers(), data.on_device)
         self.precise_bn_batches = precise_bn_batches if self.precise_bn.active else 0
         self.ema = ema
         self.plateau = plateau
@@ -206,7 +209,7 @@ class TrainLoop:
 
     # -- steps ------------------------------------------------------------------------
     def _make_train_step(self, variables: list) -> Callable:
-        model, opt, dist = self.model, self.optimizer, self.dist
+        model, opt, dist, on_device = self.model, self.optimizer, self.dist, self.data.on_device
         class_w = tf.constant(self.data.class_weights, tf.float32)
         num_classes, smoothing, mix = self.data.num_classes, self.label_smoothing, self.data.mix
         scale = getattr(opt, "scale_loss", None)
@@ -246,7 +249,7 @@ class TrainLoop:
 
         def replica(batch, seed):
             x, y, w, real = batch
-            x = tf.cast(x, tf.float32)  # the pipeline's OpenCV path sends uint8: cast on the device
+            x = model_input(x, on_device)  # uint8, or with the draws of on-device augmentation
             # The loss is divided by the global number of real examples, so summing the
             # replicas' gradients gives the gradient of the global mean.
             n = dist.all_sum(tf.reduce_sum(real))
@@ -562,7 +565,7 @@ class TrainLoop:
     def _first_batch_images(self) -> Optional[np.ndarray]:
         """Epoch 0's first training batch as the model sees it (augmented), for TensorBoard."""
         for x, *_ in self.data.train(0, 0).take(1):
-            return x.numpy()[:16].astype(np.float32)
+            return model_input(x, self.data.on_device).numpy()[:16]
         return None
 
     def reporter(self) -> Optional["EpochReporter"]:

@@ -32,8 +32,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgtrain.config import AugmentConfig
 from imgtrain.models.phases import batchnorm_layers
 from imgtrain.train.distribution import Distribution
+from imgtrain.train.inputs import model_input
 
 
 def batches_for(samples: int, global_batch: int, steps_per_epoch: int) -> int:
@@ -71,10 +73,15 @@ class PreciseBatchNorm:
     """Re-estimates the statistics of a model's BatchNorm layers from training batches."""
 
     def __init__(
-        self, model: keras.Model, dist: Distribution, layers: Optional[list[keras.layers.Layer]] = None
+        self,
+        model: keras.Model,
+        dist: Distribution,
+        layers: Optional[list[keras.layers.Layer]] = None,
+        on_device: Optional[AugmentConfig] = None,
     ) -> None:
         self.model = model
         self.dist = dist
+        self.on_device = on_device  # data.augment.on_device: what the step applies to each batch
         self.layers = batchnorm_layers(model) if layers is None else list(layers)
         self._step: Callable | None = None
 
@@ -86,7 +93,8 @@ class PreciseBatchNorm:
         model, layers, dist = self.model, self.layers, self.dist
 
         def replica(x, y, w, real):
-            model(tf.cast(x, tf.float32), training=True)  # uint8 from the OpenCV pipeline
+            x = model_input(x, self.on_device)  # as the training step feeds it
+            model(x, training=True)
             n = tf.cast(tf.shape(x)[0], tf.float64)
             stats = [
                 (tf.cast(layer.moving_mean, tf.float64) * n, tf.cast(layer.moving_variance, tf.float64) * n)
