@@ -33,6 +33,8 @@ KEYS = [
     "pipeline.vs_image_data_generator.ratio",
     "pipeline.vs_keras_layers.baseline_images_per_sec",
     "pipeline.vs_image_data_generator.baseline_images_per_sec",
+    "pipeline.vs_albumentations.ratio",  # albumentations is in the test extra
+    "pipeline.on_device.ratio",
 ]
 
 
@@ -60,12 +62,13 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert m["large"]["images"] == 10 * m["small"]["images"]
     assert m["ratio"] == pytest.approx(m["large"]["peak_rss_bytes"] / m["small"]["peak_rss_bytes"], rel=0.01)
     table = capsys.readouterr().out
-    for key in ("geometric", "photo", "vs_keras_layers", "vs_image_data_generator"):
+    for key in ("geometric", "photo", "vs_keras_layers", "vs_image_data_generator", "vs_albumentations", "on_device"):
         f = p[key]
         assert f["ratio"] == pytest.approx(f["images_per_sec"] / f["baseline_images_per_sec"], rel=0.01), key
     rows = ("pipeline.folder", "pipeline.tfrecord", "pipeline.crop_only", "train.cnn", "train.resnet50", "memory")
     for row in rows + ("pipeline.geometric", "pipeline.vs_keras_layers", "pipeline.vs_image_data_generator"):
         assert row in table
+    assert "pipeline.vs_albumentations" in table and "pipeline.on_device (on CPU)" in table  # no GPU here
 
 
 def test_bench_options_add_their_figures(tmp_path):
