@@ -319,7 +319,7 @@ def _run_data(
         )
     if cfg.data.service and cfg.data.cache:
         raise UserError("data.service and data.cache cannot be combined: the service decodes; drop one")
-    for warning in prep.warnings:
+    for warning in prep.warnings + pipeline.resampler_warnings(cfg.data):
         say(f"warning: {warning}")
     # Only once the data are known to be the run's own does anything in the run directory change.
     fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=dist.is_chief)

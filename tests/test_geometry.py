@@ -191,7 +191,19 @@ def test_the_resampler_chosen(monkeypatch):
     assert geometry.resampler_for("auto", service=True) == "tensorflow"  # service workers run no Python
     assert geometry.resampler_for("opencv", service=True) == "tensorflow"
     assert geometry.resampler_for("tensorflow", service=False) == "tensorflow"
+    from imgtrain.config import DataConfig
+    from imgtrain.data.pipeline import resampler_warnings
+
+    cfg = DataConfig(augment=GEOMETRIC)
+    assert resampler_warnings(cfg) == []
     monkeypatch.setattr(geometry, "_cv2", lambda: None)  # as where OpenCV is not installed
     assert geometry.resampler_for("auto", service=False) == "tensorflow"
+    assert resampler_warnings(cfg) == [
+        "OpenCV is not installed, so TensorFlow resamples the augmentation, several times slower; "
+        "pip install opencv-python-headless"
+    ]
+    assert (
+        resampler_warnings(DataConfig(augment=AugmentConfig(**{**GEOMETRIC.__dict__, "resampler": "tensorflow"}))) == []
+    )
     with pytest.raises(UserError, match="OpenCV is not installed; pip install opencv-python-headless"):
         geometry.resampler_for("opencv", service=False)

@@ -235,6 +235,16 @@ def resampler_of(cfg: DataConfig) -> str:
     return geometry.resampler_for(acfg.resampler, bool(cfg.service))
 
 
+def resampler_warnings(cfg: DataConfig) -> list[str]:
+    """One line when ``auto`` falls back to TensorFlow's slower path because OpenCV is missing."""
+    if cfg.augment.resampler == "auto" and resampler_of(cfg) == "tensorflow" and not cfg.service:
+        return [
+            "OpenCV is not installed, so TensorFlow resamples the augmentation, several times slower; "
+            "pip install opencv-python-headless"
+        ]
+    return []
+
+
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
     first = examples[:1]
     return tf.data.Dataset.from_tensor_slices(_tensors(first)).map(
