@@ -30,8 +30,8 @@ READERS = {
         probs = keras.saving.load_model(PATH, compile=False).predict(x, verbose=0)
     """,
     "tflite": """
-        import tensorflow as tf
-        runner = tf.lite.Interpreter(model_path=PATH).get_signature_runner("serve_pixels")
+        from ai_edge_litert.interpreter import Interpreter
+        runner = Interpreter(model_path=PATH).get_signature_runner("serve_pixels")
         probs = runner(pixels=x)["probabilities"]
     """,
     "onnx": """
@@ -156,3 +156,48 @@ def test_relative_run_and_output_from_another_working_directory(run_and_pixels, 
     assert main(["export", "--run", relative, "--format", "keras", "--output", "exports/k"]) == 0
     assert (tmp_path / "exports" / "k" / "model.keras").exists()
     assert "top-1 agreement with the run's model" in capsys.readouterr().out
+
+
+# What each file says its class names are, read in a process without imgtrain.
+NAMES_INSIDE = {
+    "tflite": """
+        from ai_edge_litert.interpreter import Interpreter
+        out = Interpreter(model_path=PATH).get_signature_runner("serve_pixels")(pixels=x)
+        names = sorted({n.decode() for n in out["class_name"]})
+    """,
+    "onnx": """
+        import onnxruntime
+        s = onnxruntime.InferenceSession(PATH, providers=["CPUExecutionProvider"])
+        names = json.loads(s.get_modelmeta().custom_metadata_map["class_names"])
+    """,
+}
+
+
+@pytest.mark.parametrize("fmt,name", [("tflite", "m.tflite"), ("keras", "m.keras"), ("onnx", "m.onnx")])
+def test_an_output_named_with_the_formats_suffix_is_that_file(fmt, name, run_and_pixels, tmp_path):
+    """``imgtrain export --format tflite --output m.tflite`` (as a user types it, from their
+    folder) writes m.tflite, which the format's own reader opens in a process without imgtrain;
+    the class names are inside the file where the format has a place for them."""
+    run, pixels, expected = run_and_pixels
+    cmd = [sys.executable, "-m", "imgtrain", "export", "--run", os.path.relpath(run, tmp_path), "--format", fmt]
+    for _ in range(2):  # twice: the second replaces the first
+        proc = subprocess.run(cmd + ["--output", name], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith(f"{fmt}: {name} (")  # the path as the user gave it
+    assert (tmp_path / name).is_file()
+    top, sums = read_outside(fmt, tmp_path / name, pixels)
+    assert top == expected
+    np.testing.assert_allclose(sums, 1.0, atol=1e-3)
+    beside = sorted(p.name for p in tmp_path.iterdir())
+    if fmt == "keras":  # a .keras file keeps no metadata of its own
+        assert beside == ["class_names.json", name]
+        assert json.loads((tmp_path / "class_names.json").read_text()) == ["blue", "green", "red"]
+        return
+    assert beside == [name]
+    script = "import json, sys\nimport numpy as np\n"
+    script += f"PATH = {str(tmp_path / name)!r}\nx = np.load({str(pixels)!r})\n"
+    script += textwrap.dedent(NAMES_INSIDE[fmt]) + "print(json.dumps(names))\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(names) <= {"blue", "green", "red"} and (fmt == "tflite" or names == ["blue", "green", "red"])

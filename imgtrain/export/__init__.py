@@ -3,18 +3,23 @@
 ``train`` writes ``model.keras`` (logits) and ``saved_model/`` itself; ``imgtrain
 export`` makes any format on demand from a finished run, under ``RUN_DIR/export/<format>``
 unless told otherwise, and checks it: the format's own reader (TF's SavedModel loader,
-``keras.saving.load_model``, ``tf.lite.Interpreter``, onnxruntime) classifies the
-run's test images, and the top-1 agreement with the run's Keras model is reported with
-the file size. Every format but ``saved_model`` takes float32 pixels ``[batch, height,
-width, 3]`` (RGB, 0-255, the training size) and returns probabilities; the class names
-are in ``class_names.json`` beside it (index i of the output is ``class_names[i]``).
+``keras.saving.load_model``, LiteRT's interpreter, onnxruntime) classifies the run's test
+images, and the top-1 agreement with the run's Keras model is reported with the file size.
+Every format but ``saved_model`` takes float32 pixels ``[batch, height, width, 3]`` (RGB,
+0-255, the training size) and returns probabilities (index i is ``class_names[i]``).
+
+``--output`` is a folder (``model.keras``, ``model.tflite``, ... and ``class_names.json``
+inside), or a file name ending in the format's suffix (``m.tflite``, ``m.keras``,
+``m.onnx``), written as named. The class names travel inside the file where the format has
+a place for them (the TFLite signature's ``class_name`` output; the ONNX model's
+``metadata_props``, key ``class_names``, a JSON list) and in ``class_names.json`` beside a
+``.keras`` file, which has none that loading keeps.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -44,10 +49,23 @@ class Exported:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where an export goes: a folder, and the file's name in it (None: the format's default,
+    with ``class_names.json`` beside it)."""
+
+    folder: Path
+    name: Optional[str] = None
+
+    def file(self, default: str) -> Path:
+        return self.folder / (self.name or default)
+
+
+@dataclass(frozen=True)
 class Format:
-    write: Callable[[keras.Model, list, "RunInfo", Path], Path]
+    write: Callable[[keras.Model, list, "RunInfo", Target], Path]
     read: Callable[[Path], Classifier]
     reader: str  # what reads it, said in the output
+    suffix: str = ""  # a file --output ending in it is written as that file
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,8 @@ class RunInfo:
     version: int
 
 
-def _write_saved_model(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
-    return export_saved_model(model, names, info.image_size, out / str(info.version), info.crop_fraction)
+def _write_saved_model(model: keras.Model, names: list, info: RunInfo, target: Target) -> Path:
+    return export_saved_model(model, names, info.image_size, target.folder / str(info.version), info.crop_fraction)
 
 
 def _read_saved_model(path: Path) -> Classifier:
@@ -68,8 +86,8 @@ def _read_saved_model(path: Path) -> Classifier:
     return lambda x: fn(pixels=tf.constant(x))["probabilities"].numpy()
 
 
-def _write_keras(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
-    return write_keras(model, names, out)
+def _write_keras(model: keras.Model, names: list, info: RunInfo, target: Target) -> Path:
+    return write_keras(model, names, target.folder, target.name or "model.keras")
 
 
 def _read_keras(path: Path) -> Classifier:
@@ -77,38 +95,34 @@ def _read_keras(path: Path) -> Classifier:
     return lambda x: np.asarray(loaded.predict(x, verbose=0))
 
 
-def _tflite_writer(int8: bool) -> Callable[[keras.Model, list, RunInfo, Path], Path]:
-    def write(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+def _tflite_writer(int8: bool) -> Callable[[keras.Model, list, RunInfo, Target], Path]:
+    def write(model: keras.Model, names: list, info: RunInfo, target: Target) -> Path:
+        target.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.folder, prefix=".tmp-") as tmp:
             saved = export_saved_model(model, names, info.image_size, Path(tmp) / "saved_model", info.crop_fraction)
             blob = tflite.convert(saved, int8)
-        final = out / ("model_int8.tflite" if int8 else "model.tflite")
+        final = target.file("model_int8.tflite" if int8 else "model.tflite")
         with atomic.replacing(final) as part:
             part.write_bytes(blob)
-        write_class_names(names, out)
+        if target.name is None:  # the signature returns the names; the folder layout keeps its json too
+            write_class_names(names, target.folder)
         return final
 
     return write
 
 
 def _read_tflite(path: Path) -> Classifier:
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "use ai_edge_litert": the stock reader is the check
-        interpreter = tf.lite.Interpreter(model_path=str(path))
-    runner = interpreter.get_signature_runner(tflite.SIGNATURE)
-    return lambda x: runner(pixels=x)["probabilities"]
+    return tflite.read(path)
 
 
-def _write_onnx(model: keras.Model, names: list, info: RunInfo, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    final = out / "model.onnx"
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
-        onnx_file.write(probability_model(model), Path(tmp) / "model.onnx")
+def _write_onnx(model: keras.Model, names: list, info: RunInfo, target: Target) -> Path:
+    target.folder.mkdir(parents=True, exist_ok=True)
+    final = target.file("model.onnx")
+    with tempfile.TemporaryDirectory(dir=target.folder, prefix=".tmp-") as tmp:
+        onnx_file.write(probability_model(model), names, Path(tmp) / "model.onnx")
         os.replace(Path(tmp) / "model.onnx", final)  # whole or not at all
-    write_class_names(names, out)
+    if target.name is None:
+        write_class_names(names, target.folder)
     return final
 
 
@@ -123,11 +137,19 @@ def _read_onnx(path: Path) -> Classifier:
 # The one table of export formats; the CLI's --format choices are its keys.
 FORMATS: dict[str, Format] = {
     "saved_model": Format(_write_saved_model, _read_saved_model, "tf.saved_model.load, signature serve_pixels"),
-    "keras": Format(_write_keras, _read_keras, "keras.saving.load_model"),
-    "tflite": Format(_tflite_writer(False), _read_tflite, "tf.lite.Interpreter"),
-    "tflite-int8": Format(_tflite_writer(True), _read_tflite, "tf.lite.Interpreter"),
-    "onnx": Format(_write_onnx, _read_onnx, "onnxruntime"),
+    "keras": Format(_write_keras, _read_keras, "keras.saving.load_model", ".keras"),
+    "tflite": Format(_tflite_writer(False), _read_tflite, tflite.READER, ".tflite"),
+    "tflite-int8": Format(_tflite_writer(True), _read_tflite, tflite.READER, ".tflite"),
+    "onnx": Format(_write_onnx, _read_onnx, "onnxruntime", ".onnx"),
 }
+
+
+def target_of(fmt: str, out: Path) -> Target:
+    """``out`` as a file when it ends in ``fmt``'s suffix, else as a folder."""
+    suffix = FORMATS[fmt].suffix
+    if suffix and out.suffix.lower() == suffix and not out.is_dir():
+        return Target(out.parent, out.name)
+    return Target(out)
 
 
 def size_of(path: Path) -> int:
@@ -139,8 +161,10 @@ def size_of(path: Path) -> int:
 def export_model(
     model: keras.Model, class_names: list, fmt: str, out: Path, image_size: list, crop: Optional[float], version: int
 ) -> Exported:
-    """Write ``model`` (logits) in format ``fmt`` under ``out``; no check."""
-    path = FORMATS[fmt].write(model, list(class_names), RunInfo(list(image_size), crop, version), Path(out))
+    """Write ``model`` (logits) in format ``fmt`` to ``out`` (a folder, or a file named with the
+    format's suffix); no check."""
+    info = RunInfo(list(image_size), crop, version)
+    path = FORMATS[fmt].write(model, list(class_names), info, target_of(fmt, Path(out)))
     return Exported(fmt, path, size_of(path), reader=FORMATS[fmt].reader)
 
 
@@ -166,7 +190,7 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(
-            f"cannot write the export to {out} ({exc.strerror or exc}); pass --output a writable directory"
+            f"cannot write the export to {out} ({exc.strerror or exc}); pass --output a writable place"
         ) from None
 
 
@@ -186,7 +210,7 @@ def export_run(
     run_dir = Path(run_dir)
     model, class_names, cfg = load_run(run_dir)
     out = Path(out) if out else run_dir / "export" / fmt
-    _check_writable(out)
+    _check_writable(target_of(fmt, out).folder)
     result = export_model(model, class_names, fmt, out, cfg.data.image_size, cfg.data.eval_crop(), version)
     if check:
         batches = test_batches(cfg, run_dir, max_check_images, log)

@@ -37,10 +37,10 @@ def probability_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, probabilities, name=model.name)
 
 
-def write_keras(model: keras.Model, class_names: Sequence[str], out_dir: Path) -> Path:
-    """``out_dir/model.keras`` (probabilities) and ``out_dir/class_names.json``."""
+def write_keras(model: keras.Model, class_names: Sequence[str], out_dir: Path, name: str = "model.keras") -> Path:
+    """``out_dir/name`` (probabilities) and ``out_dir/class_names.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "model.keras"
+    final = out_dir / name
     with atomic.replacing(final) as tmp:
         probability_model(model).save(str(tmp))
     write_class_names(class_names, out_dir)

@@ -10,8 +10,10 @@ returns the probabilities. tf2onnx and onnxruntime come with ``pip install
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -19,7 +21,20 @@ import numpy as np
 from imgtrain.errors import UserError
 
 
-def write(probabilities: keras.Model, path: Path) -> None:
+def write(probabilities: keras.Model, class_names: Sequence[str], path: Path) -> None:
+    """``path``: the ONNX model, with the class names in its ``metadata_props`` (key
+    ``class_names``, a JSON list), which onnxruntime shows as
+    ``session.get_modelmeta().custom_metadata_map``."""
+    _export(probabilities, path)
+    import onnx
+
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "class_names", json.dumps(list(class_names))
+    onnx.save(model, str(path))
+
+
+def _export(probabilities: keras.Model, path: Path) -> None:
     try:
         import tf2onnx  # noqa: F401  (Keras imports it lazily; say what to install if absent)
     except ImportError:

@@ -65,7 +65,19 @@ def test_export_each_format_to_a_relative_folder(trained: User, fmt: str) -> Non
 
 def test_export_as_the_readme_writes_it(trained: User) -> None:
     result = trained.ok(EXPORT)
-    assert any((trained.cwd / "runs/photos/export/tflite").glob("*.tflite")), result.text[-2000:]
+    folder = trained.cwd / "runs/photos/export/tflite"
+    assert (folder / "model.tflite").is_file(), result.text[-2000:]
+    # The README's LiteRT example, as written, given the pixels it leaves to the user.
+    (snippet,) = [b for b in readme.python_blocks() if "ai_edge_litert" in b]
+    pixels = (
+        "import numpy as np\nfrom ai_edge_litert.interpreter import Interpreter as I\n"
+        "shape = I(model_path='model.tflite').get_signature_runner('serve_pixels').get_input_details()"
+        "['pixels']['shape']\n"
+        "pixels = np.random.default_rng(0).uniform(0, 255, (2, *shape[1:])).astype(np.float32)\n"
+    )
+    (folder / "snippet.py").write_text(pixels + snippet)
+    out = trained.ok(f"{trained.cwd}/.venv/bin/python snippet.py", cwd=folder).out
+    assert out.startswith("[b'") and "]" in out, out
 
 
 def test_prepare_then_train_on_the_shards(user: User) -> None:
