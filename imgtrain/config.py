@@ -454,6 +454,12 @@ class EvaluateConfig:
         _positive("evaluate.top_k", self.top_k)
 
 
+def reports_top_k(num_classes: int, k: int) -> bool:
+    """Top-k accuracy means something only with more than k classes (with k or fewer it is 1);
+    validation (``train``) and the report (``evaluate``) both ask here, below both."""
+    return num_classes > k
+
+
 @dataclass
 class Config:
     seed: int = 42

@@ -28,7 +28,7 @@ from imgtrain.data import source as data_source
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
 from imgtrain.evaluate import plots
-from imgtrain.evaluate.runner import evaluate_prepared
+from imgtrain.evaluation import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
 from imgtrain.models import BuiltModel, build_model
 from imgtrain.train.checkpoint import CheckpointStore, LoopState

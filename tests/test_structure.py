@@ -79,3 +79,17 @@ def test_no_function_over_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name} ({lines} lines)")
     assert not long, f"over {MAX_FUNCTION_LINES} lines: " + ", ".join(sorted(long))
+
+
+def test_evaluate_and_train_do_not_import_each_other():
+    """``evaluate/`` is the pure part (sums -> metrics -> report -> plots) and ``train/`` the
+    loop; what both need sits below both (config, data), their conductors above
+    (``run.py``, ``evaluation.py``)."""
+    modules = _modules()
+    known = set(modules)
+    crossings = []
+    for name, tree in modules.items():
+        for pair in (("imgtrain.evaluate", "imgtrain.train"), ("imgtrain.train", "imgtrain.evaluate")):
+            if name.startswith(pair[0] + ".") or name == pair[0]:
+                crossings += [f"{name} -> {t}" for t in _imports(name, tree, known) if t.startswith(pair[1])]
+    assert not crossings, crossings

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgtrain.evaluate.runner import evaluate_run
+    from imgtrain.evaluation import evaluate_run
 
     report = evaluate_run(Path(args.run), args.data, progress=not args.no_progress)
     print(f"test accuracy {report['accuracy']:.4f}; report: {Path(args.run) / 'report.json'}")

@@ -52,9 +52,3 @@ def classification_metrics(confusion: np.ndarray, class_names: Sequence[str]) ->
         },
         "accuracy": float(np.trace(confusion) / total) if total else 0.0,
     }
-
-
-def reports_top_k(num_classes: int, k: int) -> bool:
-    """Top-k accuracy means something only with more than k classes (with k or fewer it is 1);
-    validation and the report both ask here."""
-    return num_classes > k

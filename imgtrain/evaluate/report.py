@@ -14,9 +14,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from imgtrain import atomic
+from imgtrain.config import reports_top_k
 from imgtrain.evaluate.html import to_html
 from imgtrain.evaluate.markdown import to_markdown
-from imgtrain.evaluate.metrics import classification_metrics, reports_top_k
+from imgtrain.evaluate.metrics import classification_metrics
 
 
 def top_confusions(confusion: np.ndarray, class_names: Sequence[str], most: int = 10) -> list[dict[str, Any]]:

@@ -24,9 +24,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from imgtrain import atomic
-from imgtrain.config import AugmentConfig
+from imgtrain.config import AugmentConfig, reports_top_k
 from imgtrain.errors import UserError
-from imgtrain.evaluate.metrics import reports_top_k
 from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.stop import StopFlag, Stopped, signal_name
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
