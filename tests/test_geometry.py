@@ -183,6 +183,31 @@ def test_a_batch_renders_what_each_image_renders(crop: bool, tmp_path):
         np.testing.assert_array_equal(batch[k], one, err_msg=f"image {k}")
 
 
+def test_a_format_opencv_cannot_read_is_decoded_by_pillow(monkeypatch, tmp_path):
+    """An OpenCV build without a decoder for a format that validation accepted (older builds
+    have no GIF) still renders it: Pillow decodes it, to the pixels TensorFlow decodes."""
+    cv2 = pytest.importorskip("cv2")
+    from PIL import Image
+
+    path = tmp_path / "a.gif"
+    Image.fromarray(photo(60, 80).numpy()).save(path)
+    encoded = path.read_bytes()
+    cfg = AugmentConfig(**{**GEOMETRIC.__dict__, "brightness": 0.2})
+    params = geometry.encoded_params(tf.constant(encoded), seeds(1)[0], cfg)[None]
+    want = geometry.render_batch(tf.constant([encoded]), params, cfg, [32, 32], True).numpy()
+
+    class NoGif:
+        def __getattr__(self, name):
+            return getattr(cv2, name)
+
+        def imdecode(self, data, flags):
+            return None if bytes(data[:3]) == b"GIF" else cv2.imdecode(data, flags)
+
+    monkeypatch.setattr(geometry, "_cv2", lambda: NoGif())
+    got = geometry.render_batch(tf.constant([encoded]), params, cfg, [32, 32], True).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_the_resampler_chosen(monkeypatch):
     from imgtrain.errors import UserError
 

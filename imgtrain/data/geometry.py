@@ -182,12 +182,22 @@ def _decode_render(encoded, params, cfg: AugmentConfig, size: Sequence[int], ton
     reduced[8] = cv2.IMREAD_REDUCED_GRAYSCALE_8  # the scale bits only: colour comes from COLOR_RGB
     flags = reduced[ratio] | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise ValueError("OpenCV could not decode an image that TensorFlow's checks accepted")
+    if image is None:  # a format this OpenCV build lacks (an older one without GIF): Pillow, as validation read it
+        image = _pillow_rgb(data)
     if height < 0:  # no crop: the window is the whole image, as decoded
         params[10:12] = image.shape[0] * ratio, image.shape[1] * ratio
     params[12:15] = (ratio, 0, 0)  # the window sits in the whole scaled image
     return _render(image, params, cfg, size, tone)
+
+
+def _pillow_rgb(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.seek(0)  # a GIF's first frame, as decode_image(expand_animations=False)
+        return np.ascontiguousarray(np.asarray(im.convert("RGB")))
 
 
 def encoded_params(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
