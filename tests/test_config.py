@@ -103,6 +103,7 @@ def test_shipped_configs_are_valid(path: Path):
         ("data.augment.random_erasing.fill=pink", "random_erasing.fill"),
         ("data.augment.mixup=-1", "data.augment.mixup must be in"),
         ("data.augment.cutmix=.inf", "data.augment.cutmix must be in"),
+        ("data.augment.resampler=pillow", "data.augment.resampler"),
         ("data.eval_crop_fraction=0", "data.eval_crop_fraction must be in (0"),
         ("train.ema.decay=1", "train.ema.decay must be in (0, 1)"),
         ("train.schedule.plateau_factor=1", "plateau_factor must be in"),
@@ -135,3 +136,23 @@ def test_a_config_that_is_a_folder_says_so(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "configs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is a folder (it holds small.yaml)" in err and "does not exist" not in err
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["data.augment.on_device=true", "data.augment.randaugment.num_ops=2"], "set data.augment.on_device=false"),
+        (["data.augment.on_device=true", "data.augment.random_erasing.probability=0.25"], "or turn them off"),
+        (["data.augment.on_device=true", "data.service=grpc://host:5050"], "cannot be combined"),
+    ],
+)
+def test_on_device_refuses_what_it_cannot_run(items, message, tmp_path, capsys):
+    """on_device with RandAugment, random erasing or a tf.data service: one line, exit 2."""
+    from imgtrain.cli import main
+
+    args = ["train", "--data", str(tmp_path), "--output", str(tmp_path / "run")]
+    for item in items:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -121,17 +121,21 @@ def jitter_rows(u, cfg: AugmentConfig, h: float, w: float, xp) -> list:
     return a + b
 
 
-def _affine(image: tf.Tensor, rows: list, fill_mode: str) -> tf.Tensor:
-    transform = tf.stack([tf.cast(v, tf.float32) for v in rows] + [tf.constant(0.0)] * 2)[None]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=transform,
-        output_shape=tf.shape(image)[:2],
-        fill_value=0.0,
+def project(images: tf.Tensor, rows: list, output_shape, fill_mode: str, fill_value: float = 0.0) -> tf.Tensor:
+    """float32 ``images`` [batch, h, w, 3] sampled bilinearly at the affine ``rows`` (a0, a1,
+    a2, b0, b1, b2: each a number or one per image) from every output pixel, by TensorFlow's
+    projective-transform kernel: one call for the pipeline's TensorFlow path, the on-device
+    batch and the reference ``augment``."""
+    ones = tf.ones([tf.shape(images)[0]])
+    transforms = tf.stack([ones * tf.cast(v, tf.float32) for v in rows] + [ones * 0.0] * 2, axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=output_shape,
+        fill_value=fill_value,
         interpolation="BILINEAR",
         fill_mode=fill_mode.upper(),
     )
-    return out[0]
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: str = "reflect") -> tf.Tensor:
@@ -146,7 +150,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, fill_mode: st
     if cfg.rotation or cfg.zoom or cfg.translate:
         h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
         flipless = dataclasses.replace(cfg, horizontal_flip=False, vertical_flip=False)
-        image = _affine(image, jitter_rows(u, flipless, h, w, tf), fill_mode)
+        image = project(image[None], jitter_rows(u, flipless, h, w, tf), tf.shape(image)[:2], fill_mode)[0]
     return photometric(image, seed, cfg)
 
 

@@ -259,14 +259,7 @@ def resample(
     rows = source_rows(u, tf.unstack(tf.cast(window, tf.float32)), cfg, size, tf)
     # Float in: the uint8 kernel truncates its bilinear result, and fixing that afterwards
     # costs more passes over the output than one cast of the source costs.
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None],
-        transforms=tf.stack([tf.cast(v, tf.float32) for v in rows] + [tf.constant(0.0)] * 2)[None],
-        output_shape=[int(size[0]), int(size[1])],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode=cfg.fill_mode.upper(),
-    )[0]
+    return aug.project(tf.cast(image, tf.float32)[None], rows, [int(size[0]), int(size[1])], cfg.fill_mode)[0]
 
 
 def resize_and_flip(window: tf.Tensor, u: tf.Tensor, cfg: AugmentConfig, size: Sequence[int]) -> tf.Tensor:
@@ -396,16 +389,7 @@ def augment_batch(images: tf.Tensor, u: tf.Tensor, cfg: AugmentConfig) -> tf.Ten
     cols = tf.unstack(tf.cast(u, tf.float32), num=8, axis=1)  # one vector per draw: every formula batches
     ones = tf.ones_like(cols[0])
     if has_affine(cfg) or cfg.horizontal_flip or cfg.vertical_flip:
-        rows = aug.jitter_rows(cols, cfg, float(h), float(w), tf)
-        transforms = tf.stack([ones * tf.cast(v, tf.float32) for v in rows] + [ones * 0.0] * 2, axis=1)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x,
-            transforms=transforms,
-            output_shape=[h, w],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode=cfg.fill_mode.upper(),
-        )
+        x = aug.project(x, aug.jitter_rows(cols, cfg, float(h), float(w), tf), [h, w], cfg.fill_mode)
     if cfg.brightness or cfg.contrast:
         delta, factor = aug.tone(cols, cfg)
         x = x + tf.reshape(ones * delta, [-1, 1, 1, 1])
