@@ -461,6 +461,21 @@ def reports_top_k(num_classes: int, k: int) -> bool:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run is tracked beyond its own directory and TensorBoard (imgtrain/tracking.py)."""
+
+    mlflow: bool = False  # log params, metrics, the report and the model to MLflow (imgtrain[mlflow])
+    uri: Optional[str] = None  # MLflow tracking URI; unset: MLFLOW_TRACKING_URI, else MLflow's local store here
+    experiment: Optional[str] = None  # unset: MLFLOW_EXPERIMENT_NAME, else "imgtrain"
+
+    def validate(self) -> None:
+        for name in ("uri", "experiment"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise UserError(f"tracking.{name} must be a non-empty string, got {value!r}; or leave it unset")
+
+
+@dataclass
 class Config:
     seed: int = 42
     deterministic: bool = False
@@ -469,6 +484,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- building -----------------------------------------------------------------
 
@@ -511,6 +527,7 @@ class Config:
         self.data.path = absolute(self.data.path)
         self.data.tfds.data_dir = absolute(self.data.tfds.data_dir)
         self.train.warm_start = absolute(self.train.warm_start)
+        self.tracking.uri = absolute_tracking_uri(self.tracking.uri, base)
         return self
 
     # -- checking -------------------------------------------------------------------
@@ -530,6 +547,7 @@ class Config:
         self.model.validate()
         self.train.validate()
         self.evaluate.validate()
+        self.tracking.validate()
         if self.model.name in BACKBONES and min(self.data.image_size) < 32:
             raise UserError(
                 f"data.image_size {self.data.image_size} is too small for {self.model.name}, which needs at least "
@@ -547,6 +565,21 @@ class Config:
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def absolute_tracking_uri(uri: Optional[str], base: Path) -> Optional[str]:
+    """A tracking URI naming a local store (a path, ``file:``, ``sqlite:///``) made absolute
+    against ``base``, so that a resume from another folder reaches the same store; any other
+    (``http://``, a database server) is returned as it is."""
+    if not uri:
+        return uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.normpath(base / uri[len("sqlite:///") :])
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return Path(os.path.normpath(base / uri[len("file:") :].lstrip("/"))).as_uri()
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return os.path.normpath(base / Path(uri).expanduser())
+    return uri
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -31,6 +31,8 @@ from imgtrain.evaluate import plots
 from imgtrain.evaluation import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
 from imgtrain.models import BuiltModel, build_model
+from imgtrain.stop import Stopped
+from imgtrain.tracking import RunFacts, open_tracker
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.cluster import configure_cluster
 from imgtrain.train.distribution import Distribution, make_distribution
@@ -65,6 +67,7 @@ RESUMABLE_CHANGES = (
     "train.steps_per_execution",  # how many steps per call, not which steps
     "data.service",  # where the pipeline runs, not what it makes
     "data.service_timeout",
+    "tracking",  # where the run is logged, not what it trains
 )
 
 
@@ -102,6 +105,7 @@ RUN_OUTPUTS = (
     "report.json",
     "report.md",
     "report.html",
+    "mlflow.json",  # a replaced run is logged as a new MLflow run
 )
 # Any of these without checkpoints: a finished run that can no longer be resumed, only replaced.
 FINISHED = ("model.keras", "run.json", "report.json")
@@ -235,9 +239,52 @@ def _train_locked(
 ) -> dict[str, Any]:
     resuming = _check_resumable(cfg, run_dir)
     check_fits_in_memory(cfg)
+    tracker = open_tracker(cfg.tracking, run_dir, dist.is_chief, say)
     _configure_runtime(cfg)
     prep = _run_data(cfg, run_dir, dist, resuming, progress, say)
-    training = build_training(cfg, dist, prep, run_dir, resuming, progress, say)
+    if tracker:
+        tracker.start(_run_facts(cfg, run_dir, dist))
+    training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker] if tracker else [])
+    try:
+        summary = _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
+    except Stopped:
+        if tracker:
+            tracker.end("KILLED")
+        raise
+    except Exception:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    if tracker:
+        tracker.finish()
+    return summary
+
+
+def _run_facts(cfg: Config, run_dir: Path, dist: Distribution) -> RunFacts:
+    """What experiment tracking records of a run beside its config: the tags to compare runs by."""
+    tags = {
+        "imgtrain.model": cfg.model.name,
+        "imgtrain.strategy": dist.name,
+        "imgtrain.world_size": str(dist.world_size),
+        "imgtrain.data_fingerprint": fingerprint.digest(run_dir),
+        "imgtrain.data": cfg.data.path or f"tfds:{cfg.data.tfds.name}",
+        "imgtrain.run_dir": str(run_dir.resolve()),
+        "imgtrain.version": __version__,
+    }
+    return RunFacts(flat_hparams(cfg.to_dict()), tags, list(cfg.data.image_size))
+
+
+def _train_and_finish(
+    cfg: Config,
+    training: "Training",
+    prep: DataSource,
+    dist: Distribution,
+    run_dir: Path,
+    progress: bool,
+    say: Callable[[str], None],
+    t_start: float,
+) -> dict[str, Any]:
+    """Train, then evaluate and export; for a finished run, only say so and return its summary."""
     t_train = time.time()
     fit = training.loop.fit()
     train_seconds = time.time() - t_train
@@ -370,8 +417,10 @@ def build_training(
     resuming: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    listeners: Optional[list[Any]] = None,
 ) -> Training:
-    """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``."""
+    """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``;
+    ``listeners`` hear of every epoch on the chief (experiment tracking)."""
     train_counts, steps = _steps_per_epoch(cfg, prep, dist, say)
     with dist.scope():
         built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
@@ -413,6 +462,7 @@ def build_training(
         progress=progress,
         log=say,
         hparams=flat_hparams(cfg.to_dict()),
+        listeners=listeners or [],
     )
     loop = TrainLoop(
         built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau

@@ -14,6 +14,7 @@ EPILOG = """examples:
   imgtrain train --data labels.csv --model dnn --set model.dnn.hidden_units=[512,256]
   imgtrain train --data tfds:cifar10 --model efficientnetv2_b0 --image-size 224
   imgtrain train --config configs/transfer-small-data.yaml --data photos/   # presets: see configs/
+  MLFLOW_TRACKING_URI=http://mlflow.internal:5000 imgtrain train --data photos/ --mlflow
 
 Running the same command again on an existing --output resumes from its last checkpoint.
 Relative paths (--data, --output, --warm-start, and data.path, output, data.tfds.data_dir and
@@ -33,6 +34,7 @@ FLAG_KEYS = {
     "warm_start": "train.warm_start",
     "strategy": "train.strategy",
     "cluster": "train.cluster",
+    "mlflow": "tracking.mlflow",
 }
 
 
@@ -72,6 +74,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--warm-start", metavar="PATH", help="start from another run's weights (run dir, .keras or .weights.h5)"
     )
+    _add_where_flags(t)
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in RUN_DIR (its checkpoints, model, report and exports are removed) "
+        "instead of resuming it or refusing",
+    )
+    add_no_progress(t, "no progress bars (logs only)")
+
+
+def _add_where_flags(t: argparse.ArgumentParser) -> None:
+    """Where the run trains (strategy, cluster) and where it is logged beyond its directory."""
     t.add_argument(
         "--strategy",
         metavar="NAME",
@@ -86,12 +100,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "e.g. a Kubeflow Trainer v2 TrainJob: JOB_COMPLETION_INDEX, IMGTRAIN_WORKERS, IMGTRAIN_JOBSET)",
     )
     t.add_argument(
-        "--overwrite",
+        "--mlflow",
         action="store_true",
-        help="replace the run already in RUN_DIR (its checkpoints, model, report and exports are removed) "
-        "instead of resuming it or refusing",
+        default=None,
+        help="log params, metrics, the report and the model to MLflow: the server in MLFLOW_TRACKING_URI "
+        "(or tracking.uri), else MLflow's local store in the working directory (needs imgtrain[mlflow])",
     )
-    add_no_progress(t, "no progress bars (logs only)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

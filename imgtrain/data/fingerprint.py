@@ -68,3 +68,13 @@ def check_or_record(run_dir: Path, fingerprint: dict[str, Any], resuming: bool, 
             return
     if write:
         atomic.write_json(path, fingerprint)
+
+
+def digest(run_dir: Path) -> str:
+    """One short digest of the run's recorded fingerprint (for experiment tracking's tags): equal
+    for two runs exactly when they trained on the same data; '' when none is recorded."""
+    try:
+        saved = json.loads((Path(run_dir) / FILE).read_text())
+    except (OSError, ValueError):
+        return ""
+    return _digest([json.dumps(saved, sort_keys=True)])

@@ -83,6 +83,9 @@ class LoopOptions:
     progress: bool = True
     log: Callable[[str], None] = print
     hparams: dict[str, Any] = field(default_factory=dict)  # the run's config, flat, for TensorBoard's HParams
+    # More epoch listeners (the chief's only), each with EpochReporter's three methods: experiment
+    # tracking, say. The loop calls them after its own and knows nothing else of them.
+    listeners: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +203,7 @@ class TrainLoop:
         self.ema = ema
         self.plateau = plateau
         self.hparams = options.hparams
+        self.listeners = list(options.listeners) if dist.is_chief else []
         # The optimizer's EMA slots follow the variables it was built with: every phase's.
         self.optimized_variables = built.all_trainable_variables() if ema else []
         self._phase: Optional[Phase] = None
@@ -511,7 +515,7 @@ class TrainLoop:
                 f"(best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1})"
             )
             start_epoch = self.epochs
-        hooks = [hook for hook in (self.reporter(),) if hook is not None]
+        hooks = [hook for hook in (self.reporter(), *self.listeners) if hook is not None]
         if hooks and start_epoch == 0 and skip == 0:
             sample = self._first_batch_images()
             for hook in hooks:
