@@ -571,7 +571,7 @@ def absolute_tracking_uri(uri: Optional[str], base: Path) -> Optional[str]:
     """A tracking URI naming a local store (a path, ``file:``, ``sqlite:///``) made absolute
     against ``base``, so that a resume from another folder reaches the same store; any other
     (``http://``, a database server) is returned as it is."""
-    if not uri:
+    if not uri or uri == "databricks":  # MLflow's one bare-word URI: a Databricks workspace
         return uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + os.path.normpath(base / uri[len("sqlite:///") :])

@@ -12,7 +12,8 @@ intercept TLS. Then, each step timed:
   sshd configuration is valid for that user;
 - the volume is writable as the manifests mount it (group 1000, setgid, read-only root
   filesystem with /tmp an emptyDir, the config mounted read-only);
-- a tiny dataset trains inside the container to a ``report.json``;
+- a tiny dataset trains inside the container to a ``report.json``, logged to MLflow's default
+  store in the working directory (``/data/mlflow.db``);
 - ``horovodrun -np 2 --gloo`` inside the container trains to a ``run.json`` with world size 2.
 
 Exit 0 when every check passes; otherwise one line says which failed, after the output of
@@ -213,9 +214,12 @@ def check_volume(podman: Podman, tag: str, data: Path, config: Path) -> None:
 def check_train(podman: Podman, tag: str, data: Path, config: Path) -> dict:
     args = ["train", "--config", "/etc/imgtrain/config.yaml", "--output", "/data/runs/single", "--no-progress"]
     args += ["--set", "data.augment.rotation=10"]  # rotations resampled by OpenCV, which the image ships
+    args += ["--mlflow"]  # MLflow's default store in the working directory, /data
     out = container(podman, tag, data, config, *args, step="train")
     if "resampled by opencv" not in out:
         raise Failed(f"training in the container did not resample with OpenCV; it printed:\n{out[-1500:]}")
+    if "tracking: logged to MLflow run" not in out or not (data / "mlflow.db").is_file():
+        raise Failed(f"training in the container did not log to MLflow in /data; it printed:\n{out[-1500:]}")
     report = data / "runs" / "single" / "report.json"
     if not report.is_file():
         raise Failed(f"training in the container wrote no {report}")
