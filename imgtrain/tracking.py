@@ -148,6 +148,7 @@ class MlflowTracker:
         self.epochs_logged = 0
         self.retry_at = 0.0
         self.warned = False
+        self.trained = False  # an epoch was trained in this process
 
     # -- what run.py calls --------------------------------------------------------------
     def start(self, facts: RunFacts) -> None:
@@ -155,7 +156,6 @@ class MlflowTracker:
         epochs a crash may have left unlogged. Nothing at all for a run already fully logged."""
         self.facts = facts
         if self._all_done():
-            self.log(f"tracking: already logged to MLflow run {self.state.run_id} at {self.uri}")
             return
         if self._attempt(final=False):
             self.log(f"tracking: MLflow run {self.state.run_id} in experiment '{self.experiment}'; {self._where()}")
@@ -164,6 +164,7 @@ class MlflowTracker:
         """After the run's files are complete: the rest, then one line on where it all is (or on
         what could not be logged)."""
         if self._all_done():
+            self.log(f"tracking: already logged to MLflow run {self.state.run_id}; {self._where()}")
             return
         self._attempt(final=True)
         pending = self._pending()
@@ -190,6 +191,12 @@ class MlflowTracker:
         pass
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None:
+        if not self.trained:
+            # A finished run given more epochs: its end (test metrics, report, model) is new too.
+            self.trained = True
+            if self.state.done:
+                self.state.done = []
+                self.state.write(self.run_dir)
         if time.monotonic() >= self.retry_at:
             self._attempt(final=False)
 
@@ -374,7 +381,14 @@ class MlflowTracker:
             pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__.split('+')[0]}"],
             metadata={"class_names": names},
         )
-        self.state.model_uri = info.model_uri
+        replaced, self.state.model_uri = self.state.model_uri, info.model_uri
+        if replaced.startswith("models:/") and replaced != info.model_uri:
+            # More epochs replaced the run's model.keras: the run keeps one model, so that
+            # runs:/ID/model names the one its files hold.
+            try:
+                self.client.delete_logged_model(replaced[len("models:/") :])
+            except Exception:  # noqa: BLE001 - the new model is logged; an old one left is harmless
+                pass
 
     def _where(self) -> str:
         """Where a person looks at the run: the server's page, or the command opening a local store."""

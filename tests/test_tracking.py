@@ -39,7 +39,8 @@ def test_a_local_store_is_made_absolute_and_a_server_is_left_alone(uri: str, exp
 def test_the_uri_comes_from_config_then_environment_then_the_run_then_mlflows_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("mlflow")
+    mlflow = pytest.importorskip("mlflow")
+    mlflow.set_tracking_uri(None)  # MLflow's own default, whatever an earlier test in this process set
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -152,7 +152,10 @@ def test_a_run_is_logged_once_with_everything_in_it(user: User, server: str) -> 
     paths = sorted((user.cwd / "photos").rglob("*.png"))[::5]
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
     mlflow.set_tracking_uri(server)
-    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    try:
+        logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)  # the suite's other tests see MLflow's default again
     probabilities = np.asarray(logged.predict(pixels))
     expected = keras.ops.convert_to_numpy(
         keras.ops.softmax(keras.saving.load_model(run_dir / "model.keras")(pixels, training=False))
@@ -168,6 +171,19 @@ def test_a_run_is_logged_once_with_everything_in_it(user: User, server: str) -> 
     assert steps(client, run.info.run_id, "loss") == [1, 2, 3]
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert len(models) == 1, f"{len(models)} models logged for one run"
+
+    # more epochs on the finished run: the same MLflow run goes on, and its end is logged anew
+    more = user.ok(f"{TRAIN} {SMALL} --epochs 4")
+    assert "tracking: logged to MLflow run" in more.out, more.out[-2000:]
+    client, run_more = only_run(server, "journey-logged")
+    assert run_more.info.run_id == run.info.run_id and run_more.info.status == "FINISHED"
+    assert steps(client, run.info.run_id, "loss") == [1, 2, 3, 4]
+    assert run_more.data.params["train.epochs"] == "3"  # MLflow keeps a param's first value ...
+    assert "train.epochs=4" in run_more.data.tags["imgtrain.resumed_with"]  # ... the change is a tag
+    report = json.loads((run_dir / "report.json").read_text())
+    assert run_more.data.metrics["test_accuracy"] == pytest.approx(report["accuracy"])
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.model_id for m in models] == [json.loads((run_dir / "mlflow.json").read_text())["model_uri"][8:]]
 
 
 def test_a_stopped_then_killed_run_continues_its_mlflow_run(user: User, server: str) -> None:
