@@ -336,7 +336,7 @@ class MlflowTracker:
                 if key != "support":
                     values[f"{avg.split('_')[0]}_{key}"] = value
         values["ece"] = (report.get("calibration") or {}).get("ece")
-        metrics = [Metric(f"test_{k}", float(v), now, 0) for k, v in values.items() if _finite(v)]
+        metrics = [Metric(f"test_{k}", v, now, 0) for k, v in _numbers(values).items()]
         self.client.log_batch(self.state.run_id, metrics=metrics)
 
     def _log_report(self) -> None:
@@ -418,7 +418,8 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
         return []
 
 
-def _numbers(row: dict[str, str], skip: tuple[str, ...]) -> dict[str, float]:
+def _numbers(row: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """The entries of ``row`` that are finite numbers (or their text), as floats."""
     out = {}
     for key, text in row.items():
         if key in skip or key is None:
@@ -430,10 +431,6 @@ def _numbers(row: dict[str, str], skip: tuple[str, ...]) -> dict[str, float]:
         if math.isfinite(value):
             out[key] = value
     return out
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _reason(exc: BaseException) -> str:
