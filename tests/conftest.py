@@ -44,24 +44,40 @@ def image_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "images")
 
 
-@pytest.fixture
-def small_config(tmp_path: Path):
-    """A fast config for end-to-end runs on ``image_folder``: tiny CNN, few epochs."""
+def small(data: Path, output: Path, extra: tuple[str, ...] = ()):
+    """A fast config for end-to-end runs on ``write_folder``'s images: tiny CNN, few epochs."""
     from imgtrain.config import Config
 
+    items = [
+        f"data.path={data}",
+        f"output={output}",
+        "data.image_size=[16,16]",
+        "model.cnn.filters=[8,16]",
+        "model.cnn.convs_per_block=1",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "train.optimizer.learning_rate=0.01",
+        "train.early_stopping.patience=10",
+    ]
+    return Config.load(None, items + list(extra))
+
+
+@pytest.fixture
+def small_config(tmp_path: Path):
+    """``small``, writing to ``tmp_path / "run"`` unless told otherwise."""
+
     def make(data: Path, output: Path | None = None, extra: tuple[str, ...] = ()):
-        items = [
-            f"data.path={data}",
-            f"output={output or tmp_path / 'run'}",
-            "data.image_size=[16,16]",
-            "model.cnn.filters=[8,16]",
-            "model.cnn.convs_per_block=1",
-            "train.epochs=3",
-            "train.batch_size=8",
-            "train.optimizer.learning_rate=0.01",
-            "train.early_stopping.patience=10",
-        ]
-        items += list(extra)
-        return Config.load(None, items)
+        return small(data, output or tmp_path / "run", extra)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def references(tmp_path_factory):
+    """The uninterrupted reference runs of tests/runs.py's commands (one per strategy, each
+    trained once per session), in a folder holding their ``photos``."""
+    from runs import References
+
+    home = tmp_path_factory.mktemp("references")
+    write_folder(home / "photos", per_class=40, size=16)
+    return References(home)

@@ -1,12 +1,11 @@
-"""imgtrain bench --quick: every figure and ratio is reported (speed itself is never asserted)."""
-
-import json
+"""imgtrain bench --quick: every figure and ratio is reported (speed itself is never asserted).
+The figures are those of the session's one ``bench --quick`` run, the README's command run by
+tests/journeys/test_commands.py."""
 
 import pytest
+from journeys.journey import bench_quick  # noqa: F401  (the session's run, a fixture)
 
 from imgtrain.cli import main
-
-pytestmark = pytest.mark.slow
 
 KEYS = [
     "pipeline.folder.ratio",
@@ -44,10 +43,9 @@ def lookup(data: dict, dotted: str):
     return data
 
 
-def test_quick_bench_writes_every_figure(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+@pytest.mark.slow
+def test_quick_bench_writes_every_figure(bench_quick):  # noqa: F811 (the fixture imported above)
+    printed, result = bench_quick
     for key in KEYS:
         value = lookup(result, key)
         assert isinstance(value, (int, float)) and value > 0, key
@@ -61,7 +59,7 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     m = result["memory"]
     assert m["large"]["images"] == 10 * m["small"]["images"]
     assert m["ratio"] == pytest.approx(m["large"]["peak_rss_bytes"] / m["small"]["peak_rss_bytes"], rel=0.01)
-    table = capsys.readouterr().out
+    table = printed.out
     for key in ("geometric", "photo", "vs_keras_layers", "vs_image_data_generator", "vs_albumentations", "on_device"):
         f = p[key]
         assert f["ratio"] == pytest.approx(f["images_per_sec"] / f["baseline_images_per_sec"], rel=0.01), key
@@ -71,16 +69,26 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert "pipeline.vs_albumentations" in table and "pipeline.on_device (on CPU)" in table  # no GPU here
 
 
+@pytest.mark.slow
 def test_bench_options_add_their_figures(tmp_path):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--model", "cnn", "--jit-compile", "--mixed-precision", "--json", str(out)]) == 0
-    cnn = json.loads(out.read_text())["train"]["cnn"]
+    """--model cnn --jit-compile --mixed-precision: the training figures alone, at quick sizes."""
+    from tensorflow.python.framework import config as tf_framework_config
+
+    from imgtrain.bench.synthetic import QUICK, write_jpegs
+    from imgtrain.bench.training import bench_training
+
+    # The command runs in a process of its own; here, an earlier test's deterministic=true would
+    # still be on, and XLA has no deterministic max-pool gradient.
+    tf_framework_config.disable_op_determinism()
+    folder = write_jpegs(tmp_path / "jpeg32", max(QUICK.train_images.values()), 32, seed=1)
+    train = bench_training(folder, QUICK, ["cnn"], True, True, tmp_path, lambda _m: None)
+    cnn = train["cnn"]
     for opt in ("jit_compile", "mixed_precision"):
         assert cnn[opt]["baseline_images_per_sec"] == cnn["imgtrain_images_per_sec"]
         assert cnn[opt]["ratio"] == pytest.approx(
             cnn[opt]["images_per_sec"] / cnn[opt]["baseline_images_per_sec"], rel=0.01
         )
-    assert "resnet50" not in json.loads(out.read_text())["train"]
+    assert "resnet50" not in train
 
 
 def test_bench_bad_model(capsys):

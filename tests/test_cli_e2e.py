@@ -318,36 +318,6 @@ def test_tfds_source_with_mock_data(tmp_path):
     assert report["num_examples"] == 24 and "top5_accuracy" in report
 
 
-def test_every_command_from_a_working_directory_with_relative_paths(trained_run, tmp_path, monkeypatch, capsys):
-    """As the README writes them: relative --data/--run/--output, from the user's own folder;
-    then the same run used from a subfolder and after the run directory was moved."""
-    import shutil
-
-    data, run = trained_run
-    monkeypatch.chdir(tmp_path)
-    shutil.copytree(data, "photos")
-    small = ["--image-size", "16", "--batch-size", "8", "--seed", "3", "--no-progress"]
-    small += ["--set", "model.cnn.filters=[8]", "--set", "model.cnn.convs_per_block=1"]
-    assert main(["train", "--data", "photos/", "--output", "runs/r", "--epochs", "1", *small]) == 0
-    assert main(["train", "--data", "photos/", "--output", "runs/r", "--epochs", "2", *small]) == 0
-    assert "1 epoch(s) done, continuing at epoch 2" in capsys.readouterr().out
-    assert main(["evaluate", "--run", "runs/r"]) == 0
-    assert main(["predict", "--run", "runs/r", "photos/red", "--output", "out/p.csv"]) == 0
-    assert len(list(csv.DictReader(open("out/p.csv")))) == 14
-    assert main(["export", "--run", "runs/r", "--format", "keras", "--output", "exp/k", "--no-check"]) == 0
-    assert any((tmp_path / "exp" / "k").iterdir())
-
-    (tmp_path / "sub").mkdir()
-    shutil.move("runs/r", "sub/moved")
-    monkeypatch.chdir(tmp_path / "sub")
-    assert main(["evaluate", "--run", "moved"]) == 0
-    first = sorted(p.name for p in (data / "red").iterdir())[0]
-    assert main(["predict", "--run", "moved", f"../photos/red/{first}"]) == 0
-    capsys.readouterr()
-    assert main(["train", "--data", "../photos", "--output", "moved", "--epochs", "3", *small]) == 0
-    assert "2 epoch(s) done, continuing at epoch 3" in capsys.readouterr().out
-
-
 def test_a_tfds_dataset_not_downloaded_with_download_off_says_so(tmp_path, capsys):
     rc = main(
         [

@@ -1,10 +1,11 @@
-"""launch/multiworker.py's own parts, without starting TensorFlow."""
+"""launch/multiworker.py's own parts and launch/horovod.sh's refusals, without starting TensorFlow."""
 
 from __future__ import annotations
 
 import importlib.util
 import random
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,11 @@ def test_no_command_is_a_one_line_error(launcher, capsys):
     assert launcher.main(["--workers", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "put the command after --" in err[0]
+
+
+def test_horovod_sh_without_a_process_count_is_one_line():
+    usage = subprocess.run(
+        ["bash", str(ROOT / "launch" / "horovod.sh"), "--", "imgtrain"], capture_output=True, text=True
+    )
+    assert usage.returncode == 2 and "give -np N" in usage.stderr
+    assert len(usage.stderr.strip().splitlines()) == 1, usage.stderr

@@ -11,6 +11,19 @@ from imgtrain.models import build_model
 from imgtrain.models.backbones import BASE_NAME, TABLE
 
 
+@pytest.fixture(scope="module")
+def every_model() -> dict:
+    """Each model of the table built once, without pretrained weights, for 3 classes at 32x32:
+    the backbones are the slow part of this file, so its tests share them."""
+    built = {}
+    for name in MODELS:
+        cfg = ModelConfig(name=name)
+        if name in BACKBONES:
+            cfg.transfer().weights = "none"
+        built[name] = build_model(cfg, 3, [32, 32])
+    return built
+
+
 def test_cnn_shape_and_options():
     cfg = ModelConfig(name="cnn")
     cfg.cnn.filters = [4, 8, 16]
@@ -91,21 +104,15 @@ def test_resnet_weights_file_missing(tmp_path: Path):
         build_model(cfg, 3, [32, 32])
 
 
-def test_resnet_without_weights_trains_everything():
-    cfg = ModelConfig(name="resnet50")
-    cfg.resnet50.weights = "none"
-    built = build_model(cfg, 3, [32, 32])
+def test_resnet_without_weights_trains_everything(every_model):
+    built = every_model["resnet50"]
     assert len(built.phases) == 1
     assert len(built.model.trainable_variables) > 100
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_model_builds_and_trains_a_step(name: str):
-    cfg = ModelConfig(name=name)
-    if name in BACKBONES:
-        cfg.transfer().weights = "none"
-    built = build_model(cfg, 3, [32, 32])
-    model = built.model
+def test_every_model_builds_and_trains_a_step(name: str, every_model):
+    model = every_model[name].model
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     y = np.array([0, 1, 2, 0])
     opt = keras.optimizers.Adam(1e-3)
@@ -131,16 +138,14 @@ def test_backbone_table_matches_config():
     assert set(TABLE) == set(BACKBONES)
 
 
-def test_resnet_preprocessing_matches_keras():
-    cfg = ModelConfig(name="resnet50")
-    cfg.resnet50.weights = "none"
-    model = build_model(cfg, 2, [32, 32]).model
+def test_resnet_preprocessing_matches_keras(every_model):
+    model = every_model["resnet50"].model
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     prep = keras.Model(model.input, model.get_layer("caffe_mean").output)
     np.testing.assert_allclose(prep(x), keras.applications.resnet50.preprocess_input(x.copy()), atol=1e-4)
 
 
-def test_every_model_keras_file_loads_in_plain_keras(tmp_path: Path):
+def test_every_model_keras_file_loads_in_plain_keras(tmp_path: Path, every_model):
     """model.keras of every model type loads in a process that never imports imgtrain."""
     import json
     import subprocess
@@ -152,10 +157,7 @@ def test_every_model_keras_file_loads_in_plain_keras(tmp_path: Path):
     np.save(tmp_path / "x.npy", x)
     expected = {}
     for name in MODELS:
-        cfg = ModelConfig(name=name)
-        if name in BACKBONES:
-            cfg.transfer().weights = "none"
-        model = build_model(cfg, 3, [32, 32]).model
+        model = every_model[name].model
         (tmp_path / name).mkdir()
         export_keras(model, tmp_path / name)
         expected[name] = model(x, training=False).numpy().tolist()

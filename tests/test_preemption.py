@@ -10,51 +10,19 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from conftest import write_folder
 from journeys.journey import as_in_a_terminal
-from test_distributed import LAUNCHER, MODEL, env, failure, horovodrun
+from runs import COMMANDS, env, failure, run
 
 from imgtrain import stop
 
 STOPPED = re.compile(r"stopped by (SIG[A-Z]+) at epoch (\d+), step (\d+) of (\d+); checkpoint written")
-
-
-def train(run: str, epochs: int = 2) -> list[str]:
-    return [
-        "train", "--data", "photos", "--output", run, "--epochs", str(epochs), "--image-size", "16",
-        "--batch-size", "4", "--no-progress", "--deterministic", "--set", "train.checkpoint.every_steps=3",
-        "--set", "train.checkpoint.stop_check_steps=2", *MODEL,
-    ]  # fmt: skip
-
-
-COMMANDS = {
-    "single": lambda run: [sys.executable, "-m", "imgtrain", *train(run)],
-    "multiworker": lambda run: [sys.executable, str(LAUNCHER), "--workers", "2", "--", "imgtrain", *train(run)],
-    "horovod": lambda run: [horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m",
-                            "imgtrain", *train(run)],
-    "horovod.sh": lambda run: ["bash", str(LAUNCHER.parent / "horovod.sh"), "-np", "2", "--", "imgtrain", *train(run)],
-}  # fmt: skip
 LAUNCHER_ITSELF = -1  # as a rank: signal the launcher, which passes the signal on
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("preempt")
-    write_folder(folder / "photos", per_class=40, size=16)
-    return folder
-
-
-def run(cmd: list[str], home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd, cwd=home, env=env(), capture_output=True, text=True, timeout=600, preexec_fn=as_in_a_terminal
-    )
 
 
 def worker(launcher_pid: int, rank: int) -> psutil.Process:
@@ -90,7 +58,7 @@ def signal_mid_epoch(cmd: list[str], home: Path, run_dir: str, rank: int, sig: i
             worker(proc.pid, rank).send_signal(sig)
             sent = time.time()
             break
-        time.sleep(0.005)
+        time.sleep(0.02)
     assert sent is not None, "the run ended before it could be signalled:\n" + failure(log.read_text())
     code = proc.wait(timeout=120)
     return code, log.read_text(errors="replace"), time.time() - sent
@@ -107,7 +75,6 @@ def weights(run_dir: Path) -> list[np.ndarray]:
     "launcher, rank, sig",
     [
         ("single", LAUNCHER_ITSELF, signal.SIGTERM),
-        ("single", LAUNCHER_ITSELF, signal.SIGINT),
         ("multiworker", 1, signal.SIGTERM),
         ("multiworker", 0, signal.SIGINT),
         ("horovod", 1, signal.SIGTERM),
@@ -116,13 +83,10 @@ def weights(run_dir: Path) -> list[np.ndarray]:
     ],
     ids=lambda v: v.name if isinstance(v, signal.Signals) else ("launcher" if v == LAUNCHER_ITSELF else str(v)),
 )
-def test_told_to_stop_mid_epoch_then_the_same_command(home: Path, launcher: str, rank: int, sig: int) -> None:
-    make = COMMANDS[launcher]
-    family = launcher.removesuffix(".sh")  # horovod.sh runs horovodrun: the same weights
-    whole = f"runs/{family}-whole"
-    if not (home / whole / "model.keras").exists():  # the uninterrupted run, once per strategy
-        done = run(COMMANDS[family](whole), home)
-        assert done.returncode == 0, failure(done.stdout + done.stderr)
+def test_told_to_stop_mid_epoch_then_the_same_command(references, launcher: str, rank: int, sig: int) -> None:
+    """(Ctrl-C to a single process's group is tests/journeys/test_resume.py's.)"""
+    home, make = references.home, COMMANDS[launcher]
+    whole = references.run_dir(launcher.removesuffix(".sh"))  # horovod.sh runs horovodrun: the same weights
 
     name = f"runs/{launcher}-{rank}-{signal.Signals(sig).name}"
     code, out, seconds = signal_mid_epoch(make(name), home, name, rank, sig)
@@ -142,7 +106,7 @@ def test_told_to_stop_mid_epoch_then_the_same_command(home: Path, launcher: str,
     assert again.returncode == 0, failure(again.stdout + again.stderr)
     # The checkpoint holds the very step it stopped at: nothing but the step in flight is lost.
     assert f"continuing at epoch {epoch}, step {int(step) + 1}" in again.stdout, again.stdout[-2000:]
-    for a, b in zip(weights(home / whole), weights(home / name)):
+    for a, b in zip(weights(whole), weights(home / name)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     summary = json.loads((home / name / "run.json").read_text())
     assert summary["replicas_in_sync"] and summary["stop_checks"]["every_steps"] == (1 if launcher == "single" else 2)

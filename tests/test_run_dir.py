@@ -1,5 +1,7 @@
 """A run directory nothing corrupts: finished runs, other data, two processes, damaged checkpoints,
-numbers that are not finite, writes that must be whole."""
+numbers that are not finite, writes that must be whole. The tests that need a trained run copy one
+shared run of two one-step epochs (``two_epochs``); a kill past early stopping is
+tests/journeys/test_resume.py's."""
 
 from __future__ import annotations
 
@@ -14,19 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_folder
+from conftest import small, write_folder
 
 from imgtrain import atomic, runlock
 from imgtrain.errors import UserError
 from imgtrain.run import train_run
 
-STOPS_EARLY = (
-    "train.epochs=8",
-    "train.early_stopping.patience=1",
-    "train.early_stopping.monitor=val_accuracy",
-    "train.early_stopping.min_delta=0.5",
-    "deterministic=true",
-)
+# One step an epoch: the 36 images' train split fits in one batch.
+ONE_STEP = ("train.batch_size=64",)
 
 
 def weights(run: Path) -> list[np.ndarray]:
@@ -35,57 +32,43 @@ def weights(run: Path) -> list[np.ndarray]:
     return keras.models.load_model(run / "model.keras", compile=False).get_weights()
 
 
-def test_a_finished_early_stopped_run_does_not_train_again(image_folder, small_config, tmp_path, capsys):
-    run = tmp_path / "run"
-    first = train_run(small_config(image_folder, run, STOPS_EARLY), progress=False)
-    assert first["stopped_early"] and first["epochs_completed"] < 8
-    before = weights(run)
-    history = (run / "history.csv").read_text()
-    capsys.readouterr()
-    again = train_run(small_config(image_folder, run, STOPS_EARLY), progress=False)
-    out = capsys.readouterr().out
-    assert "already stopped early" in out and "nothing to train" in out
-    assert again["epochs_completed"] == first["epochs_completed"]
-    assert (run / "history.csv").read_text() == history
-    for a, b in zip(before, weights(run)):
-        np.testing.assert_array_equal(a, b)
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished run of two one-step epochs (ckpt-1 and ckpt-2), trained with a relative
+    --output from its folder as the README writes it: (that folder, the run directory). Tests
+    copy the folder (``copied``) before they change anything."""
+    home = tmp_path_factory.mktemp("two_epochs")
+    data = write_folder(home / "images")
+    cwd = os.getcwd()
+    os.chdir(home)
+    try:
+        train_run(small(data, Path("runs/x"), ONE_STEP + ("train.epochs=2",)), progress=False)
+    finally:
+        os.chdir(cwd)
+    return home, home / "runs" / "x"
 
 
-def test_a_crash_after_early_stopping_finishes_without_training(image_folder, small_config, tmp_path, capsys):
-    whole = tmp_path / "whole"
-    train_run(small_config(image_folder, whole, STOPS_EARLY), progress=False)
-    # The crash: everything after the last checkpoint is lost (exports, report, run.json).
-    crashed = tmp_path / "crashed"
-    shutil.copytree(whole, crashed)
-    for name in ("run.json", "model.keras", "report.json", "report.md"):
-        (crashed / name).unlink()
-    shutil.rmtree(crashed / "saved_model")
-    (crashed / "config.yaml").write_text((crashed / "config.yaml").read_text().replace(str(whole), str(crashed)))
-    capsys.readouterr()
-    summary = train_run(small_config(image_folder, crashed, STOPS_EARLY), progress=False)
-    out = capsys.readouterr().out
-    assert "already stopped early" in out
-    assert not re.search(r"epoch \d+/8", out)  # no epoch trained
-    assert summary["stopped_early"] and (crashed / "report.json").exists()
-    for a, b in zip(weights(whole), weights(crashed)):
-        np.testing.assert_array_equal(a, b)
+def copied(two_epochs: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """The shared run's folder copied for one test: (its images, its run directory)."""
+    home = tmp_path / "home"
+    shutil.copytree(two_epochs[0], home, symlinks=True)
+    return home / "images", home / "runs" / "x"
 
 
-def test_resume_refuses_other_data(small_config, tmp_path):
-    first = write_folder(tmp_path / "a", per_class=12)
+@pytest.mark.slow
+def test_resume_refuses_other_data(two_epochs, tmp_path):
+    first, run = copied(two_epochs, tmp_path)
     other_classes = write_folder(tmp_path / "b", per_class=12, classes={"x": (1, 2, 3), "y": (200, 100, 0)})
     more_images = write_folder(tmp_path / "c", per_class=15)
-    run = tmp_path / "run"
-    train_run(small_config(first, run, ("train.epochs=1",)), progress=False)
     config = (run / "config.yaml").read_text()
     with pytest.raises(UserError, match="trained on other data: its classes were"):
-        train_run(small_config(other_classes, run, ("train.epochs=2",)), progress=False)
+        train_run(small(other_classes, run, ONE_STEP + ("train.epochs=3",)), progress=False)
     with pytest.raises(UserError, match="trained on other data: its train split had"):
-        train_run(small_config(more_images, run, ("train.epochs=2",)), progress=False)
+        train_run(small(more_images, run, ONE_STEP + ("train.epochs=3",)), progress=False)
     assert (run / "config.yaml").read_text() == config  # nothing rewritten by the refused runs
     moved = tmp_path / "moved"
     shutil.copytree(first, moved)  # the same files elsewhere: data.path may change
-    assert train_run(small_config(moved, run, ("train.epochs=2",)), progress=False)["epochs_completed"] == 2
+    assert train_run(small(moved, run, ONE_STEP + ("train.epochs=3",)), progress=False)["epochs_completed"] == 3
 
 
 def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
@@ -118,14 +101,14 @@ with runlock.hold({str(run)!r}):
         pass
 
 
-def test_a_damaged_latest_checkpoint_falls_back(image_folder, small_config, tmp_path, capsys):
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=2",)), progress=False)
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back(two_epochs, tmp_path, capsys):
+    images, run = copied(two_epochs, tmp_path)
     data_files = sorted((run / "checkpoints").glob("ckpt-2.data-*"))
     assert data_files
     data_files[0].write_bytes(data_files[0].read_bytes()[:10])  # truncated
     capsys.readouterr()
-    summary = train_run(small_config(image_folder, run, ("train.epochs=3",)), progress=False)
+    summary = train_run(small(images, run, ONE_STEP + ("train.epochs=3",)), progress=False)
     out = capsys.readouterr().out
     assert "cannot be read" in out and "ckpt-1" in out
     assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 3
@@ -152,7 +135,9 @@ def test_csv_weights_must_be_finite_and_not_all_zero(tmp_path, small_config):
         train_run(small_config(zeros, tmp_path / "run-zero"), progress=False)
 
 
-def test_csv_bom_and_duplicates(tmp_path, small_config, capsys):
+def test_csv_bom_and_duplicates(tmp_path):
+    from imgtrain.run import prepare_data
+
     folder = write_folder(tmp_path / "img", per_class=6)
     files = sorted(folder.rglob("*.png"))
     rows = "".join(f"{f},{f.parent.name}\n" for f in files)
@@ -160,13 +145,13 @@ def test_csv_bom_and_duplicates(tmp_path, small_config, capsys):
     csv.write_bytes(
         "\ufeffpath,label\n".encode("utf-8") + rows.encode() + f"{files[0]},{files[0].parent.name}\n".encode()
     )
-    summary = train_run(small_config(csv, tmp_path / "run", ("train.epochs=1",)), progress=False)
-    assert sum(summary["counts"].values()) == len(files)  # the repeated line counted once
-    assert "more than once" in capsys.readouterr().out
+    prep = prepare_data(small(csv, tmp_path / "run"), tmp_path / "run", progress=False)
+    assert sum(prep.count(s) for s in ("train", "val", "test")) == len(files)  # the repeated line counted once
+    assert any("more than once" in w for w in prep.warnings)  # what the run prints before training
     conflicting = tmp_path / "conflict.csv"
     conflicting.write_text("path,label\n" + rows + f"{files[0]},not-{files[0].parent.name}\n")
     with pytest.raises(UserError, match="twice with different entries"):
-        train_run(small_config(conflicting, tmp_path / "run2"), progress=False)
+        train_run(small(conflicting, tmp_path / "run2"), progress=False)
 
 
 def test_negative_or_nan_class_weights_and_learning_rates(image_folder, small_config, tmp_path):
@@ -294,16 +279,15 @@ def test_converted_images_follow_their_source(tmp_path):
     assert converted().max() == 0
 
 
-def test_predict_takes_what_train_converts(image_folder, small_config, tmp_path):
+@pytest.mark.slow
+def test_predict_takes_what_train_converts(two_epochs, tmp_path):
     from PIL import Image
 
     from imgtrain.predict import predict_files
 
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
     odd = tmp_path / "odd.bmp"
     Image.new("1", (16, 16), 1).save(odd)
-    records = predict_files(run, [str(odd)])
+    records = predict_files(two_epochs[1], [str(odd)])
     assert len(records) == 1 and math.isclose(sum(records[0]["probabilities"]), 1.0, rel_tol=1e-4)
 
 
@@ -435,45 +419,51 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_completes(tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def test_resume_from_a_relative_output_in_another_working_directory(image_folder, small_config, tmp_path, monkeypatch):
-    """The README writes --output runs/x: the checkpoint index's names must not be joined twice."""
-    monkeypatch.chdir(tmp_path)
-    train_run(small_config(image_folder, Path("runs/x"), ("train.epochs=2",)), progress=False)
-    summary = train_run(small_config(image_folder, Path("runs/x"), ("train.epochs=3",)), progress=False)
+@pytest.mark.slow
+def test_resume_from_a_relative_output_in_another_working_directory(two_epochs, tmp_path, monkeypatch):
+    """The README writes --output runs/x: the checkpoint index's names must not be joined twice
+    (the shared run was trained with that relative --output; this resumes it from a copy)."""
+    images, _ = copied(two_epochs, tmp_path)
+    monkeypatch.chdir(tmp_path / "home")
+    summary = train_run(small(images, Path("runs/x"), ONE_STEP + ("train.epochs=3",)), progress=False)
     assert summary["resumed_from_epoch"] == 2 and summary["epochs_completed"] == 3
 
 
-def test_a_checkpoint_listed_but_missing_is_named_as_missing(image_folder, small_config, tmp_path, capsys):
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=2",)), progress=False)
+@pytest.mark.slow
+def test_a_checkpoint_listed_but_missing_is_named_as_missing(two_epochs, tmp_path, capsys):
+    images, run = copied(two_epochs, tmp_path)
     for f in (run / "checkpoints").glob("ckpt-2.*"):
         f.unlink()
     capsys.readouterr()
-    summary = train_run(small_config(image_folder, run, ("train.epochs=3",)), progress=False)
+    summary = train_run(small(images, run, ONE_STEP + ("train.epochs=3",)), progress=False)
     out = capsys.readouterr().out
     assert f"checkpoint {run / 'checkpoints' / 'ckpt-2'} is listed in the index but its files are missing" in out
     assert summary["resumed_from_epoch"] == 1
 
 
-def test_a_rerun_removes_what_a_killed_write_left(image_folder, small_config, tmp_path, capsys):
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+@pytest.mark.slow
+def test_a_rerun_removes_what_a_killed_write_left(two_epochs, tmp_path, capsys):
+    images, run = copied(two_epochs, tmp_path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     left = run / f".tmp-{int(gone.stdout)}-0a1b2c3d-model.keras"  # as a SIGKILL mid-save leaves it
     shutil.copy(run / "model.keras", left)
     os.utime(left, (1, 1))
     capsys.readouterr()
-    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+    train_run(small(images, run, ONE_STEP + ("train.epochs=2",)), progress=False)
     assert not left.exists()
     assert f"removed 1 temporary file(s) an interrupted run left in {run}: {left.name}" in capsys.readouterr().out
 
 
-def test_a_finished_run_without_checkpoints_is_not_replaced_unless_asked(image_folder, small_config, tmp_path, capsys):
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+@pytest.mark.slow
+def test_a_finished_run_is_replaced_only_when_asked(two_epochs, tmp_path, capsys):
+    """Another setup is refused, with or without checkpoints to resume from; --overwrite
+    replaces the run and leaves the user's own files."""
+    images, run = copied(two_epochs, tmp_path)
+    with pytest.raises(UserError, match=r"holds a run trained with model.cnn.filters.*or --overwrite to replace it"):
+        train_run(small(images, run, ONE_STEP + ("train.epochs=2", "model.cnn.filters=[4]")), progress=False)
     shutil.rmtree(run / "checkpoints")
     before = {name: (run / name).read_bytes() for name in ("model.keras", "config.yaml", "report.json")}
-    other = small_config(image_folder, run, ("train.epochs=1", "model.name=dnn"))
+    other = small(images, run, ONE_STEP + ("train.epochs=1", "model.name=dnn"))
     with pytest.raises(
         UserError,
         match=r"holds a finished run \(model.keras, run.json, report.json\) with no "
@@ -490,16 +480,6 @@ def test_a_finished_run_without_checkpoints_is_not_replaced_unless_asked(image_f
     assert (run / "model.keras").read_bytes() != before["model.keras"]
     assert "dnn" in (run / "config.yaml").read_text()
     assert (run / "notes.txt").read_text() == "the user's own file"
-
-
-def test_overwrite_replaces_a_run_of_another_setup(image_folder, small_config, tmp_path):
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
-    other = small_config(image_folder, run, ("train.epochs=1", "model.cnn.filters=[4]"))
-    with pytest.raises(UserError, match="or --overwrite to replace it"):
-        train_run(other, progress=False)
-    summary = train_run(other, progress=False, overwrite=True)
-    assert summary["epochs_completed"] == 1 and summary.get("resumed_from_epoch") is None
 
 
 def test_a_write_that_names_no_file_names_the_destination(capsys, tmp_path, monkeypatch):
@@ -523,9 +503,9 @@ def test_a_write_that_names_no_file_names_the_destination(capsys, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_predict_onto_a_real_full_disk_names_the_file(image_folder, small_config, tmp_path):
-    run = tmp_path / "run"
-    train_run(small_config(image_folder, run, ("train.epochs=1",)), progress=False)
+def test_predict_onto_a_real_full_disk_names_the_file(two_epochs, tmp_path):
+    copied(two_epochs, tmp_path)
+    tmp_path = tmp_path / "home"  # the run is runs/x, its images are images/
     disk = small_disk(tmp_path / "disk", "64k")
     try:
         with open(disk / "filler", "wb", buffering=0) as f:
@@ -534,7 +514,7 @@ def test_predict_onto_a_real_full_disk_names_the_file(image_folder, small_config
                     f.write(b"\0" * 1024)
             except OSError:
                 pass  # the disk is full
-        cmd = [sys.executable, "-m", "imgtrain", "predict", "--run", "run", "images", "--output", "disk/p.csv"]
+        cmd = [sys.executable, "-m", "imgtrain", "predict", "--run", "runs/x", "images", "--output", "disk/p.csv"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         full = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
         errors = [line for line in full.stderr.splitlines() if line.startswith("imgtrain: error:")]

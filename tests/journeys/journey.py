@@ -120,7 +120,7 @@ class User:
         self, command: str, when: Callable[[str], bool], sig: int = signal.SIGKILL, timeout: float = 600
     ) -> Result:
         """Start ``command`` in its own process group and send ``sig`` to the group once ``when``
-        (given the output so far, or polled with '' each 5 ms) says so."""
+        (given the output so far, or polled with '' every 20 ms) says so."""
         proc = subprocess.Popen(
             self.argv(command),
             cwd=self.cwd,
@@ -144,7 +144,7 @@ class User:
             if when("".join(lines)):
                 os.killpg(proc.pid, sig)
                 break
-            time.sleep(0.005)
+            time.sleep(0.02)
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -194,3 +194,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> User:
         + f" {SMALL} --epochs 3"
     )
     return u
+
+
+@pytest.fixture(scope="session")
+def bench_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict]:
+    """The README's ``imgtrain bench``, run once per session with ``--quick`` (every figure at
+    tiny sizes) from a user's folder: what it printed, and the figures its ``--json`` wrote."""
+    u = User(make_home(tmp_path_factory.mktemp("bench") / "home", per_class=1))
+    result = u.ok(readme.command(".venv/bin/imgtrain bench") + " --quick --json bench.json", timeout=900)
+    return result, json.loads((u.cwd / "bench.json").read_text())

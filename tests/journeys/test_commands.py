@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from journeys import readme
-from journeys.journey import SMALL, User
+from journeys.journey import SMALL, Result, User
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,6 @@ EVALUATE = readme.command(".venv/bin/imgtrain evaluate --run runs/photos")
 PREDICT = readme.command(".venv/bin/imgtrain predict --run runs/photos new_photos/ --top-k 3 --output predictions.csv")
 EXPORT = readme.command(".venv/bin/imgtrain export --run runs/photos --format tflite")
 PREPARE = readme.command(".venv/bin/imgtrain prepare --data photos/ --output photos-tfrecord/")
-BENCH = readme.command(".venv/bin/imgtrain bench")
 
 
 def new_photos(user: User, count: int = 5) -> list[Path]:
@@ -90,7 +89,8 @@ def test_prepare_then_train_on_the_shards(user: User) -> None:
     assert train.last_line.startswith("test accuracy "), train.last_line
 
 
-def test_bench_quick(user: User) -> None:
-    result = user.ok(f"{BENCH} --quick --json bench.json", timeout=900)
-    figures = json.loads((user.cwd / "bench.json").read_text())
-    assert figures and "ratio" in result.out, result.text[-2000:]
+def test_bench_quick(bench_quick: tuple[Result, dict]) -> None:
+    """(tests/test_bench.py reads every figure of the same run.)"""
+    result, figures = bench_quick
+    assert result.code == 0 and figures and "ratio" in result.out, result.text[-2000:]
+    assert "figures written to bench.json" in result.last_line, result.last_line

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
 from typing import Callable
 
 import psutil
@@ -51,7 +52,8 @@ def _rank(process: psutil.Process) -> int | None:
 
 def kill_worker_one(user: User, run: str) -> Callable[[str], bool]:
     """``when`` for User.interrupt: once checkpoint 1 is on disk, SIGKILL worker 1 only (the
-    launcher is left to notice) and return False, so the group itself is not signalled."""
+    launcher is left to notice) and return False, so the group itself is not signalled. The
+    moment of the kill is kept in ``when.killed``."""
     index = user.cwd / run / "checkpoints" / "checkpoint"
     done = []
 
@@ -61,7 +63,7 @@ def kill_worker_one(user: User, run: str) -> Callable[[str], bool]:
         for process in psutil.Process().children(recursive=True):
             if _rank(process) == 1:
                 process.send_signal(signal.SIGKILL)
-                done.append(process.pid)
+                done.append(time.monotonic())
                 break
         return False
 
@@ -84,11 +86,15 @@ def test_a_worker_killed_then_the_same_command(cluster_user: User, launcher: str
     killed = user.interrupt(command, when, timeout=400)
     assert when.killed, f"the run ended before a worker could be killed:\n{killed.out[-3000:]}"
     assert killed.code != 0 and not (user.cwd / "runs/x/run.json").exists(), killed.out[-3000:]
+    # The surviving worker was stopped, not left hanging in a collective until a timeout.
+    assert time.monotonic() - when.killed[0] < 60, killed.out[-3000:]
 
     again = user.ok(command)
     assert "continuing at epoch" in again.text, again.text[-3000:]
     summary = json.loads((user.cwd / "runs/x/run.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] and summary["epochs_completed"] == 3
+    # Neither horovod.sh nor horovodrun is given --strategy: the workers find Horovod themselves.
+    assert summary["strategy"] == ("multiworker" if launcher == "multiworker.py" else "horovod")
     assert fingerprint(user.cwd / "runs/x") is not None
 
     third = user.ok(command)
