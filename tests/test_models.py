@@ -145,6 +145,7 @@ def test_resnet_preprocessing_matches_keras(every_model):
     np.testing.assert_allclose(prep(x), keras.applications.resnet50.preprocess_input(x.copy()), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_every_model_keras_file_loads_in_plain_keras(tmp_path: Path, every_model):
     """model.keras of every model type loads in a process that never imports imgtrain."""
     import json

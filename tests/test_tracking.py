@@ -1,9 +1,10 @@
-"""tracking.mlflow's edges: where the store is, and the refusals. The runs against a real
-MLflow server are in journeys/test_mlflow.py."""
+"""tracking.mlflow's edges: where the store is, the refusals, and a server that is down (in-process,
+on a synthetic run directory). The runs against a real MLflow server are in journeys/test_mlflow.py."""
 
 from __future__ import annotations
 
-import subprocess
+import json
+import socket
 import sys
 from pathlib import Path
 
@@ -60,16 +61,73 @@ def test_the_tracking_section_is_checked_and_relative_stores_resolved(tmp_path: 
     assert cfg.tracking.uri == str(tmp_path / "mlruns")
 
 
-def test_mlflow_missing_is_one_line_before_training(tmp_path: Path) -> None:
+def test_mlflow_missing_is_one_line_before_training(tmp_path: Path, monkeypatch, capsys) -> None:
+    from imgtrain.cli import main
+
     data = write_folder(tmp_path / "img", per_class=3, size=8)
-    blocked = "import sys; sys.modules['mlflow'] = None; from imgtrain.cli import main; sys.exit(main())"
-    proc = subprocess.run(
-        [sys.executable, "-c", blocked, "train", "--data", str(data), "--output", "run", "--mlflow", "--no-progress"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert "pip install 'imgtrain[mlflow]'" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importing it fails
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(data), "--output", "run", "--mlflow", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert "pip install 'imgtrain[mlflow]'" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def synthetic_run(run_dir: Path) -> Path:
+    """What a finished two-epoch run leaves for the tracker to read, with no training: history.csv,
+    report.json, class_names.json and a small model.keras."""
+    import keras
+
+    run_dir.mkdir()
+    (run_dir / "history.csv").write_text(
+        "epoch,loss,accuracy,val_loss,val_accuracy,learning_rate\n1,1.5,0.4,1.2,0.5,0.001\n2,0.9,0.7,0.8,0.8,0.001\n"
+    )
+    report = {"accuracy": 0.75, "loss": 0.6, "macro_avg": {"precision": 0.7, "recall": 0.7, "f1": 0.7, "support": 8}}
+    (run_dir / "report.json").write_text(json.dumps(report))
+    (run_dir / "class_names.json").write_text(json.dumps(["a", "b"]))
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model.save(run_dir / "model.keras")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_a_server_that_is_down_is_one_warning_and_the_next_attempt_logs_it(tmp_path: Path, monkeypatch) -> None:
+    """The bookkeeping behind 'run the same command again': nothing reached a closed port, so
+    the next tracker of the same run directory, given a store that answers, logs all of it."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from imgtrain.config import TrackingConfig
+    from imgtrain.tracking import HTTP_DEFAULTS, RunFacts, open_tracker
+
+    for key, value in HTTP_DEFAULTS.items():
+        monkeypatch.setenv(key, value)  # what open_tracker sets, put back after the test
+    run_dir = synthetic_run(tmp_path / "run")
+    facts = RunFacts(params={"train.epochs": 2, "model.name": "cnn"}, tags={"imgtrain.model": "cnn"}, image_size=[8, 8])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
+    said: list[str] = []
+    down = open_tracker(TrackingConfig(mlflow=True, uri=closed, experiment="down"), run_dir, True, said.append)
+    down.start(facts)
+    down.finish()
+    warnings = [line for line in said if line.startswith("warning: MLflow tracking")]
+    assert len(warnings) == 1 and "Connection refused" in warnings[0], said
+    assert said[-1].startswith(f"warning: not logged to MLflow at {closed}: params, epochs 1-2, test metrics"), said
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    said.clear()
+    up = open_tracker(TrackingConfig(mlflow=True, uri=store, experiment="down"), run_dir, True, said.append)
+    up.start(facts)
+    up.finish()
+    assert said[-1].startswith("tracking: logged to MLflow run"), said
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("down").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [1, 2]
+    assert run.data.metrics["test_accuracy"] == 0.75 and run.data.metrics["test_macro_f1"] == 0.7
+    assert "report.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
+    assert TrackState.read(run_dir).uri == store  # the store this run directory now logs to

@@ -15,10 +15,12 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -178,6 +180,47 @@ def make_home(path: Path, per_class: int = 16) -> Path:
     (path / "launch").symlink_to(REPO / "launch", target_is_directory=True)
     write_folder(path / "photos", per_class=per_class, size=16, seed=1)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start an MLflow server or ``mlflow ui`` (``argv`` without its port) on a free localhost
+    port, in a process group of its own; wait until it answers /health."""
+    port = free_port()
+    proc = subprocess.Popen(
+        argv + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=cwd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return proc, uri
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            stop(proc)
+            pytest.fail(f"{' '.join(argv)} did not start:\n" + log.read_text()[-3000:])
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture

@@ -87,6 +87,10 @@ def test_prepare_then_train_on_the_shards(user: User) -> None:
     command = ".venv/bin/imgtrain train --data photos-tfrecord/ --model cnn --output runs/shards"
     train = user.ok(f"{command} {SMALL} --epochs 2")
     assert train.last_line.startswith("test accuracy "), train.last_line
+    (user.cwd / "elsewhere").mkdir()
+    again = user.ok("../.venv/bin/imgtrain evaluate --run ../runs/shards", cwd=user.cwd / "elsewhere")
+    # The run recorded where its shards are: the same test split, the same accuracy.
+    assert again.last_line.split(";")[0] == train.last_line.split(";")[0], again.text[-2000:]
 
 
 def test_bench_quick(bench_quick: tuple[Result, dict]) -> None:

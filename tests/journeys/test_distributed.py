@@ -1,5 +1,8 @@
 """Journey: the README's multi-process commands on this host, with a relative --output: each
-finishes; a worker killed mid-run, then the same command again, resumes and finishes."""
+finishes; a worker killed mid-run, then the same command again, resumes and finishes. The
+multi-worker one also tracks with ``--mlflow`` into MLflow's default local store: one MLflow
+run across the kill and the resume, logged by the chief alone, which the README's ``mlflow ui``
+command then serves."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 import yaml
 
 from journeys import readme
-from journeys.journey import User, fingerprint
+from journeys.journey import User, fingerprint, serve, stop
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +28,9 @@ MULTIWORKER = readme.command(
 # The README's horovodrun line asks for 4 processes (one per GPU); this host runs 2.
 HOROVODRUN = readme.command("horovodrun -np 4 -H localhost:4 imgtrain train --config cfg.yaml").replace("4", "2")
 
-LAUNCHERS = {"horovod.sh": HOROVOD_SH, "horovodrun": HOROVODRUN, "multiworker.py": MULTIWORKER}
+LAUNCHERS = {"horovod.sh": HOROVOD_SH, "horovodrun": HOROVODRUN, "multiworker.py": f"{MULTIWORKER} --mlflow"}
+UI = readme.command(".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
+REPORT_FILES = {"report.html", "report.json", "curves.png", "history.csv"}
 CONFIG = {
     "seed": 5,
     "output": "runs/x",
@@ -99,3 +104,26 @@ def test_a_worker_killed_then_the_same_command(cluster_user: User, launcher: str
 
     third = user.ok(command)
     assert "nothing to train" in third.text, third.text[-2000:]
+    if launcher == "multiworker.py":
+        assert again.text.count("tracking: logged to MLflow run") == 1, again.text[-3000:]
+        assert "already logged to MLflow run" in third.text, third.text[-2000:]
+        served_by_mlflow_ui(user)
+
+
+def served_by_mlflow_ui(user: User) -> None:
+    """The README's ``mlflow ui``, started in the user's folder, serves one run of two workers:
+    epochs 1-3 once each (across the kill), the report, one model."""
+    mlflow = pytest.importorskip("mlflow")
+    assert (user.cwd / "mlflow.db").is_file(), "not MLflow's default store in the working directory"
+    argv = user.argv(UI)
+    proc, uri = serve([str(user.cwd / argv[0]), *argv[1:]], user.cwd, user.cwd / "ui.log")
+    try:
+        client = mlflow.MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("imgtrain").experiment_id])
+        assert run.info.status == "FINISHED" and run.info.run_name == "x"
+        assert (run.data.tags["imgtrain.world_size"], run.data.tags["imgtrain.strategy"]) == ("2", "multiworker")
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3]
+        assert REPORT_FILES <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
+    finally:
+        stop(proc)

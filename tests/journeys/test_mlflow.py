@@ -1,20 +1,16 @@
 """Journey: ``--mlflow`` against a real MLflow tracking server that the test starts on localhost
 (SQLite backend, a local artifact root), read back through ``mlflow.MlflowClient`` and
 ``mlflow.pyfunc`` as a team member would: one run, logged once, with everything in it; a
-killed run continues its MLflow run; a server that is down costs one warning line and the
-next run of the same command logs what was missed; a multi-worker run logs once."""
+stopped, then killed run continues its MLflow run. A multi-worker run logging once to the
+local store that ``mlflow ui`` opens is tests/journeys/test_distributed.py's; a server that is
+down is tests/test_tracking.py's (in-process, no training)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -24,58 +20,13 @@ import yaml
 from PIL import Image
 
 from journeys import readme
-from journeys.journey import SMALL, User
+from journeys.journey import SMALL, User, serve, stop
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
 
 TRAIN = readme.command(".venv/bin/imgtrain train --data photos/ --output runs/photos --mlflow")
-UI = readme.command(".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
-MULTIWORKER = readme.command(
-    "python launch/multiworker.py --workers 2 -- imgtrain train --config cfg.yaml --output runs/x"
-)
 REPORT_FILES = {"report.html", "report.json", "report.md", "curves.png", "confusion_matrix.png", "history.csv"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start an MLflow server (``argv`` without its port) on a free localhost port; wait until
-    it answers /health."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        argv + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=cwd,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return proc, uri
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            stop(proc)
-            pytest.fail(f"{' '.join(argv)} did not start:\n" + log.read_text()[-3000:])
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -207,58 +158,3 @@ def test_a_stopped_then_killed_run_continues_its_mlflow_run(user: User, server: 
     rows = history_rows(user.cwd / "runs/photos")
     logged = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
     assert [m.value for m in logged] == pytest.approx([float(r["loss"]) for r in rows], rel=1e-6)
-
-
-def test_a_server_that_is_down_is_one_warning_and_the_next_run_logs_it(user: User, server: str) -> None:
-    tracked(user, f"http://127.0.0.1:{_free_port()}", "journey-down")  # nothing listens there
-    down = user.ok(f"{TRAIN} {SMALL} --epochs 2")
-    warnings = [line for line in down.text.splitlines() if line.startswith("warning: MLflow tracking")]
-    assert len(warnings) == 1, down.text[-3000:]
-    assert "Connection refused" in warnings[0]
-    assert "warning: not logged to MLflow" in down.out and "run the same command again" in down.out
-    assert "Traceback" not in down.text
-    assert down.last_line.startswith("test accuracy ")
-    assert (user.cwd / "runs/photos/model.keras").is_file()
-
-    tracked(user, server, "journey-down")
-    again = user.ok(f"{TRAIN} {SMALL} --epochs 2")
-    assert "nothing to train" in again.out and "tracking: logged to MLflow run" in again.out, again.out[-2000:]
-    client, run = only_run(server, "journey-down")
-    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
-    assert steps(client, run.info.run_id, "val_loss") == [1, 2]
-    assert "test_accuracy" in run.data.metrics
-    assert client.search_logged_models(experiment_ids=[run.info.experiment_id])
-
-
-def test_a_multi_worker_run_logs_once(user: User, server: str) -> None:
-    tracked(user, server, "journey-workers")
-    (user.cwd / "cfg.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "seed": 5,
-                "data": {"path": "photos/", "image_size": [16, 16]},
-                "model": {"name": "cnn", "cnn": {"filters": [8, 16], "convs_per_block": 1}},
-                "train": {"epochs": 2, "batch_size": 8},
-            }
-        )
-    )
-    result = user.ok(f"{MULTIWORKER} --mlflow --no-progress")
-    assert result.text.count("tracking: logged to MLflow run") == 1, result.text[-3000:]
-    client, run = only_run(server, "journey-workers")
-    assert run.data.tags["imgtrain.world_size"] == "2"
-    assert run.data.tags["imgtrain.strategy"] == "multiworker"
-    assert steps(client, run.info.run_id, "loss") == [1, 2]
-    assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
-
-
-def test_the_local_store_opens_in_mlflow_ui(user: User) -> None:
-    user.env.pop("MLFLOW_TRACKING_URI", None)
-    user.ok(f"{TRAIN} {SMALL} --epochs 1")
-    assert (user.cwd / "mlflow.db").is_file(), "not MLflow's default store in the working directory"
-    proc, uri = serve([str(user.cwd / p) for p in user.argv(UI)[:1]] + user.argv(UI)[1:], user.cwd, user.cwd / "ui.log")
-    try:
-        _client, run = only_run(uri, "imgtrain")
-        assert run.info.status == "FINISHED" and run.info.run_name == "photos"
-        assert REPORT_FILES <= {a.path for a in _client.list_artifacts(run.info.run_id)}
-    finally:
-        stop(proc)

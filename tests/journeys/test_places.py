@@ -93,3 +93,4 @@ def test_a_config_file_in_another_folder_with_relative_paths(user: User) -> None
     sub.mkdir()
     missing = user.run("../.venv/bin/imgtrain train --config ../configs/small.yaml --no-progress", cwd=sub)
     assert missing.code != 0 and "photos" in missing.last_line and "Traceback" not in missing.text
+    assert missing.err.strip().splitlines() == [missing.last_line], missing.err  # one line, all of stderr
