@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,10 @@ SMALL = (
     "--set model.cnn.filters=[8,16] --set model.cnn.convs_per_block=1 "
     "--set train.early_stopping.patience=50"
 )
+
+TRAIN = readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
+MID_EPOCH = "--set train.checkpoint.every_steps=2 --set data.augment.rotation=10"
+TRAINED = f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3"  # the session's trained run (``trained``)
 
 
 def as_in_a_terminal() -> None:
@@ -228,14 +233,14 @@ def user(tmp_path: Path) -> User:
     return User(make_home(tmp_path / "home"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> User:
-    """A user whose runs/photos was trained once by the README's train command (3 epochs)."""
+    """A user whose runs/photos was trained once per session by the README's train command (3
+    epochs, with a mid-epoch checkpoint every 2 steps and rotations: ``TRAINED``). Journeys that
+    only read it use it as it is; those that move or resume it take ``trained_copy``;
+    tests/journeys/test_resume.py compares its resumed runs with its weights."""
     u = User(make_home(tmp_path_factory.mktemp("trained") / "home"))
-    u.ok(
-        readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
-        + f" {SMALL} --epochs 3"
-    )
+    u.ok(TRAINED)
     return u
 
 
@@ -246,3 +251,13 @@ def bench_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict]
     u = User(make_home(tmp_path_factory.mktemp("bench") / "home", per_class=1))
     result = u.ok(readme.command(".venv/bin/imgtrain bench") + " --quick --json bench.json", timeout=900)
     return result, json.loads((u.cwd / "bench.json").read_text())
+
+
+@pytest.fixture
+def trained_copy(trained: User, tmp_path: Path) -> User:
+    """A folder of this test's own holding a copy of ``trained``'s photos/ and runs/photos."""
+    home = make_home(tmp_path / "home", per_class=0)
+    shutil.rmtree(home / "photos")
+    shutil.copytree(trained.cwd / "photos", home / "photos")
+    shutil.copytree(trained.cwd / "runs" / "photos", home / "runs" / "photos")
+    return User(home)

@@ -10,15 +10,13 @@ import pytest
 import yaml
 
 from journeys import readme
-from journeys.journey import REPO, SMALL, User, fingerprint
+from journeys.journey import REPO, SMALL, TRAIN, User, fingerprint
 
 pytestmark = pytest.mark.slow
 
-TRAIN = readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
 
-
-def test_a_run_directory_moved_then_used_from_its_new_place(user: User) -> None:
-    user.ok(f"{TRAIN} {SMALL} --epochs 2")
+def test_a_run_directory_moved_then_used_from_its_new_place(trained_copy: User) -> None:
+    user = trained_copy  # runs/photos: the README's train command, 3 epochs
     (user.cwd / "archive").mkdir()
     shutil.move(str(user.cwd / "runs/photos"), str(user.cwd / "archive/photos"))
 
@@ -27,14 +25,16 @@ def test_a_run_directory_moved_then_used_from_its_new_place(user: User) -> None:
     assert (user.cwd / "moved.csv").stat().st_size > 0
     user.ok(".venv/bin/imgtrain export --run archive/photos --format keras --output exported")
     assert any((user.cwd / "exported").iterdir())
-    more = user.ok(f"{TRAIN} {SMALL} --epochs 3 --output archive/photos")
-    assert "2 epoch(s) done, continuing at epoch 3" in more.out, more.text[-2000:]
+    more = user.ok(f"{TRAIN} {SMALL} --epochs 4 --output archive/photos")
+    assert "3 epoch(s) done, continuing at epoch 4" in more.out, more.text[-2000:]
     assert not (user.cwd / "runs/photos").exists(), "the resume wrote to the old place"
 
 
-def test_a_run_directory_copied_to_another_machine_folder(user: User, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_run_directory_copied_to_another_machine_folder(
+    trained_copy: User, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """As when a run is copied off a cluster volume: another user folder, the data beside it."""
-    user.ok(f"{TRAIN} {SMALL} --epochs 2")
+    user = trained_copy  # runs/photos: the README's train command, 3 epochs
     other = User(tmp_path_factory.mktemp("other"))
     (other.cwd / ".venv").symlink_to(user.cwd / ".venv")
     shutil.copytree(user.cwd / "runs/photos", other.cwd / "copied run")
@@ -46,8 +46,8 @@ def test_a_run_directory_copied_to_another_machine_folder(user: User, tmp_path_f
     assert other.ok(f".venv/bin/imgtrain evaluate --run {run} --data photos/").last_line.startswith("test accuracy ")
     other.ok(f".venv/bin/imgtrain predict --run {run} photos/ --output p.csv")
     other.ok(f".venv/bin/imgtrain export --run {run} --format saved_model --output sm")
-    more = other.ok(f".venv/bin/imgtrain train --data photos/ --model cnn --output {run} {SMALL} --epochs 3")
-    assert "continuing at epoch 3" in more.out, more.text[-2000:]
+    more = other.ok(f".venv/bin/imgtrain train --data photos/ --model cnn --output {run} {SMALL} --epochs 4")
+    assert "continuing at epoch 4" in more.out, more.text[-2000:]
 
 
 def test_names_with_spaces_and_non_ascii_letters(user: User) -> None:

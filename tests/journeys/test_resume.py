@@ -7,13 +7,10 @@ import signal
 
 import pytest
 
-from journeys import readme
-from journeys.journey import SMALL, User, checkpoint_named, fingerprint, make_home
+from journeys.journey import MID_EPOCH, SMALL, TRAIN, TRAINED, User, checkpoint_named, fingerprint, make_home
 
 pytestmark = pytest.mark.slow
 
-TRAIN = readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
-MID_EPOCH = "--set train.checkpoint.every_steps=2 --set data.augment.rotation=10"
 STOP_EARLY = (
     "--set train.early_stopping.patience=1 --set train.early_stopping.monitor=val_accuracy "
     "--set train.early_stopping.min_delta=0.5"
@@ -21,17 +18,17 @@ STOP_EARLY = (
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
-    """Fingerprints of uninterrupted runs: 3 epochs, and the early-stopping setup."""
+def whole(trained: User, tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Fingerprints of uninterrupted runs: the session's ``TRAINED`` (3 epochs), and the
+    early-stopping setup."""
     user = User(make_home(tmp_path_factory.mktemp("whole") / "home"))
-    user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3")
     user.ok(f"{TRAIN} {SMALL} {STOP_EARLY} --epochs 10 --output runs/early")
-    return {"3": fingerprint(user.cwd / "runs/photos"), "early": fingerprint(user.cwd / "runs/early")}
+    return {"3": fingerprint(trained.cwd / "runs/photos"), "early": fingerprint(user.cwd / "runs/early")}
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
 def test_stopped_mid_epoch_then_the_same_command(user: User, whole: dict[str, int], sig: int, code: int) -> None:
-    command = f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3"
+    command = TRAINED
     stopped = user.interrupt(command, checkpoint_named(user.cwd / "runs/photos", 1), sig)
     assert stopped.code == code, stopped.out[-2000:]
     if sig == signal.SIGINT:
