@@ -14,6 +14,11 @@ from PIL import Image  # noqa: E402
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 210)}
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The image check last: in CI its build runs in the background meanwhile (test_image.py)."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_image.py"))
+
+
 def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 16) -> Image.Image:
     """A noisy image dominated by one colour: easy to learn, never identical twice."""
     base = np.array(colour, dtype=np.float32)[None, None, :]

@@ -18,6 +18,10 @@ intercept TLS. Then, each step timed:
 
 Exit 0 when every check passes; otherwise one line says which failed, after the output of
 the command that failed.
+
+``--build-only`` builds and keeps the image; ``--built`` checks an image built so. CI starts
+the build in the background before anything else (it downloads and compiles for many
+minutes, mostly while the suite runs) and tests/test_image.py checks the result at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILT = "image-test: built"  # the last line of --build-only, once the image is there
 TIMES: list[tuple[str, float]] = []
 
 
@@ -278,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tag", default="localhost/imgtrain:test-cpu")
     p.add_argument("--keep", action="store_true", help="keep the built image (default: removed afterwards)")
+    p.add_argument(
+        "--build-only", action="store_true", help=f"build the image as --tag, keep it, print '{BUILT}', check nothing"
+    )
+    p.add_argument("--built", action="store_true", help="check the image --tag an earlier --build-only made")
     args = p.parse_args(argv)
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     podman = Podman()
@@ -286,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             raise Failed("must run as root (debootstrap, and the volume's group as Kubernetes sets it)")
         base = base_image(podman)
         print(f"image-test: OCI runtime: {podman.choose_runtime(base)}", flush=True)
-        build(podman, base, args.tag)
+        if not args.built:
+            build(podman, base, args.tag)
+        if args.build_only:
+            print(f"{BUILT} {args.tag}", flush=True)
+            return 0
         size = int(podman("image", "inspect", "--format", "{{.Size}}", args.tag, step="inspect").strip())
         check_identity(podman, args.tag, version)
         check_sshd(podman, args.tag)
@@ -300,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"image-test: FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not args.keep:
+        if not (args.keep or args.build_only):
             subprocess.run([podman.exe, "rmi", "-f", args.tag], capture_output=True)
     print(f"image-test: image {args.tag}: {size / 2**20:,.0f} MiB")
     print(f"image-test: test accuracy in the container {report.get('accuracy', report.get('test', {}))}")
