@@ -2,10 +2,12 @@
 does. Crashes are simulated in-process (the checkpoint index put back as it stood); real signals
 are tests/journeys/test_resume.py's and tests/test_preemption.py's."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small, write_folder
 
 from imgtrain.run import train_run
 
@@ -31,28 +33,23 @@ FAST = (
     "train.early_stopping.patience=50",
     "deterministic=true",
 )
+MID_EPOCH = ("train.checkpoint.every_steps=2",)
 
 
-def test_same_seed_same_weights_and_stop_then_resume(image_folder, small_config, tmp_path, capsys):
-    a = small_config(image_folder, tmp_path / "a", FAST)
-    train_run(a, progress=False)
-    b = small_config(image_folder, tmp_path / "b", FAST)
-    train_run(b, progress=False)
-    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"))  # same seed, same weights
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """An uninterrupted run of FAST with a checkpoint every 2 steps (which changes no weight)."""
+    root = tmp_path_factory.mktemp("plain")
+    train_run(small(write_folder(root / "images"), root / "run", FAST + MID_EPOCH), progress=False)
+    return root / "run"
 
-    c1 = small_config(image_folder, tmp_path / "c", FAST + ("train.epochs=1",))
-    train_run(c1, progress=False)
-    capsys.readouterr()
-    c = small_config(image_folder, tmp_path / "c", FAST)
-    summary = train_run(c, progress=False)
-    out = capsys.readouterr().out
-    assert "1 epoch(s) done, continuing at epoch 2" in out
-    assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 3
-    assert_same(weights(tmp_path / "a"), weights(tmp_path / "c"))
 
-    other = small_config(image_folder, tmp_path / "d", FAST + ("seed=99",))
-    train_run(other, progress=False)
-    assert any(not np.array_equal(x, y) for x, y in zip(weights(tmp_path / "a"), weights(tmp_path / "d")))
+def test_same_seed_same_weights(image_folder, small_config, tmp_path, plain):
+    """(A resume at an epoch's end is tests/journeys/test_resume.py's more --epochs.)"""
+    train_run(small_config(image_folder, tmp_path / "b", FAST), progress=False)
+    assert_same(weights(plain), weights(tmp_path / "b"))  # same seed, same weights
+    train_run(small_config(image_folder, tmp_path / "d", FAST + ("seed=99",)), progress=False)
+    assert any(not np.array_equal(x, y) for x, y in zip(weights(plain), weights(tmp_path / "d")))
 
 
 def back_to_ckpt5(index: Path) -> None:
@@ -87,9 +84,13 @@ ON_DEVICE = ("data.augment.on_device=true", "data.augment.brightness=0.1")
 
 
 @pytest.mark.parametrize("recipes", [(), RECIPES, ON_DEVICE], ids=["plain", "every-recipe", "on-device"])
-def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys, recipes):
-    extra = FAST + ("train.checkpoint.every_steps=2",) + recipes
-    whole = train_run(small_config(image_folder, tmp_path / "a", extra), progress=False)
+def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys, recipes, plain):
+    extra = FAST + MID_EPOCH + recipes
+    if recipes:
+        whole = train_run(small_config(image_folder, tmp_path / "a", extra), progress=False)
+    else:
+        whole = json.loads((plain / "run.json").read_text())
+        (tmp_path / "a").symlink_to(plain)
     if recipes == ON_DEVICE:  # nothing left for tf.data to resample: the rotation is the step's
         assert whole["resampler"] is None and whole["augment_on_device"] == "CPU"
         assert "flips, affine and colour in the training step on the CPU" in capsys.readouterr().out
@@ -112,7 +113,7 @@ def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsy
 def test_steps_per_execution_same_weights_and_exact_resume(image_folder, small_config, tmp_path, capsys):
     """Three steps per call (cut at the mid-epoch checkpoints and the epoch's end) train the
     same weights as one per call, and resume from a mid-epoch checkpoint as exactly."""
-    extra = FAST + ("train.checkpoint.every_steps=2",) + RECIPES[:5]
+    extra = FAST + MID_EPOCH + RECIPES[:5]
     train_run(small_config(image_folder, tmp_path / "one", extra), progress=False)
     multi = extra + ("train.steps_per_execution=3",)
     train_run(small_config(image_folder, tmp_path / "three", multi), progress=False)
