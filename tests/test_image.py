@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from image_check import BUILT
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-BUILT = "image-test: built "  # image_check.BUILT, then the tag
 
 
 def missing() -> str | None:
@@ -43,7 +43,7 @@ def background_build(log: Path, pid: int, timeout: float) -> tuple[str, str]:
         except PermissionError:
             running = True
         text = log.read_text(errors="replace") if log.exists() else ""
-        built = [line for line in text.splitlines() if line.startswith(BUILT)]
+        built = [line for line in text.splitlines() if line.startswith(f"{BUILT} ")]
         if built or not running:
             assert built, f"the background image build (pid {pid}) ended without the image:\n{text[-6000:]}"
             return text, built[-1][len(BUILT) :].strip()
