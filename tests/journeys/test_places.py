@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from journeys import readme
-from journeys.journey import REPO, SMALL, TRAIN, User, fingerprint
+from journeys.journey import MID_EPOCH, REPO, SMALL, TRAIN, User, fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_a_run_directory_moved_then_used_from_its_new_place(trained_copy: User) 
     assert (user.cwd / "moved.csv").stat().st_size > 0
     user.ok(".venv/bin/imgtrain export --run archive/photos --format keras --output exported")
     assert any((user.cwd / "exported").iterdir())
-    more = user.ok(f"{TRAIN} {SMALL} --epochs 4 --output archive/photos")
+    more = user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 4 --output archive/photos")  # TRAINED's settings
     assert "3 epoch(s) done, continuing at epoch 4" in more.out, more.text[-2000:]
     assert not (user.cwd / "runs/photos").exists(), "the resume wrote to the old place"
 
@@ -46,7 +46,9 @@ def test_a_run_directory_copied_to_another_machine_folder(
     assert other.ok(f".venv/bin/imgtrain evaluate --run {run} --data photos/").last_line.startswith("test accuracy ")
     other.ok(f".venv/bin/imgtrain predict --run {run} photos/ --output p.csv")
     other.ok(f".venv/bin/imgtrain export --run {run} --format saved_model --output sm")
-    more = other.ok(f".venv/bin/imgtrain train --data photos/ --model cnn --output {run} {SMALL} --epochs 4")
+    more = other.ok(
+        f".venv/bin/imgtrain train --data photos/ --model cnn --output {run} {SMALL} {MID_EPOCH} --epochs 4"
+    )
     assert "continuing at epoch 4" in more.out, more.text[-2000:]
 
 
