@@ -1,5 +1,7 @@
-"""Journey: after training, the README's other commands (evaluate, predict, export in every
-format, prepare then train on its shards, bench) with relative paths from the user's folder."""
+"""Journey: after training, the README's other commands (evaluate, predict, export as the README
+writes it, prepare then train on its shards, bench) with relative paths from the user's folder.
+Every export format, run as a user types it from their folder and read back by its own reader,
+is tests/test_export.py's."""
 
 from __future__ import annotations
 
@@ -52,14 +54,6 @@ def test_predict_a_folder_to_csv_then_single_files_then_a_new_folder(trained: Us
     trained.ok(f".venv/bin/imgtrain predict --run runs/photos {one} --output out/new/predictions.json")
     written = json.loads((trained.cwd / "out/new/predictions.json").read_text())
     assert len(written) == 1 and json.dumps(written).count(one.name) >= 1
-
-
-@pytest.mark.parametrize("fmt", ["saved_model", "keras", "tflite-int8", "onnx"])
-def test_export_each_format_to_a_relative_folder(trained: User, fmt: str) -> None:
-    result = trained.ok(f".venv/bin/imgtrain export --run runs/photos --format {fmt} --output exports/{fmt}")
-    written = trained.cwd / "exports" / fmt
-    assert written.is_dir() and any(written.iterdir()), result.text[-2000:]
-    assert str(Path("exports") / fmt) in result.last_line or fmt in result.last_line, result.last_line
 
 
 def test_export_as_the_readme_writes_it(trained: User) -> None:
