@@ -86,3 +86,13 @@ def references(tmp_path_factory):
     home = tmp_path_factory.mktemp("references")
     write_folder(home / "photos", per_class=40, size=16)
     return References(home)
+
+
+@pytest.fixture(scope="session")
+def bench_quick(tmp_path_factory):
+    """The session's one ``imgtrain bench --quick`` (journeys/journey.py's ``bench_quick``), read
+    by tests/journeys/test_commands.py and tests/test_bench.py. A fixture defined once, here:
+    one imported into two modules would be two fixtures, and run twice."""
+    from journeys.journey import bench_quick as run
+
+    return run(tmp_path_factory)

@@ -1,3 +1,3 @@
 """The journeys' fixtures live in journey.py, beside the helpers they use."""
 
-from journeys.journey import bench_quick, trained, trained_copy, user  # noqa: F401
+from journeys.journey import trained, trained_copy, user  # noqa: F401
