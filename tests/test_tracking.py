@@ -104,6 +104,7 @@ def test_a_server_that_is_down_is_one_warning_and_the_next_attempt_logs_it(tmp_p
 
     for key, value in HTTP_DEFAULTS.items():
         monkeypatch.setenv(key, value)  # what open_tracker sets, put back after the test
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     run_dir = synthetic_run(tmp_path / "run")
     facts = RunFacts(params={"train.epochs": 2, "model.name": "cnn"}, tags={"imgtrain.model": "cnn"}, image_size=[8, 8])
     with socket.socket() as s:
