@@ -180,10 +180,13 @@ def checkpoint_named(run_dir: Path, number: int) -> Callable[[str], bool]:
 
 
 def make_home(path: Path, per_class: int = 16) -> Path:
+    """A user's folder: ``.venv``, ``launch/`` and ``per_class`` generated photos of each class
+    in ``photos/`` (none, and no folder, for 0)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / ".venv").symlink_to(VENV, target_is_directory=True)
     (path / "launch").symlink_to(REPO / "launch", target_is_directory=True)
-    write_folder(path / "photos", per_class=per_class, size=16, seed=1)
+    if per_class:
+        write_folder(path / "photos", per_class=per_class, size=16, seed=1)
     return path
 
 
@@ -248,7 +251,7 @@ def bench_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict]
     """The README's ``imgtrain bench`` with ``--quick`` (every figure at tiny sizes) from a
     user's folder: what it printed, and the figures its ``--json`` wrote. tests/conftest.py's
     ``bench_quick`` fixture runs it once per session for the journey and tests/test_bench.py."""
-    u = User(make_home(tmp_path_factory.mktemp("bench") / "home", per_class=1))
+    u = User(make_home(tmp_path_factory.mktemp("bench") / "home", per_class=0))
     result = u.ok(readme.command(".venv/bin/imgtrain bench") + " --quick --json bench.json", timeout=900)
     return result, json.loads((u.cwd / "bench.json").read_text())
 
@@ -257,7 +260,6 @@ def bench_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict]
 def trained_copy(trained: User, tmp_path: Path) -> User:
     """A folder of this test's own holding a copy of ``trained``'s photos/ and runs/photos."""
     home = make_home(tmp_path / "home", per_class=0)
-    shutil.rmtree(home / "photos")
     shutil.copytree(trained.cwd / "photos", home / "photos")
     shutil.copytree(trained.cwd / "runs" / "photos", home / "runs" / "photos")
     return User(home)
