@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Both tiers run on every core (at most 4): tests that share a trained run are one group, on one
+# worker (tests/conftest.py). PYTEST_JOBS=0 runs them in this process, as plain pytest does.
+PYTEST_JOBS ?= auto
+XDIST := $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --maxprocesses=4 --dist loadgroup)
 
 .PHONY: install demo test test-fast lint image-test clean help
 
@@ -29,10 +33,10 @@ demo: install
 	$(PY) -m imgtrain.demo
 
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -14,9 +14,57 @@ from PIL import Image  # noqa: E402
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 210)}
 
 
+def _shared_values(item: pytest.Item) -> list[str]:
+    """One key per value of this suite's module- or session-scoped fixtures that ``item`` uses
+    (a module fixture is one value per module, a session fixture one per session)."""
+    keys = []
+    for name in item.fixturenames:
+        defs = item._fixtureinfo.name2fixturedefs.get(name) or ()
+        if not defs or defs[-1].scope == "function" or not defs[-1].baseid:  # no baseid: pytest's own
+            continue
+        keys.append(name if defs[-1].scope == "session" else f"{item.nodeid.split('::')[0]}::{name}")
+    return keys
+
+
+def _groups(items: list) -> dict[int, list]:
+    """Items joined when they share a fixture's value, directly or through others (union-find)."""
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, item in enumerate(items):
+        for key in _shared_values(item):
+            parent[root(i)] = root(owner.setdefault(key, i))
+    groups: dict[int, list] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(root(i), []).append(item)
+    return groups
+
+
 def pytest_collection_modifyitems(items: list) -> None:
-    """The image check last: in CI its build runs in the background meanwhile (test_image.py)."""
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_image.py"))
+    """Order and group the suite for ``pytest -n`` (pytest-xdist, ``--dist loadgroup``), which
+    ``make test`` runs: tests that share a module or session fixture's value (a trained
+    reference run, the one bench) are one group, which runs on one worker, so each value is
+    still made once. Groups with more slow tests go first (the longest work starts first and the
+    quick tests fill in at the end), and the image check last: in CI its build runs in the
+    background meanwhile (test_image.py)."""
+    groups = list(_groups(items).values())
+    for group in groups:
+        if len(group) > 1:
+            name = _shared_values(group[0])[0]
+            for item in group:
+                item.add_marker(pytest.mark.xdist_group(name))
+
+    def weight(group: list) -> tuple:
+        image = any(item.nodeid.startswith("tests/test_image.py") for item in group)
+        return image, -sum(item.get_closest_marker("slow") is not None for item in group)
+
+    items[:] = [item for group in sorted(groups, key=weight) for item in group]
 
 
 def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 16) -> Image.Image:
