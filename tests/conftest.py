@@ -127,9 +127,9 @@ def small_config(tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def references(tmp_path_factory):
-    """The uninterrupted reference runs of tests/runs.py's commands (one per strategy, each
+    """The uninterrupted reference runs of tests/reference_runs.py's commands (one per strategy, each
     trained once per session), in a folder holding their ``photos``."""
-    from runs import References
+    from reference_runs import References
 
     home = tmp_path_factory.mktemp("references")
     write_folder(home / "photos", per_class=40, size=16)

@@ -1,5 +1,5 @@
 """Real multi-process training on localhost: MultiWorkerMirroredStrategy and Horovod (gloo), CPU.
-The two-process runs are the session's references (tests/runs.py), which tests/test_preemption.py
+The two-process runs are the session's references (tests/reference_runs.py), which tests/test_preemption.py
 stops and resumes; a worker killed outright is tests/journeys/test_distributed.py's."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import runs
 
 pytestmark = pytest.mark.slow

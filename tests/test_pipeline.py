@@ -208,3 +208,26 @@ def test_on_device_makes_the_pixels_the_pipeline_makes(tmp_path, augment: Augmen
             np.testing.assert_array_equal(a.numpy(), b.numpy())
         batches += 1
     assert batches == 3
+
+
+def test_data_cache_reads_each_image_once_per_run(tmp_path: Path):
+    """``data.cache``: the second epoch, validation and the test split read no file: with the
+    images gone from disk after the first reading, every epoch yields what it would have."""
+    from imgtrain.data.source import FileSource
+
+    folder = write_folder(tmp_path / "images", per_class=6)
+    cat = apply_split(discover(DataConfig(path=str(folder))), SplitConfig(0.5, 0.5, 0.0), 0)
+    cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG, cache=True)
+    first, again = FileSource(cat), FileSource(cat)  # `again` has cached nothing
+    seen = [_collect(first.train_dataset(cfg, EpochPlan(seed=1, epoch=e, batch_size=4))) for e in (0, 1)]
+    val = _collect(first.eval_dataset(cfg, "val", 4, Shard(), 1))
+    for image in folder.rglob("*.png"):
+        image.unlink()
+    for epoch, expected in ((0, seen[0]), (1, seen[1]), (2, None)):
+        got = _collect(first.train_dataset(cfg, EpochPlan(seed=1, epoch=epoch, batch_size=4)))
+        for u, v in zip(got, expected or ()):
+            np.testing.assert_array_equal(u, v)
+    for u, v in zip(_collect(first.eval_dataset(cfg, "val", 4, Shard(), 1)), val):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(tf.errors.NotFoundError):  # a source that cached nothing does read the files
+        _collect(again.train_dataset(cfg, EpochPlan(seed=1, epoch=0, batch_size=4)))

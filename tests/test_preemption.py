@@ -5,6 +5,7 @@ MultiWorkerMirroredStrategy and Horovod, each run as a user runs it (relative pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from journeys.journey import as_in_a_terminal
-from runs import COMMANDS, env, failure, run
+from reference_runs import COMMANDS, env, failure, run
 
 from imgtrain import stop
 
@@ -44,6 +45,17 @@ def worker(launcher_pid: int, rank: int) -> psutil.Process:
     raise AssertionError(f"no rank-{rank} worker under {launcher_pid}")
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every process under it (launchers put workers in groups of their own)."""
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
 def signal_mid_epoch(cmd: list[str], home: Path, run_dir: str, rank: int, sig: int) -> tuple[int, str, float]:
     """Start ``cmd``; once its first mid-epoch checkpoint is on disk, send ``sig`` to ``rank``'s
     process; return (exit code, output, seconds from the signal to the exit)."""
@@ -53,14 +65,18 @@ def signal_mid_epoch(cmd: list[str], home: Path, run_dir: str, rank: int, sig: i
             cmd, cwd=home, env=env(), stdout=out, stderr=subprocess.STDOUT, preexec_fn=as_in_a_terminal
         )
     index, deadline, sent = home / run_dir / "checkpoints" / "checkpoint", time.time() + 400, None
-    while time.time() < deadline and proc.poll() is None:
-        if index.exists() and '"ckpt-1"' in index.read_text():
-            worker(proc.pid, rank).send_signal(sig)
-            sent = time.time()
-            break
-        time.sleep(0.02)
-    assert sent is not None, "the run ended before it could be signalled:\n" + failure(log.read_text())
-    code = proc.wait(timeout=120)
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if index.exists() and '"ckpt-1"' in index.read_text():
+                worker(proc.pid, rank).send_signal(sig)
+                sent = time.time()
+                break
+            time.sleep(0.02)
+        assert sent is not None, "the run ended before it could be signalled:\n" + failure(log.read_text())
+        code = proc.wait(timeout=120)
+    except BaseException:  # a hung run is this test's failure, not the next tests' load
+        kill_tree(proc.pid)
+        raise
     return code, log.read_text(errors="replace"), time.time() - sent
 
 

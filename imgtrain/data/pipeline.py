@@ -77,17 +77,28 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31 - 1)
 
 
-def train_dataset(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
-    """One epoch of augmented training batches ``(image, label, weight, real)`` for this worker."""
+def decoded_images(examples: Sequence[Example], size: Sequence[int]) -> tf.data.Dataset:
+    """``data.cache``'s training images: ``(index, image at the output size, label, weight)``,
+    decoded once and kept in memory (crops then come from the resized image). The cache lives
+    in this dataset object, so a source builds it once per run and hands it to every epoch
+    (``DataSource.kept``): a dataset rebuilt each epoch would fill a new cache each epoch."""
+    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
+    return ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE).cache()
+
+
+def train_dataset(
+    examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan, decoded: Optional[tf.data.Dataset] = None
+) -> tf.data.Dataset:
+    """One epoch of augmented training batches ``(image, label, weight, real)`` for this worker;
+    with ``data.cache``, read from ``decoded`` (``decoded_images``) when given."""
     seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
-    size = cfg.image_size
     n = len(examples)
     if cfg.service:
         return _service_train(examples, cfg, plan)
-    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
     if cfg.cache:
-        # Decode and resize once, keep in memory; crops then come from the resized image.
-        ds = ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE).cache()
+        ds = decoded if decoded is not None else decoded_images(examples, cfg.image_size)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
     ds = ds.shuffle(max(n, 1), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
@@ -252,26 +263,32 @@ def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
     )
 
 
+def eval_images(examples: Sequence[Example], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
+    """This worker's ``(image, label, weight, real)`` of a split in file order, kept in memory
+    with ``data.cache`` (built once per run, as ``decoded_images`` is)."""
+    size, crop = cfg.image_size, cfg.eval_crop()
+    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
+    if shard.count > 1:
+        ds = ds.shard(shard.count, shard.index)
+    ds = ds.map(
+        lambda i, p, y, w: (load(p, size, crop), y, w, tf.constant(1.0)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.cache() if cfg.cache else ds
+
+
 def eval_dataset(
     examples: Sequence[Example],
     cfg: DataConfig,
     batch_size: int,
     shard: Shard = Shard(),
     multiple: int = 1,
+    images: Optional[tf.data.Dataset] = None,
 ) -> tf.data.Dataset:
-    """Batches in file order, no augmentation: what validation, test and predict see."""
-    size = cfg.image_size
-    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
-    if shard.count > 1:
-        ds = ds.shard(shard.count, shard.index)
-    crop = cfg.eval_crop()
-    ds = ds.map(
-        lambda i, p, y, w: (load(p, size, crop), y, w, tf.constant(1.0)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    if cfg.cache:
-        ds = ds.cache()
+    """Batches in file order, no augmentation: what validation, test and predict see; read
+    from ``images`` (``eval_images`` of the same shard) when given."""
+    ds = images if images is not None else eval_images(examples, cfg, shard)
     mine, target = batches(len(examples), batch_size, shard, multiple)
     ds = _pad(ds.batch(batch_size), _filler(examples, cfg), target - mine)
     return ds.prefetch(AUTOTUNE).with_options(_options())
@@ -395,6 +412,16 @@ def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
     return eval_image(decode(encoded), cfg.image_size, cfg.eval_crop())
 
 
+def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
+    """``eval_images`` from prepared shards: this worker's files, decoded, kept with ``data.cache``."""
+    ds = _records(files, shard).map(
+        lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.cache() if cfg.cache else ds
+
+
 def tfrecord_eval_dataset(
     files: Sequence[str],
     worker_counts: Sequence[int],
@@ -402,14 +429,10 @@ def tfrecord_eval_dataset(
     batch_size: int,
     shard: Shard = Shard(),
     multiple: int = 1,
+    images: Optional[tf.data.Dataset] = None,
 ) -> tf.data.Dataset:
-    ds = _records(files, shard).map(
-        lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    if cfg.cache:
-        ds = ds.cache()
+    """``eval_dataset`` from prepared shards; ``images`` is ``tfrecord_eval_images`` of ``shard``."""
+    ds = images if images is not None else tfrecord_eval_images(files, cfg, shard)
     mine, target = padded_batches(worker_counts[shard.index], max(worker_counts), batch_size, multiple)
     filler = _records(files[:1], Shard()).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)))
     ds = _pad(ds.batch(batch_size), filler, target - mine)

@@ -65,6 +65,14 @@ class DataSource:
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
         raise NotImplementedError
 
+    def kept(self, key: tuple, build: Callable[[], tf.data.Dataset]) -> tf.data.Dataset:
+        """``build()``, made once per ``key`` for this source's life. ``data.cache`` keeps its
+        images in the dataset object that cached them, so every epoch must read that one."""
+        kept = self.__dict__.setdefault("_kept", {})
+        if key not in kept:
+            kept[key] = build()
+        return kept[key]
+
     def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
         raise NotImplementedError
 
@@ -89,10 +97,18 @@ class FileSource(DataSource):
         return [e.key for e in self.catalog.split(split)]  # the path as the user's folder or CSV names it
 
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
-        return pipeline.train_dataset(self.catalog.split("train"), cfg, plan)
+        examples = self.catalog.split("train")
+        decoded = None
+        if cfg.cache:
+            key = ("train", tuple(cfg.image_size))
+            decoded = self.kept(key, lambda: pipeline.decoded_images(examples, cfg.image_size))
+        return pipeline.train_dataset(examples, cfg, plan, decoded)
 
     def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
-        return pipeline.eval_dataset(self.catalog.split(split), cfg, batch, shard, multiple)
+        examples = self.catalog.split(split)
+        key = (split, tuple(cfg.image_size), cfg.eval_crop(), shard)
+        images = self.kept(key, lambda: pipeline.eval_images(examples, cfg, shard)) if cfg.cache else None
+        return pipeline.eval_dataset(examples, cfg, batch, shard, multiple, images)
 
 
 class RecordSource(DataSource):
@@ -125,8 +141,11 @@ class RecordSource(DataSource):
         )
 
     def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
+        files = self.records.files(split)
+        key = (split, tuple(cfg.image_size), cfg.eval_crop(), shard)
+        images = self.kept(key, lambda: pipeline.tfrecord_eval_images(files, cfg, shard)) if cfg.cache else None
         return pipeline.tfrecord_eval_dataset(
-            self.records.files(split), self.worker_counts(split, shard.count), cfg, batch, shard, multiple
+            files, self.worker_counts(split, shard.count), cfg, batch, shard, multiple, images
         )
 
 

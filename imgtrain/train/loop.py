@@ -209,6 +209,7 @@ class TrainLoop:
         self._phase: Optional[Phase] = None
         self._step_fn: Optional[Callable] = None
         self._cached_eval_step: Optional[Callable] = None
+        self._epoch_data: tuple[tuple[int, int], Optional[tf.data.Dataset]] = ((-1, -1), None)
 
     # -- steps ------------------------------------------------------------------------
     def _make_train_step(self, variables: list) -> Callable:
@@ -283,6 +284,14 @@ class TrainLoop:
         """The step's position in the run, as the int64 the step turns into its seed."""
         return tf.constant(epoch * 1_000_003 + step, tf.int64)
 
+    def _train_data(self, epoch: int, skip: int) -> tf.data.Dataset:
+        """The epoch's training dataset, built (and its functions traced) once for all who read
+        it: the TensorBoard sample, the epoch and precise BN. Each reads its own iterator, and a
+        dataset gives every iterator the same seeded sequence, as a rebuilt one would."""
+        if self._epoch_data[0] != (epoch, skip):
+            self._epoch_data = ((epoch, skip), self.data.train(epoch, skip))
+        return self._epoch_data[1]
+
     # -- the weights evaluation sees -------------------------------------------------------
     def _evaluation_weights(self, epoch: int) -> Callable[[], None]:
         """Put into the model the weights validation, the best checkpoint and the exports use: the
@@ -302,7 +311,7 @@ class TrainLoop:
                     v.assign(value)
 
         if self.precise_bn_batches:
-            self.precise_bn(lambda: self.data.train(epoch, 0), self.precise_bn_batches)
+            self.precise_bn(lambda: self._train_data(epoch, 0), self.precise_bn_batches)
         return restore
 
     # -- history ----------------------------------------------------------------------
@@ -381,7 +390,7 @@ class TrainLoop:
         # The step pulls its batch from the iterator inside the graph, and results stay on the
         # device until the progress bar or a checkpoint needs them: the host is not a sync
         # point on every step (what Keras's fit does too).
-        iterator = iter(self.dist.distribute(lambda: self.data.train(epoch, skip)))
+        iterator = iter(self.dist.distribute(lambda: self._train_data(epoch, skip)))
         step = skip
         while step < steps:
             count = self._steps_this_call(step, steps)
@@ -489,8 +498,13 @@ class TrainLoop:
         signums = self.dist.gather(float(self.stop.signum))
         self.stop_checks["checks"] += 1
         self.stop_checks["seconds"] += time.perf_counter() - start
-        self.stop.signum = self.stop.signum or int(max(signums))
-        return bool(self.stop.signum)
+        agreed = int(max(signums))
+        # The agreed value decides, never this worker's own flag read now: a signal that landed
+        # after its value was sent is in no other worker's answer (stopping on it alone would
+        # leave the others in a collective it never joins); it is sent at the next check.
+        if agreed and not self.stop.signum:
+            self.stop.signum = agreed
+        return bool(agreed)
 
     def _stop_between_epochs(self, epoch: int, start_epoch: int) -> None:
         """A signal during the last epoch's end (validation, checkpoint): its checkpoint stands."""
@@ -567,7 +581,7 @@ class TrainLoop:
 
     def _first_batch_images(self) -> Optional[np.ndarray]:
         """Epoch 0's first training batch as the model sees it (augmented), for TensorBoard."""
-        for x, *_ in self.data.train(0, 0).take(1):
+        for x, *_ in self._train_data(0, 0).take(1):
             return model_input(x, self.data.on_device).numpy()[:16]
         return None
 
