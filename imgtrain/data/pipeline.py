@@ -19,11 +19,13 @@ exactly once per epoch, on exactly one worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.autograph.core import ag_ctx  # tf.data has no public switch for AutoGraph
 
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
@@ -33,6 +35,20 @@ from imgtrain.data.service import service_train
 from imgtrain.data.sources import Example
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+def as_written(build: Callable) -> Callable:
+    """``build``, with the functions its datasets map traced as written: AutoGraph's rewriting
+    of their source took about two seconds at the start of every process that builds a
+    pipeline. They hold no Python control flow on tensors; one that did would fail to trace,
+    loudly, never silently differ."""
+
+    @functools.wraps(build)
+    def built(*args, **kwargs):
+        with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
+            return build(*args, **kwargs)
+
+    return built
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31 - 1)
 
 
+@as_written
 def decoded_images(examples: Sequence[Example], size: Sequence[int]) -> tf.data.Dataset:
     """``data.cache``'s training images: ``(index, image at the output size, label, weight)``,
     decoded once and kept in memory (crops then come from the resized image). The cache lives
@@ -86,6 +103,7 @@ def decoded_images(examples: Sequence[Example], size: Sequence[int]) -> tf.data.
     return ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE).cache()
 
 
+@as_written
 def train_dataset(
     examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan, decoded: Optional[tf.data.Dataset] = None
 ) -> tf.data.Dataset:
@@ -263,6 +281,7 @@ def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
     )
 
 
+@as_written
 def eval_images(examples: Sequence[Example], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
     """This worker's ``(image, label, weight, real)`` of a split in file order, kept in memory
     with ``data.cache`` (built once per run, as ``decoded_images`` is)."""
@@ -278,6 +297,7 @@ def eval_images(examples: Sequence[Example], cfg: DataConfig, shard: Shard = Sha
     return ds.cache() if cfg.cache else ds
 
 
+@as_written
 def eval_dataset(
     examples: Sequence[Example],
     cfg: DataConfig,
@@ -329,6 +349,7 @@ def _pad(ds: tf.data.Dataset, filler: tf.data.Dataset, count: int) -> tf.data.Da
 # -- TFDS: streamed by TFDS, with the same decode/augment as files --------------------
 
 
+@as_written
 def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
     """Training batches from a TFDS ``(image, label)`` stream, shuffled in a seeded window."""
     seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
@@ -358,6 +379,7 @@ def _tfds_plain(source: tf.data.Dataset, cfg: DataConfig) -> tf.data.Dataset:
     )
 
 
+@as_written
 def tfds_eval_dataset(
     source: tf.data.Dataset, count: int, cfg: DataConfig, batch_size: int, shard: Shard = Shard(), multiple: int = 1
 ) -> tf.data.Dataset:
@@ -391,6 +413,7 @@ def tfrecord_parse(record: tf.Tensor) -> tuple:
     return parse(record)
 
 
+@as_written
 def tfrecord_train_dataset(
     files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, plan: EpochPlan
 ) -> tf.data.Dataset:
@@ -412,6 +435,7 @@ def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
     return eval_image(decode(encoded), cfg.image_size, cfg.eval_crop())
 
 
+@as_written
 def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
     """``eval_images`` from prepared shards: this worker's files, decoded, kept with ``data.cache``."""
     ds = _records(files, shard).map(
@@ -422,6 +446,7 @@ def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = S
     return ds.cache() if cfg.cache else ds
 
 
+@as_written
 def tfrecord_eval_dataset(
     files: Sequence[str],
     worker_counts: Sequence[int],
