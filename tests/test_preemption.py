@@ -178,3 +178,26 @@ def test_sigterm_outside_training_is_one_line_and_exit_143(handlers, monkeypatch
         signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err.strip()
     assert err == "imgtrain: stopped by SIGTERM; run the same command again to resume"
+
+
+def test_workers_stop_on_the_agreed_value_only() -> None:
+    """A signal that lands while the workers' values are being summed is in no other worker's
+    answer: this worker trains on with the rest, and all stop together at the next check.
+    (Stopping on its own flag alone left Horovod's workers in mismatched collectives, hung.)"""
+    from types import SimpleNamespace
+
+    from imgtrain.train.loop import TrainLoop
+
+    def gather_while_signalled(value: float) -> list[float]:
+        flag.signum = signal.SIGTERM  # the handler runs while the sum is in flight
+        return [value, 0.0]  # what every worker agreed on: nobody had been told yet
+
+    flag = stop.StopFlag()
+    dist = SimpleNamespace(world_size=2, gather=gather_while_signalled)
+    loop = SimpleNamespace(dist=dist, stop=flag, stop_checks={"checks": 0, "seconds": 0.0})
+    assert TrainLoop._stop_agreed(loop) is False and flag.signum == signal.SIGTERM
+    dist.gather = lambda value: [value, 0.0]
+    assert TrainLoop._stop_agreed(loop) is True and loop.stop_checks["checks"] == 2
+    dist.gather = lambda value: [0.0, float(signal.SIGINT)]  # another worker was told
+    other = SimpleNamespace(dist=dist, stop=stop.StopFlag(), stop_checks={"checks": 0, "seconds": 0.0})
+    assert TrainLoop._stop_agreed(other) is True and other.stop.signum == signal.SIGINT
