@@ -83,14 +83,23 @@ RECIPES = (
 ON_DEVICE = ("data.augment.on_device=true", "data.augment.brightness=0.1")
 
 
+@pytest.fixture(scope="module")
+def every_recipe(tmp_path_factory) -> Path:
+    """An uninterrupted run of FAST with every recipe and a checkpoint every 2 steps."""
+    root = tmp_path_factory.mktemp("every_recipe")
+    train_run(small(write_folder(root / "images"), root / "run", FAST + MID_EPOCH + RECIPES), progress=False)
+    return root / "run"
+
+
 @pytest.mark.parametrize("recipes", [(), RECIPES, ON_DEVICE], ids=["plain", "every-recipe", "on-device"])
-def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys, recipes, plain):
+def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsys, recipes, plain, every_recipe):
     extra = FAST + MID_EPOCH + recipes
-    if recipes:
+    if recipes == ON_DEVICE:
         whole = train_run(small_config(image_folder, tmp_path / "a", extra), progress=False)
-    else:
-        whole = json.loads((plain / "run.json").read_text())
-        (tmp_path / "a").symlink_to(plain)
+    else:  # the module's shared uninterrupted run of the same settings
+        shared = every_recipe if recipes else plain
+        whole = json.loads((shared / "run.json").read_text())
+        (tmp_path / "a").symlink_to(shared)
     if recipes == ON_DEVICE:  # nothing left for tf.data to resample: the rotation is the step's
         assert whole["resampler"] is None and whole["augment_on_device"] == "CPU"
         assert "flips, affine and colour in the training step on the CPU" in capsys.readouterr().out
@@ -110,12 +119,12 @@ def test_mid_epoch_checkpoint_resume(image_folder, small_config, tmp_path, capsy
     assert_same(weights(tmp_path / "a"), weights(run_b))
 
 
-def test_steps_per_execution_same_weights_and_exact_resume(image_folder, small_config, tmp_path, capsys):
+def test_steps_per_execution_same_weights_and_exact_resume(image_folder, small_config, tmp_path, capsys, every_recipe):
     """Three steps per call (cut at the mid-epoch checkpoints and the epoch's end) train the
-    same weights as one per call, and resume from a mid-epoch checkpoint as exactly."""
-    extra = FAST + MID_EPOCH + RECIPES[:5]
-    train_run(small_config(image_folder, tmp_path / "one", extra), progress=False)
-    multi = extra + ("train.steps_per_execution=3",)
+    same weights as one per call, with every recipe, and resume from a mid-epoch checkpoint as
+    exactly."""
+    (tmp_path / "one").symlink_to(every_recipe)
+    multi = FAST + MID_EPOCH + RECIPES + ("train.steps_per_execution=3",)
     train_run(small_config(image_folder, tmp_path / "three", multi), progress=False)
     assert_same(weights(tmp_path / "one"), weights(tmp_path / "three"))
     run_b = tmp_path / "resumed"
