@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import runs
+import reference_runs as runs
 
 pytestmark = pytest.mark.slow
 
