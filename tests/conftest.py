@@ -22,7 +22,8 @@ def _shared_values(item: pytest.Item) -> list[str]:
         defs = item._fixtureinfo.name2fixturedefs.get(name) or ()
         if not defs or defs[-1].scope == "function" or not defs[-1].baseid:  # no baseid: pytest's own
             continue
-        keys.append(name if defs[-1].scope == "session" else f"{item.nodeid.split('::')[0]}::{name}")
+        module = item.nodeid.split("::")[0].removeprefix("tests/").removesuffix(".py")
+        keys.append(name if defs[-1].scope == "session" else f"{module}:{name}")
     return keys
 
 
@@ -46,6 +47,7 @@ def _groups(items: list) -> dict[int, list]:
     return groups
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list) -> None:
     """Order and group the suite for ``pytest -n`` (pytest-xdist, ``--dist loadgroup``), which
     ``make test`` runs: tests that share a module or session fixture's value (a trained
@@ -65,6 +67,20 @@ def pytest_collection_modifyitems(items: list) -> None:
         return image, -sum(item.get_closest_marker("slow") is not None for item in group)
 
     items[:] = [item for group in sorted(groups, key=weight) for item in group]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On an xdist worker, the groups must have reached the scheduler, which reads them from
+    the node ids (``test@group``). pytest 9.2's node ids ignore that (pytest-xdist#1386): every
+    shared run would then be made once per worker, silently; say so instead."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    grouped = [item for item in session.items if item.get_closest_marker("xdist_group")]
+    if grouped and "@" not in grouped[0].nodeid:
+        raise pytest.UsageError(
+            "pytest-xdist --dist loadgroup does not group tests with this pytest (pytest-xdist#1386); "
+            "pip install 'pytest<9.2', as pyproject.toml's test extra pins it"
+        )
 
 
 def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 16) -> Image.Image:
