@@ -427,7 +427,7 @@ def tfrecord_train_dataset(
     )
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
-    filler = _records(files[:1], Shard()).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)))
+    filler = _decoded_records(files[:1], cfg)
     return _finish_train(ds, _augmenter(cfg, seed, epoch, "bytes"), plan, mine_n, most_n, filler)
 
 
@@ -435,14 +435,19 @@ def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
     return eval_image(decode(encoded), cfg.image_size, cfg.eval_crop())
 
 
-@as_written
-def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
-    """``eval_images`` from prepared shards: this worker's files, decoded, kept with ``data.cache``."""
-    ds = _records(files, shard).map(
+def _decoded_records(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
+    """``(image, label, weight, real)`` of ``shard``'s records, decoded as evaluation sees them."""
+    return _records(files, shard).map(
         lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
+
+
+@as_written
+def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
+    """``eval_images`` from prepared shards: this worker's files, decoded, kept with ``data.cache``."""
+    ds = _decoded_records(files, cfg, shard)
     return ds.cache() if cfg.cache else ds
 
 
@@ -459,7 +464,7 @@ def tfrecord_eval_dataset(
     """``eval_dataset`` from prepared shards; ``images`` is ``tfrecord_eval_images`` of ``shard``."""
     ds = images if images is not None else tfrecord_eval_images(files, cfg, shard)
     mine, target = padded_batches(worker_counts[shard.index], max(worker_counts), batch_size, multiple)
-    filler = _records(files[:1], Shard()).map(lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)))
+    filler = _decoded_records(files[:1], cfg)
     ds = _pad(ds.batch(batch_size), filler, target - mine)
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
