@@ -73,7 +73,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """On an xdist worker, the groups must have reached the scheduler, which reads them from
     the node ids (``test@group``). pytest 9.2's node ids ignore that (pytest-xdist#1386): every
     shared run would then be made once per worker, silently; say so instead."""
-    if not session.config.getvalue("loadgroup"):
+    if not getattr(session.config.option, "loadgroup", False):  # set by xdist under -n only
         return
     grouped = [item for item in session.items if item.get_closest_marker("xdist_group")]
     if grouped and "@" not in grouped[0].nodeid:

@@ -102,6 +102,8 @@ def test_a_worker_killed_then_the_same_command(cluster_user: User, launcher: str
     assert summary["strategy"] == ("multiworker" if launcher == "multiworker.py" else "horovod")
     assert fingerprint(user.cwd / "runs/x") is not None
 
+    if launcher == "horovod.sh":
+        return  # horovod.sh runs horovodrun: a finished run under Horovod is horovodrun's check
     third = user.ok(command)
     assert "nothing to train" in third.text, third.text[-2000:]
     if launcher == "multiworker.py":

@@ -51,20 +51,10 @@ def test_a_run_directory_copied_to_another_machine_folder(
     assert "continuing at epoch 4" in more.out, more.text[-2000:]
 
 
-def test_names_with_spaces_and_non_ascii_letters(user: User) -> None:
-    shutil.move(str(user.cwd / "photos"), str(user.cwd / "mes photos été"))
-    data, run = shlex.quote("mes photos été/"), shlex.quote("runs/Ünïcode run 1")
-    user.ok(f".venv/bin/imgtrain train --data {data} --model cnn --output {run} {SMALL} --epochs 2")
-    assert (user.cwd / "runs/Ünïcode run 1/report.html").exists()
-    user.ok(f".venv/bin/imgtrain evaluate --run {run}")
-    out = user.ok(f".venv/bin/imgtrain predict --run {run} {data} --output 'prédictions ü.json'")
-    assert (user.cwd / "prédictions ü.json").exists(), out.text[-2000:]
-    again = user.ok(f".venv/bin/imgtrain train --data {data} --model cnn --output {run} {SMALL} --epochs 2")
-    assert "nothing to train" in again.out
-
-
-def test_a_config_file_in_another_folder_with_relative_paths(user: User) -> None:
-    """The rule (README and --help): relative paths are relative to the working directory."""
+def test_a_config_file_in_another_folder_with_relative_paths_and_names_with_spaces(user: User) -> None:
+    """The rule (README and --help): relative paths are relative to the working directory. Flags
+    override the config, with names that have spaces and non-ASCII letters: the run is the same
+    one, then evaluated, predicted from and found finished under those names."""
     help_text = user.ok(".venv/bin/imgtrain train --help").out
     assert "relative to the working directory" in " ".join(help_text.split())
     assert "relative to the working directory" in " ".join((REPO / "README.md").read_text().split())
@@ -84,10 +74,20 @@ def test_a_config_file_in_another_folder_with_relative_paths(user: User) -> None
     recorded = yaml.safe_load((user.cwd / "runs/cfg/config.yaml").read_text())
     assert recorded["output"] == str(user.cwd / "runs/cfg") and recorded["data"]["path"] == str(user.cwd / "photos")
 
-    # the README's form: cfg.yaml in the working directory, imgtrain on PATH
+    # the README's form: cfg.yaml in the working directory, imgtrain on PATH; the same images
+    # in a folder whose name has spaces and accents, a run directory named alike
     (user.cwd / "cfg.yaml").write_text(yaml.safe_dump({**cfg, "output": "runs/x"}))
-    user.ok(readme.command("imgtrain train --config cfg.yaml") + " --no-progress")
-    assert fingerprint(user.cwd / "runs/x") == fingerprint(user.cwd / "runs/cfg")
+    shutil.copytree(user.cwd / "photos", user.cwd / "mes photos été")
+    data, run = shlex.quote("mes photos été/"), shlex.quote("runs/Ünïcode run 1")
+    names = f"--data {data} --output {run} --no-progress"
+    user.ok(readme.command("imgtrain train --config cfg.yaml") + f" {names}")
+    assert fingerprint(user.cwd / "runs/Ünïcode run 1") == fingerprint(user.cwd / "runs/cfg")
+    assert (user.cwd / "runs/Ünïcode run 1/report.html").exists() and not (user.cwd / "runs/x").exists()
+    user.ok(f".venv/bin/imgtrain evaluate --run {run}")
+    out = user.ok(f".venv/bin/imgtrain predict --run {run} {data} --output 'prédictions ü.json'")
+    assert (user.cwd / "prédictions ü.json").exists(), out.text[-2000:]
+    again = user.ok(readme.command("imgtrain train --config cfg.yaml") + f" {names}")
+    assert "nothing to train" in again.out
 
     # from a subfolder, the same config names that subfolder's photos/ and runs/
     sub = user.cwd / "sub"
