@@ -38,7 +38,7 @@ ERASING_FILLS = ("noise", "mean")
 RESAMPLERS = ("auto", "opencv", "tensorflow")  # who resamples rotation/zoom/shift; auto: OpenCV when installed
 FILL_MODES = ("reflect", "constant", "nearest", "wrap")  # ImageProjectiveTransformV3's fill_mode, lower case
 # A cap checked before anything loads: at 4096 a side one float32 batch of 32 images is already
-# 6 GiB before any model runs. run.check_fits_in_memory then weighs the model and the machine.
+# 6 GiB before any model runs. train.assembly.check_fits_in_memory then weighs the model and the machine.
 MAX_IMAGE_SIDE = 4096
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CLUSTERS = ("auto", "none", "k8s-indexed-job", "jobset")  # how TF_CONFIG is found (train/cluster.py)

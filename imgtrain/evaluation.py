@@ -7,12 +7,12 @@ same classes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import keras
 
+from imgtrain import history, rundir
 from imgtrain.config import Config
 from imgtrain.data import source as data_source
 from imgtrain.data.pipeline import Shard
@@ -20,6 +20,7 @@ from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
 from imgtrain.evaluate import plots, predictions
 from imgtrain.evaluate.calibration import reliability
+from imgtrain.evaluate.headline import headline
 from imgtrain.evaluate.report import build_report, write_report
 from imgtrain.predict import load_run
 from imgtrain.train.distribution import Distribution, make_distribution
@@ -64,37 +65,29 @@ def evaluate_prepared(
     report = build_report(totals, prep.class_names, prep.skipped, top_k, extra)
     _draw(report, found, prep.class_names, run_dir)
     write_report(report, run_dir)
-    _log_test(report, run_dir, len(_read_history_rows(run_dir)))
+    log_test_to_tensorboard(report, run_dir, history.epochs(run_dir))
     return report
 
 
-def _log_test(report: dict[str, Any], run_dir: Path, epochs: int) -> None:
+def log_test_to_tensorboard(report: dict[str, Any], run_dir: Path, epochs: int) -> None:
     """The test metrics and confusion matrix in TensorBoard, at the last epoch's step."""
-    metrics = {k: report[k] for k in report if k == "loss" or k.endswith("accuracy")}
-    metrics["calibration_error"] = report["calibration"]["ece"]
-    board = TensorBoardLog(run_dir / "logs")
+    metrics = headline(report)
+    board = TensorBoardLog(run_dir / rundir.LOGS)
     try:
-        board.test(max(0, epochs - 1), metrics, run_dir / "confusion_matrix.png")
+        board.test(max(0, epochs - 1), metrics, run_dir / rundir.CONFUSION_MATRIX)
     finally:
         board.close()
 
 
-def _read_history_rows(run_dir: Path) -> list[str]:
-    try:
-        return (run_dir / "history.csv").read_text().splitlines()[1:]
-    except OSError:
-        return []
-
-
 def _draw(report: dict[str, Any], found: predictions.Predictions, names: list[str], run_dir: Path) -> None:
     """The report's figures; a figure with nothing to show is removed, not left from a last run."""
-    plots.confusion_matrix_png(report["confusion_matrix"], names, run_dir / "confusion_matrix.png")
+    plots.confusion_matrix_png(report["confusion_matrix"], names, run_dir / rundir.CONFUSION_MATRIX)
     per_class = [report["per_class"][n] for n in names]
     plots.per_class_accuracy_png(
-        names, [m["recall"] for m in per_class], [m["support"] for m in per_class], run_dir / "per_class_accuracy.png"
+        names, [m["recall"] for m in per_class], [m["support"] for m in per_class], run_dir / rundir.PER_CLASS_ACCURACY
     )
-    plots.reliability_png(report["calibration"], run_dir / "calibration.png")
-    gallery = run_dir / "misclassified.png"
+    plots.reliability_png(report["calibration"], run_dir / rundir.CALIBRATION)
+    gallery = run_dir / rundir.MISCLASSIFIED
     if not plots.gallery_png(found.worst, found.keys, found.labels, found.predicted, names, gallery):
         gallery.unlink(missing_ok=True)
 
@@ -102,8 +95,10 @@ def _draw(report: dict[str, Any], found: predictions.Predictions, names: list[st
 def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
     """``imgtrain evaluate``: the exported (best) model on the test split, report rewritten."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not an imgtrain run (no config.yaml); pass --run RUN_DIR from 'imgtrain train'")
+    if not (run_dir / rundir.CONFIG).exists():
+        raise UserError(
+            f"{run_dir} is not an imgtrain run (no {rundir.CONFIG}); pass --run RUN_DIR from 'imgtrain train'"
+        )
     model, class_names, cfg = load_run(run_dir)
     if data_path:
         cfg.data.path = data_path
@@ -116,7 +111,7 @@ def evaluate_run(run_dir: Path, data_path: Optional[str] = None, progress: bool 
         )
     if not prep.has("test"):
         raise UserError(f"the data at {cfg.data.path} has no test split; add test images or set data.split.test")
-    context = _context_from_run(_read_json(run_dir / "run.json"), cfg, prep)
+    context = _context_from_run(rundir.read_summary(run_dir), cfg, prep)
     return evaluate_prepared(model, prep, cfg, make_distribution("single"), run_dir, progress, context)
 
 
@@ -137,10 +132,3 @@ def _context_from_run(summary: dict[str, Any], cfg: Config, prep: DataSource) ->
         "wall_seconds": summary.get("total_seconds"),
         "evaluated": "again, by imgtrain evaluate",
     }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

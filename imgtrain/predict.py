@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from imgtrain import atomic
+from imgtrain import atomic, rundir
 from imgtrain.config import IMAGE_EXTENSIONS, Config
 from imgtrain.data.images import load
 from imgtrain.data.validate import BAD, CONVERT, check_file, convert_to_png
@@ -41,15 +41,15 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
 
 def load_run(run_dir: Path) -> tuple[keras.Model, list[str], Config]:
     run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").exists():
+    if not (run_dir / rundir.MODEL).exists():
         raise UserError(
             f"{run_dir} has no model.keras; pass --run a directory written by 'imgtrain train' that finished"
         )
-    cfg = Config.load(run_dir / "config.yaml")
-    class_names = json.loads((run_dir / "class_names.json").read_text())
+    cfg = Config.load(run_dir / rundir.CONFIG)
+    class_names = json.loads((run_dir / rundir.CLASS_NAMES).read_text())
     import imgtrain.models.layers  # noqa: F401  (registers custom layers for loading)
 
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    model = keras.models.load_model(run_dir / rundir.MODEL, compile=False)
     return model, class_names, cfg
 
 

@@ -17,9 +17,8 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
+from imgtrain import rundir
 from imgtrain.errors import UserError
-
-LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
@@ -27,7 +26,7 @@ def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    path = Path(run_dir) / LOCK_NAME
+    path = Path(run_dir) / rundir.LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

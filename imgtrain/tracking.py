@@ -6,7 +6,7 @@ the step), the test metrics from ``report.json``, the report and plots as artifa
 ``model.keras`` as an MLflow Keras model with its signature (probabilities out, so that
 ``mlflow.pyfunc.load_model`` predicts). So a piece can be logged whenever the server takes
 it, and never twice: the MLflow run id and the pieces already logged live in
-``RUN_DIR/mlflow.json``. A resumed run continues the same MLflow run; a finished one adds
+``RUN_DIR/mlflow.json`` (``rundir.TRACKING``). A resumed run continues the same MLflow run; a finished one adds
 nothing; a finished one whose last pieces did not reach the server logs them when its
 command runs again.
 
@@ -17,7 +17,6 @@ was not logged. MLflow itself is imported only when tracking is on (``imgtrain[m
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -30,28 +29,15 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from imgtrain import atomic
+from imgtrain import atomic, history, rundir
 from imgtrain.config import TrackingConfig, absolute_tracking_uri
 from imgtrain.errors import UserError
+from imgtrain.evaluate.headline import headline
 
-STATE_FILE = "mlflow.json"
 DEFAULT_EXPERIMENT = "imgtrain"
 RETRY_SECONDS = 300.0
 # What of the run directory goes up as the run's artifacts, once the run is finished.
-ARTIFACTS = (
-    "report.html",
-    "report.md",
-    "report.json",
-    "curves.png",
-    "confusion_matrix.png",
-    "per_class_accuracy.png",
-    "calibration.png",
-    "misclassified.png",
-    "history.csv",
-    "config.yaml",
-    "run.json",
-    "class_names.json",
-)
+ARTIFACTS = rundir.RECORDS
 # A server that is down should cost seconds, not MLflow's default of 7 retries over minutes;
 # a user's own setting wins.
 HTTP_DEFAULTS = {
@@ -67,7 +53,7 @@ FINAL_PIECES = ("test metrics", "report", "model", "finished")
 
 @dataclass
 class TrackState:
-    """``RUN_DIR/mlflow.json``: which MLflow run this run directory logs to, and what is in it."""
+    """``RUN_DIR/mlflow.json`` (``rundir.TRACKING``): which MLflow run this run directory logs to, and what is in it."""
 
     uri: str = ""
     experiment_id: str = ""
@@ -78,13 +64,13 @@ class TrackState:
     @classmethod
     def read(cls, run_dir: Path) -> "TrackState":
         try:
-            raw = json.loads((run_dir / STATE_FILE).read_text())
+            raw = json.loads((run_dir / rundir.TRACKING).read_text())
             return cls(**{k: raw[k] for k in asdict(cls()) if k in raw})
         except (OSError, ValueError, TypeError):
             return cls()
 
     def write(self, run_dir: Path) -> None:
-        atomic.write_json(run_dir / STATE_FILE, asdict(self))
+        atomic.write_json(run_dir / rundir.TRACKING, asdict(self))
 
 
 @dataclass
@@ -240,8 +226,8 @@ class MlflowTracker:
         elif run.info.status != "RUNNING":
             client.update_run(self.state.run_id, status="RUNNING")
         self.run_params = dict(run.data.params)
-        history = client.get_metric_history(self.state.run_id, "loss")
-        self.epochs_logged = max((m.step for m in history), default=0)
+        logged = client.get_metric_history(self.state.run_id, "loss")
+        self.epochs_logged = max((m.step for m in logged), default=0)
         self.params_logged = False
         self.connected = True
 
@@ -294,7 +280,7 @@ class MlflowTracker:
         """history.csv's rows past the last epoch the MLflow run has, the epoch as the step."""
         from mlflow.entities import Metric
 
-        rows = [r for r in _history(self.run_dir) if int(r["epoch"]) > self.epochs_logged]
+        rows = [r for r in history.read(self.run_dir) if int(r["epoch"]) > self.epochs_logged]
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, value, now, int(row["epoch"]))
@@ -326,17 +312,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         try:
-            report = json.loads((self.run_dir / "report.json").read_text())
+            report = json.loads((self.run_dir / rundir.REPORT_JSON).read_text())
         except (OSError, ValueError):
             return  # no test split: nothing to log
         now = int(time.time() * 1000)
-        values = {k: report.get(k) for k in report if k in ("accuracy", "loss") or re.fullmatch(r"top\d+_accuracy", k)}
-        for avg in ("macro_avg", "weighted_avg"):
-            for key, value in (report.get(avg) or {}).items():
-                if key != "support":
-                    values[f"{avg.split('_')[0]}_{key}"] = value
-        values["ece"] = (report.get("calibration") or {}).get("ece")
-        metrics = [Metric(f"test_{k}", v, now, 0) for k, v in _numbers(values).items()]
+        metrics = [Metric(f"test_{k}", v, now, 0) for k, v in headline(report).items()]
         self.client.log_batch(self.state.run_id, metrics=metrics)
 
     def _log_report(self) -> None:
@@ -356,11 +336,11 @@ class MlflowTracker:
 
         from imgtrain.export import probability_model
 
-        path = self.run_dir / "model.keras"
+        path = self.run_dir / rundir.MODEL
         if not path.is_file():
             return
         model = probability_model(keras.saving.load_model(str(path)))
-        names = json.loads((self.run_dir / "class_names.json").read_text())
+        names = json.loads((self.run_dir / rundir.CLASS_NAMES).read_text())
         h, w = (self.facts.image_size if self.facts else model.input_shape[1:3])[:2]
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, h, w, 3), "image")]),
@@ -402,20 +382,12 @@ class MlflowTracker:
 
     def _pending(self) -> list[str]:
         pending = []
-        last = max((int(r["epoch"]) for r in _history(self.run_dir)), default=0)
+        last = history.epochs(self.run_dir)
         if not self.params_logged:
             pending.append("params")
         if last > self.epochs_logged:
             pending.append(f"epochs {self.epochs_logged + 1}-{last}")
         return pending + [p for p in FINAL_PIECES if p not in self.state.done and p != "finished"]
-
-
-def _history(run_dir: Path) -> list[dict[str, str]]:
-    try:
-        with (run_dir / "history.csv").open(newline="") as fh:
-            return [r for r in csv.DictReader(fh) if (r.get("epoch") or "").isdigit()]
-    except OSError:
-        return []
 
 
 def _numbers(row: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgtrain import history
 from imgtrain.evaluate import plots
 from imgtrain.evaluate.metrics import classification_metrics
 from imgtrain.evaluate.report import build_report, write_report
@@ -60,8 +61,8 @@ def test_report_files(tmp_path: Path):
     (tmp_path / "history.csv").write_text(
         "epoch,loss,accuracy,val_loss,val_accuracy\n1,1.0,0.5,1.1,0.4\n2,0.5,0.8,0.6,0.7\n"
     )
-    assert plots.curves_png(tmp_path / "history.csv", tmp_path / "curves.png")
-    assert not plots.curves_png(tmp_path / "missing.csv", tmp_path / "none.png")
+    assert plots.curves_png(history.read(tmp_path), tmp_path / "curves.png")
+    assert not plots.curves_png(history.read(tmp_path / "missing"), tmp_path / "none.png")
 
 
 def test_curves_plot_like_with_like(tmp_path, monkeypatch):
@@ -80,7 +81,7 @@ def test_curves_plot_like_with_like(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plots, "_save", capture)
     assert plots.curves_png(
-        tmp_path / "history.csv", tmp_path / "c.png", best_epoch=2, objective_differs="label smoothing 0.1"
+        history.read(tmp_path), tmp_path / "c.png", best_epoch=2, objective_differs="label smoothing 0.1"
     )
     loss = drawn["loss"]
     assert loss["train (running, during the epoch)"] == [0.5, 0.3, 0.25]

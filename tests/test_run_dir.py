@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import small, write_folder
 
-from imgtrain import atomic, runlock
+from imgtrain import atomic, rundir, runlock
 from imgtrain.errors import UserError
 from imgtrain.run import train_run
 
@@ -362,7 +362,7 @@ def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
 
 def test_a_batch_that_cannot_fit_is_refused_before_any_work():
     from imgtrain.config import Config
-    from imgtrain.run import check_fits_in_memory
+    from imgtrain.train.assembly import check_fits_in_memory
 
     big = Config.load(None, ["data.image_size=4000", "train.batch_size=64"])
     with pytest.raises(UserError, match="needs at least .* GiB for one training step"):
@@ -459,6 +459,9 @@ def test_a_finished_run_is_replaced_only_when_asked(two_epochs, tmp_path, capsys
     """Another setup is refused, with or without checkpoints to resume from; --overwrite
     replaces the run and leaves the user's own files."""
     images, run = copied(two_epochs, tmp_path)
+    # --overwrite can leave nothing of the earlier run: everything a run writes is in rundir.OUTPUTS
+    written = {p.name for p in run.iterdir()} - {rundir.DATA_CACHE, rundir.LOCK}
+    assert written <= set(rundir.OUTPUTS), written - set(rundir.OUTPUTS)
     with pytest.raises(UserError, match=r"holds a run trained with model.cnn.filters.*or --overwrite to replace it"):
         train_run(small(images, run, ONE_STEP + ("train.epochs=2", "model.cnn.filters=[4]")), progress=False)
     shutil.rmtree(run / "checkpoints")

@@ -93,3 +93,71 @@ def test_evaluate_and_train_do_not_import_each_other():
             if name.startswith(pair[0] + ".") or name == pair[0]:
                 crossings += [f"{name} -> {t}" for t in _imports(name, tree, known) if t.startswith(pair[1])]
     assert not crossings, crossings
+
+
+def _owner_names(module: str) -> dict[str, str]:
+    """The module-level UPPER_CASE string constants of ``module``: {value: name}."""
+    tree = _modules()[module]
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id.isupper():
+                    found[node.value.value] = target.id
+    return found
+
+
+# A word that is a run directory's file name and, by design, also something else's name.
+SAME_WORD_ELSEWHERE = {
+    ("imgtrain.export", "saved_model"),  # the export format named for the folder it writes
+    ("imgtrain.commands.export", "saved_model"),
+    ("imgtrain.commands", "export"),  # the command
+    ("imgtrain.commands.export", "export"),
+}
+
+
+def test_the_run_directory_names_its_files_in_one_place():
+    """A file name of the run directory is written in imgtrain/rundir.py only; everything else
+    joins a run directory with rundir's constants."""
+    names = _owner_names("imgtrain.rundir")
+    assert {"run.json", "history.csv", "checkpoints", "model.keras"} <= set(names)
+    leaks = []
+    for module, tree in _modules().items():
+        if module == "imgtrain.rundir":
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Constant) or node.value not in names:
+                continue
+            if (module, node.value) not in SAME_WORD_ELSEWHERE:
+                leaks.append(f"{module}:{node.lineno} {node.value!r} (rundir.{names[node.value]})")
+    assert not leaks, leaks
+
+
+def _attribute_uses(module_alias: str, attribute: str) -> list[str]:
+    """Modules that read ``<module_alias>.<attribute>``."""
+    return sorted(
+        name
+        for name, tree in _modules().items()
+        if any(
+            isinstance(n, ast.Attribute) and n.attr == attribute and getattr(n.value, "id", None) == module_alias
+            for n in ast.walk(tree)
+        )
+    )
+
+
+def test_history_csv_is_read_and_written_by_its_module_only():
+    """(Its name, rundir.HISTORY, is how any other module would reach it: the literal itself
+    is held to rundir.py by the test above.)"""
+    assert _attribute_uses("rundir", "HISTORY") == ["imgtrain.history"]
+
+
+def test_mlflow_is_imported_by_tracking_only():
+    modules = _modules()
+    importers = sorted(
+        name
+        for name, tree in modules.items()
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "mlflow" for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow" and not node.level)
+    )
+    assert set(importers) == {"imgtrain.tracking"}, importers

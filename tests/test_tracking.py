@@ -132,3 +132,52 @@ def test_a_server_that_is_down_is_one_warning_and_the_next_attempt_logs_it(tmp_p
     assert "report.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
     assert TrackState.read(run_dir).uri == store  # the store this run directory now logs to
+
+
+@pytest.mark.slow
+def test_the_headline_test_metrics_have_one_name_in_the_report_tensorboard_and_mlflow(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A dashboard comparing the three sees one name for one number: report.json's headline,
+    TensorBoard's test run (``epoch_<name>``) and MLflow (``test_<name>``)."""
+    pytest.importorskip("mlflow")
+    import numpy as np
+    import tensorflow as tf
+    from mlflow import MlflowClient
+
+    from imgtrain.config import TrackingConfig
+    from imgtrain.evaluate.calibration import reliability
+    from imgtrain.evaluate.report import build_report, write_report
+    from imgtrain.evaluation import log_test_to_tensorboard
+    from imgtrain.tracking import HTTP_DEFAULTS, RunFacts, open_tracker
+
+    for key, value in HTTP_DEFAULTS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    run_dir = synthetic_run(tmp_path / "run")
+    names = [f"c{i}" for i in range(6)]
+    cm = np.eye(6) * 3 + np.roll(np.eye(6), 1, axis=1)
+    totals = {"confusion": cm, "count": cm.sum(), "loss_sum": 9.0, "correct": np.trace(cm), "topk_correct": 23.0}
+    calibration = reliability(np.linspace(0.3, 0.99, 24), np.arange(24) % 4 != 0)
+    report = build_report(totals, names, [], 5, {"calibration": calibration})
+    write_report(report, run_dir)
+    log_test_to_tensorboard(report, run_dir, epochs=2)
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = open_tracker(TrackingConfig(mlflow=True, uri=store, experiment="names"), run_dir, True, print)
+    tracker.start(RunFacts(params={"model.name": "cnn"}, tags={}, image_size=[8, 8]))
+    tracker.finish()
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("names").experiment_id])
+
+    in_report = set(json.loads((run_dir / "report.json").read_text())["headline"])
+    in_mlflow = {k.removeprefix("test_") for k in run.data.metrics if k.startswith("test_")}
+    events = [str(p) for p in (run_dir / "logs" / "test").iterdir()]
+    in_tensorboard = {
+        v.tag.removeprefix("epoch_")
+        for e in tf.compat.v1.train.summary_iterator(events[0])
+        for v in e.summary.value
+        if v.tag.startswith("epoch_")
+    }
+    assert {"accuracy", "top5_accuracy", "loss", "macro_f1", "weighted_recall", "ece"} <= in_report
+    assert in_report == in_mlflow == in_tensorboard

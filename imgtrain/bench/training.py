@@ -84,7 +84,7 @@ def bench_imgtrain_loop(cfg: Config, examples, num_classes: int, work: Path) -> 
     timed epochs (the first epoch is the warm-up)."""
     import keras
 
-    from imgtrain.run import build_training
+    from imgtrain.train.assembly import build_training
     from imgtrain.train.distribution import SingleDevice
 
     keras.backend.clear_session()

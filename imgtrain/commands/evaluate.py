@@ -21,8 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgtrain import rundir
     from imgtrain.evaluation import evaluate_run
 
     report = evaluate_run(Path(args.run), args.data, progress=not args.no_progress)
-    print(f"test accuracy {report['accuracy']:.4f}; report: {Path(args.run) / 'report.json'}")
+    print(f"test accuracy {report['accuracy']:.4f}; report: {Path(args.run) / rundir.REPORT_JSON}")
     return 0

@@ -15,10 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from imgtrain import atomic
+from imgtrain import atomic, rundir
 from imgtrain.errors import UserError
 
-FILE = "data_fingerprint.json"
 SPLITS = ("train", "val", "test")
 
 
@@ -52,7 +51,7 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> Optional[str]:
 
 def check_or_record(run_dir: Path, fingerprint: dict[str, Any], resuming: bool, write: bool) -> None:
     """On a resume, refuse data that differ from what the run recorded; otherwise record it."""
-    path = Path(run_dir) / FILE
+    path = Path(run_dir) / rundir.DATA_FINGERPRINT
     if resuming and path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -74,7 +73,7 @@ def digest(run_dir: Path) -> str:
     """One short digest of the run's recorded fingerprint (for experiment tracking's tags): equal
     for two runs exactly when they trained on the same data; '' when none is recorded."""
     try:
-        saved = json.loads((Path(run_dir) / FILE).read_text())
+        saved = json.loads((Path(run_dir) / rundir.DATA_FINGERPRINT).read_text())
     except (OSError, ValueError):
         return ""
     return _digest([json.dumps(saved, sort_keys=True)])

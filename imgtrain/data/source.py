@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from imgtrain import rundir
 from imgtrain.config import Config, DataConfig
 from imgtrain.data import pipeline
 from imgtrain.data.pipeline import EpochPlan, Shard
@@ -206,7 +207,7 @@ def _open_files(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
 
     catalog = discover(cfg.data)
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
-    validate_catalog(catalog, cfg.data.on_bad_image, run_dir / "data_cache", progress=progress)
+    validate_catalog(catalog, cfg.data.on_bad_image, run_dir / rundir.DATA_CACHE, progress=progress)
     return FileSource(catalog)
 
 

@@ -3,7 +3,6 @@ reliability, the most confident mistakes, and the training curves."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -121,28 +120,21 @@ def _shorten(text: str, most: int = 36) -> str:
     return text if len(text) <= most else "..." + text[-(most - 3) :]
 
 
-def _read_history(history_csv: Path) -> list[dict]:
-    if not history_csv.exists():
-        return []
-    with history_csv.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def curves_png(
-    history_csv: Path,
+    rows: Sequence[dict],
     path: Path,
     best_epoch: Optional[int] = None,
     objective_differs: str = "",
     validation_note: str = "",
 ) -> bool:
-    """Cross-entropy, accuracy and learning rate per epoch; False when there is no history.
+    """Cross-entropy, accuracy and learning rate per epoch of ``rows`` (history.read); False when
+    there are none.
 
     Like is plotted with like: the training curve is plain cross-entropy against hard labels
     (what validation reports), and the training objective, when label smoothing, mixing or
     class weights make it another quantity, is drawn apart and named (``objective_differs``).
     ``best_epoch`` (1-based) marks the epoch whose weights were restored.
     """
-    rows = _read_history(history_csv)
     if not rows:
         return False
     epochs = [int(r["epoch"]) for r in rows]

@@ -13,8 +13,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from imgtrain import atomic
+from imgtrain import atomic, rundir
 from imgtrain.config import reports_top_k
+from imgtrain.evaluate.headline import headline
 from imgtrain.evaluate.html import to_html
 from imgtrain.evaluate.markdown import to_markdown
 from imgtrain.evaluate.metrics import classification_metrics
@@ -64,11 +65,12 @@ def build_report(
     )
     if extra:
         report.update(extra)
+    report["headline"] = headline(report)  # what TensorBoard and MLflow log of the test split
     return report
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path, Path]:
-    json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
+    json_path, md_path, html_path = (run_dir / name for name in rundir.REPORTS)
     atomic.write_json(json_path, report)
     atomic.write_text(md_path, to_markdown(report, run_dir))
     atomic.write_text(html_path, to_html(report, run_dir))

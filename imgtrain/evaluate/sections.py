@@ -4,26 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgtrain import rundir
+from imgtrain.evaluate import headline as headline_metrics
+
 # The pictures a report shows, by file name, in the order it shows them.
 FIGURES = {
-    "confusion_matrix.png": "Confusion matrix: counts, and shares of each true class",
-    "per_class_accuracy.png": "Accuracy within each class",
-    "calibration.png": "Reliability diagram",
-    "misclassified.png": "Most confident mistakes",
-    "curves.png": "Training curves",
+    rundir.CONFUSION_MATRIX: "Confusion matrix: counts, and shares of each true class",
+    rundir.PER_CLASS_ACCURACY: "Accuracy within each class",
+    rundir.CALIBRATION: "Reliability diagram",
+    rundir.MISCLASSIFIED: "Most confident mistakes",
+    rundir.CURVES: "Training curves",
 }
 
 
 def headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("accuracy", f"{report['accuracy']:.4f}")]
-    for key in sorted(k for k in report if k.startswith("top") and k.endswith("_accuracy")):
-        rows.append((key.replace("_", " "), f"{report[key]:.4f}"))
-    rows.append(("loss", f"{report['loss']:.4f}"))
-    for avg in ("macro_avg", "weighted_avg"):
-        rows.append((f"{avg.replace('_', ' ')} F1", f"{report[avg]['f1']:.4f}"))
-    if "calibration" in report:
-        rows.append(("expected calibration error", f"{report['calibration']['ece']:.4f}"))
-    return rows
+    """The headline test metrics (evaluate/headline.py), as (what, value) rows."""
+    return [(headline_metrics.label(name), f"{value:.4f}") for name, value in headline_metrics.headline(report).items()]
 
 
 def context_rows(report: dict[str, Any]) -> list[tuple[str, str]]:

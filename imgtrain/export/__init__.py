@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 
-from imgtrain import atomic
+from imgtrain import atomic, rundir
 from imgtrain.errors import UserError
 from imgtrain.export import onnx_file, tflite
 from imgtrain.export.keras_file import export_keras, probability_model, write_class_names, write_keras
@@ -87,7 +87,7 @@ def _read_saved_model(path: Path) -> Classifier:
 
 
 def _write_keras(model: keras.Model, names: list, info: RunInfo, target: Target) -> Path:
-    return write_keras(model, names, target.folder, target.name or "model.keras")
+    return write_keras(model, names, target.folder, target.name or rundir.MODEL)
 
 
 def _read_keras(path: Path) -> Classifier:
@@ -209,7 +209,7 @@ def export_run(
 
     run_dir = Path(run_dir)
     model, class_names, cfg = load_run(run_dir)
-    out = Path(out) if out else run_dir / "export" / fmt
+    out = Path(out) if out else run_dir / rundir.EXPORTS / fmt
     _check_writable(target_of(fmt, out).folder)
     result = export_model(model, class_names, fmt, out, cfg.data.image_size, cfg.data.eval_crop(), version)
     if check:

@@ -13,19 +13,19 @@ from typing import Sequence
 
 import keras
 
-from imgtrain import atomic
+from imgtrain import atomic, rundir
 
 
 def export_keras(model: keras.Model, run_dir: Path) -> Path:
     """``RUN_DIR/model.keras`` as trained: its output is logits (apply a softmax for probabilities)."""
-    final = run_dir / "model.keras"
+    final = run_dir / rundir.MODEL
     with atomic.replacing(final) as tmp:
         model.save(str(tmp))
     return final
 
 
 def write_class_names(class_names: Sequence[str], folder: Path) -> Path:
-    path = folder / "class_names.json"
+    path = folder / rundir.CLASS_NAMES
     atomic.write_json(path, list(class_names), indent=1)
     return path
 
@@ -37,7 +37,7 @@ def probability_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, probabilities, name=model.name)
 
 
-def write_keras(model: keras.Model, class_names: Sequence[str], out_dir: Path, name: str = "model.keras") -> Path:
+def write_keras(model: keras.Model, class_names: Sequence[str], out_dir: Path, name: str = rundir.MODEL) -> Path:
     """``out_dir/name`` (probabilities) and ``out_dir/class_names.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / name

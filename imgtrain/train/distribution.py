@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgtrain import rundir
 from imgtrain.data.pipeline import Shard
 from imgtrain.errors import UserError
 
@@ -136,11 +137,11 @@ class Distribution:
     # -- checkpoints --------------------------------------------------------------
     def checkpoint_save_dir(self, run_dir: Path) -> Optional[Path]:
         """Where this worker writes checkpoints; None when it writes none."""
-        return run_dir / "checkpoints"
+        return run_dir / rundir.CHECKPOINTS
 
     def checkpoint_restore_dir(self, run_dir: Path) -> Optional[Path]:
         """Where this worker reads the checkpoint to resume from; None: it gets a broadcast."""
-        return run_dir / "checkpoints"
+        return run_dir / rundir.CHECKPOINTS
 
     def after_save(self, save_dir: Path) -> None:
         """Clean up after a save (non-chief MultiWorker copies are throw-away)."""
@@ -226,8 +227,8 @@ class MultiWorker(_Distributed):
         # Every worker takes part in a save (it may run collectives); only the
         # chief's copy is kept. The others write to a scratch dir removed after.
         if self.is_chief:
-            return run_dir / "checkpoints"
-        return run_dir / "checkpoints" / f".worker-{self.rank}-scratch"
+            return run_dir / rundir.CHECKPOINTS
+        return run_dir / rundir.CHECKPOINTS / f".worker-{self.rank}-scratch"
 
     def after_save(self, save_dir: Path) -> None:
         if not self.is_chief:
@@ -290,10 +291,10 @@ class Horovod(Distribution):
         self.hvd.broadcast_variables(backing, root_rank=0)
 
     def checkpoint_save_dir(self, run_dir: Path) -> Optional[Path]:
-        return run_dir / "checkpoints" if self.is_chief else None
+        return run_dir / rundir.CHECKPOINTS if self.is_chief else None
 
     def checkpoint_restore_dir(self, run_dir: Path) -> Optional[Path]:
-        return run_dir / "checkpoints" if self.is_chief else None
+        return run_dir / rundir.CHECKPOINTS if self.is_chief else None
 
 
 def tf_config() -> dict:

@@ -11,7 +11,6 @@ fine-tuning) come from the model as data.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from imgtrain import atomic
+from imgtrain import history, rundir
 from imgtrain.config import AugmentConfig, reports_top_k
 from imgtrain.errors import UserError
 from imgtrain.models.phases import BuiltModel, Phase
@@ -37,20 +36,6 @@ from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
 from imgtrain.train.tensorboard import TensorBoardLog
-
-HISTORY_FIELDS = [
-    "epoch",
-    "phase",
-    "loss",
-    "cross_entropy",
-    "accuracy",
-    "val_loss",
-    "val_accuracy",
-    "val_top{k}_accuracy",
-    "learning_rate",
-    "images_per_sec",
-    "seconds",
-]
 
 
 @dataclass
@@ -315,27 +300,9 @@ class TrainLoop:
         return restore
 
     # -- history ----------------------------------------------------------------------
-    def _history_path(self) -> Path:
-        return self.run_dir / "history.csv"
-
-    def _load_history(self, upto_epoch: int) -> list[dict]:
-        """Rows of epochs already completed; rows past the checkpoint (a crash) are dropped."""
-        path = self._history_path()
-        if not path.exists():
-            return []
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("epoch") and int(r["epoch"]) <= upto_epoch]
-        return rows
-
     def _write_history(self, rows: list[dict]) -> None:
-        if not self.chief:
-            return
-        with atomic.replacing(self._history_path()) as tmp, tmp.open("w", newline="") as fh:
-            fields = [f.format(k=self.data.top_k) for f in HISTORY_FIELDS]
-            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: r.get(k, "") for k in fields})
+        if self.chief:
+            history.write(self.run_dir, rows, self.data.top_k)
 
     # -- the loop -----------------------------------------------------------------------
     def _resume(self) -> tuple[int, int, Optional[int], list[dict]]:
@@ -356,7 +323,7 @@ class TrainLoop:
             start_epoch,
             skip,
             (start_epoch if restored else None),
-            (self._load_history(start_epoch) if restored else []),
+            (history.read(self.run_dir, upto_epoch=start_epoch) if restored else []),
         )
 
     def _enter_phase(self, epoch: int) -> None:
@@ -520,7 +487,7 @@ class TrainLoop:
 
     def _fit(self) -> FitResult:
         early = self.early
-        start_epoch, skip, resumed_from, history = self._resume()
+        start_epoch, skip, resumed_from, rows = self._resume()
         result = FitResult(resumed_from_epoch=resumed_from)
         finished_early = bool(self.state.get("stopped_early"))
         if finished_early:
@@ -553,8 +520,8 @@ class TrainLoop:
                 "images_per_sec": f"{sums.images / max(seconds, 1e-9):.1f}",
                 "seconds": f"{seconds:.2f}",
             }
-            history.append(row)
-            self._write_history(history)
+            rows.append(row)
+            self._write_history(rows)
             for hook in hooks:
                 hook.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
@@ -571,7 +538,7 @@ class TrainLoop:
             self.log(f"restored the best weights: epoch {early.best_epoch + 1}, {early.monitor}={early.best:.4f}")
         elif start_epoch < self.epochs:
             self._evaluation_weights(self.epochs - 1)  # no best epoch (a NaN monitor): the final weights
-        result.history = history
+        result.history = rows
         result.best_epoch = early.best_epoch
         result.best_value = early.best
         result.stopped_early = stop or finished_early
@@ -587,7 +554,7 @@ class TrainLoop:
 
     def reporter(self) -> Optional["EpochReporter"]:
         """The chief's console line and TensorBoard scalars after every epoch; None elsewhere."""
-        return EpochReporter(self.run_dir / "logs", self.epochs, self.log) if self.chief else None
+        return EpochReporter(self.run_dir / rundir.LOGS, self.epochs, self.log) if self.chief else None
 
     def _eval_step(self) -> Callable:
         """The validation step, traced once per run (not once per epoch)."""

@@ -1,0 +1,257 @@
+"""A training assembled from a config, its data and a distribution: the model, the optimizer
+on its schedule, checkpoints, early stopping and the loop with its data, each built once
+here (``build_training``); ``run.py`` drives what this builds, and the benchmark times it.
+Also the checks that refuse a training before any work (``check_fits_in_memory``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from imgtrain import rundir
+from imgtrain.config import Config
+from imgtrain.data import pipeline
+from imgtrain.data.source import DataSource
+from imgtrain.errors import UserError
+from imgtrain.models import BuiltModel, build_model
+from imgtrain.train.checkpoint import CheckpointStore, LoopState
+from imgtrain.train.distribution import Distribution
+from imgtrain.train.early_stopping import EarlyStopping, resolve_mode
+from imgtrain.train.loop import LoopData, LoopOptions, TrainLoop
+from imgtrain.train.losses import class_weight_vector
+from imgtrain.train.mixing import MixSettings
+from imgtrain.train.optim import (
+    Plateau,
+    build_optimizer,
+    build_schedule,
+    scaled_learning_rate,
+    warmup_epochs,
+)
+from imgtrain.train.precise_bn import batches_for
+from imgtrain.train.precise_bn import needed as precise_bn_needed
+from imgtrain.train.tensorboard import flat_hparams
+
+
+def _train_factory(
+    prep: DataSource, cfg: Config, dist: Distribution, batch: int
+) -> Callable[[int, int], tf.data.Dataset]:
+    k = dist.local_replicas
+
+    def make(epoch: int, skip_steps: int) -> tf.data.Dataset:
+        return prep.train_dataset(cfg.data, pipeline.EpochPlan(cfg.seed, epoch, batch, dist.shard, skip_steps * k, k))
+
+    return make
+
+
+def split_dataset(prep: DataSource, cfg: Config, dist: Distribution, split: str, batch: int) -> tf.data.Dataset:
+    """This worker's shard of a split, padded so every worker takes the same number of steps."""
+    return prep.eval_dataset(cfg.data, split, batch, dist.shard, dist.local_replicas)
+
+
+def warm_start(model: keras.Model, source: str, log: Callable[[str], None]) -> None:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / rundir.MODEL
+    if not path.exists():
+        raise UserError(f"--warm-start {source} does not exist; pass a run directory, a .keras or a .weights.h5 file")
+    if not (path.name.endswith(".keras") or path.name.endswith(".weights.h5")):
+        raise UserError(f"--warm-start {source} must be a run directory, a .keras or a .weights.h5 file")
+    try:
+        model.load_weights(str(path), skip_mismatch=True)
+    except Exception as exc:
+        raise UserError(f"cannot warm-start from {path}: {str(exc).splitlines()[0][:160]}") from None
+    log(f"warm-started from {path}")
+
+
+def check_fits_in_memory(cfg: Config, memory_bytes: Optional[int] = None) -> None:
+    """Refuse, before any work, an image size whose first training step cannot fit in memory.
+
+    A lower bound: one float32 batch, the first convolution block's activations kept for the
+    backward pass (3 tensors per conv: output, normalised, activated), and for the dense model
+    its first weight matrix with Adam's two slots. Real use is higher, so a refusal is certain.
+    """
+    if memory_bytes is None:
+        try:
+            memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    h, w = cfg.data.image_size
+    pixels = cfg.train.batch_size * h * w
+    m = cfg.model
+    if m.name == "cnn":
+        need = pixels * (3 + 3 * m.cnn.filters[0] * m.cnn.convs_per_block) * 4
+    elif m.name == "dnn":
+        need = pixels * 3 * 4 + (h * w * 3 * (m.dnn.hidden_units[0] if m.dnn.hidden_units else 1)) * 4 * 3
+    else:  # every backbone starts with a stride-2 convolution of at least 16 channels
+        need = pixels * (3 + 3 * 16 / 4) * 4
+    if need > memory_bytes:
+        raise UserError(
+            f"data.image_size {cfg.data.image_size} with batch size {cfg.train.batch_size} needs at least "
+            f"{need / 2**30:.1f} GiB for one training step, more than this machine's "
+            f"{memory_bytes / 2**30:.1f} GiB; use a smaller --image-size or --batch-size"
+        )
+
+
+@dataclass
+class Training:
+    """Everything a run trains with, built in one place (``build_training``)."""
+
+    built: BuiltModel
+    loop: TrainLoop
+    early: EarlyStopping
+    train_counts: list[int]  # training examples per worker
+    global_batch: int
+    steps: int
+    peak: float
+
+
+def build_training(
+    cfg: Config,
+    dist: Distribution,
+    prep: DataSource,
+    run_dir: Path,
+    resuming: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    listeners: Optional[list[Any]] = None,
+) -> Training:
+    """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``;
+    ``listeners`` hear of every epoch on the chief (experiment tracking)."""
+    train_counts, steps = _steps_per_epoch(cfg, prep, dist, say)
+    with dist.scope():
+        built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
+        state = LoopState()
+        optimizer, peak, warmup = _create_optimizer(cfg, dist, built, steps, state)
+        store = CheckpointStore(
+            dist.checkpoint_save_dir(run_dir),
+            dist.checkpoint_restore_dir(run_dir),
+            built.model,
+            optimizer,
+            state,
+            cfg.train.checkpoint.keep,
+            after_save=dist.after_save,
+        )
+    if cfg.train.warm_start and not resuming:
+        warm_start(built.model, cfg.train.warm_start, say)
+    early = _early_stopping(cfg, prep, say)
+    plateau = None
+    if cfg.train.schedule.name == "plateau":
+        monitor = cfg.train.schedule.plateau_monitor or early.monitor
+        plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
+    global_batch = cfg.train.batch_size * dist.num_replicas
+    _warn_slow_ema(cfg, steps, say)
+    say(
+        f"model: {cfg.model.name}, {built.model.count_params():,} parameters; "
+        f"strategy {dist.name} x{dist.num_replicas}; "
+        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
+        + (f" after {warmup:g} warmup epoch(s)" if warmup else "")
+    )
+    options = LoopOptions(
+        cfg.train.epochs,
+        label_smoothing=cfg.train.label_smoothing,
+        jit_compile=cfg.train.jit_compile,
+        steps_per_execution=cfg.train.steps_per_execution,
+        checkpoint_every_steps=cfg.train.checkpoint.every_steps,
+        stop_check_every=cfg.train.checkpoint.stop_check_steps,
+        precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
+        ema=cfg.train.ema.decay is not None,
+        progress=progress,
+        log=say,
+        hparams=flat_hparams(cfg.to_dict()),
+        listeners=listeners or [],
+    )
+    loop = TrainLoop(
+        built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau
+    )
+    return Training(built, loop, early, train_counts, global_batch, steps, peak)
+
+
+def _steps_per_epoch(
+    cfg: Config, prep: DataSource, dist: Distribution, say: Callable[[str], None]
+) -> tuple[list[int], int]:
+    """Training examples per worker, and the steps every worker takes per epoch (the longest
+    worker's, padded: collective ops need all workers to step together)."""
+    batch = cfg.train.batch_size
+    train_counts = prep.worker_counts("train", dist.world_size)
+    steps = (
+        pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch, dist.local_replicas)[1]
+        // dist.local_replicas
+    )
+    if min(train_counts) == 0:
+        say(
+            f"warning: {train_counts.count(0)} worker(s) have no training data (fewer TFRecord shards than workers); "
+            "prepare with a smaller --shard-size-mb"
+        )
+    return train_counts, steps
+
+
+def _create_optimizer(
+    cfg: Config, dist: Distribution, built: BuiltModel, steps: int, state: LoopState
+) -> tuple[keras.optimizers.Optimizer, float, float]:
+    """The optimizer on its schedule (scaled peak rate, warmup, phase factors, plateau scale),
+    built for every variable any phase trains; returns it with the peak rate and warmup epochs."""
+    peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
+    warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
+    schedule = build_schedule(
+        cfg.train.schedule,
+        peak,
+        steps,
+        cfg.train.epochs,
+        [(p.start_epoch, p.lr_factor) for p in built.phases],
+        warmup,
+        scale=state.vars["lr_scale"],
+    )
+    optimizer = build_optimizer(cfg.train.optimizer, schedule, cfg.train.precision, cfg.train.ema.decay)
+    optimizer.build(built.all_trainable_variables())
+    return optimizer, peak, warmup
+
+
+def _warn_slow_ema(cfg: Config, steps: int, say: Callable[[str], None]) -> None:
+    """An EMA whose horizon is over a third of the run mostly remembers the random initialisation."""
+    decay, total = cfg.train.ema.decay, steps * cfg.train.epochs
+    if decay is not None and 1.0 / (1.0 - decay) > total / 3:
+        say(
+            f"warning: train.ema.decay {decay:g} averages over about {1.0 / (1.0 - decay):.0f} steps, "
+            f"more than a third of this run's {total}; the average will lag the weights. Try "
+            f"{max(0.5, 1.0 - 3.0 / max(1, total)):.3g} or less"
+        )
+
+
+def _early_stopping(cfg: Config, prep: DataSource, say: Callable[[str], None]) -> EarlyStopping:
+    es_cfg = cfg.train.early_stopping
+    early = EarlyStopping.from_config(es_cfg)
+    if not prep.has("val") and early.monitor.startswith("val_"):
+        early.monitor = early.monitor[4:]
+        early.mode = EarlyStopping.from_config(type(es_cfg)(monitor=early.monitor, mode=es_cfg.mode)).mode
+        say(f"no validation split: early stopping and best weights follow the training {early.monitor} instead")
+    return early
+
+
+def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) -> LoopData:
+    batch = cfg.train.batch_size
+    class_w = class_weight_vector(
+        cfg.train.class_weights, prep.class_names, prep.train_labels() if cfg.train.class_weights == "balanced" else []
+    )
+    return LoopData(
+        train=_train_factory(prep, cfg, dist, batch),
+        val=(lambda: split_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
+        steps_per_epoch=steps,
+        num_classes=len(prep.class_names),
+        class_weights=class_w,
+        seed=cfg.seed,
+        top_k=cfg.evaluate.top_k,
+        mix=MixSettings.from_config(cfg.data.augment),
+        on_device=cfg.data.augment if cfg.data.augment.on_device else None,
+    )
+
+
+def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps: int) -> int:
+    """Training steps whose BatchNorm statistics are averaged before each evaluation (0: off)."""
+    if not precise_bn_needed(cfg.train.precise_bn.enabled, built.batch_statistics_layers(), steps):
+        return 0
+    return batches_for(cfg.train.precise_bn.samples, global_batch, steps)
