@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import write_folder
 
+from imgtrain import seeds
 from imgtrain.config import AugmentConfig, DataConfig, SplitConfig
 from imgtrain.data import augment as aug
 from imgtrain.data.pipeline import EpochPlan, Shard, eval_dataset, steps_per_epoch, train_dataset
@@ -125,10 +126,10 @@ def test_eval_dataset_is_plain_resize_in_order(image_folder: Path):
 
 def test_augmentations_change_images_and_stay_in_range():
     img = tf.random.stateless_uniform([24, 24, 3], [1, 2], 0, 255)
-    seed = aug.example_seed(0, tf.constant(0), tf.constant(5))
+    seed = seeds.example(0, tf.constant(0), tf.constant(5))
     for field in ("horizontal_flip", "vertical_flip", "rotation", "zoom", "translate", "brightness", "contrast"):
         cfg = AugmentConfig(**{field: True if "flip" in field else (15.0 if field == "rotation" else 0.3)})
-        outs = [aug.augment(img, aug.example_seed(0, tf.constant(0), tf.constant(i)), cfg).numpy() for i in range(6)]
+        outs = [aug.augment(img, seeds.example(0, tf.constant(0), tf.constant(i)), cfg).numpy() for i in range(6)]
         assert any(not np.allclose(o, img.numpy()) for o in outs), field
         assert all(o.min() >= 0 and o.max() <= 255 for o in outs)
     same = aug.augment(img, seed, FULL_AUG).numpy()
@@ -160,7 +161,7 @@ def test_crop_while_decoding_matches_crop_after_decoding(fmt: str):
     encoded = tf.io.encode_jpeg(image, quality=95) if fmt == "jpeg" else tf.io.encode_png(image)
     cfg = AugmentConfig(random_resized_crop=True, crop_scale=[0.1, 0.5])
     for i in range(8):
-        seed = aug.example_seed(3, tf.constant(1), tf.constant(i))
+        seed = seeds.example(3, tf.constant(1), tf.constant(i))
         fast = aug.decode_random_resized_crop(encoded, seed, cfg, [40, 40]).numpy()
         slow = aug.random_resized_crop(tf.io.decode_image(encoded, channels=3), seed, cfg, [40, 40]).numpy()
         assert fast.shape == (40, 40, 3)

@@ -161,3 +161,34 @@ def test_mlflow_is_imported_by_tracking_only():
         or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow" and not node.level)
     )
     assert set(importers) == {"imgtrain.tracking"}, importers
+
+
+def test_seed_streams_are_folded_in_one_place_under_named_salts():
+    """Every stateless fold happens in imgtrain/seeds.py, whose salts are named constants; a
+    call site passes a stream's name (seeds.DRAWS), never a number."""
+    leaks = []
+    for module, tree in _modules().items():
+        if module == "imgtrain.seeds":
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if name == "stateless_fold_in":
+                leaks.append(f"{module}:{node.lineno} stateless_fold_in (use seeds.fold)")
+            if name == "fold" and any(isinstance(a, ast.Constant) and isinstance(a.value, int) for a in node.args):
+                leaks.append(f"{module}:{node.lineno} a salt written as a number")
+    assert not leaks, leaks
+    salts = _owner_names_int("imgtrain.seeds")
+    assert len(set(salts.values())) == len(salts), f"two streams share a salt: {salts}"
+
+
+def _owner_names_int(module: str) -> dict[str, int]:
+    """The module-level UPPER_CASE integer constants of ``module``: {name: value}."""
+    return {
+        t.id: node.value.value
+        for node in _modules()[module].body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)
+        for t in node.targets
+        if isinstance(t, ast.Name) and t.id.isupper()
+    }

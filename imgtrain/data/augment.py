@@ -17,28 +17,10 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from imgtrain import seeds
 from imgtrain.config import AugmentConfig
 from imgtrain.data.images import decode, resize
 from imgtrain.data.randaugment import randaugment, random_erasing
-
-
-def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-    """A stateless seed (shape [2]) unique to one example in one epoch of one run: the epoch's
-    key (a stateless draw from the run seed and the epoch) beside the example's index, which is
-    what ``stateless_fold_in(epoch_seed, index)`` gives. A Python ``epoch`` (the pipeline's)
-    has its key drawn once, outside the per-image graph."""
-    if isinstance(epoch, int):
-        with tf.init_scope():
-            key = _epoch_key(seed, epoch)
-    else:
-        key = _epoch_key(seed, epoch)
-    return tf.stack([key, tf.cast(index, tf.int64)])
-
-
-def _epoch_key(seed: int, epoch) -> tf.Tensor:
-    base = tf.constant([seed, 0x1A6E], dtype=tf.int64)
-    s = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
-    return tf.random.stateless_uniform([], s, dtype=tf.int64, minval=None, maxval=None)
 
 
 def crop_window(shape: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
@@ -172,7 +154,7 @@ def photometric(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Ten
     """RandAugment, brightness, contrast and random erasing on a float32 image at its final size,
     with the seeds ``augment`` gives them."""
     if cfg.randaugment.num_ops:  # every op keeps 0..255 itself
-        image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 101), cfg.randaugment)
+        image = randaugment(image, seeds.fold(seed, seeds.RANDAUGMENT), cfg.randaugment)
     delta, factor = tone(draws(seed), cfg)
     if cfg.brightness:
         image = tf.image.adjust_brightness(image, delta)
@@ -183,5 +165,5 @@ def photometric(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Ten
         # full pass over the image (about 7% of the pipeline's throughput at 224x224).
         image = tf.clip_by_value(image, 0.0, 255.0)
     if cfg.random_erasing.probability:  # last, as timm does: the box hides augmented pixels
-        image = random_erasing(image, tf.random.experimental.stateless_fold_in(seed, 102), cfg.random_erasing)
+        image = random_erasing(image, seeds.fold(seed, seeds.RANDOM_ERASING), cfg.random_erasing)
     return image

@@ -35,11 +35,18 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from imgtrain import seeds
 from imgtrain.config import AugmentConfig
 from imgtrain.data import augment as aug
 from imgtrain.data.images import decode, resize
 
 RATIOS = (8, 4, 2)  # what libjpeg's scaled decoding offers, largest first
+# The float32 vector that carries an example's augmentation from TensorFlow to NumPy (the
+# OpenCV path): its eight draws (``augment.draws``), then ``source_rows``'s window.
+DRAWS = slice(0, 8)
+WINDOW = slice(8, 15)  # top, left, height, width, ratio, top_s, left_s
+EXTENT = slice(10, 12)  # the window's height and width (-1: the whole image, known once decoded)
+PLACEMENT = slice(12, 15)  # ratio, top_s, left_s: the scale decoded at, where the window starts
 
 
 def has_affine(cfg: AugmentConfig) -> bool:
@@ -135,7 +142,7 @@ def _render(image, params, cfg: AugmentConfig, size: Sequence[int], tone: bool) 
     if image.dtype != np.uint8:  # the in-memory cache holds float32 pixels
         image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     params = params.astype(np.float64)
-    m = np.asarray(source_rows(params[:8], params[8:15], cfg, size, np), np.float64).reshape(2, 3)
+    m = np.asarray(source_rows(params[DRAWS], params[WINDOW], cfg, size, np), np.float64).reshape(2, 3)
     border = _border(cfg.fill_mode)
     if cfg.fill_mode in ("reflect", "wrap"):
         # warpAffine's reflect and wrap borders take a generic path about twice as slow as its
@@ -157,7 +164,7 @@ def _render(image, params, cfg: AugmentConfig, size: Sequence[int], tone: bool) 
         # cv2.transform applies it (a 3x4 matrix: factor on the diagonal, offset per channel),
         # rounded and saturated, in one SIMD pass: five times cv2.LUT's speed with a table
         # per channel.
-        delta, factor = aug.tone(params[:8], cfg)
+        delta, factor = aug.tone(params[DRAWS], cfg)
         offset = (1.0 - factor) * np.asarray(cv2.mean(out)[:3]) + delta
         out = cv2.transform(out, np.hstack([np.eye(3) * factor, offset[:, None]]))
     return out
@@ -165,7 +172,7 @@ def _render(image, params, cfg: AugmentConfig, size: Sequence[int], tone: bool) 
 
 def _decode_render(encoded, params, cfg: AugmentConfig, size: Sequence[int], tone: bool) -> np.ndarray:
     """An encoded image through OpenCV alone: ``cv2.imdecode``, then ``_render``. A JPEG is
-    decoded at the largest 1/2, 1/4 or 1/8 scale that keeps the crop window (``params[8:12]``:
+    decoded at the largest 1/2, 1/4 or 1/8 scale that keeps the crop window (``params[WINDOW]``'s
     top, left, height, width; a height of -1 is the whole image) at least ``size`` (libjpeg's
     scaled IDCT, as ``decode_and_crop_jpeg``'s ``ratio``). OpenCV's libjpeg-turbo with its
     accurate IDCT gives the pixels ``decode_jpeg(dct_method="INTEGER_ACCURATE")`` gives; PNG,
@@ -174,7 +181,7 @@ def _decode_render(encoded, params, cfg: AugmentConfig, size: Sequence[int], ton
     cv2 = _cv2()
     data = encoded.item() if isinstance(encoded, np.ndarray) else encoded  # a tf.string scalar: bytes
     params = params.astype(np.float64)
-    height, width = params[10], params[11]
+    height, width = params[EXTENT]
     ratio = 1
     if data[:3] == b"\xff\xd8\xff":  # what tf.io.is_jpeg checks
         ratio = next((r for r in RATIOS if height >= r * int(size[0]) and width >= r * int(size[1])), 1)
@@ -185,8 +192,8 @@ def _decode_render(encoded, params, cfg: AugmentConfig, size: Sequence[int], ton
     if image is None:  # a format this OpenCV build lacks (an older one without GIF): Pillow, as validation read it
         image = _pillow_rgb(data)
     if height < 0:  # no crop: the window is the whole image, as decoded
-        params[10:12] = image.shape[0] * ratio, image.shape[1] * ratio
-    params[12:15] = (ratio, 0, 0)  # the window sits in the whole scaled image
+        params[EXTENT] = image.shape[0] * ratio, image.shape[1] * ratio
+    params[PLACEMENT] = (ratio, 0, 0)  # the window sits in the whole scaled image
     return _render(image, params, cfg, size, tone)
 
 
@@ -204,7 +211,7 @@ def encoded_params(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> t
     """Per example, in TensorFlow, what ``render_batch`` needs besides the bytes: the draws and
     the crop window (15 float32). A JPEG's header gives its size (the scale to decode at);
     another format is decoded for it only when a crop needs it."""
-    u = aug.draws(tf.random.experimental.stateless_fold_in(seed, 1))
+    u = aug.draws(seeds.draws(seed))
     if cfg.random_resized_crop:
         other = lambda: tf.shape(decode(encoded))  # noqa: E731
     else:
@@ -313,7 +320,7 @@ def from_bytes(
     scale when the crop window is large: uint8 by OpenCV (a JPEG in one NumPy call, decode
     included, since every TensorFlow op and Python call per image costs), float32 by
     TensorFlow (decoding only the crop window)."""
-    u = aug.draws(tf.random.experimental.stateless_fold_in(seed, 1))
+    u = aug.draws(seeds.draws(seed))
     one_pass = resampler == "opencv" or has_affine(cfg)
 
     def jpeg_opencv() -> tf.Tensor:
@@ -350,7 +357,7 @@ def from_image(
     """A decoded image of any size -> augmented ``size`` image, geometry in one pass: uint8 by
     OpenCV, float32 by TensorFlow."""
     begin, extent = _window(tf.shape(image), seed, cfg)
-    u = aug.draws(tf.random.experimental.stateless_fold_in(seed, 1))
+    u = aug.draws(seeds.draws(seed))
     if resampler == "opencv" or has_affine(cfg):
         window = tf.concat([begin, extent, [1, 0, 0]], 0)
         out = resample(image, u, window, cfg, size, resampler, tone)

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.autograph.core import ag_ctx  # tf.data has no public switch for AutoGraph
 
+from imgtrain import seeds
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
 from imgtrain.data import geometry
@@ -88,11 +89,6 @@ class EpochPlan:
     multiple: int = 1  # replicas this worker feeds per step
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The shuffle seed of one epoch; distinct per epoch, identical on every worker."""
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31 - 1)
-
-
 @as_written
 def decoded_images(examples: Sequence[Example], size: Sequence[int]) -> tf.data.Dataset:
     """``data.cache``'s training images: ``(index, image at the output size, label, weight)``,
@@ -117,7 +113,7 @@ def train_dataset(
         ds = decoded if decoded is not None else decoded_images(examples, cfg.image_size)
     else:
         ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
-    ds = ds.shuffle(max(n, 1), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    ds = ds.shuffle(max(n, 1), seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False)
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
     if skip_batches:
@@ -132,7 +128,7 @@ def train_dataset(
 def _service_train(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
     """This worker's epoch through a tf.data service (``data/service.py`` says what it keeps)."""
     n, shard = len(examples), plan.shard
-    order = np.random.default_rng(epoch_seed(plan.seed, plan.epoch)).permutation(n)
+    order = np.random.default_rng(seeds.shuffle(plan.seed, plan.epoch)).permutation(n)
     mine = order[shard.index :: shard.count][plan.skip_batches * plan.batch_size :]
     prepare = _augmenter(cfg, plan.seed, plan.epoch, "path").per_example  # TensorFlow's path: per example
     ds = service_train(examples, mine, prepare, cfg.service, plan.batch_size, cfg.service_timeout)
@@ -198,7 +194,7 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
 
         def per_example(i, x, y, w):
             encoded = tf.io.read_file(x) if given == "path" else x
-            return encoded, geometry.encoded_params(encoded, aug.example_seed(seed, epoch, i), acfg), y, w
+            return encoded, geometry.encoded_params(encoded, seeds.example(seed, epoch, i), acfg), y, w
 
         def per_batch(encoded, params, y, w):
             return geometry.render_batch(encoded, params, acfg, size, tone), y, w, tf.ones_like(w)
@@ -206,7 +202,7 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
         return Augmenter(per_example, per_batch)
 
     def prepare(i, x, y, w):
-        s = aug.example_seed(seed, epoch, i)
+        s = seeds.example(seed, epoch, i)
         if given == "decoded" and not geometric:
             image = x  # the cache holds images at the output size already
         elif given in ("decoded", "raw"):
@@ -215,7 +211,7 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
             encoded = tf.io.read_file(x) if given == "path" else x
             image = geometry.from_bytes(encoded, s, acfg, size, resampler, tone)
         if not fused:  # the seed geometry's draws come from, so brightness and contrast draw alike
-            image = aug.photometric(tf.cast(image, tf.float32), tf.random.experimental.stateless_fold_in(s, 1), acfg)
+            image = aug.photometric(tf.cast(image, tf.float32), seeds.draws(s), acfg)
         image.set_shape([size[0], size[1], 3])
         return image, y, w, tf.constant(1.0)
 
@@ -230,13 +226,13 @@ def _with_draws(host: Augmenter, seed: int, epoch: int) -> Augmenter:
 
         def per_batch(encoded, params, y, w):
             images, y, w, real = host.per_batch(encoded, params, y, w)
-            return (images, params[:, :8]), y, w, real
+            return (images, params[:, geometry.DRAWS]), y, w, real
 
         return Augmenter(host.per_example, per_batch)
 
     def per_example(i, x, y, w):
         image, y, w, real = host.per_example(i, x, y, w)
-        u = aug.draws(tf.random.experimental.stateless_fold_in(aug.example_seed(seed, epoch, i), 1))
+        u = aug.draws(seeds.draws(seeds.example(seed, epoch, i)))
         return (image, u), y, w, real
 
     return Augmenter(per_example)
@@ -356,7 +352,7 @@ def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, pla
     ds = source.enumerate().map(lambda i, pair: (i, to_rgb(pair[0]), tf.cast(pair[1], tf.int32), tf.constant(1.0)))
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False)
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
     return _finish_train(
@@ -423,7 +419,7 @@ def tfrecord_train_dataset(
     mine_n, most_n = worker_counts[shard.index], max(worker_counts)
     ds = _records(files, shard)
     ds = ds.shuffle(
-        max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False
+        max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False
     )
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from imgtrain import history, rundir
+from imgtrain import history, rundir, seeds
 from imgtrain.config import AugmentConfig, reports_top_k
 from imgtrain.errors import UserError
 from imgtrain.models.phases import BuiltModel, Phase
@@ -246,12 +246,12 @@ class TrainLoop:
             opt.apply(dist.reduce_gradients(grads), variables)
             return stats
 
-        base_seed = tf.constant([self.data.seed, 0x313A], tf.int64)
+        base_seed = seeds.step_base(self.data.seed)
 
         def step(iterator, position):
             # The stateless seed of this step (batch-level mixing), made inside the graph from
             # (run seed, epoch, step) alone, so a resumed run mixes exactly as before.
-            seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+            seed = seeds.fold(base_seed, position)
             return dist.reduce_sum(dist.run(replica, (next(iterator), seed)))
 
         if self.steps_per_execution == 1:
