@@ -9,6 +9,7 @@ lock. The ``train`` command calls ``train_run``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from imgtrain import atomic, history, rundir, runlock, summary
 from imgtrain.config import Config
-from imgtrain.data import fingerprint, pipeline
+from imgtrain.data import fingerprint, resampler
 from imgtrain.data import source as data_source
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
@@ -82,11 +83,14 @@ def train_run(
 def _train_locked(
     cfg: Config, run_dir: Path, dist: Distribution, progress: bool, say: Callable[[str], None], t_start: float
 ) -> dict[str, Any]:
+    saved = rundir.resumable_config(run_dir)
+    data, warnings = resampler.decide(cfg.data, saved.data.augment.resampler if saved else None, dist.gather)
+    cfg = dataclasses.replace(cfg, data=data)  # the chief's resampler, recorded in config.yaml
     resuming = rundir.check_resumable(cfg, run_dir)
     check_fits_in_memory(cfg)
     tracker = open_tracker(cfg.tracking, run_dir, dist.is_chief, say)
     _configure_runtime(cfg)
-    prep = _run_data(cfg, run_dir, dist, resuming, progress, say)
+    prep = _run_data(cfg, run_dir, dist, resuming, progress, say, warnings)
     if tracker:
         tracker.start(summary.run_facts(cfg, run_dir, dist))
     training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker] if tracker else [])
@@ -144,7 +148,13 @@ def _train_and_finish(
 
 
 def _run_data(
-    cfg: Config, run_dir: Path, dist: Distribution, resuming: bool, progress: bool, say: Callable[[str], None]
+    cfg: Config,
+    run_dir: Path,
+    dist: Distribution,
+    resuming: bool,
+    progress: bool,
+    say: Callable[[str], None],
+    warnings: list[str],
 ) -> DataSource:
     """The run's data, checked against the run's fingerprint; config.yaml written only then."""
     prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
@@ -157,14 +167,14 @@ def _run_data(
         )
     if cfg.data.service and cfg.data.cache:
         raise UserError("data.service and data.cache cannot be combined: the service decodes; drop one")
-    for warning in prep.warnings + pipeline.resampler_warnings(cfg.data):
+    for warning in prep.warnings + warnings:
         say(f"warning: {warning}")
     # Only once the data are known to be the run's own does anything in the run directory change.
     fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=dist.is_chief)
     if dist.is_chief:
         cfg.save(run_dir / rundir.CONFIG)
     counts = {s: prep.count(s) for s in ("train", "val", "test")}
-    resampler, on_device = summary.resampler(cfg), summary.on_device(cfg)
+    resampler, on_device = summary.resampler_used(cfg), summary.on_device(cfg)
     say(
         f"data: {len(prep.class_names)} classes; "
         f"train {counts['train']}, val {counts['val']}, test {counts['test']} images"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from imgtrain import atomic
 from imgtrain.config import Config
@@ -88,6 +88,7 @@ RESUMABLE_CHANGES = (
     "data.service_timeout",
     "tracking",  # where the run is logged, not what it trains
 )
+AUTO_RESAMPLER = ("data.augment.resampler", "auto")
 
 
 def make(run_dir: Path) -> None:
@@ -121,6 +122,13 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY).exists()
 
 
+def resumable_config(run_dir: Path) -> Optional[Config]:
+    """The config of the run to resume in run_dir (None when there is none to resume)."""
+    if not has_checkpoint(run_dir) or not (run_dir / CONFIG).exists():
+        return None
+    return Config.load(run_dir / CONFIG)
+
+
 def check_resumable(cfg: Config, run_dir: Path) -> bool:
     """True when run_dir holds a run to resume; refuses one trained with another setup, and a
     finished run whose checkpoints are gone (training would silently replace its results)."""
@@ -135,6 +143,8 @@ def check_resumable(cfg: Config, run_dir: Path) -> bool:
     if not (run_dir / CONFIG).exists():
         return True
     a, b = _flat(Config.load(run_dir / CONFIG).to_dict()), _flat(cfg.to_dict())
+    if a.get(AUTO_RESAMPLER[0]) == AUTO_RESAMPLER[1]:  # recorded before runs decided it: either kernel
+        a[AUTO_RESAMPLER[0]] = b.get(AUTO_RESAMPLER[0])
     for key in sorted(set(a) | set(b)):
         if any(key == c or key.startswith(c + ".") for c in RESUMABLE_CHANGES):
             continue

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from imgtrain import __version__, rundir
 from imgtrain.config import Config
-from imgtrain.data import fingerprint, pipeline
+from imgtrain.data import fingerprint, resampler
 from imgtrain.data.source import DataSource
 from imgtrain.tracking import RunFacts
 from imgtrain.train.assembly import Training
@@ -56,7 +56,7 @@ def summarize(
         "resumed_from_epoch": fit.resumed_from_epoch,
         "counts": counts,
         "skipped_files": len(prep.skipped),
-        "resampler": resampler(cfg),
+        "resampler": resampler_used(cfg),
         "augment_on_device": on_device(cfg),
         "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
         "images_per_sec_total": round(sum(per_worker), 1),
@@ -146,9 +146,9 @@ def weights_fingerprint(model: keras.Model) -> int:
     return int(digest.hexdigest()[:12], 16)
 
 
-def resampler(cfg: Config) -> Optional[str]:
+def resampler_used(cfg: Config) -> Optional[str]:
     """Who resamples the training images in tf.data (None when no augmentation there moves pixels)."""
-    return pipeline.resampler_of(cfg.data) or None
+    return resampler.used(cfg.data) or None
 
 
 def on_device(cfg: Config) -> Optional[str]:

@@ -210,26 +210,44 @@ def test_a_format_opencv_cannot_read_is_decoded_by_pillow(monkeypatch, tmp_path)
 
 
 def test_the_resampler_chosen(monkeypatch):
+    from imgtrain.config import DataConfig
+    from imgtrain.data import resampler
     from imgtrain.errors import UserError
 
     pytest.importorskip("cv2")
-    assert geometry.resampler_for("auto", service=False) == "opencv"
-    assert geometry.resampler_for("auto", service=True) == "tensorflow"  # service workers run no Python
-    assert geometry.resampler_for("opencv", service=True) == "tensorflow"
-    assert geometry.resampler_for("tensorflow", service=False) == "tensorflow"
-    from imgtrain.config import DataConfig
-    from imgtrain.data.pipeline import resampler_warnings
-
+    one = lambda v: [v]  # noqa: E731  (one process: its own value is everyone's)
     cfg = DataConfig(augment=GEOMETRIC)
-    assert resampler_warnings(cfg) == []
+    service = DataConfig(augment=GEOMETRIC, service="grpc://localhost:5000")
+    assert resampler.used(cfg) == "opencv" and resampler.decide(cfg, None, one)[0].augment.resampler == "opencv"
+    assert resampler.used(service) == "tensorflow"  # service workers run no Python
+    explicit_tf = DataConfig(augment=AugmentConfig(**{**GEOMETRIC.__dict__, "resampler": "tensorflow"}))
+    assert resampler.used(explicit_tf) == "tensorflow"
+    assert resampler.decide(cfg, None, one)[1] == []
+    assert resampler.decide(cfg, "tensorflow", one)[0].augment.resampler == "tensorflow"  # a resume keeps it
     monkeypatch.setattr(geometry, "_cv2", lambda: None)  # as where OpenCV is not installed
-    assert geometry.resampler_for("auto", service=False) == "tensorflow"
-    assert resampler_warnings(cfg) == [
+    decided, warnings = resampler.decide(cfg, None, one)
+    assert decided.augment.resampler == "tensorflow" and warnings == [
         "OpenCV is not installed, so TensorFlow resamples the augmentation, several times slower; "
         "pip install opencv-python-headless"
     ]
-    assert (
-        resampler_warnings(DataConfig(augment=AugmentConfig(**{**GEOMETRIC.__dict__, "resampler": "tensorflow"}))) == []
-    )
+    assert resampler.decide(explicit_tf, None, one)[1] == []
+    explicit_cv = DataConfig(augment=AugmentConfig(**{**GEOMETRIC.__dict__, "resampler": "opencv"}))
     with pytest.raises(UserError, match="OpenCV is not installed; pip install opencv-python-headless"):
-        geometry.resampler_for("opencv", service=False)
+        resampler.used(explicit_cv)
+
+
+def test_the_chiefs_resampler_is_every_workers_or_all_refuse(monkeypatch):
+    """A worker decides as the chief did, whatever it has itself; a chief's OpenCV that a
+    worker lacks stops every worker with the same line (none is left in a collective)."""
+    from imgtrain.config import DataConfig
+    from imgtrain.data import resampler
+    from imgtrain.errors import UserError
+
+    pytest.importorskip("cv2")
+    cfg = DataConfig(augment=GEOMETRIC)
+    chief_says_tf = lambda v: [0.0, v]  # noqa: E731  (rank 0 chose TensorFlow, this is rank 1)
+    assert resampler.decide(cfg, None, chief_says_tf)[0].augment.resampler == "tensorflow"
+    monkeypatch.setattr(geometry, "_cv2", lambda: None)  # this worker, rank 1, has no OpenCV
+    chief_has_cv = lambda v: [1.0, v]  # noqa: E731
+    with pytest.raises(UserError, match=r"resamples with OpenCV, but OpenCV is not installed on worker\(s\) 1;"):
+        resampler.decide(cfg, None, chief_has_cv)

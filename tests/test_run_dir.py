@@ -527,3 +527,27 @@ def test_predict_onto_a_real_full_disk_names_the_file(two_epochs, tmp_path):
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written file left
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_the_resampler_is_recorded_and_a_resume_keeps_it_or_says_why_not(tmp_path, monkeypatch):
+    """auto becomes the kernel the run used, in config.yaml; a resume where OpenCV is gone, or
+    told the other kernel, is refused in one line instead of switching kernels silently."""
+    pytest.importorskip("cv2")
+    from imgtrain.data import geometry
+
+    images = write_folder(tmp_path / "images")
+    flips = ONE_STEP + ("data.augment.horizontal_flip=true",)
+    train_run(small(images, tmp_path / "run", flips + ("train.epochs=1",)), progress=False)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "resampler: opencv" in saved and "resampler: auto" not in saved
+    with pytest.raises(UserError, match="data.augment.resampler='opencv', not 'tensorflow'"):
+        train_run(small(images, tmp_path / "run", flips + ("data.augment.resampler=tensorflow",)), progress=False)
+    monkeypatch.setattr(geometry, "_cv2", lambda: None)  # as on a machine without OpenCV
+    with pytest.raises(
+        UserError,
+        match=r"^this run resamples with OpenCV \(its config.yaml\), but OpenCV is not installed here; "
+        r"pip install opencv-python-headless$",
+    ):
+        train_run(small(images, tmp_path / "run", flips), progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved

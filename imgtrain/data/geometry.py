@@ -3,7 +3,8 @@
 The random resized crop, the flips, and rotation, zoom and translation are each a map
 between pixel coordinates; composed, they are one 3x3 matrix from an output pixel to a
 pixel of the decoded image, and the image is resampled once, bilinearly, straight to the
-output size with the configured fill mode. Two resamplers (``data.augment.resampler``):
+output size with the configured fill mode. Two resamplers (``data.augment.resampler``, decided
+once per run by ``data/resampler.py``):
 
 - OpenCV (the default when installed): ``cv2.warpAffine`` inside the parallel map, uint8 in
   and out, about 8x faster than TensorFlow's kernel and free of the GIL while it works;
@@ -84,25 +85,6 @@ def _cv2() -> Optional[object]:
         return None
     cv2.setNumThreads(1)
     return cv2
-
-
-def resampler_for(choice: str, service: bool) -> str:
-    """The resampler a pipeline uses: ``choice`` (auto, opencv or tensorflow) made concrete.
-    A tf.data service runs the pipeline's graph in other processes, where a Python function
-    cannot go, so with one (and in its local fallback, which must make the same pixels) it is
-    TensorFlow's kernel."""
-    if service or choice == "tensorflow":
-        return "tensorflow"
-    if _cv2() is None:
-        if choice == "opencv":
-            from imgtrain.errors import UserError
-
-            raise UserError(
-                "data.augment.resampler is opencv but OpenCV is not installed; "
-                "pip install opencv-python-headless, or set data.augment.resampler=tensorflow"
-            )
-        return "tensorflow"
-    return "opencv"
 
 
 def _border(fill_mode: str) -> int:

@@ -31,6 +31,7 @@ from imgtrain import seeds
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
 from imgtrain.data import geometry
+from imgtrain.data import resampler as resampler_kernel
 from imgtrain.data.images import decode, eval_image, load, resize
 from imgtrain.data.service import service_train
 from imgtrain.data.sources import Example
@@ -185,7 +186,7 @@ def _augmenter(cfg: DataConfig, seed: int, epoch: int, given: str) -> Augmenter:
         return _with_draws(_augmenter(host, seed, epoch, given), seed, epoch)
     size, acfg = cfg.image_size, cfg.augment
     geometric = geometry.is_geometric(acfg)
-    resampler = resampler_of(cfg)
+    resampler = resampler_kernel.used(cfg)
     # OpenCV's path also does brightness/contrast, and its images stay uint8 up to the batch.
     fused = resampler == "opencv" and aug.fusable(acfg)
     tone = fused and bool(acfg.brightness or acfg.contrast)
@@ -250,24 +251,6 @@ def _like(filler: tf.data.Dataset, ds: tf.data.Dataset) -> tf.data.Dataset:
     if isinstance(ds.element_spec[0], tuple):  # on_device: any draws do, the pads count for nothing
         filler = filler.map(lambda x, y, w, r: ((x, tf.fill([8], 0.75)), y, w, r))
     return filler
-
-
-def resampler_of(cfg: DataConfig) -> str:
-    """Who resamples the training images in tf.data ("" when no augmentation there moves pixels)."""
-    acfg = geometry.on_host(cfg.augment) if cfg.augment.on_device else cfg.augment
-    if not geometry.is_geometric(acfg):
-        return ""
-    return geometry.resampler_for(acfg.resampler, bool(cfg.service))
-
-
-def resampler_warnings(cfg: DataConfig) -> list[str]:
-    """One line when ``auto`` falls back to TensorFlow's slower path because OpenCV is missing."""
-    if cfg.augment.resampler == "auto" and resampler_of(cfg) == "tensorflow" and not cfg.service:
-        return [
-            "OpenCV is not installed, so TensorFlow resamples the augmentation, several times slower; "
-            "pip install opencv-python-headless"
-        ]
-    return []
 
 
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
