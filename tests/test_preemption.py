@@ -194,10 +194,10 @@ def test_workers_stop_on_the_agreed_value_only() -> None:
 
     flag = stop.StopFlag()
     dist = SimpleNamespace(world_size=2, gather=gather_while_signalled)
-    loop = SimpleNamespace(dist=dist, stop=flag, stop_checks={"checks": 0, "seconds": 0.0})
-    assert TrainLoop._stop_agreed(loop) is False and flag.signum == signal.SIGTERM
+    loop = SimpleNamespace(dist=dist, signal=flag, signal_checks={"checks": 0, "seconds": 0.0})
+    assert TrainLoop._told_to_stop(loop) is False and flag.signum == signal.SIGTERM
     dist.gather = lambda value: [value, 0.0]
-    assert TrainLoop._stop_agreed(loop) is True and loop.stop_checks["checks"] == 2
+    assert TrainLoop._told_to_stop(loop) is True and loop.signal_checks["checks"] == 2
     dist.gather = lambda value: [0.0, float(signal.SIGINT)]  # another worker was told
-    other = SimpleNamespace(dist=dist, stop=stop.StopFlag(), stop_checks={"checks": 0, "seconds": 0.0})
-    assert TrainLoop._stop_agreed(other) is True and other.stop.signum == signal.SIGINT
+    other = SimpleNamespace(dist=dist, signal=stop.StopFlag(), signal_checks={"checks": 0, "seconds": 0.0})
+    assert TrainLoop._told_to_stop(other) is True and other.signal.signum == signal.SIGINT

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import keras
 import numpy as np
@@ -53,6 +53,18 @@ class LoopData:
     on_device: Optional[AugmentConfig] = None  # data.augment.on_device: the augmentations the step applies
 
 
+class EpochListener(Protocol):
+    """What hears of a run's epochs on the chief: the console and TensorBoard (the loop's own),
+    experiment tracking. Called in the loop's thread, in this order, once each epoch is
+    checkpointed and its history row written."""
+
+    def on_train_begin(self, hparams: dict[str, Any], sample: Optional[np.ndarray]) -> None: ...
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class LoopOptions:
     """How the loop runs, as opposed to what it trains (the model, data, optimizer, checkpoints)."""
@@ -62,15 +74,15 @@ class LoopOptions:
     jit_compile: bool = False
     steps_per_execution: int = 1  # training steps per call into the runtime
     checkpoint_every_steps: int = 0  # 0: a checkpoint per epoch only
-    stop_check_every: int = 10  # steps between the workers' shared look at the stop flag
+    stop_check_every: int = 10  # steps between the workers' shared look at the signal flag
     precise_bn_batches: int = 0  # training steps re-estimating BatchNorm statistics per evaluation
     ema: bool = False  # evaluate and keep the optimizer's moving average of the weights
     progress: bool = True
     log: Callable[[str], None] = print
     hparams: dict[str, Any] = field(default_factory=dict)  # the run's config, flat, for TensorBoard's HParams
-    # More epoch listeners (the chief's only), each with EpochReporter's three methods: experiment
-    # tracking, say. The loop calls them after its own and knows nothing else of them.
-    listeners: list[Any] = field(default_factory=list)
+    # More EpochListeners (the chief's only): experiment tracking, say. The loop calls them
+    # after its own and knows nothing else of them.
+    listeners: list["EpochListener"] = field(default_factory=list)
 
 
 @dataclass
@@ -176,9 +188,9 @@ class TrainLoop:
         self.every_steps = options.checkpoint_every_steps
         # One process looks at its own flag every step, for free; several agree on it every
         # stop_check_every steps, since each look is a collective.
-        self.stop_every = 1 if dist.world_size == 1 else options.stop_check_every
-        self.stop = StopFlag()
-        self.stop_checks = {"checks": 0, "seconds": 0.0}
+        self.signal_check_every = 1 if dist.world_size == 1 else options.stop_check_every
+        self.signal = StopFlag()  # raised by SIGTERM/SIGINT (imgtrain.stop)
+        self.signal_checks = {"checks": 0, "seconds": 0.0}
         self.log = options.log if dist.is_chief else (lambda _msg: None)
         self.chief = dist.is_chief
         self.progress = options.progress and dist.is_chief
@@ -381,7 +393,8 @@ class TrainLoop:
             if saved:
                 sums.to_state(st, step_in_epoch=step)
                 self.store.save()
-            if step < steps and step // self.stop_every > (step - count) // self.stop_every and self._stop_agreed():
+            every = self.signal_check_every
+            if step < steps and step // every > (step - count) // every and self._told_to_stop():
                 if not saved:
                     sums.to_state(st, step_in_epoch=step)
                     self.store.save()
@@ -390,13 +403,13 @@ class TrainLoop:
                     # A barrier: no worker leaves (and no launcher, seeing it leave, signals the
                     # rest) before the chief's checkpoint is whole.
                     self.dist.agree(True)
-                raise self._stopped(f"at epoch {epoch + 1}, step {step} of {steps}")
+                raise self._stopped_by_signal(f"at epoch {epoch + 1}, step {step} of {steps}")
         sums.flush()
         bar.close()
         return sums, time.perf_counter() - start
 
     def _end_epoch(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
-        """Evaluate, stop early or not, drop the plateau rate, checkpoint: (logs, improved, stop)."""
+        """Evaluate, stop early or not, drop the plateau rate, checkpoint: (logs, improved, early_stop)."""
         early = self.early
         self.dist.average_state([v for v in self.model.non_trainable_variables if v.dtype.startswith("float")])
         logs = {
@@ -419,9 +432,9 @@ class TrainLoop:
                     top_k=self.data.top_k,
                 )
             )
-        improved, should_stop = early.update(epoch, logs)
-        stop = self.dist.agree(should_stop)
-        if stop:  # checkpointed with the epoch: a crash from here on must not train again
+        improved, wants_early_stop = early.update(epoch, logs)
+        early_stop = self.dist.agree(wants_early_stop)
+        if early_stop:  # checkpointed with the epoch: a crash from here on must not train again
             self.state.set(stopped_early=1)
         if improved:
             self.store.remember_best()
@@ -445,43 +458,43 @@ class TrainLoop:
             wait=early.wait,
         )
         self.store.save()
-        return logs, improved, stop
+        return logs, improved, early_stop
 
     def fit(self) -> FitResult:
         """Train from the latest checkpoint to the last epoch (or early stopping). A SIGTERM or
         SIGINT meanwhile ends it with ``Stopped`` once a checkpoint holds the step reached."""
-        with self.stop:
+        with self.signal:
             result = self._fit()
-            if result.trained and self._stop_agreed():  # a signal during the last epoch's end
-                raise self._stopped("after the last epoch")
+            if result.trained and self._told_to_stop():  # a signal during the last epoch's end
+                raise self._stopped_by_signal("after the last epoch")
         return result
 
-    def _stop_agreed(self) -> bool:
+    def _told_to_stop(self) -> bool:
         """Whether any worker was told to stop; the same answer on every worker, which must all
-        ask at the same steps. The signal number agreed is kept in ``self.stop.signum``."""
+        ask at the same steps. The signal number agreed is kept in ``self.signal.signum``."""
         if self.dist.world_size == 1:
-            return bool(self.stop.signum)
+            return bool(self.signal.signum)
         start = time.perf_counter()
-        signums = self.dist.gather(float(self.stop.signum))
-        self.stop_checks["checks"] += 1
-        self.stop_checks["seconds"] += time.perf_counter() - start
+        signums = self.dist.gather(float(self.signal.signum))
+        self.signal_checks["checks"] += 1
+        self.signal_checks["seconds"] += time.perf_counter() - start
         agreed = int(max(signums))
         # The agreed value decides, never this worker's own flag read now: a signal that landed
         # after its value was sent is in no other worker's answer (stopping on it alone would
         # leave the others in a collective it never joins); it is sent at the next check.
-        if agreed and not self.stop.signum:
-            self.stop.signum = agreed
+        if agreed and not self.signal.signum:
+            self.signal.signum = agreed
         return bool(agreed)
 
-    def _stop_between_epochs(self, epoch: int, start_epoch: int) -> None:
+    def _stop_if_told_between_epochs(self, epoch: int, start_epoch: int) -> None:
         """A signal during the last epoch's end (validation, checkpoint): its checkpoint stands."""
-        if epoch > start_epoch and self._stop_agreed():
-            raise self._stopped(f"at the end of epoch {epoch}")
+        if epoch > start_epoch and self._told_to_stop():
+            raise self._stopped_by_signal(f"at the end of epoch {epoch}")
 
-    def _stopped(self, where: str) -> Stopped:
+    def _stopped_by_signal(self, where: str) -> Stopped:
         return Stopped(
-            self.stop.signum,
-            f"stopped by {signal_name(self.stop.signum)} {where}; checkpoint written; "
+            self.signal.signum,
+            f"stopped by {signal_name(self.signal.signum)} {where}; checkpoint written; "
             "run the same command again to resume",
         )
 
@@ -496,22 +509,22 @@ class TrainLoop:
                 f"(best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1})"
             )
             start_epoch = self.epochs
-        hooks = [hook for hook in (self.reporter(), *self.listeners) if hook is not None]
-        if hooks and start_epoch == 0 and skip == 0:
+        listeners = [one for one in (self._console_listener(), *self.listeners) if one is not None]
+        if listeners and start_epoch == 0 and skip == 0:
             sample = self._first_batch_images()
-            for hook in hooks:
-                hook.on_train_begin(self.hparams, sample)
+            for listener in listeners:
+                listener.on_train_begin(self.hparams, sample)
         self._phase = None
-        stop = False
+        early_stop = False
         images_total, seconds_total = 0.0, 0.0
         for epoch in range(start_epoch, self.epochs):
-            self._stop_between_epochs(epoch, start_epoch)
+            self._stop_if_told_between_epochs(epoch, start_epoch)
             self._enter_phase(epoch)
             lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
             sums, seconds = self._run_epoch(epoch, skip)
             images_total += sums.images
             seconds_total += seconds
-            logs, improved, stop = self._end_epoch(epoch, sums)
+            logs, improved, early_stop = self._end_epoch(epoch, sums)
             row = {
                 "epoch": epoch + 1,
                 "phase": self._phase.name,
@@ -522,17 +535,17 @@ class TrainLoop:
             }
             rows.append(row)
             self._write_history(rows)
-            for hook in hooks:
-                hook.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
+            for listener in listeners:
+                listener.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
-            if stop:
+            if early_stop:
                 self.log(
                     f"early stopping: {early.monitor} has not improved for {early.wait} epoch(s); "
                     f"best {early.monitor}={early.best:.4f} at epoch {early.best_epoch + 1}"
                 )
                 break
-        for hook in hooks:
-            hook.close()
+        for listener in listeners:
+            listener.close()
         if early.best_epoch >= 0:
             self.store.restore_best()
             self.log(f"restored the best weights: epoch {early.best_epoch + 1}, {early.monitor}={early.best:.4f}")
@@ -541,7 +554,7 @@ class TrainLoop:
         result.history = rows
         result.best_epoch = early.best_epoch
         result.best_value = early.best
-        result.stopped_early = stop or finished_early
+        result.stopped_early = early_stop or finished_early
         result.trained = start_epoch < self.epochs
         result.images_per_sec = images_total / seconds_total if seconds_total else 0.0
         return result
@@ -552,9 +565,9 @@ class TrainLoop:
             return model_input(x, self.data.on_device).numpy()[:16]
         return None
 
-    def reporter(self) -> Optional["EpochReporter"]:
+    def _console_listener(self) -> Optional["ConsoleAndTensorBoard"]:
         """The chief's console line and TensorBoard scalars after every epoch; None elsewhere."""
-        return EpochReporter(self.run_dir / rundir.LOGS, self.epochs, self.log) if self.chief else None
+        return ConsoleAndTensorBoard(self.run_dir / rundir.LOGS, self.epochs, self.log) if self.chief else None
 
     def _eval_step(self) -> Callable:
         """The validation step, traced once per run (not once per epoch)."""
@@ -635,8 +648,8 @@ class RunningSums:
         state.set(step_in_epoch=step_in_epoch, **dict(zip(self.FIELDS, self.values.tolist())))
 
 
-class EpochReporter:
-    """Epoch hook: the console line and TensorBoard (``train.tensorboard``)."""
+class ConsoleAndTensorBoard:
+    """The loop's own EpochListener: the console line and TensorBoard (``train.tensorboard``)."""
 
     def __init__(self, logs_dir: Path, epochs: int, log: Callable[[str], None]) -> None:
         self.epochs, self.log = epochs, log
