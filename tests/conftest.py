@@ -145,10 +145,12 @@ def small_config(tmp_path: Path):
 def references(tmp_path_factory):
     """The uninterrupted reference runs of tests/reference_runs.py's commands (one per strategy, each
     trained once per session), in a folder holding their ``photos``."""
-    from reference_runs import References
+    from reference_runs import CONFIG_FILE, ROOT, References
 
     home = tmp_path_factory.mktemp("references")
     write_folder(home / "photos", per_class=40, size=16)
+    (home / "launch").symlink_to(ROOT / "launch")  # the README's launch/horovod.sh, relative
+    (home / "cfg.yaml").write_text(CONFIG_FILE)
     return References(home)
 
 

@@ -10,6 +10,7 @@ paths (``photos``, ``runs/<name>``), as a user's shell runs them.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from journeys import readme
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "launch" / "multiworker.py"
@@ -65,6 +67,12 @@ def train(run: str, batch: int = 4, lr: float = 0.002, epochs: int = 2) -> list[
     ]  # fmt: skip
 
 
+# The README's horovod.sh line, as written (tests/journeys/test_readme.py finds it here), from the
+# references' folder, which holds launch/ and a cfg.yaml naming the photos; the flags after it
+# set the rest, as a user's would.
+HOROVOD_SH = shlex.split(readme.command("launch/horovod.sh -np 2 -- imgtrain train --config cfg.yaml"))
+CONFIG_FILE = "data: {path: photos}\n"
+
 # Each command trains the same global batches: the single process takes the two workers'
 # batch of 8 at once, with the rate the linear scaling rule gives them (2 x 0.002).
 COMMANDS: dict[str, Callable[[str], list[str]]] = {
@@ -72,8 +80,7 @@ COMMANDS: dict[str, Callable[[str], list[str]]] = {
     "multiworker": lambda run: [sys.executable, str(LAUNCHER), "--workers", "2", "--", "imgtrain", *train(run)],
     "horovod": lambda run: [horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m",
                             "imgtrain", *train(run), "--strategy", "horovod"],
-    "horovod.sh": lambda run: ["bash", str(LAUNCHER.parent / "horovod.sh"), "-np", "2", "--", "imgtrain",
-                               *train(run)],
+    "horovod.sh": lambda run: [*HOROVOD_SH, *train(run)[1:]],
 }  # fmt: skip
 
 

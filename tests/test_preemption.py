@@ -126,6 +126,8 @@ def test_told_to_stop_mid_epoch_then_the_same_command(references, launcher: str,
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     summary = json.loads((home / name / "run.json").read_text())
     assert summary["replicas_in_sync"] and summary["stop_checks"]["every_steps"] == (1 if launcher == "single" else 2)
+    if launcher == "horovod.sh":  # given no --strategy, as the README runs it: the script adds it
+        assert summary["strategy"] == "horovod" and summary["world_size"] == 2
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 finishes; a worker killed mid-run, then the same command again, resumes and finishes. The
 multi-worker one also tracks with ``--mlflow`` into MLflow's default local store: one MLflow
 run across the kill and the resume, logged by the chief alone, which the README's ``mlflow ui``
-command then serves."""
+command then serves. (``launch/horovod.sh``, which runs horovodrun, trains, stops and resumes
+in tests/test_preemption.py; a killed Horovod worker is horovodrun's case here.)"""
 
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ from journeys.journey import User, fingerprint, serve, stop
 
 pytestmark = pytest.mark.slow
 
-HOROVOD_SH = readme.command("launch/horovod.sh -np 2 -- imgtrain train --config cfg.yaml")
 MULTIWORKER = readme.command(
     "python launch/multiworker.py --workers 2 -- imgtrain train --config cfg.yaml --output runs/x"
 )  # noqa: E501
 # The README's horovodrun line asks for 4 processes (one per GPU); this host runs 2.
 HOROVODRUN = readme.command("horovodrun -np 4 -H localhost:4 imgtrain train --config cfg.yaml").replace("4", "2")
 
-LAUNCHERS = {"horovod.sh": HOROVOD_SH, "horovodrun": HOROVODRUN, "multiworker.py": f"{MULTIWORKER} --mlflow"}
+LAUNCHERS = {"horovodrun": HOROVODRUN, "multiworker.py": f"{MULTIWORKER} --mlflow"}
 UI = readme.command(".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
 REPORT_FILES = {"report.html", "report.json", "curves.png", "history.csv"}
 CONFIG = {
@@ -98,12 +98,10 @@ def test_a_worker_killed_then_the_same_command(cluster_user: User, launcher: str
     assert "continuing at epoch" in again.text, again.text[-3000:]
     summary = json.loads((user.cwd / "runs/x/run.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] and summary["epochs_completed"] == 3
-    # Neither horovod.sh nor horovodrun is given --strategy: the workers find Horovod themselves.
+    # horovodrun is not given --strategy: the workers find Horovod themselves.
     assert summary["strategy"] == ("multiworker" if launcher == "multiworker.py" else "horovod")
     assert fingerprint(user.cwd / "runs/x") is not None
 
-    if launcher == "horovod.sh":
-        return  # horovod.sh runs horovodrun: a finished run under Horovod is horovodrun's check
     third = user.ok(command)
     assert "nothing to train" in third.text, third.text[-2000:]
     if launcher == "multiworker.py":

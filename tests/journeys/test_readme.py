@@ -1,6 +1,6 @@
-"""The README is the journeys' source: each of its shell commands is run by a journey (its text
-appears in a journey's source, where ``readme.command`` checks it against the README) or is
-listed in ``readme.NOT_RUNNABLE`` with the reason."""
+"""The README is the journeys' source: each of its shell commands is run by a journey or a
+reference run (its text appears in their source, where ``readme.command`` checks it against
+the README) or is listed in ``readme.NOT_RUNNABLE`` with the reason."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 
 def test_every_readme_command_is_run_by_a_journey_or_listed_as_not_runnable() -> None:
     sources = "\n".join(p.read_text() for p in HERE.glob("test_*.py") if p.name != "test_readme.py")
-    sources += (HERE / "journey.py").read_text()
+    sources += (HERE / "journey.py").read_text() + (HERE.parent / "reference_runs.py").read_text()
     commands = readme.commands()
     assert len(commands) >= 15, commands  # the parser still finds the README's blocks
     orphans = [c for c in commands if c not in readme.NOT_RUNNABLE and f'"{c}"' not in sources]
