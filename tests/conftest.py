@@ -115,14 +115,14 @@ def image_folder(tmp_path: Path) -> Path:
 
 def small(data: Path, output: Path, extra: tuple[str, ...] = ()):
     """A fast config for end-to-end runs on ``write_folder``'s images: tiny CNN, few epochs."""
+    import tiny
+
     from imgtrain.config import Config
 
     items = [
         f"data.path={data}",
         f"output={output}",
-        "data.image_size=[16,16]",
-        "model.cnn.filters=[8,16]",
-        "model.cnn.convs_per_block=1",
+        *tiny.overrides(),
         "train.epochs=3",
         "train.batch_size=8",
         "train.optimizer.learning_rate=0.01",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import tiny
 from journeys import readme
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +31,6 @@ BIN = Path(sys.executable).parent
 # default warms up only when the rate is scaled for several replicas, which the single run is not.
 MODEL = [
     "--set", "train.schedule.warmup_epochs=0",
-    "--set", "model.cnn.filters=[8,16]",
-    "--set", "model.cnn.convs_per_block=1",
     "--set", "model.cnn.batch_norm=false",
     "--set", "model.cnn.dropout=0",
     "--set", "model.cnn.head_dropout=0",
@@ -60,7 +59,7 @@ def env() -> dict[str, str]:
 def train(run: str, batch: int = 4, lr: float = 0.002, epochs: int = 2) -> list[str]:
     """``imgtrain train``'s arguments: a checkpoint every 3 steps, the stop flag agreed every 2."""
     return [
-        "train", "--data", "photos", "--output", run, "--epochs", str(epochs), "--image-size", "16",
+        "train", "--data", "photos", "--output", run, "--epochs", str(epochs), *tiny.flags().split(),
         "--batch-size", str(batch), "--no-progress", "--deterministic",
         "--set", f"train.optimizer.learning_rate={lr}",
         "--set", "train.checkpoint.every_steps=3", "--set", "train.checkpoint.stop_check_steps=2", *MODEL,

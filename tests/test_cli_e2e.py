@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+import tiny
 import yaml
 from conftest import write_folder
 
@@ -22,11 +23,13 @@ def trained_run(tmp_path_factory):
     cfg = root / "cfg.yaml"
     cfg.write_text(
         yaml.safe_dump(
-            {
-                "data": {"image_size": [16, 16], "augment": {"horizontal_flip": True, "brightness": 0.05}},
-                "model": {"cnn": {"filters": [8, 16], "convs_per_block": 1}},
-                "train": {"optimizer": {"name": "adam", "learning_rate": 0.01}, "early_stopping": {"patience": 10}},
-            }
+            tiny.merged(
+                tiny.config(),
+                {
+                    "data": {"augment": {"horizontal_flip": True, "brightness": 0.05}},
+                    "train": {"optimizer": {"name": "adam", "learning_rate": 0.01}, "early_stopping": {"patience": 10}},
+                },
+            )
         )
     )
     rc = main(

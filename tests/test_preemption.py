@@ -19,30 +19,11 @@ import psutil
 import pytest
 from journeys.journey import as_in_a_terminal
 from reference_runs import COMMANDS, env, failure, run
+from workers import LAUNCHER_ITSELF, worker
 
 from imgtrain import stop
 
 STOPPED = re.compile(r"stopped by (SIG[A-Z]+) at epoch (\d+), step (\d+) of (\d+); checkpoint written")
-LAUNCHER_ITSELF = -1  # as a rank: signal the launcher, which passes the signal on
-
-
-def worker(launcher_pid: int, rank: int) -> psutil.Process:
-    """The imgtrain process of ``rank`` under a launcher, or the launcher (the process started)."""
-    top = psutil.Process(launcher_pid)
-    if rank == LAUNCHER_ITSELF:
-        return top
-    for p in [top, *top.children(recursive=True)]:
-        try:
-            environ, argv = p.environ(), " ".join(p.cmdline())
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if "imgtrain" not in argv or "--output" not in argv:
-            continue
-        if "HOROVOD_RANK" in environ and int(environ["HOROVOD_RANK"]) == rank:
-            return p
-        if "TF_CONFIG" in environ and json.loads(environ["TF_CONFIG"])["task"]["index"] == rank:
-            return p
-    raise AssertionError(f"no rank-{rank} worker under {launcher_pid}")
 
 
 def kill_tree(pid: int) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+import tiny
 
 from journeys import readme
 
@@ -46,11 +47,7 @@ VENV = Path(sys.prefix)
 
 # Appended to a README command: small images and model, so a journey trains in seconds. The
 # later flag wins in argparse, so the README's own --epochs 20 is what these replace.
-SMALL = (
-    "--image-size 16 --batch-size 8 --seed 3 --deterministic --no-progress "
-    "--set model.cnn.filters=[8,16] --set model.cnn.convs_per_block=1 "
-    "--set train.early_stopping.patience=50"
-)
+SMALL = f"--batch-size 8 --seed 3 --deterministic --no-progress {tiny.flags()} --set train.early_stopping.patience=50"
 
 TRAIN = readme.command(".venv/bin/imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos")
 MID_EPOCH = "--set train.checkpoint.every_steps=2 --set data.augment.rotation=10"

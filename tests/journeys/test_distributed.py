@@ -15,7 +15,9 @@ from typing import Callable
 
 import psutil
 import pytest
+import tiny
 import yaml
+from workers import rank_of
 
 from journeys import readme
 from journeys.journey import User, fingerprint, serve, stop
@@ -31,28 +33,16 @@ HOROVODRUN = readme.command("horovodrun -np 4 -H localhost:4 imgtrain train --co
 LAUNCHERS = {"horovodrun": HOROVODRUN, "multiworker.py": f"{MULTIWORKER} --mlflow"}
 UI = readme.command(".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
 REPORT_FILES = {"report.html", "report.json", "curves.png", "history.csv"}
-CONFIG = {
-    "seed": 5,
-    "output": "runs/x",
-    "data": {"path": "photos/", "image_size": [16, 16], "augment": {"rotation": 10}},
-    "model": {"name": "cnn", "cnn": {"filters": [8, 16], "convs_per_block": 1}},
-    "train": {"epochs": 3, "batch_size": 8, "checkpoint": {"every_steps": 2}},
-}
-
-
-def _rank(process: psutil.Process) -> int | None:
-    """The worker index of an imgtrain process (Horovod's rank or TF_CONFIG's task index)."""
-    try:
-        environ, argv = process.environ(), " ".join(process.cmdline())
-    except (psutil.AccessDenied, psutil.NoSuchProcess):
-        return None
-    if "imgtrain" not in argv:
-        return None
-    if "HOROVOD_RANK" in environ:
-        return int(environ["HOROVOD_RANK"])
-    if "TF_CONFIG" in environ:
-        return int(json.loads(environ["TF_CONFIG"])["task"]["index"])
-    return None
+CONFIG = tiny.merged(
+    tiny.config(),
+    {
+        "seed": 5,
+        "output": "runs/x",
+        "data": {"path": "photos/", "augment": {"rotation": 10}},
+        "model": {"name": "cnn"},
+        "train": {"epochs": 3, "batch_size": 8, "checkpoint": {"every_steps": 2}},
+    },
+)
 
 
 def kill_worker_one(user: User, run: str) -> Callable[[str], bool]:
@@ -66,7 +56,7 @@ def kill_worker_one(user: User, run: str) -> Callable[[str], bool]:
         if done or not index.exists() or '"ckpt-1"' not in index.read_text():
             return False
         for process in psutil.Process().children(recursive=True):
-            if _rank(process) == 1:
+            if rank_of(process) == 1:
                 process.send_signal(signal.SIGKILL)
                 done.append(time.monotonic())
                 break
