@@ -1,4 +1,5 @@
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,44 @@ def test_data_cache_reads_each_image_once_per_run(tmp_path: Path):
         np.testing.assert_array_equal(u, v)
     with pytest.raises(tf.errors.NotFoundError):  # a source that cached nothing does read the files
         _collect(again.train_dataset(cfg, EpochPlan(seed=1, epoch=0, batch_size=4)))
+
+
+CACHE_PROBE = """
+import json, os, sys
+import numpy as np
+from imgtrain.config import DataConfig
+from imgtrain.data.pipeline import decoded_images
+from imgtrain.data.sources import discover
+
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+examples = discover(DataConfig(path=sys.argv[1])).examples
+cached = decoded_images(examples, [128, 128])
+for _ in decoded_images(examples[:8], [128, 128]):  # tf.data's own first-use allocations
+    pass
+before = rss()
+images = [x.numpy() for _i, x, _y, _w in cached]
+grown = rss() - before - sum(x.nbytes for x in images)  # what the cache itself holds
+whole = all(np.array_equal(x, np.round(x)) for x in images[:5])
+print(json.dumps({"n": len(images), "dtype": str(images[0].dtype), "grown": grown, "whole": whole}))
+"""
+
+
+def test_data_cache_holds_uint8_a_quarter_of_float32(tmp_path: Path):
+    """A cached epoch costs about one byte per pixel: 300 images at 128x128 grow a fresh process
+    by about 21 MiB (uint8), not the 57 MiB a float32 cache took; the images read back are
+    whole levels."""
+    import json
+    import subprocess
+    import sys
+
+    folder = write_folder(tmp_path / "images", per_class=100, size=128)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(folder)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    as_float32 = found["n"] * 128 * 128 * 3 * 4
+    assert found["n"] == 300 and found["dtype"] == "float32" and found["whole"]
+    assert found["grown"] < 0.6 * as_float32, f"the cache grew the process by {found['grown'] / 2**20:.0f} MiB"

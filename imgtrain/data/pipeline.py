@@ -97,7 +97,21 @@ def decoded_images(examples: Sequence[Example], size: Sequence[int]) -> tf.data.
     in this dataset object, so a source builds it once per run and hands it to every epoch
     (``DataSource.kept``): a dataset rebuilt each epoch would fill a new cache each epoch."""
     ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
-    return ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE).cache()
+    return kept_as_uint8(ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE), 1)
+
+
+def kept_as_uint8(ds: tf.data.Dataset, image: int) -> tf.data.Dataset:
+    """``ds`` kept in memory (``data.cache``) with its elements' ``image`` component as uint8,
+    a quarter of float32's bytes, and read back as float32: the pixels rounded to whole levels,
+    as photographs' are (OpenCV's training path rounds them too)."""
+
+    def swap(element: tuple, to: tf.DType) -> tuple:
+        x = element[image]
+        x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), to) if to == tf.uint8 else tf.cast(x, to)
+        return (*element[:image], x, *element[image + 1 :])
+
+    kept = ds.map(lambda *e: swap(e, tf.uint8), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+    return kept.map(lambda *e: swap(e, tf.float32), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 @as_written
@@ -273,7 +287,7 @@ def eval_images(examples: Sequence[Example], cfg: DataConfig, shard: Shard = Sha
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    return ds.cache() if cfg.cache else ds
+    return kept_as_uint8(ds, 0) if cfg.cache else ds
 
 
 @as_written
@@ -427,7 +441,7 @@ def _decoded_records(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard
 def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
     """``eval_images`` from prepared shards: this worker's files, decoded, kept with ``data.cache``."""
     ds = _decoded_records(files, cfg, shard)
-    return ds.cache() if cfg.cache else ds
+    return kept_as_uint8(ds, 0) if cfg.cache else ds
 
 
 @as_written
