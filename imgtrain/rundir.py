@@ -140,9 +140,10 @@ def check_resumable(cfg: Config, run_dir: Path) -> bool:
                 f"and training would replace it; {OVERWRITE_HINT}"
             )
         return False
-    if not (run_dir / CONFIG).exists():
+    saved = resumable_config(run_dir)
+    if saved is None:
         return True
-    a, b = _flat(Config.load(run_dir / CONFIG).to_dict()), _flat(cfg.to_dict())
+    a, b = _flat(saved.to_dict()), _flat(cfg.to_dict())
     if a.get(AUTO_RESAMPLER[0]) == AUTO_RESAMPLER[1]:  # recorded before runs decided it: either kernel
         a[AUTO_RESAMPLER[0]] = b.get(AUTO_RESAMPLER[0])
     for key in sorted(set(a) | set(b)):
