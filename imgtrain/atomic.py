@@ -84,6 +84,25 @@ def replacing(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def replacing_dir(final: Path) -> Iterator[Path]:
+    """Yield a folder path (not yet made) to write a whole directory into; on success it is
+    swapped in for ``final``, on error (a full disk) it is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = temp_sibling(final)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text(path: Path, text: str) -> None:
     with replacing(path) as tmp:
         tmp.write_text(text)

@@ -462,7 +462,7 @@ def reports_top_k(num_classes: int, k: int) -> bool:
 
 @dataclass
 class TrackingConfig:
-    """Where a run is tracked beyond its own directory and TensorBoard (imgtrain/tracking.py)."""
+    """Where a run is tracked beyond its own directory and TensorBoard (imgtrain/tracking/)."""
 
     mlflow: bool = False  # log params, metrics, the report and the model to MLflow (imgtrain[mlflow])
     uri: Optional[str] = None  # MLflow tracking URI; unset: MLFLOW_TRACKING_URI, else MLflow's local store here

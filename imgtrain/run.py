@@ -91,21 +91,21 @@ def _train_locked(
     tracker = open_tracker(cfg.tracking, run_dir, dist.is_chief, say)
     _configure_runtime(cfg)
     prep = _run_data(cfg, run_dir, dist, resuming, progress, say, warnings)
-    if tracker:
-        tracker.start(summary.run_facts(cfg, run_dir, dist))
-    training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker] if tracker else [])
+    if tracker is None:
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [])
+        return _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     try:
+        tracker.start(summary.run_facts(cfg, run_dir, dist))
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker])
         result = _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
-    except Stopped:
-        if tracker:
-            tracker.end("KILLED")
+    except BaseException as exc:
+        # Stopped by a signal (SIGTERM, Ctrl-C) or failed, however late: MLflow says so.
+        tracker.end("KILLED" if isinstance(exc, (Stopped, KeyboardInterrupt)) else "FAILED")
         raise
-    except Exception:
-        if tracker:
-            tracker.end("FAILED")
-        raise
-    if tracker:
+    else:
         tracker.finish()
+    finally:
+        tracker.restore()
     return result
 
 

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import yaml
 from conftest import write_folder
 
 from imgtrain.cli import main
@@ -39,6 +40,10 @@ READERS = {
         s = onnxruntime.InferenceSession(PATH, providers=["CPUExecutionProvider"])
         probs = s.run(None, {s.get_inputs()[0].name: x})[0]
     """,
+    "mlflow": """
+        import mlflow.pyfunc
+        probs = mlflow.pyfunc.load_model(PATH).predict(x)
+    """,
 }
 READERS["tflite-int8"] = READERS["tflite"]
 FILES = {
@@ -47,6 +52,7 @@ FILES = {
     "tflite": "tflite/model.tflite",
     "tflite-int8": "tflite-int8/model_int8.tflite",
     "onnx": "onnx/model.onnx",
+    "mlflow": "mlflow",  # the MLflow model directory itself
 }
 
 
@@ -93,7 +99,9 @@ def test_every_format_is_read_by_its_own_reader(fmt, run_and_pixels, capsys):
     assert "top-1 agreement with the run's model" in printed and "MiB" in printed
     path = out / FILES[fmt]
     assert path.exists()
-    if fmt != "saved_model":  # the SavedModel returns the names itself
+    if fmt == "mlflow":  # the names in the MLflow model's metadata
+        assert yaml.safe_load((path / "MLmodel").read_text())["metadata"]["class_names"] == ["blue", "green", "red"]
+    elif fmt != "saved_model":  # the SavedModel returns the names itself
         assert json.loads((path.parent / "class_names.json").read_text()) == ["blue", "green", "red"]
     top, sums = read_outside(fmt, path, pixels)
     agree = np.mean(np.array(top) == np.array(expected))

@@ -100,10 +100,8 @@ def test_a_server_that_is_down_is_one_warning_and_the_next_attempt_logs_it(tmp_p
     from mlflow import MlflowClient
 
     from imgtrain.config import TrackingConfig
-    from imgtrain.tracking import HTTP_DEFAULTS, RunFacts, open_tracker
+    from imgtrain.tracking import RunFacts, open_tracker
 
-    for key, value in HTTP_DEFAULTS.items():
-        monkeypatch.setenv(key, value)  # what open_tracker sets, put back after the test
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     run_dir = synthetic_run(tmp_path / "run")
     facts = RunFacts(params={"train.epochs": 2, "model.name": "cnn"}, tags={"imgtrain.model": "cnn"}, image_size=[8, 8])
@@ -114,6 +112,7 @@ def test_a_server_that_is_down_is_one_warning_and_the_next_attempt_logs_it(tmp_p
     down = open_tracker(TrackingConfig(mlflow=True, uri=closed, experiment="down"), run_dir, True, said.append)
     down.start(facts)
     down.finish()
+    down.restore()
     warnings = [line for line in said if line.startswith("warning: MLflow tracking")]
     assert len(warnings) == 1 and "Connection refused" in warnings[0], said
     assert said[-1].startswith(f"warning: not logged to MLflow at {closed}: params, epochs 1-2, test metrics"), said
@@ -123,6 +122,7 @@ def test_a_server_that_is_down_is_one_warning_and_the_next_attempt_logs_it(tmp_p
     up = open_tracker(TrackingConfig(mlflow=True, uri=store, experiment="down"), run_dir, True, said.append)
     up.start(facts)
     up.finish()
+    up.restore()
     assert said[-1].startswith("tracking: logged to MLflow run"), said
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("down").experiment_id])
@@ -149,10 +149,8 @@ def test_the_headline_test_metrics_have_one_name_in_the_report_tensorboard_and_m
     from imgtrain.evaluate.calibration import reliability
     from imgtrain.evaluate.report import build_report, write_report
     from imgtrain.evaluation import log_test_to_tensorboard
-    from imgtrain.tracking import HTTP_DEFAULTS, RunFacts, open_tracker
+    from imgtrain.tracking import RunFacts, open_tracker
 
-    for key, value in HTTP_DEFAULTS.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     run_dir = synthetic_run(tmp_path / "run")
     names = [f"c{i}" for i in range(6)]
@@ -167,6 +165,7 @@ def test_the_headline_test_metrics_have_one_name_in_the_report_tensorboard_and_m
     tracker = open_tracker(TrackingConfig(mlflow=True, uri=store, experiment="names"), run_dir, True, print)
     tracker.start(RunFacts(params={"model.name": "cnn"}, tags={}, image_size=[8, 8]))
     tracker.finish()
+    tracker.restore()
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("names").experiment_id])
 
@@ -181,3 +180,69 @@ def test_the_headline_test_metrics_have_one_name_in_the_report_tensorboard_and_m
     }
     assert {"accuracy", "top5_accuracy", "loss", "macro_f1", "weighted_recall", "ece"} <= in_report
     assert in_report == in_mlflow == in_tensorboard
+
+
+def test_a_server_that_never_answers_never_holds_training_up(tmp_path: Path, monkeypatch) -> None:
+    """A dead proxy: the port accepts connections and never answers. Each epoch's call returns
+    at once, the end waits FINAL_WAIT_SECONDS at most and says what was not logged, and
+    MLflow's global URI, the environment and the loggers are left as they were found."""
+    mlflow = pytest.importorskip("mlflow")
+    import logging
+    import os
+    import time
+
+    from imgtrain.config import TrackingConfig
+    from imgtrain.tracking import HTTP_DEFAULTS, RunFacts, open_tracker, tracker
+
+    for key in HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(tracker, "START_WAIT_SECONDS", 1.0)  # the waits' bounds, not their lengths, are tested
+    monkeypatch.setattr(tracker, "FINAL_WAIT_SECONDS", 2.0)
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "history.csv").write_text("epoch,loss,accuracy\n1,1.5,0.4\n2,0.9,0.7\n")
+    before = (mlflow.get_tracking_uri(), dict(os.environ), logging.getLogger("mlflow").level)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nothing ever reads or answers
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        said: list[str] = []
+        t = open_tracker(TrackingConfig(mlflow=True, uri=uri, experiment="silent"), run_dir, True, said.append)
+        t0 = time.monotonic()
+        t.start(RunFacts(params={"model.name": "cnn"}, tags={}, image_size=[8, 8]))
+        started = time.monotonic() - t0
+        epochs = []
+        for epoch in (1, 2):
+            t0 = time.monotonic()
+            t.on_epoch_end(epoch, {"loss": 1.0}, 0.001, 100.0, True)
+            epochs.append(time.monotonic() - t0)
+        t0 = time.monotonic()
+        t.finish()
+        finished = time.monotonic() - t0
+        t.restore()
+    assert started < tracker.START_WAIT_SECONDS + 1 and finished < tracker.FINAL_WAIT_SECONDS + 1, (started, finished)
+    assert max(epochs) < 0.05, epochs  # handed over, not sent
+    assert said[-1].startswith(f"warning: not logged to MLflow at {uri}: params, epochs 1-2, test metrics"), said
+    assert (mlflow.get_tracking_uri(), dict(os.environ), logging.getLogger("mlflow").level) == before
+
+
+def test_a_model_that_fails_to_build_ends_its_mlflow_run_failed(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The MLflow run is started before the model is built: a backbone's weights file that
+    does not load is one line, and the MLflow run says FAILED, not RUNNING for ever."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from imgtrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = write_folder(tmp_path / "img", per_class=4, size=8)
+    Path("broken.weights.h5").write_bytes(b"not an HDF5 file")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", "--data", str(data), "--output", "run", "--mlflow", "--no-progress", "--image-size", "32"]
+    args += ["--set", f"tracking.uri={store}", "--set", "model.name=mobilenetv3_small"]
+    assert main([*args, "--set", "model.mobilenetv3_small.weights=broken.weights.h5"]) == 2
+    assert "could not load mobilenetv3_small weights" in capsys.readouterr().err
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("imgtrain").experiment_id])
+    assert run.info.status == "FAILED"

@@ -79,9 +79,9 @@ class MemorySource(DataSource):
         return ds.batch(plan.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def bench_imgtrain_loop(cfg: Config, examples, num_classes: int, work: Path) -> float:
+def bench_imgtrain_loop(cfg: Config, examples, num_classes: int, work: Path, listeners: Sequence[Any] = ()) -> float:
     """Images/s of imgtrain's training loop, built by the run's own ``build_training``, over the
-    timed epochs (the first epoch is the warm-up)."""
+    timed epochs (the first epoch is the warm-up); ``listeners`` hear of each epoch."""
     import keras
 
     from imgtrain.train.assembly import build_training
@@ -92,7 +92,7 @@ def bench_imgtrain_loop(cfg: Config, examples, num_classes: int, work: Path) -> 
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     source = MemorySource(examples, num_classes, cfg.data.image_size, cfg.train.batch_size)
     run = work / f"loop-{cfg.model.name}-{cfg.train.precision}-{cfg.train.jit_compile}-{time.monotonic_ns()}"
-    training = build_training(cfg, SingleDevice(), source, run, progress=False, say=lambda _m: None)
+    training = build_training(cfg, SingleDevice(), source, run, False, False, lambda _m: None, list(listeners))
     result = training.loop.fit()
     keras.mixed_precision.set_global_policy("float32")
     timed = result.history[1:] or result.history
@@ -190,6 +190,7 @@ def bench_training(
         if name == "cnn":
             entry_spe = _bench_steps_per_execution(sizes, examples, k, work, fit, log)
             out["cnn_steps_per_execution"] = entry_spe
+            out["cnn_tracked_to_a_silent_server"] = _bench_tracking(sizes, examples, k, work, log)
         out[name] = entry
     return out
 
@@ -214,3 +215,37 @@ def _bench_steps_per_execution(sizes: BenchSizes, examples, k: int, work: Path, 
         fit_same_n_images_per_sec=round(fit_n, 1),
         ratio_same_n=rate(ours, fit_n)["ratio"],
     )
+
+
+def _bench_tracking(sizes: BenchSizes, examples, k: int, work: Path, log) -> dict:
+    """imgtrain's loop with MLflow tracking to a server that accepts connections and never
+    answers (a dead proxy), against the same loop untracked, interleaved as the other
+    figures: the tracker's calls must cost the epochs nothing (a ratio near 1)."""
+    import socket
+
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return {"skipped": "MLflow is not installed (imgtrain[mlflow])"}
+    from imgtrain.config import TrackingConfig
+    from imgtrain.tracking import RunFacts, open_tracker
+
+    log("bench: training cnn with MLflow tracking to a server that never answers, and without")
+    cfg = _train_config("cnn", sizes.batch_size, 1 + sizes.epochs)
+    tracked = untracked = 0.0
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel accepts the connections; nothing ever answers them
+        tracking = TrackingConfig(mlflow=True, uri=f"http://127.0.0.1:{silent.getsockname()[1]}", experiment="bench")
+        for r in range(sizes.rounds):
+            for which in ("tracked", "untracked") if r % 2 == 0 else ("untracked", "tracked"):
+                if which == "untracked":
+                    untracked = max(untracked, bench_imgtrain_loop(cfg, examples, k, work))
+                    continue
+                tracker = open_tracker(tracking, work / f"tracked-{r}", True, lambda _m: None)
+                try:
+                    tracker.start(RunFacts({"model.name": "cnn"}, {}, [32, 32]))
+                    tracked = max(tracked, bench_imgtrain_loop(cfg, examples, k, work, [tracker]))
+                finally:
+                    tracker.restore()
+    return rate(tracked, untracked, server="accepts connections, never answers")

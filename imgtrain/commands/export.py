@@ -9,13 +9,13 @@ from imgtrain.errors import UserError
 
 # The choices, kept beside the parser so --help needs no TensorFlow; a test checks they are
 # export.FORMATS' keys.
-FORMAT_NAMES = ("saved_model", "keras", "tflite", "tflite-int8", "onnx")
+FORMAT_NAMES = ("saved_model", "keras", "tflite", "tflite-int8", "onnx", "mlflow")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export",
-        help="write a run's model as saved_model, keras, tflite, tflite-int8 or onnx",
+        help="write a run's model as saved_model, keras, tflite, tflite-int8, onnx or mlflow",
         description="Write a finished run's model in another format (default under RUN_DIR/export/FORMAT), "
         "then read it back with that format's own reader and report its top-1 agreement with the run's "
         "model on the test images, and its size.",

@@ -39,7 +39,7 @@ import tensorflow as tf
 from imgtrain import seeds
 from imgtrain.config import AugmentConfig
 from imgtrain.data import augment as aug
-from imgtrain.data.images import decode, resize
+from imgtrain.data.images import decode, resize, shape_of
 
 RATIOS = (8, 4, 2)  # what libjpeg's scaled decoding offers, largest first
 # The float32 vector that carries an example's augmentation from TensorFlow to NumPy (the
@@ -191,14 +191,15 @@ def _pillow_rgb(data: bytes) -> np.ndarray:
 
 def encoded_params(encoded: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
     """Per example, in TensorFlow, what ``render_batch`` needs besides the bytes: the draws and
-    the crop window (15 float32). A JPEG's header gives its size (the scale to decode at);
-    another format is decoded for it only when a crop needs it."""
+    the crop window (15 float32). The header gives the size (``images.shape_of``): a JPEG's
+    sets the scale to decode at, and a crop's window is drawn from it without decoding."""
     u = aug.draws(seeds.draws(seed))
     if cfg.random_resized_crop:
-        other = lambda: tf.shape(decode(encoded))  # noqa: E731
+        shape = shape_of(encoded)
     else:
-        other = lambda: tf.constant([-1, -1, 3])  # noqa: E731  (the whole image, its size read on decoding)
-    shape = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded), other)
+        jpeg = lambda: tf.image.extract_jpeg_shape(encoded)  # noqa: E731
+        whole = lambda: tf.constant([-1, -1, 3])  # noqa: E731  (the whole image, its size read on decoding)
+        shape = tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
     begin, extent = _window(shape, seed, cfg)
     return tf.concat([u, tf.cast(tf.concat([begin, extent, [0, 0, 0]], 0), tf.float32)], 0)
 

@@ -21,6 +21,47 @@ def decode(image_bytes: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def _number(data: tf.Tensor, start: int, length: int, little_endian: bool) -> tf.Tensor:
+    """The unsigned integer at ``data[start:start+length]``, as int64."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8), tf.int64)
+    place = tf.constant([256**i for i in range(length)], tf.int64)
+    return tf.reduce_sum(raw * (place if little_endian else tf.reverse(place, [0])))
+
+
+def shape_of(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The ``[height, width, 3]`` that ``decode`` gives, read from the header where one says it
+    (JPEG; PNG's IHDR; BMP's BITMAPINFOHEADER, whose negative height is a top-down image),
+    else by decoding: a GIF (``decode`` gives its first frame's size, which only that frame's
+    descriptor says, past a colour table and extensions), WebP, an OS/2 bitmap. A crop window
+    needs the size long before the pixels."""
+    data = image_bytes
+    long_enough = tf.strings.length(data) >= 26
+
+    def png():
+        return tf.stack([_number(data, 20, 4, False), _number(data, 16, 4, False)])
+
+    def bmp():
+        height = _number(data, 22, 4, True)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # int32, negative when top-down
+        return tf.stack([height, _number(data, 18, 4, True)])
+
+    def decoded():
+        return tf.cast(tf.shape(decode(data))[:2], tf.int64)
+
+    head = tf.strings.substr(data, 0, 8)
+    is_png = long_enough & tf.equal(head, b"\x89PNG\r\n\x1a\n")
+    is_bmp = long_enough & tf.equal(tf.strings.substr(head, 0, 2), b"BM") & (_number(data, 14, 4, True) >= 40)
+    size = tf.case(
+        [
+            (tf.io.is_jpeg(data), lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+            (is_png, png),
+            (is_bmp, bmp),
+        ],
+        default=decoded,
+    )
+    return tf.concat([tf.cast(size, tf.int32), [3]], 0)
+
+
 def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     """Any-size image (uint8 or float) to float32 ``size`` (height, width) on the 0..255 scale.
 

@@ -10,10 +10,12 @@ Every format but ``saved_model`` takes float32 pixels ``[batch, height, width, 3
 
 ``--output`` is a folder (``model.keras``, ``model.tflite``, ... and ``class_names.json``
 inside), or a file name ending in the format's suffix (``m.tflite``, ``m.keras``,
-``m.onnx``), written as named. The class names travel inside the file where the format has
-a place for them (the TFLite signature's ``class_name`` output; the ONNX model's
-``metadata_props``, key ``class_names``, a JSON list) and in ``class_names.json`` beside a
-``.keras`` file, which has none that loading keeps.
+``m.onnx``), written as named; ``mlflow`` writes an MLflow model directory at ``--output``
+(``mlflow.pyfunc.load_model`` reads it), the same package tracking logs. The class names
+travel inside the file where the format has a place for them (the TFLite signature's
+``class_name`` output; the ONNX model's ``metadata_props``, key ``class_names``, a JSON
+list; the MLflow model's metadata) and in ``class_names.json`` beside a ``.keras`` file,
+which has none that loading keeps.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from imgtrain import atomic, rundir
 from imgtrain.errors import UserError
-from imgtrain.export import onnx_file, tflite
+from imgtrain.export import mlflow_model, onnx_file, tflite
 from imgtrain.export.keras_file import export_keras, probability_model, write_class_names, write_keras
 from imgtrain.export.saved_model import export_saved_model
 
@@ -66,6 +68,7 @@ class Format:
     read: Callable[[Path], Classifier]
     reader: str  # what reads it, said in the output
     suffix: str = ""  # a file --output ending in it is written as that file
+    ready: Callable[[], None] = lambda: None  # refuses, before the run is loaded, what cannot be written
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,10 @@ def _read_onnx(path: Path) -> Classifier:
     return lambda x: session.run(None, {name: x})[0]
 
 
+def _write_mlflow(model: keras.Model, names: list, info: RunInfo, target: Target) -> Path:
+    return mlflow_model.save(model, names, info.image_size, target.folder)
+
+
 # The one table of export formats; the CLI's --format choices are its keys.
 FORMATS: dict[str, Format] = {
     "saved_model": Format(_write_saved_model, _read_saved_model, "tf.saved_model.load, signature serve_pixels"),
@@ -141,6 +148,12 @@ FORMATS: dict[str, Format] = {
     "tflite": Format(_tflite_writer(False), _read_tflite, tflite.READER, ".tflite"),
     "tflite-int8": Format(_tflite_writer(True), _read_tflite, tflite.READER, ".tflite"),
     "onnx": Format(_write_onnx, _read_onnx, "onnxruntime", ".onnx"),
+    "mlflow": Format(
+        _write_mlflow,
+        mlflow_model.read,
+        mlflow_model.READER,
+        ready=lambda: mlflow_model.require("export --format mlflow", "choose another --format"),
+    ),
 }
 
 
@@ -208,6 +221,7 @@ def export_run(
     from imgtrain.predict import load_run
 
     run_dir = Path(run_dir)
+    FORMATS[fmt].ready()
     model, class_names, cfg = load_run(run_dir)
     out = Path(out) if out else run_dir / rundir.EXPORTS / fmt
     _check_writable(target_of(fmt, out).folder)

@@ -20,14 +20,13 @@ name and moved into place, so a crash never leaves a half-written export.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
 
+from imgtrain import atomic
 from imgtrain.data.images import decode, eval_image
 
 UNDECODABLE = "undecodable image"
@@ -110,18 +109,6 @@ def export_saved_model(
 
 def _write_dir(archive: keras.export.ExportArchive, final: Path) -> Path:
     """Write beside ``final`` and swap it in; a failure (a full disk) leaves the old one."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic.replacing_dir(final) as tmp:
         archive.write_out(str(tmp), verbose=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half export behind
-        raise
-    old = final.parent / f".old-{final.name}"
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
     return final
