@@ -25,6 +25,13 @@ def assert_one_line(rc: int, err: str, fragment: str) -> None:
     assert "Traceback" not in err
 
 
+@pytest.fixture(autouse=True)
+def in_a_users_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command without --output writes runs/latest in the working directory: a folder of
+    the test's own, so parallel tests never share one (nor write into the repository)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "img", per_class=4, size=8)

@@ -221,9 +221,8 @@ def _bench_tracking(sizes: BenchSizes, examples, k: int, work: Path, log) -> dic
     """imgtrain's loop with MLflow tracking to a server that accepts connections and never
     answers (a dead proxy), against the same loop untracked, interleaved as the other
     figures: the tracker's calls must cost the epochs nothing (a ratio near 1)."""
-    import socket
-
     import importlib.util
+    import socket
 
     if importlib.util.find_spec("mlflow") is None:
         return {"skipped": "MLflow is not installed (imgtrain[mlflow])"}

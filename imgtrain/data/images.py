@@ -29,13 +29,14 @@ def _number(data: tf.Tensor, start: int, length: int, little_endian: bool) -> tf
 
 
 def shape_of(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The ``[height, width, 3]`` that ``decode`` gives, read from the header where one says it
-    (JPEG; PNG's IHDR; BMP's BITMAPINFOHEADER, whose negative height is a top-down image),
-    else by decoding: a GIF (``decode`` gives its first frame's size, which only that frame's
-    descriptor says, past a colour table and extensions), WebP, an OS/2 bitmap. A crop window
-    needs the size long before the pixels."""
+    """The ``[height, width, 3]`` that ``decode`` gives, read from the header (JPEG; PNG's IHDR;
+    BMP's BITMAPINFOHEADER, whose negative height is a top-down image; WebP's VP8, VP8L or
+    VP8X chunk), else by decoding: a GIF, whose decoded canvas is its largest frame, which
+    only every frame's descriptor says, and an OS/2 bitmap. A crop window needs the size long
+    before the pixels."""
     data = image_bytes
-    long_enough = tf.strings.length(data) >= 26
+    bits = tf.bitwise.bitwise_and
+    long_enough = tf.strings.length(data) >= 30
 
     def png():
         return tf.stack([_number(data, 20, 4, False), _number(data, 16, 4, False)])
@@ -45,17 +46,32 @@ def shape_of(image_bytes: tf.Tensor) -> tf.Tensor:
         height = tf.where(height >= 2**31, 2**32 - height, height)  # int32, negative when top-down
         return tf.stack([height, _number(data, 18, 4, True)])
 
+    def webp():
+        chunk = tf.strings.substr(data, 12, 4)
+        lossy = lambda: tf.stack([bits(_number(data, 28, 2, True), 0x3FFF), bits(_number(data, 26, 2, True), 0x3FFF)])  # noqa: E731
+        packed = _number(data, 21, 4, True)
+        lossless = lambda: tf.stack([bits(tf.bitwise.right_shift(packed, 14), 0x3FFF) + 1, bits(packed, 0x3FFF) + 1])  # noqa: E731
+        extended = lambda: tf.stack([_number(data, 27, 3, True) + 1, _number(data, 24, 3, True) + 1])  # noqa: E731
+        return tf.case([(tf.equal(chunk, b"VP8 "), lossy), (tf.equal(chunk, b"VP8L"), lossless)], default=extended)
+
     def decoded():
         return tf.cast(tf.shape(decode(data))[:2], tf.int64)
 
     head = tf.strings.substr(data, 0, 8)
     is_png = long_enough & tf.equal(head, b"\x89PNG\r\n\x1a\n")
     is_bmp = long_enough & tf.equal(tf.strings.substr(head, 0, 2), b"BM") & (_number(data, 14, 4, True) >= 40)
+    is_webp = (
+        long_enough
+        & tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
+        & tf.equal(tf.strings.substr(data, 8, 4), b"WEBP")
+        & tf.reduce_any(tf.equal(tf.strings.substr(data, 12, 4), [b"VP8 ", b"VP8L", b"VP8X"]))
+    )
     size = tf.case(
         [
             (tf.io.is_jpeg(data), lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
             (is_png, png),
             (is_bmp, bmp),
+            (is_webp, webp),
         ],
         default=decoded,
     )
