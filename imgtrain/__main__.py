@@ -1,5 +1,3 @@
-import sys
+from imgtrain.cli import entry
 
-from imgtrain.cli import main
-
-sys.exit(main())
+entry()

@@ -7,8 +7,10 @@ on stderr, with exit code 2. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from typing import Optional, Sequence
@@ -85,6 +87,34 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``imgtrain`` command. Given ``argv`` (called from Python: a test, a notebook), the
+    caller's signal handlers are back on return; as the process's own command (``argv``
+    None), a signal after its last line ends the process quietly (``stop.exiting``)."""
+    before = stop.handlers()
+    code = _main(argv)
+    if argv is None:
+        stop.exiting(code)
+    else:
+        stop.restore(before)
+    return code
+
+
+def entry() -> None:
+    """The console script and ``python -m imgtrain``: ``main``, then out at once. The work is
+    done and every file written whole; the interpreter's teardown (TensorFlow's included) would
+    only add a window in which a signal, with Python's own handlers back, kills the process
+    by default or prints a traceback."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -97,27 +127,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stop.install_default()
         _import_tensorflow_quietly()
         return _dispatch(args)
-    except stop.Stopped as exc:
-        print(f"imgtrain: {exc}", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 - every way out says one line, or re-raises
+        return _failed(args, exc)
+
+
+def _failed(args: argparse.Namespace, exc: BaseException) -> int:
+    """The one line for a command that did not finish, and its exit code; anything else raises."""
+    signum = stop.received()
+    if isinstance(exc, stop.Stopped):
+        print(f"imgtrain: {str(exc) or stop.interrupted_line(args.command, exc.signum)}", file=sys.stderr)
         return exc.exit_code
-    except UserError as exc:
+    if isinstance(exc, KeyboardInterrupt) or (signum and not isinstance(exc, (UserError, SystemExit))):
+        # A stop that surfaced as another error: the handler ran inside TensorFlow's code.
+        signum = signum or signal.SIGINT
+        print(f"imgtrain: {stop.interrupted_line(args.command, signum)}", file=sys.stderr)
+        return 128 + signum
+    if isinstance(exc, UserError):
         print(f"imgtrain: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("imgtrain: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - only a full disk is turned into one line here
-        where = disk_full(exc)
-        if where is None:
-            raise
-        where = where or f"into {_destination(args)}"
-        after = " (a run resumes from its last complete checkpoint)" if args.command == "train" else ""
-        print(
-            f"imgtrain: error: no space left on device writing {where}; free some space there and run the "
-            f"same command again{after}",
-            file=sys.stderr,
-        )
-        return EXIT_USER_ERROR
+    where = disk_full(exc) if isinstance(exc, Exception) else None
+    if where is None:
+        raise exc
+    where = where or f"into {_destination(args)}"
+    after = " (a run resumes from its last complete checkpoint)" if args.command == "train" else ""
+    print(
+        f"imgtrain: error: no space left on device writing {where}; free some space there and run the "
+        f"same command again{after}",
+        file=sys.stderr,
+    )
+    return EXIT_USER_ERROR
 
 
 def _destination(args: argparse.Namespace) -> str:
@@ -146,4 +184,4 @@ def disk_full(exc: BaseException) -> Optional[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

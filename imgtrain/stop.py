@@ -8,21 +8,34 @@ and leave with ``Stopped``, which the command line turns into one line and exit 
 128 + the signal number (143 for SIGTERM, 130 for SIGINT). The step in flight is finished,
 nothing more is lost.
 
-A second signal stops at once: a checkpoint only becomes the latest once it is whole, so the
-previous one still stands. Outside training (checking images, evaluation, export) a SIGTERM
-stops at once too (``stop_at_once``); the rerun completes that work. Handlers are installed
-explicitly because a process that is PID 1 (in a container) ignores a SIGTERM it does not
-handle.
+A signal sent to a process group reaches a process more than once: a terminal's Ctrl-C goes
+to a launcher and its workers, and the launcher passes it on. So the same signal again
+within ``SAME_REQUEST_SECONDS`` is the same request. Another one after that, before the
+checkpoint is written, stops at once: a checkpoint only becomes the latest once it is whole,
+so the previous one still stands. Outside training (checking images, evaluation, export,
+predict) a signal stops the command at once (``stop_at_once``), wherever it lands, even
+inside TensorFlow's code, where Python may report it as another error: ``received()`` tells
+the command line a stop was asked for. Once the command's last line is printed
+(``exiting``), any further signal ends the process at once, quietly, with the same code.
+Handlers are installed explicitly because a process that is PID 1 (in a container) ignores a
+SIGTERM it does not handle; a signal already ignored (``nohup``, a background job) stays so.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import time
 from types import FrameType
 from typing import Any, Optional
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SAME_REQUEST_SECONDS = 1.0  # the same signal again within this is the same request
+
+# The first stop signal this process got, and when (the whole process's, not one handler's).
+_first: dict[str, float] = {"signum": 0, "at": 0.0}
 
 
 class Stopped(BaseException):
@@ -49,19 +62,88 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _is_repeat(signum: int) -> bool:
+    """Note a stop signal; whether it repeats the first one (the same signal, moments later:
+    a process group's copy and a launcher's forward of one Ctrl-C)."""
+    now = time.monotonic()
+    if not _first["signum"]:
+        _first.update(signum=signum, at=now)
+        return False
+    return signum == _first["signum"] and now - _first["at"] < SAME_REQUEST_SECONDS
+
+
+def received() -> int:
+    """The first stop signal this process got (0: none)."""
+    return int(_first["signum"])
+
+
+def forget() -> None:
+    """A new command in this process (a test, a notebook): no signal received yet."""
+    _first.update(signum=0, at=0.0)
+
+
+def interrupted_line(command: str, signum: int) -> str:
+    """What a command stopped outside the training loop says (its checkpoint, or its outputs)."""
+    if command == "train":
+        return f"stopped by {signal_name(signum)}; run the same command again to resume from the last checkpoint"
+    return (
+        f"stopped by {signal_name(signum)}; what '{command}' writes is whole or not written at all: "
+        "run the same command again"
+    )
+
+
 def stop_at_once(signum: int, _frame: Optional[FrameType] = None) -> None:
-    raise Stopped(signum, f"stopped by {signal_name(signum)}; run the same command again to resume")
+    """The handler outside the training loop: ``Stopped`` with no words (the command line
+    words it for its command); a repeat of the same request is nothing new."""
+    if _is_repeat(signum):
+        return
+    raise Stopped(signum, "")
+
+
+def handlers() -> dict[int, Any]:
+    """The current handlers of SIGTERM and SIGINT, for ``restore``."""
+    return {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+
+def restore(saved: dict[int, Any]) -> None:
+    if _main_thread():
+        for sig, handler in saved.items():
+            if handler is not None:  # None: set outside Python; nothing to put back
+                signal.signal(sig, handler)
+
+
+def _handle(handler: Any) -> None:
+    """``handler`` for SIGTERM and SIGINT, except where a signal is ignored (nohup)."""
+    if _main_thread():  # Python only lets the main thread set handlers
+        for sig in SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
 
 
 def install_default() -> None:
-    """SIGTERM stops the command with ``Stopped`` (SIGINT keeps Python's KeyboardInterrupt)."""
-    if _main_thread():
-        signal.signal(signal.SIGTERM, stop_at_once)
+    """SIGTERM and SIGINT stop the command with ``Stopped``, wherever they land."""
+    forget()
+    _handle(stop_at_once)
+
+
+def exiting(code: int) -> None:
+    """The command has said its last line: a further signal ends the process at once, quietly,
+    with ``code`` (never a traceback from whatever runs during shutdown)."""
+
+    def leave(_signum: int, _frame: Optional[FrameType]) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    _handle(leave)
 
 
 class StopFlag:
-    """Within ``with``: SIGTERM and SIGINT set ``signum`` instead of stopping; a second one stops
-    at once. On leaving, the previous handlers are back."""
+    """Within ``with``: SIGTERM and SIGINT set ``signum`` instead of stopping; another one (not a
+    repeat) stops at once. On leaving, the previous handlers are back."""
 
     def __init__(self) -> None:
         self.signum = 0
@@ -80,6 +162,10 @@ class StopFlag:
         self._previous.clear()
 
     def _note(self, signum: int, _frame: Optional[FrameType]) -> None:
+        if _is_repeat(signum):
+            if not self.signum:  # the first one, in an earlier handler's time (the data checks)
+                self.signum = signum
+            return
         if self.signum:
             raise Stopped(
                 signum,

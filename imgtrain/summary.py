@@ -49,7 +49,7 @@ def summarize(
         "global_batch": training.global_batch,
         "peak_learning_rate": training.peak,
         "steps_per_epoch": training.steps,
-        "epochs_completed": len(fit.history),
+        "epochs_completed": fit.epochs_completed,
         "best_epoch": fit.best_epoch + 1,
         "best_" + training.early.monitor: fit.best_value,
         "stopped_early": fit.stopped_early,

@@ -10,8 +10,17 @@ launcher exits with the failed worker's code, so a dead worker never leaves
 the rest hanging in a collective. SIGTERM or SIGINT to the launcher is passed
 on to every worker, which stop together at one step and write a checkpoint
 there (a worker that stops so, exit 143 or 130, is not a failure: the others
-get --grace seconds to stop at the same step by themselves). Running the same
+get --grace seconds to stop at the same step by themselves); the launcher then
+prints every worker's last lines and exits 128 + the signal. Running the same
 command again resumes from the last complete checkpoint.
+
+The workers run in a session of their own, so a signal to the launcher's
+process group (a terminal's Ctrl-C, ``kill -- -PGID``, ``tini -g``, Slurm's
+``scancel``) reaches each worker once, from the launcher; the same signal again
+within a second is the same request. A signal the launcher was started
+ignoring (``nohup``, a background job) stays ignored. If the launcher itself is
+killed (SIGKILL), its workers get SIGTERM (Linux): they stop at a step with a
+checkpoint instead of training on without it.
 
 On several nodes, start one worker per node yourself with the same cluster
 list and that node's index, e.g. on node 1 of 2:
@@ -116,6 +125,44 @@ def stop_all(procs: list[subprocess.Popen], grace: float, sig: int = signal.SIGT
             p.wait()
 
 
+SAME_REQUEST_SECONDS = 1.0  # the same signal again within this is the same request
+
+
+class Forwarder:
+    """The launcher's SIGTERM and SIGINT: passed on to every worker, once per request, from the
+    handler (which only sends, and never exits: the main loop waits for the workers' last
+    lines). A signal ignored at the start stays ignored."""
+
+    def __init__(self, procs: list[subprocess.Popen]) -> None:
+        self.procs, self.signum, self.at = procs, 0, 0.0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self.forward)
+
+    def forward(self, signum: int, _frame: object) -> None:
+        now = time.monotonic()
+        if signum == self.signum and now - self.at < SAME_REQUEST_SECONDS:
+            return  # the terminal's copy of one Ctrl-C, or a repeat: one request
+        self.signum, self.at = self.signum or signum, now
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signum)  # Ctrl-C stays SIGINT for the workers (exit 130)
+                except ProcessLookupError:
+                    pass
+
+
+def _die_with_parent() -> None:
+    """In a worker, before it runs: SIGTERM when the launcher dies, however it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def launch(
     workers: int, cmd: list[str], host: str = "localhost", grace: float = 30.0, env: Optional[dict[str, str]] = None
 ) -> int:
@@ -123,25 +170,41 @@ def launch(
     base_env = dict(env or os.environ)
     base_env.setdefault("PYTHONUNBUFFERED", "1")
     procs: list[subprocess.Popen] = []
-    lock = threading.Lock()
-    threads = []
     for i in range(workers):
         worker_env = {**base_env, "TF_CONFIG": tf_config(hosts, i)}
-        p = subprocess.Popen(resolve_command(cmd), env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        procs.append(p)
-        t = threading.Thread(target=stream, args=(f"[worker {i}]", p.stdout, sys.stdout, lock), daemon=True)
+        procs.append(
+            subprocess.Popen(
+                resolve_command(cmd),
+                env=worker_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a signal to the launcher's group reaches the workers from it alone
+                preexec_fn=_die_with_parent,  # before any thread starts: the streams start below
+            )
+        )
+    forwarder = Forwarder(procs)
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(target=stream, args=(f"[worker {i}]", p.stdout, sys.stdout, lock), daemon=True)
+        for i, p in enumerate(procs)
+    ]
+    for t in threads:
         t.start()
-        threads.append(t)
+    code = supervise(procs, grace, lock, forwarder)
+    for t in threads:
+        t.join(timeout=5)
+    return code
 
-    def forward(signum, _frame):
-        stop_all(procs, grace, signum)  # Ctrl-C stays SIGINT for the workers (exit 130)
-        sys.exit(128 + signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    code = 0
+def supervise(procs: list[subprocess.Popen], grace: float, lock: threading.Lock, forwarder: Forwarder) -> int:
+    """Wait for the workers; when one fails, stop the others; the launcher's exit code."""
+    told_at = None
     while True:
         codes = [p.poll() for p in procs]
+        if all(c == 0 for c in codes):
+            return 0  # finished, even if a signal came as they did
+        if all(c is not None for c in codes) and forwarder.signum:
+            return 128 + forwarder.signum  # told to stop, and every worker has
         failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             i, c = failed[0]
@@ -153,14 +216,14 @@ def launch(
                 with lock:
                     print(f"[launcher] worker {i} exited with code {c}; stopping the others", flush=True)
             stop_all(procs, grace)
-            code = c if c > 0 else 128 - c  # a signal -N becomes 128+N, as a shell reports it
-            break
-        if all(c == 0 for c in codes):
-            break
-        time.sleep(0.2)
-    for t in threads:
-        t.join(timeout=5)
-    return code
+            if forwarder.signum:
+                return 128 + forwarder.signum
+            return c if c > 0 else 128 - c  # a signal -N becomes 128+N, as a shell reports it
+        if forwarder.signum and told_at is None:
+            told_at = time.monotonic()
+        if told_at is not None and time.monotonic() - told_at > grace:
+            stop_all(procs, 0.0, signal.SIGKILL)  # the grace period is over
+        time.sleep(0.1)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,88 @@ def test_horovod_sh_without_a_process_count_is_one_line():
     )
     assert usage.returncode == 2 and "give -np N" in usage.stderr
     assert len(usage.stderr.strip().splitlines()) == 1, usage.stderr
+
+
+# A stand-in worker (no TensorFlow): notes the stop signals it gets for a few seconds, says
+# them, writes them to a file named for its TF_CONFIG index, and exits as imgtrain would.
+FAKE_WORKER = """
+import json, os, signal, sys, time
+got = []
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda s, f: got.append(signal.Signals(s).name))
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+print("ready", flush=True)
+deadline = time.time() + 4
+while time.time() < deadline and not got:
+    time.sleep(0.05)
+time.sleep(1.5)  # a second copy of the signal, if any, lands meanwhile
+with open(os.path.join(sys.argv[1], f"worker{index}.json"), "w") as f:
+    json.dump(got, f)
+print(f"got {got}", flush=True)
+sys.exit(128 + getattr(signal, got[0]) if got else 0)
+"""
+
+
+def start_launcher(tmp_path: Path, sigint_ignored: bool = False) -> subprocess.Popen:
+    """The launcher leading its own process group, as a terminal's foreground job; once both
+    workers are up."""
+    import signal
+    import sys
+
+    def as_a_shell_leaves_it() -> None:
+        os.setpgrp()
+        signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    cmd = [sys.executable, str(ROOT / "launch" / "multiworker.py"), "--workers", "2", "--grace", "10", "--"]
+    proc = subprocess.Popen(
+        [*cmd, sys.executable, "-c", FAKE_WORKER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_a_shell_leaves_it,
+    )
+    ready = 0
+    while ready < 2:
+        line = proc.stdout.readline()
+        assert line, "the launcher ended before its workers were up"
+        ready += line.endswith("ready\n")
+    return proc
+
+
+def test_ctrl_c_to_the_launchers_group_reaches_each_worker_once_from_the_launcher(tmp_path: Path) -> None:
+    """A terminal sends SIGINT to the whole group: each worker gets one SIGINT (a second meant
+    'stop at once' and lost the checkpoint), every worker's last line is printed, exit 130."""
+    import signal
+
+    proc = start_launcher(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130, rest
+    for i in (0, 1):
+        assert f"[worker {i}] got ['SIGINT']" in rest, rest
+
+
+def test_under_nohup_a_groups_sigint_stops_nothing(tmp_path: Path) -> None:
+    """SIGINT ignored (nohup, a background job): the launcher leaves it ignored, the workers
+    never get it and finish, and a finished run exits 0, not 130."""
+    import signal
+
+    proc = start_launcher(tmp_path, sigint_ignored=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, rest
+    assert "[worker 0] got []" in rest and "[worker 1] got []" in rest, rest
+
+
+def test_a_killed_launchers_workers_are_told_to_stop(tmp_path: Path) -> None:
+    """SIGKILL to the launcher alone: its workers get SIGTERM (they stop at a step, with a
+    checkpoint) instead of training on unsupervised."""
+    import json
+
+    proc = start_launcher(tmp_path)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.time() + 15
+    while time.time() < deadline and len(list(tmp_path.glob("worker*.json"))) < 2:
+        time.sleep(0.1)
+    assert [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in (0, 1)] == [["SIGTERM"], ["SIGTERM"]]

@@ -94,6 +94,7 @@ class FitResult:
     resumed_from_epoch: Optional[int] = None
     images_per_sec: float = 0.0
     trained: bool = False  # False when the run was already complete (finished or stopped early)
+    epochs_completed: int = 0  # as the latest checkpoint counts them
 
 
 def make_eval_step(model: keras.Model, dist: Distribution, num_classes: int, top_k: int = 5) -> Callable:
@@ -312,6 +313,16 @@ class TrainLoop:
         return restore
 
     # -- history ----------------------------------------------------------------------
+    def _history_row(self, epoch: int, logs: dict[str, float], lr: float, images: float, seconds: float) -> dict:
+        return {
+            "epoch": epoch + 1,
+            "phase": self._phase.name,
+            **{k: f"{v:.6f}" for k, v in logs.items()},
+            "learning_rate": f"{lr:.6g}",
+            "images_per_sec": f"{images / max(seconds, 1e-9):.1f}",
+            "seconds": f"{seconds:.2f}",
+        }
+
     def _write_history(self, rows: list[dict]) -> None:
         if self.chief:
             history.write(self.run_dir, rows, self.data.top_k)
@@ -409,7 +420,9 @@ class TrainLoop:
         return sums, time.perf_counter() - start
 
     def _end_epoch(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
-        """Evaluate, stop early or not, drop the plateau rate, checkpoint: (logs, improved, early_stop)."""
+        """Evaluate, stop early or not, drop the plateau rate, and set the state the epoch's
+        checkpoint will hold: (logs, improved, early_stop). The caller writes the history row,
+        then the checkpoint."""
         early = self.early
         self.dist.average_state([v for v in self.model.non_trainable_variables if v.dtype.startswith("float")])
         logs = {
@@ -457,7 +470,6 @@ class TrainLoop:
             best_epoch=early.best_epoch,
             wait=early.wait,
         )
-        self.store.save()
         return logs, improved, early_stop
 
     def fit(self) -> FitResult:
@@ -525,16 +537,11 @@ class TrainLoop:
             images_total += sums.images
             seconds_total += seconds
             logs, improved, early_stop = self._end_epoch(epoch, sums)
-            row = {
-                "epoch": epoch + 1,
-                "phase": self._phase.name,
-                **{k: f"{v:.6f}" for k, v in logs.items()},
-                "learning_rate": f"{lr:.6g}",
-                "images_per_sec": f"{sums.images / max(seconds, 1e-9):.1f}",
-                "seconds": f"{seconds:.2f}",
-            }
-            rows.append(row)
+            rows.append(self._history_row(epoch, logs, lr, sums.images, seconds))
+            # The row before the checkpoint that counts the epoch: a kill between the two leaves a
+            # row past the checkpoint, which the resume drops and writes again, never a lost one.
             self._write_history(rows)
+            self.store.save()
             for listener in listeners:
                 listener.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
@@ -556,6 +563,7 @@ class TrainLoop:
         result.best_value = early.best
         result.stopped_early = early_stop or finished_early
         result.trained = start_epoch < self.epochs
+        result.epochs_completed = int(self.state.get("epoch"))
         result.images_per_sec = images_total / seconds_total if seconds_total else 0.0
         return result
 

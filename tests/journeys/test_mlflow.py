@@ -1,18 +1,16 @@
 """Journey: ``--mlflow`` against a real MLflow tracking server that the test starts on localhost
 (SQLite backend, a local artifact root), read back through ``mlflow.MlflowClient`` and
-``mlflow.pyfunc`` as a team member would: one run, logged once, with everything in it; a
-stopped, then killed run continues its MLflow run. A multi-worker run logging once to the
-local store that ``mlflow ui`` opens is tests/journeys/test_distributed.py's; a server that is
-down is tests/test_tracking.py's (in-process, no training)."""
+``mlflow.pyfunc`` as a team member would: one run, logged once, with everything in it. A
+run stopped and killed again and again continues its MLflow run, each epoch once, in
+tests/test_preemption.py's crash-point sweep. A multi-worker run logging once to the local
+store that ``mlflow ui`` opens is tests/journeys/test_distributed.py's; a server that is down
+or never answers is tests/test_tracking.py's (in-process, no training)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import signal
-import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ import yaml
 from PIL import Image
 
 from journeys import readme
-from journeys.journey import SMALL, User, serve, stop
+from journeys.journey import SMALL, User
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
@@ -30,14 +28,8 @@ REPORT_FILES = {"report.html", "report.json", "report.md", "curves.png", "confus
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` as a team runs one: a SQLite backend and a local artifact root."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    mlflow_bin = str(Path(sys.prefix) / "bin" / "mlflow")
-    argv = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
-    proc, uri = serve(argv + ["--default-artifact-root", str(root / "artifacts")], root, root / "server.log")
-    yield uri
-    stop(proc)
+def server(mlflow_server: str) -> str:
+    return mlflow_server
 
 
 def tracked(user: User, uri: str, experiment: str) -> User:
@@ -135,26 +127,3 @@ def test_a_run_is_logged_once_with_everything_in_it(user: User, server: str) -> 
     assert run_more.data.metrics["test_accuracy"] == pytest.approx(report["accuracy"])
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert [m.model_id for m in models] == [json.loads((run_dir / "mlflow.json").read_text())["model_uri"][8:]]
-
-
-def test_a_stopped_then_killed_run_continues_its_mlflow_run(user: User, server: str) -> None:
-    tracked(user, server, "journey-resumed")
-    command = f"{TRAIN} {SMALL} --epochs 3 --set train.checkpoint.every_steps=2"
-    stopped = user.interrupt(command, lambda out: "\nepoch 1/3" in out, signal.SIGTERM)
-    assert stopped.code != 0 and "run the same command again to resume" in stopped.out, stopped.out[-2000:]
-    client, run = only_run(server, "journey-resumed")
-    assert run.info.status == "KILLED"
-    assert steps(client, run.info.run_id, "loss") == [1]
-
-    # killed outright after epoch 2's line: its metrics may or may not have reached the server
-    killed = user.interrupt(command, lambda out: "\nepoch 2/3" in out)
-    assert killed.code == -signal.SIGKILL, killed.out[-2000:]
-    done = user.ok(command)
-    assert "continuing at epoch" in done.out, done.out[-2000:]
-    client, resumed = only_run(server, "journey-resumed")
-    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
-    for key in ("loss", "val_accuracy", "learning_rate"):
-        assert steps(client, run.info.run_id, key) == [1, 2, 3], key
-    rows = history_rows(user.cwd / "runs/photos")
-    logged = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
-    assert [m.value for m in logged] == pytest.approx([float(r["loss"]) for r in rows], rel=1e-6)
