@@ -20,7 +20,7 @@ import psutil
 import pytest
 from journeys.journey import as_in_a_terminal
 from reference_runs import COMMANDS, env, failure, run
-from workers import LAUNCHER_ITSELF, worker
+from workers import ITS_GROUP, LAUNCHER_ITSELF, worker
 
 from imgtrain import stop
 
@@ -42,15 +42,23 @@ def signal_mid_epoch(cmd: list[str], home: Path, run_dir: str, rank: int, sig: i
     """Start ``cmd``; once its first mid-epoch checkpoint is on disk, send ``sig`` to ``rank``'s
     process; return (exit code, output, seconds from the signal to the exit)."""
     log = home / f"{run_dir}.log"
+
+    def foreground_job() -> None:
+        os.setpgrp()  # its own process group, as a terminal's shell starts a command
+        as_in_a_terminal()
+
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=home, env=env(), stdout=out, stderr=subprocess.STDOUT, preexec_fn=as_in_a_terminal
+            cmd, cwd=home, env=env(), stdout=out, stderr=subprocess.STDOUT, preexec_fn=foreground_job
         )
     index, deadline, sent = home / run_dir / "checkpoints" / "checkpoint", time.time() + 400, None
     try:
         while time.time() < deadline and proc.poll() is None:
             if index.exists() and '"ckpt-1"' in index.read_text():
-                worker(proc.pid, rank).send_signal(sig)
+                if rank == ITS_GROUP:
+                    os.killpg(proc.pid, sig)
+                else:
+                    worker(proc.pid, rank).send_signal(sig)
                 sent = time.time()
                 break
             time.sleep(0.02)
@@ -74,27 +82,33 @@ def weights(run_dir: Path) -> list[np.ndarray]:
     [
         ("single", LAUNCHER_ITSELF, signal.SIGTERM),
         ("multiworker", 1, signal.SIGTERM),
-        ("multiworker", 0, signal.SIGINT),
+        ("multiworker", ITS_GROUP, signal.SIGINT),
         ("horovod", 1, signal.SIGTERM),
         ("multiworker", LAUNCHER_ITSELF, signal.SIGTERM),
-        ("horovod.sh", LAUNCHER_ITSELF, signal.SIGTERM),
+        ("horovod.sh", ITS_GROUP, signal.SIGINT),
     ],
-    ids=lambda v: v.name if isinstance(v, signal.Signals) else ("launcher" if v == LAUNCHER_ITSELF else str(v)),
+    ids=lambda v: (
+        v.name if isinstance(v, signal.Signals) else {LAUNCHER_ITSELF: "launcher", ITS_GROUP: "group"}.get(v, str(v))
+    ),
 )
 def test_told_to_stop_mid_epoch_then_the_same_command(references, launcher: str, rank: int, sig: int) -> None:
-    """(Ctrl-C to a single process's group is tests/journeys/test_resume.py's.)"""
+    """A signal to one worker, to the launcher (as Kubernetes sends it), or to the launcher's
+    process group (a terminal's Ctrl-C). (Ctrl-C to a single process's group is
+    tests/journeys/test_resume.py's.)"""
     home, make = references.home, COMMANDS[launcher]
     whole = references.run_dir(launcher.removesuffix(".sh"))  # horovod.sh runs horovodrun: the same weights
 
     name = f"runs/{launcher}-{rank}-{signal.Signals(sig).name}"
     code, out, seconds = signal_mid_epoch(make(name), home, name, rank, sig)
     assert seconds < 60, "a worker hung after the stop"
-    if launcher in ("single", "multiworker"):
+    if launcher != "horovod":
         assert code == 128 + sig, out[-2000:]
     else:
         assert code != 0, out[-2000:]  # horovodrun reports a failed rank its own way
     stops = STOPPED.findall(out)
     assert stops, failure(out)
+    if rank == ITS_GROUP:  # Ctrl-C in a terminal: every worker says it, once, and no traceback
+        assert len(stops) == 2 and "Traceback" not in out, out[-3000:]
     signame, epoch, step, _steps = stops[0]
     assert signame == signal.Signals(sig).name
     assert len({s[1:3] for s in stops}) == 1, f"the workers stopped at different steps: {stops}"

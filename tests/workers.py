@@ -9,6 +9,7 @@ from typing import Optional
 import psutil
 
 LAUNCHER_ITSELF = -1  # as a rank: the launcher, the process the test started
+ITS_GROUP = -2  # as a rank: the launcher's whole process group, as a terminal's Ctrl-C reaches it
 
 
 def rank_of(process: psutil.Process) -> Optional[int]:
