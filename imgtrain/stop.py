@@ -51,6 +51,11 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
+class Abandoned(Exception):
+    """Work given up because a stop was agreed (validation, precise BN at an epoch's end): what
+    it changed is put back, and the resumed run does it again."""
+
+
 def signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name

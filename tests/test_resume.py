@@ -135,3 +135,54 @@ def test_steps_per_execution_same_weights_and_exact_resume(image_folder, small_c
     train_run(small_config(image_folder, run_b, multi), progress=False)
     assert "continuing at epoch 2, step" in capsys.readouterr().out
     assert_same(weights(tmp_path / "one"), weights(run_b))
+
+
+@pytest.mark.parametrize("phase", ["validation", "precise BN"])
+def test_a_stop_at_an_epochs_end_abandons_it_and_the_resume_runs_only_the_end(
+    image_folder, small_config, tmp_path, capsys, every_recipe, monkeypatch, phase
+):
+    """SIGTERM as epoch 1's validation (or its precise BN) begins: the run stops at its first
+    look at the flag, before a single batch, with the epoch's training kept (EMA and BatchNorm
+    statistics put back); the resume trains no step of epoch 1 again, runs its end, and ends
+    with the uninterrupted run's weights."""
+    import os
+    import signal
+    import time
+
+    from imgtrain.stop import Stopped
+    from imgtrain.train import loop, precise_bn
+
+    looked: list[int] = []  # the batches of the phase at which the flag was looked at
+    real_evaluate, real_estimate = loop.evaluate_sums, precise_bn.PreciseBatchNorm.__call__
+
+    def watched(name: str, abandon):
+        if name == phase and not looked:
+            os.kill(os.getpid(), signal.SIGTERM)  # as the phase begins
+            time.sleep(0.05)  # the handler runs
+        return (lambda i: looked.append(i) or abandon(i)) if name == phase else abandon
+
+    def evaluate(*args, **kwargs):
+        return real_evaluate(*args, **{**kwargs, "abandon": watched("validation", kwargs["abandon"])})
+
+    def estimate(self, dataset_fn, n, abandon=lambda _i: False):
+        return real_estimate(self, dataset_fn, n, watched("precise BN", abandon))
+
+    monkeypatch.setattr(loop, "evaluate_sums", evaluate)
+    monkeypatch.setattr(precise_bn.PreciseBatchNorm, "__call__", estimate)
+    run = tmp_path / "run"
+    with pytest.raises(Stopped, match=f"at the end of epoch 1, its {phase}.* abandoned; checkpoint written"):
+        train_run(small_config(image_folder, run, FAST + MID_EPOCH + RECIPES), progress=False)
+    assert looked == [0], looked  # gone at the first look: nothing of the phase was run
+    monkeypatch.undo()
+    train_run(small_config(image_folder, run, FAST + MID_EPOCH + RECIPES), progress=False)
+    assert "continuing at the end of epoch 1 (its steps are trained)" in capsys.readouterr().out
+    assert_same(weights(every_recipe), weights(run))
+    done = json.loads((run / "run.json").read_text())["epochs_completed"]
+    assert [int(r["epoch"]) for r in _rows(run)] == list(range(1, done + 1))  # each epoch once
+
+
+def _rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))

@@ -26,7 +26,7 @@ from imgtrain import history, rundir, seeds
 from imgtrain.config import AugmentConfig, reports_top_k
 from imgtrain.errors import UserError
 from imgtrain.models.phases import BuiltModel, Phase
-from imgtrain.stop import StopFlag, Stopped, signal_name
+from imgtrain.stop import Abandoned, StopFlag, Stopped, signal_name
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
@@ -132,9 +132,11 @@ def evaluate_sums(
     progress: bool = False,
     desc: str = "evaluating",
     step: Optional[Callable] = None,
+    abandon: Callable[[int], bool] = lambda _i: False,
 ) -> dict[str, np.ndarray]:
     """Sum the evaluation quantities over a whole dataset (across all workers): exact under any sharding.
-    ``step``: a step from ``make_eval_step`` to reuse (it is traced once per model)."""
+    ``step``: a step from ``make_eval_step`` to reuse (it is traced once per model). ``abandon(i)``
+    before batch i: True raises ``Abandoned`` (every worker must ask at the same batches)."""
     step = step or make_eval_step(model, dist, num_classes, top_k)
     totals: dict[str, np.ndarray] = {
         "loss_sum": np.float64(0),
@@ -143,7 +145,10 @@ def evaluate_sums(
         "count": np.float64(0),
         "confusion": np.zeros((num_classes, num_classes), np.float64),
     }
-    for batch in tqdm(dist.distribute(dataset_fn), desc=desc, unit="batch", leave=False, disable=not progress):
+    batches = dist.distribute(dataset_fn)
+    for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress)):
+        if abandon(i):
+            raise Abandoned("validation")
         out = step(batch)
         for key in totals:
             totals[key] = totals[key] + out[key].numpy()
@@ -309,8 +314,17 @@ class TrainLoop:
                     v.assign(value)
 
         if self.precise_bn_batches:
-            self.precise_bn(lambda: self._train_data(epoch, 0), self.precise_bn_batches)
+            try:
+                self.precise_bn(lambda: self._train_data(epoch, 0), self.precise_bn_batches, self._abandon_end)
+            except Abandoned:
+                restore()
+                raise
         return restore
+
+    def _abandon_end(self, i: int) -> bool:
+        """Whether to give up the epoch's end (precise BN, validation) before its batch ``i``: at
+        the workers' shared look at the stop flag, every ``signal_check_every`` batches."""
+        return (i + 1) % self.signal_check_every == 0 and self._told_to_stop()
 
     # -- history ----------------------------------------------------------------------
     def _history_row(self, epoch: int, logs: dict[str, float], lr: float, images: float, seconds: float) -> dict:
@@ -338,6 +352,8 @@ class TrainLoop:
         early.best, early.best_epoch, early.wait = float(st.get("best")), int(st.get("best_epoch")), int(st.get("wait"))
         if restored:
             where = f"epoch {start_epoch + 1}" + (f", step {skip + 1}" if skip else "")
+            if skip >= self.data.steps_per_epoch:
+                where = f"the end of epoch {start_epoch + 1} (its steps are trained)"
             self.log(
                 f"resuming from checkpoint {self.store.latest or 'of rank 0'}: {start_epoch} epoch(s) done, "
                 f"continuing at {where}"
@@ -366,6 +382,8 @@ class TrainLoop:
         """Train the steps of one epoch from ``skip`` on; returns the epoch's sums and seconds."""
         st, steps = self.state, self.data.steps_per_epoch
         sums = RunningSums.from_state(st, epoch, skip) if skip else RunningSums(epoch=epoch)
+        if skip >= steps:  # stopped at the epoch's end: trained, its end pending
+            return sums, 0.0
         bar = tqdm(
             total=steps,
             initial=skip,
@@ -419,6 +437,21 @@ class TrainLoop:
         bar.close()
         return sums, time.perf_counter() - start
 
+    def _end_epoch_or_stop(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
+        """``_end_epoch``; a stop agreed meanwhile abandons it (its BatchNorm statistics put back)
+        and saves the epoch as trained, its end pending: the resume runs the end, not the steps."""
+        keep = [(v, keras.ops.convert_to_numpy(v)) for v in self.model.non_trainable_variables]
+        try:
+            return self._end_epoch(epoch, sums)
+        except Abandoned as what:
+            for v, value in keep:
+                v.assign(value)
+            sums.to_state(self.state, step_in_epoch=self.data.steps_per_epoch)
+            self.store.save()
+            if self.dist.world_size > 1:
+                self.dist.agree(True)  # a barrier: the chief's checkpoint is whole before anyone leaves
+            raise self._stopped_by_signal(f"at the end of epoch {epoch + 1}, its {what} abandoned") from None
+
     def _end_epoch(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
         """Evaluate, stop early or not, drop the plateau rate, and set the state the epoch's
         checkpoint will hold: (logs, improved, early_stop). The caller writes the history row,
@@ -432,19 +465,20 @@ class TrainLoop:
         }
         training_weights = self._evaluation_weights(epoch)
         if self.data.val is not None:
-            logs.update(
-                summarize(
-                    evaluate_sums(
-                        self.model,
-                        self.dist,
-                        self.data.val,
-                        self.data.num_classes,
-                        self.data.top_k,
-                        step=self._eval_step(),
-                    ),
-                    top_k=self.data.top_k,
+            try:
+                val = evaluate_sums(
+                    self.model,
+                    self.dist,
+                    self.data.val,
+                    self.data.num_classes,
+                    self.data.top_k,
+                    step=self._eval_step(),
+                    abandon=self._abandon_end,
                 )
-            )
+            except Abandoned:
+                training_weights()
+                raise
+            logs.update(summarize(val, top_k=self.data.top_k))
         improved, wants_early_stop = early.update(epoch, logs)
         early_stop = self.dist.agree(wants_early_stop)
         if early_stop:  # checkpointed with the epoch: a crash from here on must not train again
@@ -536,7 +570,7 @@ class TrainLoop:
             sums, seconds = self._run_epoch(epoch, skip)
             images_total += sums.images
             seconds_total += seconds
-            logs, improved, early_stop = self._end_epoch(epoch, sums)
+            logs, improved, early_stop = self._end_epoch_or_stop(epoch, sums)
             rows.append(self._history_row(epoch, logs, lr, sums.images, seconds))
             # The row before the checkpoint that counts the epoch: a kill between the two leaves a
             # row past the checkpoint, which the resume drops and writes again, never a lost one.

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from imgtrain.config import AugmentConfig
 from imgtrain.models.phases import batchnorm_layers
+from imgtrain.stop import Abandoned
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.inputs import model_input
 
@@ -107,8 +108,14 @@ class PreciseBatchNorm:
 
         return tf.function(step)
 
-    def __call__(self, dataset_fn: Callable[[], tf.data.Dataset], batches: int) -> int:
-        """Estimate from the first ``batches`` steps of ``dataset_fn``; returns the images used."""
+    def __call__(
+        self,
+        dataset_fn: Callable[[], tf.data.Dataset],
+        batches: int,
+        abandon: Callable[[int], bool] = lambda _i: False,
+    ) -> int:
+        """Estimate from the first ``batches`` steps of ``dataset_fn``; returns the images used.
+        ``abandon(i)`` before step i: True puts every statistic back and raises ``Abandoned``."""
         if not self.layers or batches < 1:
             return 0
         keep = [(v, keras.ops.convert_to_numpy(v)) for v in self.model.non_trainable_variables]
@@ -118,7 +125,11 @@ class PreciseBatchNorm:
         total = 0.0
         iterator = iter(self.dist.distribute(dataset_fn))
         with _zero_momentum(self.layers):
-            for _ in range(batches):
+            for i in range(batches):
+                if abandon(i):
+                    for var, value in keep:
+                        var.assign(value)
+                    raise Abandoned("precise BN")
                 stats, n = self._step(iterator)
                 total += float(n)
                 for acc, (m, v) in zip(sums, stats):
