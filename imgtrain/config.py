@@ -34,6 +34,16 @@ SCHEDULES = ("constant", "step", "cosine", "plateau")
 # ``model.<name>`` section of TransferConfig. imgtrain.models.backbones holds how to build them.
 BACKBONES = ("resnet50", "efficientnetv2_b0", "mobilenetv3_small", "mobilenetv3_large", "convnext_tiny")
 MODELS = ("cnn", "dnn") + BACKBONES
+# The one table of the config's local paths, each resolved once where it enters
+# (Config.with_absolute_paths); tests/test_config.py fails when a path field is not here.
+PATH_KEYS = (
+    "output",
+    "data.path",
+    "data.tfds.data_dir",
+    "train.warm_start",
+    *(f"model.{name}.weights" for name in BACKBONES),
+)
+NOT_A_PATH = ("imagenet", "none", "null")  # values of those keys that name no file (and tfds:NAME)
 ERASING_FILLS = ("noise", "mean")
 RESAMPLERS = ("auto", "opencv", "tensorflow")  # who resamples rotation/zoom/shift; auto: OpenCV when installed
 FILL_MODES = ("reflect", "constant", "nearest", "wrap")  # ImageProjectiveTransformV3's fill_mode, lower case
@@ -473,6 +483,24 @@ class TrackingConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise UserError(f"tracking.{name} must be a non-empty string, got {value!r}; or leave it unset")
+        if self.uri:
+            check_tracking_uri(self.uri, "tracking.uri")
+
+
+# MLflow's own stores; a scheme a letter or two from one of these is a typo (a plugin's own
+# scheme, further off, is left to MLflow).
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: str, where: str) -> None:
+    """Refuse a tracking URI whose scheme is a near miss of MLflow's (``htp://``, ``sqlte:///``)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        near = difflib.get_close_matches(scheme, TRACKING_SCHEMES, n=1, cutoff=0.6)
+        if near:
+            raise UserError(
+                f"{where} {uri!r} starts with {scheme}://, not a scheme MLflow knows; did you mean {near[0]}://?"
+            )
 
 
 @dataclass
@@ -509,24 +537,24 @@ class Config:
         atomic.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def with_absolute_paths(self, cwd: Optional[Path] = None) -> "Config":
-        """Resolve every path the user gave (``output``, ``data.path``, ``data.tfds.data_dir``,
-        ``train.warm_start``) against the working directory, once, where it enters.
+        """Resolve every path the user gave (``PATH_KEYS``) against the working directory, once,
+        where it enters; the tracking store too (``absolute_tracking_uri``).
 
         The rule, for flags and config files alike: a relative path is relative to the directory
         imgtrain runs in, not to the config file. The run's saved ``config.yaml`` then holds
-        absolute paths, so ``evaluate``, ``predict`` and ``export`` find the data from any folder.
+        absolute paths, so a resume, ``evaluate``, ``predict`` and ``export`` find the data (and
+        a backbone's weights file) from any folder.
         """
         base = Path(cwd) if cwd is not None else Path.cwd()
-
-        def absolute(value: Optional[str]) -> Optional[str]:
-            if not value or str(value).startswith("tfds:"):
-                return value
-            return os.path.normpath(base / Path(str(value)).expanduser())
-
-        self.output = absolute(self.output) or self.output
-        self.data.path = absolute(self.data.path)
-        self.data.tfds.data_dir = absolute(self.data.tfds.data_dir)
-        self.train.warm_start = absolute(self.train.warm_start)
+        for key in PATH_KEYS:
+            *parents, leaf = key.split(".")
+            section = self
+            for name in parents:
+                section = getattr(section, name)
+            value = getattr(section, leaf)
+            text = str(value or "")
+            if text and not text.startswith("tfds:") and text.lower() not in NOT_A_PATH:
+                setattr(section, leaf, os.path.normpath(base / Path(str(value)).expanduser()))
         self.tracking.uri = absolute_tracking_uri(self.tracking.uri, base)
         return self
 

@@ -179,3 +179,13 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic.write_json(run_dir / SUMMARY, summary)
+
+
+def class_names_beside(model_file: Path) -> Path:
+    """Where a ``.keras`` file's class names go: ``class_names.json`` beside ``model.keras`` (a
+    run directory, an export folder), ``NAME.class_names.json`` beside any other name, so two
+    exports into one folder keep their own."""
+    model_file = Path(model_file)
+    if model_file.name == MODEL:
+        return model_file.parent / CLASS_NAMES
+    return model_file.with_name(f"{model_file.stem}.{CLASS_NAMES}")

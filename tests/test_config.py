@@ -156,3 +156,36 @@ def test_on_device_refuses_what_it_cannot_run(items, message, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_every_path_field_is_resolved_from_the_one_table(tmp_path: Path):
+    """A field that holds a local path (named *path, *dir, output, *weights, warm_start) is in
+    config.PATH_KEYS, and each is made absolute against the working directory once: a
+    backbone's weights file too, so a resume from another folder finds it."""
+    import dataclasses
+
+    from imgtrain.config import PATH_KEYS
+
+    def fields(section, prefix=""):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from fields(value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    looks_like_a_path = {
+        key
+        for key in fields(Config())
+        if key.split(".")[-1].endswith(("path", "dir", "output", "weights", "warm_start"))
+    }
+    assert looks_like_a_path - {"train.class_weights"} == set(PATH_KEYS)
+    items = [f"{key}=rel/{i}" for i, key in enumerate(PATH_KEYS)]
+    cfg = Config.load(None, items).with_absolute_paths(tmp_path)
+    for i, key in enumerate(PATH_KEYS):
+        value = cfg.to_dict()
+        for part in key.split("."):
+            value = value[part]
+        assert value == str(tmp_path / "rel" / str(i)), key
+    kept = Config.load(None, ["model.resnet50.weights=imagenet", "data.path=tfds:mnist"]).with_absolute_paths(tmp_path)
+    assert (kept.model.resnet50.weights, kept.data.path) == ("imagenet", "tfds:mnist")

@@ -109,6 +109,15 @@ def test_every_format_is_read_by_its_own_reader(fmt, run_and_pixels, capsys):
     np.testing.assert_allclose(sums, 1.0, atol=1e-3)  # probabilities, not logits
 
 
+def test_a_name_of_another_formats_kind_is_refused(run_and_pixels, tmp_path, capsys):
+    """``--format tflite --output c.onnx`` made a folder c.onnx/ holding model.tflite."""
+    run, _, _ = run_and_pixels
+    assert main(["export", "--run", str(run), "--format", "tflite", "--output", str(tmp_path / "c.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "names a .onnx file but --format is tflite" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "c.onnx").exists()
+
+
 def test_an_unwritable_output_is_one_line(run_and_pixels, tmp_path, capsys):
     run, _, _ = run_and_pixels
     blocked = tmp_path / "file"
@@ -187,9 +196,11 @@ def test_an_output_named_with_the_formats_suffix_is_that_file(fmt, name, run_and
     folder) writes m.tflite, which the format's own reader opens in a process without imgtrain;
     the class names are inside the file where the format has a place for them."""
     run, pixels, expected = run_and_pixels
-    cmd = [sys.executable, "-m", "imgtrain", "export", "--run", os.path.relpath(run, tmp_path), "--format", fmt]
-    for _ in range(2):  # twice: the second replaces the first
-        proc = subprocess.run(cmd + ["--output", name], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    cmd = [sys.executable, "-m", "imgtrain", "export", "--run", os.path.relpath(run, tmp_path)]
+    for given in (["--format", fmt], []):  # twice: the second replaces the first, its format read from the name
+        proc = subprocess.run(
+            cmd + given + ["--output", name], capture_output=True, text=True, cwd=tmp_path, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.startswith(f"{fmt}: {name} (")  # the path as the user gave it
     assert (tmp_path / name).is_file()
@@ -197,9 +208,10 @@ def test_an_output_named_with_the_formats_suffix_is_that_file(fmt, name, run_and
     assert top == expected
     np.testing.assert_allclose(sums, 1.0, atol=1e-3)
     beside = sorted(p.name for p in tmp_path.iterdir())
-    if fmt == "keras":  # a .keras file keeps no metadata of its own
-        assert beside == ["class_names.json", name]
-        assert json.loads((tmp_path / "class_names.json").read_text()) == ["blue", "green", "red"]
+    if fmt == "keras":  # a .keras file keeps no metadata of its own: NAME.class_names.json beside it
+        names = name.replace(".keras", ".class_names.json")
+        assert beside == [names, name]
+        assert json.loads((tmp_path / names).read_text()) == ["blue", "green", "red"]
         return
     assert beside == [name]
     script = "import json, sys\nimport numpy as np\n"

@@ -57,6 +57,9 @@ def test_the_uri_comes_from_config_then_environment_then_the_run_then_mlflows_de
 def test_the_tracking_section_is_checked_and_relative_stores_resolved(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="tracking.uri must be a non-empty string"):
         Config.load(None, ["tracking.uri=' '"])
+    with pytest.raises(UserError, match=r"starts with htp://, not a scheme MLflow knows; did you mean http://\?"):
+        Config.load(None, ["tracking.uri=htp://mlflow:5000"])
+    Config.load(None, ["tracking.uri=postgresql+psycopg2://u@db/mlflow"])  # a driver is no typo
     cfg = Config.load(None, ["tracking.mlflow=true", "tracking.uri=mlruns"]).with_absolute_paths(tmp_path)
     assert cfg.tracking.uri == str(tmp_path / "mlruns")
 

@@ -21,8 +21,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model on the test images, and its size.",
     )
     e.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'imgtrain train'")
-    e.add_argument("--format", required=True, choices=FORMAT_NAMES, metavar="F", help=", ".join(FORMAT_NAMES))
-    e.add_argument("--output", metavar="DIR", help="where to write (default RUN_DIR/export/FORMAT)")
+    e.add_argument(
+        "--format",
+        choices=FORMAT_NAMES,
+        metavar="F",
+        help=", ".join(FORMAT_NAMES) + " (default: the one --output's suffix names: .keras, .tflite, .onnx)",
+    )
+    e.add_argument(
+        "--output",
+        metavar="DIR|FILE",
+        help="a folder, or a file named with the format's suffix (default RUN_DIR/export/FORMAT)",
+    )
     e.add_argument(
         "--version", type=int, default=1, metavar="N", help="saved_model: the TF Serving version directory (default 1)"
     )

@@ -78,8 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the run already in RUN_DIR (its checkpoints, model, report and exports are removed) "
-        "instead of resuming it or refusing",
+        help="replace the run already in RUN_DIR instead of resuming it or refusing: its files are removed, "
+        "and with them the whole of checkpoints/, logs/ and export/ (anything else kept there too)",
     )
     add_no_progress(t, "no progress bars (logs only)")
 

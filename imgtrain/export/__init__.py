@@ -157,6 +157,27 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def format_for(fmt: Optional[str], out: Optional[Path]) -> str:
+    """The format: ``fmt``, or the one ``out``'s suffix names. A name whose suffix is another
+    format's (``--format tflite --output m.onnx``) is refused: it would be a folder named like
+    a file of the wrong kind."""
+    suffix = Path(out).suffix.lower() if out else ""
+    named = [name for name, f in FORMATS.items() if f.suffix and f.suffix == suffix]
+    if fmt is None:
+        if not named:
+            raise UserError(
+                f"which format? pass --format ({', '.join(FORMATS)}), or an --output ending in "
+                f"{', '.join(sorted({f.suffix for f in FORMATS.values() if f.suffix}))}"
+            )
+        return named[0]
+    if named and fmt not in named:
+        raise UserError(
+            f"--output {out} names a {suffix} file but --format is {fmt}; name it "
+            f"{Path(out).with_suffix(FORMATS[fmt].suffix or '').name} (or a folder), or pass --format {named[0]}"
+        )
+    return fmt
+
+
 def target_of(fmt: str, out: Path) -> Target:
     """``out`` as a file when it ends in ``fmt``'s suffix, else as a folder."""
     suffix = FORMATS[fmt].suffix
@@ -209,7 +230,7 @@ def _check_writable(out: Path) -> None:
 
 def export_run(
     run_dir: Path,
-    fmt: str,
+    fmt: Optional[str],
     out: Optional[Path] = None,
     version: int = 1,
     check: bool = True,
@@ -221,6 +242,7 @@ def export_run(
     from imgtrain.predict import load_run
 
     run_dir = Path(run_dir)
+    fmt = format_for(fmt, out)
     FORMATS[fmt].ready()
     model, class_names, cfg = load_run(run_dir)
     out = Path(out) if out else run_dir / rundir.EXPORTS / fmt

@@ -38,10 +38,10 @@ def probability_model(model: keras.Model) -> keras.Model:
 
 
 def write_keras(model: keras.Model, class_names: Sequence[str], out_dir: Path, name: str = rundir.MODEL) -> Path:
-    """``out_dir/name`` (probabilities) and ``out_dir/class_names.json``."""
+    """``out_dir/name`` (probabilities) and its class names beside it (``rundir.class_names_beside``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / name
     with atomic.replacing(final) as tmp:
         probability_model(model).save(str(tmp))
-    write_class_names(class_names, out_dir)
+    atomic.write_json(rundir.class_names_beside(final), list(class_names), indent=1)
     return final

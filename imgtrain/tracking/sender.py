@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from imgtrain import rundir
-from imgtrain.config import absolute_tracking_uri
+from imgtrain.config import absolute_tracking_uri, check_tracking_uri
 from imgtrain.errors import UserError
 from imgtrain.tracking import record
 from imgtrain.tracking.ledger import TrackState
@@ -60,7 +60,10 @@ def resolve_uri(uri: Optional[str], run_dir: Path) -> str:
     """tracking.uri, else MLFLOW_TRACKING_URI, else the store this run directory already logs
     to, else MLflow's own default store in the working directory (what ``mlflow ui`` opens
     there); local stores made absolute, so a resume from another folder finds them."""
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackState.read(run_dir).uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri and from_env:
+        check_tracking_uri(from_env, "MLFLOW_TRACKING_URI")
+    chosen = uri or from_env or TrackState.read(run_dir).uri
     if not chosen:
         import mlflow
 
