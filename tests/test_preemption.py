@@ -80,7 +80,6 @@ def weights(run_dir: Path) -> list[np.ndarray]:
 @pytest.mark.parametrize(
     "launcher, rank, sig",
     [
-        ("single", LAUNCHER_ITSELF, signal.SIGTERM),
         ("multiworker", 1, signal.SIGTERM),
         ("multiworker", ITS_GROUP, signal.SIGINT),
         ("horovod", 1, signal.SIGTERM),
@@ -248,7 +247,8 @@ def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once
     calls; the test report and the exports; a finished run's command), by SIGKILL, SIGTERM,
     SIGINT to the group and two SIGTERMs 0.2, 1 and 3 s apart; right after a history row and
     right after a checkpoint too.
-    Every stop says one line and no traceback, and a stopped run shows as KILLED in MLflow; the
+    Every stop says one line and no traceback, a SIGTERM at a step resumes at the next step (the
+    checkpoint holds the step it stopped at), and a stopped run shows as KILLED in MLflow; the
     last run ends with the uninterrupted run's weights, each epoch once in history.csv and in
     the MLflow run (a real server), with history.csv's values."""
     import random
@@ -275,7 +275,7 @@ def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once
     # First, while there is training left: between an epoch's row and its checkpoint, and just
     # after a checkpoint (the resumed run's first).
     plan[:0] = [(60.0, ("SIGKILL", ()), "history"), (60.0, ("SIGTERM", ()), "checkpoint")]
-    tried = []
+    tried, resume_at = [], None
     for at, kind, trigger in plan:
         label = trigger if isinstance(trigger, str) else f"{at:.1f} s"
         if trigger == "history":
@@ -297,6 +297,9 @@ def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once
             kill_tree(proc.pid)
             raise
         out = log.read_text(errors="replace")
+        if resume_at and "resuming from checkpoint" in out:  # the checkpoint holds the very step it stopped at
+            assert resume_at in out, out[-2000:]
+        resume_at = None
         if not sent:  # it finished first: the next ones stop a finished run's command
             continue
         tried.append((label, kind, code))
@@ -306,6 +309,10 @@ def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once
         elif code != 0:
             assert code == 128 + getattr(signal, kind[0]), out[-2000:]
             assert out.strip().splitlines()[-1].startswith("imgtrain: stopped by"), out[-2000:]
+            stops = STOPPED.findall(out)
+            if stops:
+                _sig, epoch, step, _steps = stops[0]
+                resume_at = f"continuing at epoch {epoch}, step {int(step) + 1}"
             if label == "checkpoint":  # mid-training, tracked since the start
                 (stopped,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
                 assert stopped.info.status == "KILLED"
