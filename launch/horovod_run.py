@@ -1,4 +1,5 @@
-"""horovodrun, with a worker's failure said in one line instead of horovodrun's traceback.
+"""horovodrun, with a worker's failure said in one line instead of horovodrun's traceback, and
+stopped when launch/horovod.sh dies.
 
 launch/horovod.sh runs this with horovodrun's own Python and arguments. When a worker exits
 non-zero (told to stop: 130 or 143 after its checkpoint; or failed), horovodrun stops the
@@ -12,8 +13,23 @@ import re
 import sys
 
 
+def _die_with_parent() -> None:
+    """SIGTERM to this process when launch/horovod.sh dies, however it dies (Linux's
+    PR_SET_PDEATHSIG): horovodrun, in a session of its own, then stops its workers as it does
+    on any SIGTERM, instead of running on unsupervised."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
     from horovod.runner.launch import run_commandline
+
+    _die_with_parent()
 
     try:
         run_commandline()

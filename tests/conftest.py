@@ -155,27 +155,6 @@ def references(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` as a team runs one (a SQLite backend, a local artifact root), on a free
-    localhost port; its URI. Once per test process that asks for it."""
-    import sys
-
-    from journeys.journey import serve, stop
-
-    pytest.importorskip("mlflow")
-    root = tmp_path_factory.mktemp("mlflow-server")
-    argv = [
-        str(Path(sys.prefix) / "bin" / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-    ]
-    proc, uri = serve(argv + ["--default-artifact-root", str(root / "artifacts")], root, root / "server.log")
-    yield uri
-    stop(proc)
-
-
-@pytest.fixture(scope="session")
 def bench_quick(tmp_path_factory):
     """The session's one ``imgtrain bench --quick`` (journeys/journey.py's ``bench_quick``), read
     by tests/journeys/test_commands.py and tests/test_bench.py. A fixture defined once, here:

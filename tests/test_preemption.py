@@ -18,13 +18,24 @@ from typing import Callable
 import numpy as np
 import psutil
 import pytest
-from journeys.journey import as_in_a_terminal
+from conftest import write_folder
+from journeys.journey import as_in_a_terminal, mlflow_server_in
 from reference_runs import COMMANDS, env, failure, run
 from workers import ITS_GROUP, LAUNCHER_ITSELF, worker
 
 from imgtrain import stop
 
-STOPPED = re.compile(r"stopped by (SIG[A-Z]+) at epoch (\d+), step (\d+) of (\d+); checkpoint written")
+# A stop at a step, or (the signal came after the epoch's last step) at the epoch's end.
+STOPPED = re.compile(
+    r"stopped by (SIG[A-Z]+) (at epoch (\d+), step (\d+) of \d+|at the end of epoch (\d+), its [\w ]+ abandoned); "
+    "checkpoint written"
+)
+
+
+def resumes_at(stop: tuple) -> str:
+    """What the rerun of a run stopped so says: the step after, or the epoch's end."""
+    _sig, _where, epoch, step, end = stop
+    return f"continuing at epoch {epoch}, step {int(step) + 1}" if epoch else f"continuing at the end of epoch {end}"
 
 
 def kill_tree(pid: int) -> None:
@@ -108,15 +119,15 @@ def test_told_to_stop_mid_epoch_then_the_same_command(references, launcher: str,
     assert stops, failure(out)
     if rank == ITS_GROUP:  # Ctrl-C in a terminal: every worker says it, once, and no traceback
         assert len(stops) == 2 and "Traceback" not in out, out[-3000:]
-    signame, epoch, step, _steps = stops[0]
+    signame = stops[0][0]
     assert signame == signal.Signals(sig).name
-    assert len({s[1:3] for s in stops}) == 1, f"the workers stopped at different steps: {stops}"
+    assert len({s[1] for s in stops}) == 1, f"the workers stopped at different steps: {stops}"
     assert not (home / name / "run.json").exists()
 
     again = run(make(name), home)
     assert again.returncode == 0, failure(again.stdout + again.stderr)
     # The checkpoint holds the very step it stopped at: nothing but the step in flight is lost.
-    assert f"continuing at epoch {epoch}, step {int(step) + 1}" in again.stdout, again.stdout[-2000:]
+    assert resumes_at(stops[0]) in again.stdout, again.stdout[-2000:]
     for a, b in zip(weights(whole), weights(home / name)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     summary = json.loads((home / name / "run.json").read_text())
@@ -241,7 +252,7 @@ def _changed(path: Path) -> Callable[[], bool]:
 
 
 @pytest.mark.slow
-def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once(references, mlflow_server) -> None:
+def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once(tmp_path: Path) -> None:
     """The same command, stopped again and again at seeded moments of its life (start-up, the
     data check, steps, the epoch's end: validation, the history row, the checkpoint, MLflow's
     calls; the test report and the exports; a finished run's command), by SIGKILL, SIGTERM,
@@ -251,14 +262,23 @@ def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once
     checkpoint holds the step it stopped at), and a stopped run shows as KILLED in MLflow; the
     last run ends with the uninterrupted run's weights, each epoch once in history.csv and in
     the MLflow run (a real server), with history.csv's values."""
+    pytest.importorskip("mlflow")
+    # Its own folder and uninterrupted run (not the session's references, whose tests share
+    # one xdist worker: this one runs beside them), as the references make theirs.
+    home, name = tmp_path, "runs/sweep"
+    write_folder(home / "photos", per_class=40, size=16)
+    whole = home / "runs/whole"
+    done = run(COMMANDS["single"]("runs/whole"), home)
+    assert done.returncode == 0, failure(done.stdout + done.stderr)
+    with mlflow_server_in(home / "mlflow") as store:
+        _sweep(home, name, whole, store)
+
+
+def _sweep(home: Path, name: str, whole: Path, store: str) -> None:
     import random
 
-    from journeys.journey import as_in_a_terminal
     from mlflow import MlflowClient
 
-    home, name = references.home, "runs/sweep"
-    whole = references.run_dir("single")
-    store = mlflow_server
     cmd = [
         *COMMANDS["single"](name),
         "--mlflow",
@@ -311,8 +331,7 @@ def test_a_crash_point_sweep_ends_with_the_uninterrupted_weights_each_epoch_once
             assert out.strip().splitlines()[-1].startswith("imgtrain: stopped by"), out[-2000:]
             stops = STOPPED.findall(out)
             if stops:
-                _sig, epoch, step, _steps = stops[0]
-                resume_at = f"continuing at epoch {epoch}, step {int(step) + 1}"
+                resume_at = resumes_at(stops[0])
             if label == "checkpoint":  # mid-training, tracked since the start
                 (stopped,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
                 assert stopped.info.status == "KILLED"

@@ -10,6 +10,7 @@ weights fingerprint. Nothing here imports imgtrain.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,7 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 import tiny
@@ -217,6 +218,24 @@ def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]
             stop(proc)
             pytest.fail(f"{' '.join(argv)} did not start:\n" + log.read_text()[-3000:])
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def mlflow_server_in(root: Path) -> Iterator[str]:
+    """``mlflow server`` as a team runs one (a SQLite backend, a local artifact root) in
+    ``root``, on a free localhost port; its URI while the ``with`` lasts."""
+    root.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(Path(sys.prefix) / "bin" / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+    ]
+    proc, uri = serve(argv + ["--default-artifact-root", str(root / "artifacts")], root, root / "server.log")
+    try:
+        yield uri
+    finally:
+        stop(proc)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from PIL import Image
 
 from journeys import readme
-from journeys.journey import SMALL, User
+from journeys.journey import SMALL, User, mlflow_server_in
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
@@ -28,8 +29,9 @@ REPORT_FILES = {"report.html", "report.json", "report.md", "curves.png", "confus
 
 
 @pytest.fixture(scope="module")
-def server(mlflow_server: str) -> str:
-    return mlflow_server
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with mlflow_server_in(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
 
 
 def tracked(user: User, uri: str, experiment: str) -> User:
