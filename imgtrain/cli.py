@@ -106,12 +106,7 @@ def entry() -> None:
     by default or prints a traceback."""
     code = main()
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    stop.leave_now(code)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

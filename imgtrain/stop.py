@@ -131,19 +131,20 @@ def install_default() -> None:
     _handle(stop_at_once)
 
 
+def leave_now(code: int) -> None:
+    """End the process at once with ``code``, what it printed flushed: no interpreter teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def exiting(code: int) -> None:
     """The command has said its last line: a further signal ends the process at once, quietly,
     with ``code`` (never a traceback from whatever runs during shutdown)."""
-
-    def leave(_signum: int, _frame: Optional[FrameType]) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-
-    _handle(leave)
+    _handle(lambda _signum, _frame: leave_now(code))
 
 
 class StopFlag:
