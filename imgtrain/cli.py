@@ -89,12 +89,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``imgtrain`` command. Given ``argv`` (called from Python: a test, a notebook), the
     caller's signal handlers are back on return; as the process's own command (``argv``
-    None), a signal after its last line ends the process quietly (``stop.exiting``)."""
+    None), a signal after its outcome is settled ends the process quietly (``stop.exiting``)."""
     before = stop.handlers()
-    code = _main(argv)
-    if argv is None:
-        stop.exiting(code)
-    else:
+    code = _main(argv, own=argv is None)
+    if argv is not None:
         stop.restore(before)
     return code
 
@@ -109,7 +107,11 @@ def entry() -> None:
     stop.leave_now(code)
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
+def _main(argv: Optional[Sequence[str]], own: bool) -> int:
+    """The command's exit code. Once the outcome is known, and before its last line, a process
+    running its own command (``own``) takes any further signal as the end (``stop.exiting``):
+    a worker told to stop twice (a Ctrl-C, then its launcher's SIGTERM after another worker
+    left) says one line and never a traceback from the teardown of what it was doing."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -121,36 +123,40 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         stop.install_default()
         _import_tensorflow_quietly()
-        return _dispatch(args)
+        code = _dispatch(args)
     except BaseException as exc:  # noqa: BLE001 - every way out says one line, or re-raises
-        return _failed(args, exc)
+        if own:
+            stop.leaving()
+        code, line = _failed(args, exc)
+        if own:
+            stop.exiting(code)
+        print(line, file=sys.stderr)
+        return code
+    if own:
+        stop.exiting(code)
+    return code
 
 
-def _failed(args: argparse.Namespace, exc: BaseException) -> int:
-    """The one line for a command that did not finish, and its exit code; anything else raises."""
+def _failed(args: argparse.Namespace, exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line of a command that did not finish; anything else raises."""
     signum = stop.received()
     if isinstance(exc, stop.Stopped):
-        print(f"imgtrain: {str(exc) or stop.interrupted_line(args.command, exc.signum)}", file=sys.stderr)
-        return exc.exit_code
+        return exc.exit_code, f"imgtrain: {str(exc) or stop.interrupted_line(args.command, exc.signum)}"
     if isinstance(exc, KeyboardInterrupt) or (signum and not isinstance(exc, (UserError, SystemExit))):
         # A stop that surfaced as another error: the handler ran inside TensorFlow's code.
         signum = signum or signal.SIGINT
-        print(f"imgtrain: {stop.interrupted_line(args.command, signum)}", file=sys.stderr)
-        return 128 + signum
+        return 128 + signum, f"imgtrain: {stop.interrupted_line(args.command, signum)}"
     if isinstance(exc, UserError):
-        print(f"imgtrain: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_USER_ERROR, f"imgtrain: error: {exc}"
     where = disk_full(exc) if isinstance(exc, Exception) else None
     if where is None:
         raise exc
     where = where or f"into {_destination(args)}"
     after = " (a run resumes from its last complete checkpoint)" if args.command == "train" else ""
-    print(
+    return EXIT_USER_ERROR, (
         f"imgtrain: error: no space left on device writing {where}; free some space there and run the "
-        f"same command again{after}",
-        file=sys.stderr,
+        f"same command again{after}"
     )
-    return EXIT_USER_ERROR
 
 
 def _destination(args: argparse.Namespace) -> str:

@@ -19,10 +19,18 @@ the command line a stop was asked for. Once the command's last line is printed
 (``exiting``), any further signal ends the process at once, quietly, with the same code.
 Handlers are installed explicitly because a process that is PID 1 (in a container) ignores a
 SIGTERM it does not handle; a signal already ignored (``nohup``, a background job) stays so.
+
+Python runs a handler wherever the main thread is, a finalizer (``__del__``, a weakref
+callback, run by the garbage collector at any moment) included, and an exception raised there
+is printed as "Exception ignored in ..." with a traceback, then dropped. So a ``Stopped`` that
+lands in a finalizer is not printed: moments later it is delivered again
+(``_thread.interrupt_main``, from a thread, as the finalizer may still run), and raised in
+the ordinary code that runs then.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
@@ -33,9 +41,12 @@ from typing import Any, Optional
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SAME_REQUEST_SECONDS = 1.0  # the same signal again within this is the same request
+AGAIN_SECONDS = 0.02  # a stop dropped in a finalizer is delivered again after this
 
-# The first stop signal this process got, and when (the whole process's, not one handler's).
+# The first stop signal this process got, and when (the whole process's, not one handler's);
+# and a stop dropped in a finalizer, delivered again (never taken for a repeat).
 _first: dict[str, float] = {"signum": 0, "at": 0.0}
+_again: dict[str, int] = {"signum": 0}
 
 
 class Stopped(BaseException):
@@ -70,6 +81,9 @@ def _main_thread() -> bool:
 def _is_repeat(signum: int) -> bool:
     """Note a stop signal; whether it repeats the first one (the same signal, moments later:
     a process group's copy and a launcher's forward of one Ctrl-C)."""
+    if _again["signum"] == signum:
+        _again["signum"] = 0
+        return False
     now = time.monotonic()
     if not _first["signum"]:
         _first.update(signum=signum, at=now)
@@ -85,6 +99,7 @@ def received() -> int:
 def forget() -> None:
     """A new command in this process (a test, a notebook): no signal received yet."""
     _first.update(signum=0, at=0.0)
+    _again["signum"] = 0
 
 
 def interrupted_line(command: str, signum: int) -> str:
@@ -105,12 +120,29 @@ def stop_at_once(signum: int, _frame: Optional[FrameType] = None) -> None:
     raise Stopped(signum, "")
 
 
-def handlers() -> dict[int, Any]:
-    """The current handlers of SIGTERM and SIGINT, for ``restore``."""
-    return {sig: signal.getsignal(sig) for sig in SIGNALS}
+def _unraisable(report: Any) -> None:
+    """``sys.unraisablehook``: a ``Stopped`` dropped in a finalizer is delivered again, to the
+    code that runs next; anything else is reported as Python reports it."""
+    if isinstance(report.exc_value, Stopped):
+        signum = report.exc_value.signum
+        _again["signum"] = signum
+        again = threading.Timer(AGAIN_SECONDS, _thread.interrupt_main, (signum,))
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(report)
 
 
-def restore(saved: dict[int, Any]) -> None:
+def handlers() -> dict[Any, Any]:
+    """The current handlers of SIGTERM and SIGINT, and the unraisable hook, for ``restore``."""
+    saved: dict[Any, Any] = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    saved["unraisablehook"] = sys.unraisablehook
+    return saved
+
+
+def restore(saved: dict[Any, Any]) -> None:
+    saved = dict(saved)
+    sys.unraisablehook = saved.pop("unraisablehook", sys.unraisablehook)
     if _main_thread():
         for sig, handler in saved.items():
             if handler is not None:  # None: set outside Python; nothing to put back
@@ -119,6 +151,7 @@ def restore(saved: dict[int, Any]) -> None:
 
 def _handle(handler: Any) -> None:
     """``handler`` for SIGTERM and SIGINT, except where a signal is ignored (nohup)."""
+    sys.unraisablehook = _unraisable
     if _main_thread():  # Python only lets the main thread set handlers
         for sig in SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
@@ -141,6 +174,12 @@ def leave_now(code: int) -> None:
     os._exit(code)
 
 
+def leaving() -> None:
+    """The command is on its way out (its outcome being worded): a further signal is nothing
+    new, until ``exiting`` says how to end."""
+    _handle(lambda _signum, _frame: None)
+
+
 def exiting(code: int) -> None:
     """The command has said its last line: a further signal ends the process at once, quietly,
     with ``code`` (never a traceback from whatever runs during shutdown)."""
@@ -153,19 +192,16 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signum = 0
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[Any, Any] = {}
 
     def __enter__(self) -> "StopFlag":
-        if _main_thread():  # Python only lets the main thread set handlers
-            for sig in SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, a background job: stays ignored
-                    self._previous[sig] = signal.signal(sig, self._note)
+        self._previous = handlers()
+        _handle(self._note)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        restore(self._previous)
+        self._previous = {}
 
     def _note(self, signum: int, _frame: Optional[FrameType]) -> None:
         if _is_repeat(signum):

@@ -194,6 +194,54 @@ def test_sigterm_outside_training_is_one_line_and_exit_143(handlers, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # called from Python: the caller's handlers back
 
 
+# A command whose work leaves behind an object that is signalled while it is finalized (the
+# garbage collector runs finalizers wherever the main thread is: TensorFlow's objects have many).
+FINALIZED_MID_SIGNAL = """
+import os, signal, sys, time
+from imgtrain import cli, stop
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        until = time.monotonic() + 0.2
+        while time.monotonic() < until:  # Python runs the handler here, inside the finalizer
+            pass
+
+WHEN = sys.argv[1]
+sys.argv = ["imgtrain", "evaluate", "--run", "runs/x"]
+
+def work(_args):
+    leftover = Finalized()
+    if WHEN == "working":
+        del leftover  # the signal lands while the command works on
+        time.sleep(5)
+        print("finished", flush=True)
+        return 0
+    raise stop.Stopped(signal.SIGINT, "stopped by SIGINT at epoch 1, step 3 of 9; checkpoint written")
+
+cli._import_tensorflow_quietly = lambda: None
+cli._dispatch = work
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize(
+    "when, code, line",
+    [
+        ("working", 143, "stopped by SIGTERM; what 'evaluate' writes is whole or not written at all"),
+        ("after its last line", 130, "stopped by SIGINT at epoch 1, step 3 of 9; checkpoint written"),
+    ],
+)
+def test_a_signal_in_a_finalizer_stops_at_the_next_line_or_ends_quietly(when: str, code: int, line: str) -> None:
+    """A stop that lands in a finalizer is not printed as "Exception ignored" and dropped: it
+    stops the command at the next line of its own code, or, once the command's outcome is said
+    (a Horovod worker stopped by Ctrl-C, then sent SIGTERM by horovodrun when another worker
+    left first), ends the process quietly with the code it said."""
+    done = subprocess.run(["python", "-c", FINALIZED_MID_SIGNAL, when], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
+    assert done.stderr.startswith(f"imgtrain: {line}") and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_workers_stop_on_the_agreed_value_only() -> None:
     """A signal that lands while the workers' values are being summed is in no other worker's
     answer: this worker trains on with the rest, and all stop together at the next check.
