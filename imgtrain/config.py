@@ -464,6 +464,14 @@ class EvaluateConfig:
         _positive("evaluate.top_k", self.top_k)
 
 
+@dataclass
+class ExportConfig:
+    """What a finished training writes besides ``model.keras`` (which evaluate, predict and a
+    resume read, so it is always written). ``imgtrain export`` writes any format later."""
+
+    saved_model: bool = True  # saved_model/: serving signatures for TF Serving and tf.saved_model.load
+
+
 def reports_top_k(num_classes: int, k: int) -> bool:
     """Top-k accuracy means something only with more than k classes (with k or fewer it is 1);
     validation (``train``) and the report (``evaluate``) both ask here, below both."""
@@ -512,6 +520,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- building -----------------------------------------------------------------

@@ -213,9 +213,10 @@ def _finish(
         )
         write_class_names(prep.class_names, run_dir)
         export_keras(model, run_dir)
-        export_saved_model(
-            model, prep.class_names, cfg.data.image_size, run_dir / rundir.SAVED_MODEL, cfg.data.eval_crop()
-        )
+        if cfg.export.saved_model:
+            export_saved_model(
+                model, prep.class_names, cfg.data.image_size, run_dir / rundir.SAVED_MODEL, cfg.data.eval_crop()
+            )
     context = summary.report_context(cfg, training, fit, counts, dist, seconds)
     report = evaluate_prepared(model, prep, cfg, dist, run_dir, progress, context) if prep.has("test") else None
     if not dist.is_chief:

@@ -87,6 +87,7 @@ RESUMABLE_CHANGES = (
     "data.service",  # where the pipeline runs, not what it makes
     "data.service_timeout",
     "tracking",  # where the run is logged, not what it trains
+    "export",  # what the end of the run writes, not what it trains
 )
 AUTO_RESAMPLER = ("data.augment.resampler", "auto")
 

@@ -28,6 +28,7 @@ def trained_run(tmp_path_factory):
                 {
                     "data": {"augment": {"horizontal_flip": True, "brightness": 0.05}},
                     "train": {"optimizer": {"name": "adam", "learning_rate": 0.01}, "early_stopping": {"patience": 10}},
+                    "export": {"saved_model": True},  # the default, which tiny's settings turn off
                 },
             )
         )

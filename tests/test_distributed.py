@@ -1,6 +1,7 @@
 """Real multi-process training on localhost: MultiWorkerMirroredStrategy and Horovod (gloo), CPU.
 The two-process runs are the session's references (tests/reference_runs.py), which tests/test_preemption.py
-stops and resumes; a worker killed outright is tests/journeys/test_distributed.py's."""
+stops and resumes; a worker killed outright, with BatchNorm, precise BN, dropout, MixUp/CutMix,
+RandAugment and EMA on (replicas in sync), is tests/journeys/test_distributed.py's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference_runs as runs
 
 pytestmark = pytest.mark.slow
 
@@ -52,36 +52,3 @@ def test_multiworker_two_processes(references):
 
 def test_horovod_two_processes(references):
     check_distributed_run(references.run_dir("horovod"), "horovod", references.run_dir("single"))
-
-
-# BatchNorm with precise BN, dropout, MixUp/CutMix, RandAugment and EMA, all at once: the replicas
-# cannot match a single process (each normalises its own batch), but they must match each other.
-RECIPES = [
-    "--set",
-    "model.cnn.batch_norm=true",
-    "--set",
-    "model.cnn.dropout=0.1",
-    "--set",
-    "train.precise_bn.enabled=true",
-    "--set",
-    "data.augment.mixup=0.4",
-    "--set",
-    "data.augment.cutmix=1.0",
-    "--set",
-    "train.ema.decay=0.9",
-    "--set",
-    "data.augment.randaugment.num_ops=2",
-    "--set",
-    "train.label_smoothing=0.1",
-]
-
-
-@pytest.mark.parametrize("launcher", ["multiworker", "horovod"])
-def test_recipes_keep_replicas_in_sync(launcher: str, references):
-    run = f"runs/{launcher}-recipes"
-    proc = runs.run(runs.COMMANDS[launcher](run) + RECIPES + ["--epochs", "1"], references.home)
-    assert proc.returncode == 0, runs.failure(proc.stdout + proc.stderr)
-    summary = json.loads((references.home / run / "run.json").read_text())
-    assert summary["world_size"] == 2
-    assert summary["replicas_in_sync"] is True  # weights and BatchNorm statistics, bit for bit
-    assert np.isfinite(json.loads((references.home / run / "report.json").read_text())["loss"])

@@ -194,8 +194,9 @@ NAMES_INSIDE = {
 def test_an_output_named_with_the_formats_suffix_is_that_file(fmt, name, run_and_pixels, tmp_path):
     """``imgtrain export --format tflite --output m.tflite`` (as a user types it, from their
     folder) writes m.tflite, which the format's own reader opens in a process without imgtrain;
-    the class names are inside the file where the format has a place for them."""
-    run, pixels, expected = run_and_pixels
+    the class names are inside the file where the format has a place for them. (That each
+    format's file predicts what the run's model does: the test above.)"""
+    run, pixels, _ = run_and_pixels
     cmd = [sys.executable, "-m", "imgtrain", "export", "--run", os.path.relpath(run, tmp_path)]
     for given in (["--format", fmt], []):  # twice: the second replaces the first, its format read from the name
         proc = subprocess.run(
@@ -204,9 +205,6 @@ def test_an_output_named_with_the_formats_suffix_is_that_file(fmt, name, run_and
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.startswith(f"{fmt}: {name} (")  # the path as the user gave it
     assert (tmp_path / name).is_file()
-    top, sums = read_outside(fmt, tmp_path / name, pixels)
-    assert top == expected
-    np.testing.assert_allclose(sums, 1.0, atol=1e-3)
     beside = sorted(p.name for p in tmp_path.iterdir())
     if fmt == "keras":  # a .keras file keeps no metadata of its own: NAME.class_names.json beside it
         names = name.replace(".keras", ".class_names.json")

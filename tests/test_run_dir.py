@@ -462,6 +462,7 @@ def test_a_finished_run_is_replaced_only_when_asked(two_epochs, tmp_path, capsys
     # --overwrite can leave nothing of the earlier run: everything a run writes is in rundir.OUTPUTS
     written = {p.name for p in run.iterdir()} - {rundir.DATA_CACHE, rundir.LOCK}
     assert written <= set(rundir.OUTPUTS), written - set(rundir.OUTPUTS)
+    assert rundir.SAVED_MODEL not in written and rundir.MODEL in written  # tiny's export.saved_model=false
     with pytest.raises(UserError, match=r"holds a run trained with model.cnn.filters.*or --overwrite to replace it"):
         train_run(small(images, run, ONE_STEP + ("train.epochs=2", "model.cnn.filters=[4]")), progress=False)
     shutil.rmtree(run / "checkpoints")

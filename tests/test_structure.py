@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "imgtrain"
@@ -14,8 +15,22 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _parse(path: Path) -> ast.Module:
+    """``ast.parse``, again if CPython 3.11's AST constructor miscounts its depth: its counter is
+    shared by the interpreter's threads, and a thread left by an earlier test in this worker
+    (TensorFlow's, a tracker's) can move it meanwhile (python/cpython#106905)."""
+    for _attempt in range(4):
+        try:
+            return ast.parse(path.read_text(), str(path))
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc):
+                raise
+    return ast.parse(path.read_text(), str(path))
+
+
+@functools.cache
 def _modules() -> dict[str, ast.Module]:
-    return {_module_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
+    return {_module_name(p): _parse(p) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:

@@ -11,6 +11,8 @@ SETTINGS = {
     "data.image_size": [16, 16],
     "model.cnn.filters": [8, 16],
     "model.cnn.convs_per_block": 1,
+    # The run's SavedModel (about 3 s of tracing per run) only where a test reads it.
+    "export.saved_model": False,
 }
 
 

@@ -8,7 +8,6 @@ from typing import Optional
 
 import psutil
 
-LAUNCHER_ITSELF = -1  # as a rank: the launcher, the process the test started
 ITS_GROUP = -2  # as a rank: the launcher's whole process group, as a terminal's Ctrl-C reaches it
 
 
@@ -28,10 +27,8 @@ def rank_of(process: psutil.Process) -> Optional[int]:
 
 
 def worker(launcher_pid: int, rank: int) -> psutil.Process:
-    """The imgtrain process of ``rank`` under a launcher, or the launcher itself (LAUNCHER_ITSELF)."""
+    """The imgtrain process of ``rank`` under a launcher."""
     top = psutil.Process(launcher_pid)
-    if rank == LAUNCHER_ITSELF:
-        return top
     for process in [top, *top.children(recursive=True)]:
         if rank_of(process) == rank:
             return process

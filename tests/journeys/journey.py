@@ -164,19 +164,6 @@ def fingerprint(run_dir: Path) -> int:
     return json.loads((run_dir / "run.json").read_text())["replica_weight_fingerprints"][0]
 
 
-def checkpoint_named(run_dir: Path, number: int) -> Callable[[str], bool]:
-    """True once the run's checkpoint index names checkpoint ``number`` (it is complete on disk)."""
-    index = run_dir / "checkpoints" / "checkpoint"
-
-    def when(_out: str) -> bool:
-        try:
-            return f'"ckpt-{number}"' in index.read_text()
-        except OSError:
-            return False
-
-    return when
-
-
 def make_home(path: Path, per_class: int = 16) -> Path:
     """A user's folder: ``.venv``, ``launch/`` and ``per_class`` generated photos of each class
     in ``photos/`` (none, and no folder, for 0)."""
