@@ -32,6 +32,9 @@ trap 'rm -rf "$work"' EXIT
 tar -xzf "$work/horovod-${VERSION}.tar.gz" -C "$work"
 src="$work/horovod-${VERSION}"
 sed -i '/xla_mpi_ops\.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
+# Release (-O3) instead of its default RelWithDebInfo (-O2 -g): no debug info, which nobody here reads, and
+# the build takes 193 s instead of 241 on 2 cores (setup.py build_ext, measured side by side).
+sed -i "s/else 'RelWithDebInfo'/else 'Release'/" "$src/setup.py"
 
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 if command -v mpicxx >/dev/null || command -v mpicc >/dev/null; then
