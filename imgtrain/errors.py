@@ -1,14 +1,19 @@
-"""The one exception type a user can cause.
+"""The exceptions a run ends with on purpose, and their exit codes.
 
 Anything the person running imgtrain can fix themselves (a wrong path, a typo
 in a config key, an image that will not decode) is raised as ``UserError``
 where it is detected. The CLI prints it once, on one line, and exits with
-code 2; every other exception is a bug and keeps its traceback.
+code 2. A worker whose collective failed because another worker is gone raises
+``PeerLost``: one line, exit 138, which schedulers retry. Every other exception
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+# 128 + SIGUSR1: Kubeflow's ExitCode restart policy retries 128 and above, and names 138 the
+# user's own retryable error; the Indexed Job and JobSet overlays ignore it as a preemption.
+EXIT_PEER_LOST = 138
 
 
 class UserError(Exception):
@@ -17,3 +22,8 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         # Collapse to a single line: the CLI contract is one line per error.
         super().__init__(" ".join(str(message).split()))
+
+
+class PeerLost(Exception):
+    """Another worker is gone (its node crashed, its pod was killed) and this one's collective
+    failed: neither this worker's fault nor the input's. The last complete checkpoint stands."""

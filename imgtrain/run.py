@@ -22,7 +22,7 @@ from imgtrain.config import Config
 from imgtrain.data import fingerprint, resampler
 from imgtrain.data import source as data_source
 from imgtrain.data.source import DataSource
-from imgtrain.errors import UserError
+from imgtrain.errors import PeerLost, UserError
 from imgtrain.evaluate import plots
 from imgtrain.evaluation import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
@@ -77,7 +77,17 @@ def train_run(
             if chief:
                 rundir.clear(run_dir, say)
             dist.agree(True)  # a barrier: no worker looks for checkpoints while the chief removes them
-        return _train_locked(cfg, run_dir, dist, progress, say, t_start)
+        try:
+            return _train_locked(cfg, run_dir, dist, progress, say, t_start)
+        except Exception as exc:
+            gone = dist.lost_peer(exc)
+            if gone is None:
+                raise
+            raise PeerLost(
+                f"worker {dist.rank} of {dist.world_size} lost {gone}, which stopped answering (a crashed node or "
+                f"a killed process); the last complete checkpoint in {run_dir} stands: start every worker again "
+                "with the same command to resume"
+            ) from None
 
 
 def _train_locked(

@@ -134,3 +134,55 @@ def test_every_cluster_kind_has_a_builder():
     from imgtrain.train.cluster import BUILDERS
 
     assert set(CLUSTERS) == {"auto", "none", *BUILDERS}
+
+
+# What each strategy's collectives raise when another worker is gone (as measured: MWMS's
+# coordination service after a peer's SIGKILL, Horovod's ops after a rank left).
+LOST = {
+    "multiworker": (
+        "Graph execution error:\n\nCollective ops is aborted by: Error reported from /job:worker/task:1: "
+        "The following tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1",
+        "worker 1",
+    ),
+    "horovod": (
+        "Graph execution error:\n\nHorovod has been shut down. This was caused by an exception on one of the ranks",
+        "another worker",
+    ),
+}
+
+
+@pytest.mark.parametrize("strategy", list(LOST))
+def test_a_lost_peer_is_its_own_exit_code_and_one_line(strategy, monkeypatch, capsys, tmp_path):
+    """A worker whose collective failed because another worker vanished (a node crash: no
+    SIGTERM, no launcher) exits 138, which the Kubernetes overlays retry without counting it
+    (k8s/), with one line that says so; any other error is left alone."""
+    import tensorflow as tf
+
+    from imgtrain import cli, run
+    from imgtrain.errors import EXIT_PEER_LOST
+    from imgtrain.train import distribution
+
+    message, gone = LOST[strategy]
+    kind = distribution.MultiWorker if strategy == "multiworker" else distribution.Horovod
+    error = (tf.errors.UnavailableError if strategy == "multiworker" else tf.errors.UnknownError)(None, None, message)
+    assert kind.lost_peer(None, error) == gone
+    assert kind.lost_peer(None, tf.errors.InvalidArgumentError(None, None, "Incompatible shapes")) is None
+    assert distribution.SingleDevice().lost_peer(error) is None
+
+    class Worker(distribution.SingleDevice):  # worker 0 of 2, whose step fails as measured
+        rank, world_size, is_chief = 0, 2, True
+
+        def lost_peer(self, exc):
+            return kind.lost_peer(self, exc)
+
+    def step_fails(*_args):
+        raise error
+
+    monkeypatch.setattr(run, "_train_locked", step_fails)
+    monkeypatch.setattr(run, "make_distribution", lambda _name: Worker())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    assert cli.main(["train", "--data", "photos", "--output", "runs/x"]) == EXIT_PEER_LOST == 138
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"imgtrain: worker 0 of 2 lost {gone}, which stopped answering") and "\n" not in err, err
+    assert "start every worker again with the same command" in err

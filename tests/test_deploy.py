@@ -13,6 +13,7 @@ import copy
 import functools
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import tomllib
 import yaml
 
 from imgtrain.config import Config
+from imgtrain.errors import EXIT_PEER_LOST
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -322,14 +324,33 @@ def test_trainer_v2_crd_check_catches_a_wrong_field():
         jsonschema.validate(bad, crd_schema("trainer.kubeflow.org", "TrainingRuntime", "v1alpha1"))
 
 
+# Exit codes that are not the job's failure: stopped by SIGTERM (a preemption), a peer lost.
+NOT_FAILURES = {128 + signal.SIGTERM, EXIT_PEER_LOST}
+
+
+def not_counted(policy: dict, action: str) -> set[int]:
+    """The exit codes a podFailurePolicy answers with ``action``."""
+    return {
+        code
+        for rule in policy["rules"]
+        if rule["action"] == action
+        for code in rule.get("onExitCodes", {}).get("values", [])
+    }
+
+
 def test_restart_settings_resume_from_checkpoints(rendered):
     _, docs = rendered
     for doc in docs:
         if doc["kind"] == "Job":  # a failed pod is replaced with its index (podFailurePolicy needs Never)
             assert doc["spec"]["template"]["spec"]["restartPolicy"] == "Never"
             assert doc["spec"]["backoffLimit"] > 0
+            assert not_counted(doc["spec"]["podFailurePolicy"], "Ignore") >= NOT_FAILURES
         elif doc["kind"] == "TrainingRuntime":  # JobSet: the whole set is recreated on a failure
             assert doc["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] > 0
+            if doc["metadata"]["name"] == "imgtrain-multiworker":  # (the MPI runtime: mpirun stops every rank)
+                (node,) = doc["spec"]["template"]["spec"]["replicatedJobs"]
+                # FailJob by the pod failure policy: a restart the JobSet's failurePolicy does not count
+                assert not_counted(node["template"]["spec"]["podFailurePolicy"], "FailJob") >= NOT_FAILURES
         elif doc["kind"] in ("TFJob", "MPIJob"):
             assert doc["spec"]["runPolicy"]["backoffLimit"] > 0
             specs = doc["spec"].get("tfReplicaSpecs") or doc["spec"]["mpiReplicaSpecs"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_runs as runs
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +53,52 @@ def test_multiworker_two_processes(references):
 
 def test_horovod_two_processes(references):
     check_distributed_run(references.run_dir("horovod"), "horovod", references.run_dir("single"))
+
+
+def test_a_worker_whose_peer_vanished_exits_138_in_one_line(tmp_path: Path) -> None:
+    """Two workers started as a Kubernetes Indexed Job starts them (TF_CONFIG each, no launcher
+    to stop the rest): worker 1 SIGKILLed after the first checkpoint, as when its node crashes.
+    Worker 0 leaves within a minute with exit 138, which the overlays retry without counting,
+    and one line: no traceback. (That the same command resumes after a lost worker:
+    tests/journeys/test_distributed.py.)"""
+    import importlib.util
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_folder
+
+    spec = importlib.util.spec_from_file_location("multiworker_launcher", runs.LAUNCHER)
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    write_folder(tmp_path / "photos", per_class=40, size=16)
+    hosts = [f"127.0.0.1:{port}" for port in launcher.free_ports(2, "127.0.0.1")]
+    cmd = [sys.executable, "-m", "imgtrain", *runs.train("runs/x", epochs=4)]
+    workers = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env={**runs.env(), "TF_CONFIG": launcher.tf_config(hosts, i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    index = tmp_path / "runs/x/checkpoints/checkpoint"
+    try:
+        deadline = time.monotonic() + 300
+        while not (index.exists() and '"ckpt-1"' in index.read_text()):
+            assert workers[0].poll() is None and time.monotonic() < deadline, workers[0].communicate()
+            time.sleep(0.05)
+        workers[1].kill()
+        killed = time.monotonic()
+        out, err = workers[0].communicate(timeout=120)
+    finally:
+        for w in workers:
+            w.kill()
+    assert time.monotonic() - killed < 60
+    assert workers[0].returncode == 138, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("imgtrain: worker 0 of 2 lost worker 1, which stopped answering"), err[-3000:]

@@ -93,16 +93,15 @@ def weights(run_dir: Path) -> list[np.ndarray]:
     [
         ("multiworker", 1, signal.SIGTERM),
         ("multiworker", ITS_GROUP, signal.SIGINT),
-        ("horovod.sh", 1, signal.SIGTERM),
+        ("horovod.sh", ITS_GROUP, signal.SIGINT),
     ],
     ids=lambda v: v.name if isinstance(v, signal.Signals) else {ITS_GROUP: "group"}.get(v, str(v)),
 )
 def test_told_to_stop_mid_epoch_then_the_same_command(references, launcher: str, rank: int, sig: int) -> None:
-    """A signal to one worker (the others learn it from the agreement, over MWMS's collectives
-    and Horovod's), or to the launcher's process group (a terminal's Ctrl-C; the launcher
-    passes it on, as it passes on the SIGTERM Kubernetes sends the launcher alone, under either
-    launcher: tests/test_launcher.py). (A single process, stopped at every moment of its run:
-    the crash-point sweep below.)"""
+    """A signal to one worker (the other learns it from the agreement), or to the launcher's
+    process group (a terminal's Ctrl-C; the launcher passes it on, as it passes on the SIGTERM
+    Kubernetes sends the launcher alone, under either launcher: tests/test_launcher.py). (A
+    single process, stopped at every moment of its run: the crash-point sweep below.)"""
     home, make = references.home, COMMANDS[launcher]
     whole = references.run_dir(launcher.removesuffix(".sh"))  # horovod.sh runs horovodrun: the same weights
 

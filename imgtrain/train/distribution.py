@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -146,6 +147,11 @@ class Distribution:
     def after_save(self, save_dir: Path) -> None:
         """Clean up after a save (non-chief MultiWorker copies are throw-away)."""
 
+    def lost_peer(self, exc: BaseException) -> Optional[str]:
+        """Which worker ``exc`` says is gone ("worker 1", or "another worker"), or None: ``exc``
+        is not a collective that failed for a missing peer. One process has no peers."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "strategy": self.name,
@@ -234,6 +240,14 @@ class MultiWorker(_Distributed):
         if not self.is_chief:
             shutil.rmtree(save_dir, ignore_errors=True)
 
+    def lost_peer(self, exc: BaseException) -> Optional[str]:
+        # The coordination service marks a task that stopped sending heartbeats as unhealthy and
+        # aborts every collective with UNAVAILABLE ("Collective ops is aborted by: ...").
+        if not isinstance(exc, tf.errors.UnavailableError) and "Collective ops is aborted" not in str(exc):
+            return None
+        task = re.search(r"/job:(?:worker|chief)/(?:replica:\d+/)?task:(\d+)", str(exc))
+        return f"worker {task.group(1)}" if task else "another worker"
+
 
 class Horovod(Distribution):
     """One process per device under ``horovodrun``; rank 0 checkpoints and broadcasts."""
@@ -295,6 +309,11 @@ class Horovod(Distribution):
 
     def checkpoint_restore_dir(self, run_dir: Path) -> Optional[Path]:
         return run_dir / rundir.CHECKPOINTS if self.is_chief else None
+
+    def lost_peer(self, exc: BaseException) -> Optional[str]:
+        # A rank gone shuts Horovod's background loop down; every later op fails with this.
+        gone = type(exc).__name__ == "HorovodInternalError" or "Horovod has been shut down" in str(exc)
+        return "another worker" if gone else None
 
 
 def tf_config() -> dict:
