@@ -9,6 +9,7 @@ exits with the worker's code (a signal -N as 128 + N, as a shell reports it).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -30,6 +31,9 @@ def main() -> int:
     from horovod.runner.launch import run_commandline
 
     _die_with_parent()
+    # The workers are told that stop signals come from launch/horovod.sh, which waits for them,
+    # so they do not warn about horovodrun's own 5 s limit (imgtrain/train/distribution.py).
+    os.environ["IMGTRAIN_STOP_FORWARDED"] = "1"
 
     try:
         run_commandline()

@@ -188,6 +188,38 @@ def test_sigterm_outside_training_is_one_line_and_exit_143(handlers, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # called from Python: the caller's handlers back
 
 
+def test_a_stop_that_cannot_fit_horovodruns_five_seconds_is_said_once(monkeypatch) -> None:
+    """Under horovodrun alone (not launch/horovod.sh) a stop has 5 s before the kill: the first
+    epoch's timing says when the step checks and the checkpoint need more, and what fits."""
+    from types import SimpleNamespace
+
+    from imgtrain.train.distribution import STOP_FORWARDED, Horovod
+    from imgtrain.train.loop import TrainLoop
+
+    budget = Horovod.stop_budget_seconds.fget
+    monkeypatch.delenv("HOROVOD_HOSTNAME", raising=False)
+    monkeypatch.delenv(STOP_FORWARDED, raising=False)
+    monkeypatch.setenv("HOROVOD_GLOO_RENDEZVOUS_ADDR", "127.0.0.1")
+    assert budget(None) == 5.0  # horovodrun's own
+    monkeypatch.setenv(STOP_FORWARDED, "1")
+    assert budget(None) is None  # launch/horovod.sh waits for the workers
+    said: list[str] = []
+    loop = SimpleNamespace(
+        dist=SimpleNamespace(stop_budget_seconds=5.0), data=SimpleNamespace(steps_per_epoch=10), signal_check_every=10
+    )
+    loop.log = said.append
+    TrainLoop._warn_if_a_stop_outlasts_the_launcher(loop, epoch_seconds=6.0, save_seconds=1.0)  # 10 x 0.6 + 1
+    (line,) = said
+    assert "takes up to 7.0 s (10 steps of 0.60 s, then a 1.0 s checkpoint)" in line, line
+    assert line.endswith(
+        "launch/horovod.sh, which waits for the checkpoint, or set train.checkpoint.stop_check_steps=6"
+    )
+    TrainLoop._warn_if_a_stop_outlasts_the_launcher(loop, epoch_seconds=3.0, save_seconds=1.0)  # 10 x 0.3 + 1: fits
+    loop.dist.stop_budget_seconds = None
+    TrainLoop._warn_if_a_stop_outlasts_the_launcher(loop, epoch_seconds=60.0, save_seconds=9.0)  # no such launcher
+    assert len(said) == 1
+
+
 # A command whose work leaves behind an object that is signalled while it is finalized (the
 # garbage collector runs finalizers wherever the main thread is: TensorFlow's objects have many).
 FINALIZED_MID_SIGNAL = """

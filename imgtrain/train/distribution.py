@@ -33,6 +33,10 @@ from imgtrain import rundir
 from imgtrain.data.pipeline import Shard
 from imgtrain.errors import UserError
 
+HOROVODRUN_GRACE_SECONDS = 5.0
+# Set by launch/horovod_run.py for its workers: stop signals reach them from launch/horovod.sh,
+# never horovodrun's kill 5 s after its own SIGTERM.
+STOP_FORWARDED = "IMGTRAIN_STOP_FORWARDED"
 HOROVOD_ENV = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
@@ -146,6 +150,12 @@ class Distribution:
 
     def after_save(self, save_dir: Path) -> None:
         """Clean up after a save (non-chief MultiWorker copies are throw-away)."""
+
+    @property
+    def stop_budget_seconds(self) -> Optional[float]:
+        """How long the launcher waits, after passing a stop on, before it kills the workers,
+        when it waits less than a stop needs to be counted on; None: the grace is the user's."""
+        return None
 
     def lost_peer(self, exc: BaseException) -> Optional[str]:
         """Which worker ``exc`` says is gone ("worker 1", or "another worker"), or None: ``exc``
@@ -309,6 +319,14 @@ class Horovod(Distribution):
 
     def checkpoint_restore_dir(self, run_dir: Path) -> Optional[Path]:
         return run_dir / rundir.CHECKPOINTS if self.is_chief else None
+
+    @property
+    def stop_budget_seconds(self) -> Optional[float]:
+        # horovodrun alone answers a signal by passing SIGTERM on and killing every worker 5 s
+        # later (its GRACEFUL_TERMINATION_TIME_S); launch/horovod.sh passes signals on itself.
+        started_by_horovodrun = "HOROVOD_GLOO_RENDEZVOUS_ADDR" in os.environ or "HOROVOD_HOSTNAME" in os.environ
+        forwarded = os.environ.get(STOP_FORWARDED) == "1"
+        return HOROVODRUN_GRACE_SECONDS if started_by_horovodrun and not forwarded else None
 
     def lost_peer(self, exc: BaseException) -> Optional[str]:
         # A rank gone shuts Horovod's background loop down; every later op fails with this.

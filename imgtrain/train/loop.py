@@ -437,6 +437,24 @@ class TrainLoop:
         bar.close()
         return sums, time.perf_counter() - start
 
+    def _warn_if_a_stop_outlasts_the_launcher(self, epoch_seconds: float, save_seconds: float) -> None:
+        """Once, from the first epoch's timing: a launcher that kills its workers soon after
+        passing a stop on (horovodrun alone: 5 s) would kill them before the checkpoint."""
+        budget = self.dist.stop_budget_seconds
+        step = epoch_seconds / max(1, self.data.steps_per_epoch)
+        needs = self.signal_check_every * step + save_seconds
+        if budget is None or needs <= budget:
+            return
+        advice = "start with launch/horovod.sh, which waits for the checkpoint"
+        fits = int((budget - save_seconds) / max(step, 1e-9))
+        if fits >= 1:
+            advice += f", or set train.checkpoint.stop_check_steps={fits}"
+        self.log(
+            f"warning: horovodrun kills its workers {budget:g} s after it passes a stop on, and a stop here "
+            f"takes up to {needs:.1f} s ({self.signal_check_every} steps of {step:.2f} s, then a "
+            f"{save_seconds:.1f} s checkpoint): {advice}"
+        )
+
     def _end_epoch_or_stop(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
         """``_end_epoch``; a stop agreed meanwhile abandons it (its BatchNorm statistics put back)
         and saves the epoch as trained, its end pending: the resume runs the end, not the steps."""
@@ -575,7 +593,10 @@ class TrainLoop:
             # The row before the checkpoint that counts the epoch: a kill between the two leaves a
             # row past the checkpoint, which the resume drops and writes again, never a lost one.
             self._write_history(rows)
+            saved_at = time.perf_counter()
             self.store.save()
+            if epoch == start_epoch:
+                self._warn_if_a_stop_outlasts_the_launcher(seconds, time.perf_counter() - saved_at)
             for listener in listeners:
                 listener.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
