@@ -293,8 +293,12 @@ def test_mixed_precision_and_xla_train(tmp_path):
     keras.mixed_precision.set_global_policy("float32")
 
 
-def test_tfds_source_with_mock_data(tmp_path):
+def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
+
+    from imgtrain.data import tfds_source
+
+    monkeypatch.setattr(tfds_source, "_check_reachable", lambda *_: None)  # mock_data stands in for the network
 
     run = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=24):
@@ -340,3 +344,26 @@ def test_a_tfds_dataset_not_downloaded_with_download_off_says_so(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0, err
     assert "is not prepared in" in err and "data.tfds.download=true" in err and "_split" not in err
+
+
+def test_a_tfds_download_without_network_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    """No network (here: every request through a proxy whose port is closed): one line naming
+    the host that did not answer, in seconds, not after TFDS's retries (218 s) and urllib3's
+    warnings."""
+    import socket
+    import time
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens once it is closed
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    started = time.monotonic()
+    rc = main(["train", "--data", "tfds:mnist", "--output", str(tmp_path / "run"), "--no-progress", "--set",
+               f"data.tfds.data_dir={tmp_path / 'empty'}"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "cannot be downloaded: storage.googleapis.com did not answer" in err and "data.tfds.data_dir" in err, err
+    assert time.monotonic() - started < 30

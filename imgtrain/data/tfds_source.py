@@ -8,8 +8,13 @@ be prepared, and that is said plainly instead of as a download traceback.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import tensorflow as tf
 
@@ -35,8 +40,12 @@ def load_tfds(name: str, cfg: TfdsConfig) -> TfdsData:
             f"unknown TFDS dataset '{name}' ({type(exc).__name__}); check the name at tensorflow.org/datasets/catalog"
         ) from None
     try:
-        if cfg.download:
-            builder.download_and_prepare()
+        if cfg.download and not builder.is_prepared():
+            _check_reachable(name, cfg)
+            with _quiet_retries():
+                builder.download_and_prepare()
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"TFDS dataset '{name}' is not in {cfg.data_dir or '~/tensorflow_datasets'} and could not be downloaded "
@@ -74,6 +83,40 @@ def load_tfds(name: str, cfg: TfdsConfig) -> TfdsData:
         splits[role] = ds
         counts[role] = _count(builder, split, ds)
     return TfdsData(name, names, splits, counts)
+
+
+# TFDS fetches a prepared dataset from this bucket first (then the dataset's own URLs). Without
+# network access its retries (GCS's, then urllib3's) took 218 s before the download failed.
+PROBE_URL = "https://storage.googleapis.com/tfds-data/"
+PROBE_SECONDS = 10.0
+
+
+def _check_reachable(name: str, cfg: TfdsConfig) -> None:
+    """One request, proxies from the environment honoured, before TFDS's retries: any HTTP
+    answer will do; no answer is one line now."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(PROBE_URL, method="HEAD"), timeout=PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return  # the host answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"TFDS dataset '{name}' is not in {cfg.data_dir or '~/tensorflow_datasets'} and cannot be downloaded: "
+            f"{urllib.parse.urlsplit(PROBE_URL).netloc} did not answer ({reason}); run once with network access "
+            "(HTTPS_PROXY is honoured) or set data.tfds.data_dir to a prepared copy"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """urllib3 logs each retry as a warning; the outcome is said once, by this module."""
+    logger = logging.getLogger("urllib3")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _count(builder, split: str, ds: tf.data.Dataset) -> int:
