@@ -1,7 +1,7 @@
 """Real multi-process training on localhost: MultiWorkerMirroredStrategy and Horovod (gloo), CPU.
 The two-process runs are the session's references (tests/reference_runs.py), which tests/test_preemption.py
-stops and resumes; a worker killed outright, with BatchNorm, precise BN, dropout, MixUp/CutMix,
-RandAugment and EMA on (replicas in sync), is tests/journeys/test_distributed.py's."""
+stops and resumes; a worker killed outright, with BatchNorm, precise BN, EMA and dropout on
+(replicas in sync), is tests/journeys/test_distributed.py's."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Journey: the README's multi-process commands on this host, with a relative --output: each
 finishes; a worker killed mid-run, then the same command again, resumes and finishes, with
-every per-replica recipe on and the replicas in sync. The
+every recipe that keeps state per replica on and the replicas in sync. The
 multi-worker one also tracks with ``--mlflow`` into MLflow's default local store: one MLflow
 run across the kill and the resume, logged by the chief alone, which the README's ``mlflow ui``
 command then serves. (``launch/horovod.sh``, which runs horovodrun, trains, stops and resumes
@@ -35,10 +35,11 @@ HOROVODRUN = readme.command("horovodrun -np 4 -H localhost:4 imgtrain train --co
 LAUNCHERS = {"horovodrun": HOROVODRUN, "multiworker.py": f"{MULTIWORKER} --mlflow"}
 UI = readme.command(".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
 REPORT_FILES = {"report.html", "report.json", "curves.png", "history.csv"}
-# Every recipe that keeps state per replica or draws per example at once: BatchNorm (with its
-# statistics re-estimated, precise BN), dropout, MixUp/CutMix, RandAugment, EMA weights, label
-# smoothing. The two replicas cannot match a single process (each normalises its own batch),
-# but they must match each other, bit for bit, across the kill and the resume.
+# Every recipe that keeps state per replica: BatchNorm (with its statistics re-estimated,
+# precise BN), EMA weights, and dropout's masks. The two replicas cannot match a single process
+# (each normalises its own batch), but they must match each other, bit for bit, across the kill
+# and the resume. (What is drawn per example, MixUp/CutMix and RandAugment, is summed away by
+# the gradients' all-reduce; their resume is tests/test_resume.py's, in-process.)
 CONFIG = tiny.merged(
     tiny.config(),
     {
@@ -46,7 +47,7 @@ CONFIG = tiny.merged(
         "output": "runs/x",
         "data": {
             "path": "photos/",
-            "augment": {"rotation": 10, "mixup": 0.4, "cutmix": 1.0, "randaugment": {"num_ops": 2}},
+            "augment": {"rotation": 10},
         },
         "model": {"name": "cnn", "cnn": {"batch_norm": True, "dropout": 0.1}},
         "train": {
@@ -55,7 +56,6 @@ CONFIG = tiny.merged(
             "checkpoint": {"every_steps": 2},
             "precise_bn": {"enabled": True},
             "ema": {"decay": 0.9},
-            "label_smoothing": 0.1,
         },
     },
 )
