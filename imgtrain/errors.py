@@ -11,8 +11,8 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
-# 128 + SIGUSR1: Kubeflow's ExitCode restart policy retries 128 and above, and names 138 the
-# user's own retryable error; the Indexed Job and JobSet overlays ignore it as a preemption.
+# 128 + SIGUSR1, a signal no launcher here sends: Kubeflow's ExitCode restart policy retries
+# 128 and above (below is permanent); the Indexed Job and JobSet overlays ignore it as a preemption.
 EXIT_PEER_LOST = 138
 
 
