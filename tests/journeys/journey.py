@@ -251,11 +251,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> User:
 
 
 def bench_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict]:
-    """The README's ``imgtrain bench`` with ``--quick`` (every figure at tiny sizes) from a
-    user's folder: what it printed, and the figures its ``--json`` wrote. tests/conftest.py's
-    ``bench_quick`` fixture runs it once per session for the journey and tests/test_bench.py."""
+    """The README's ``imgtrain bench`` with ``--quick`` (every figure at tiny sizes) and the XLA
+    and mixed-precision figures from a user's folder: what it printed, and the figures its
+    ``--json`` wrote. tests/conftest.py's ``bench_quick`` fixture runs it once per session for
+    the journey and tests/test_bench.py."""
     u = User(make_home(tmp_path_factory.mktemp("bench") / "home", per_class=0))
-    result = u.ok(readme.command(".venv/bin/imgtrain bench") + " --quick --json bench.json", timeout=900)
+    options = " --quick --jit-compile --mixed-precision --json bench.json"
+    result = u.ok(readme.command(".venv/bin/imgtrain bench") + options, timeout=900)
     return result, json.loads((u.cwd / "bench.json").read_text())
 
 
