@@ -120,6 +120,7 @@ def _main(argv: Optional[Sequence[str]], own: bool) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    line = ""
     try:
         stop.install_default()
         _import_tensorflow_quietly()
@@ -128,12 +129,10 @@ def _main(argv: Optional[Sequence[str]], own: bool) -> int:
         if own:
             stop.leaving()
         code, line = _failed(args, exc)
-        if own:
-            stop.exiting(code)
-        print(line, file=sys.stderr)
-        return code
     if own:
         stop.exiting(code)
+    if line:
+        print(line, file=sys.stderr)
     return code
 
 
