@@ -33,12 +33,12 @@ COPY configs ./configs
 # Behind a TLS-intercepting proxy, pass its CA bundle as a build secret (never stored in a
 # layer): --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt
 # The second install is the project itself from /src, whose dependencies pyproject.toml pins;
-# the mlflow extra makes --mlflow work in the image as on a laptop.
+# the mlflow extra makes --mlflow work in the image as on a laptop, s3 and gcs its bucket URLs.
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && pip install pip==24.3.1 setuptools==75.8.0 wheel==0.45.1 \
-    && pip install ".[${VARIANT},mlflow]"
+    && pip install ".[${VARIANT},mlflow,s3,gcs]"
 # NCCL's headers and library come with tensorflow[and-cuda]'s nvidia-nccl wheel.
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from imgtrain import __version__, stop
 from imgtrain.commands import COMMANDS
-from imgtrain.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, PeerLost, UserError
+from imgtrain.errors import EXIT_NOT_UPLOADED, EXIT_PEER_LOST, EXIT_USER_ERROR, NotUploaded, PeerLost, UserError
 
 _IMPORT_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -149,6 +149,8 @@ def _failed(args: argparse.Namespace, exc: BaseException) -> tuple[int, str]:
         return EXIT_USER_ERROR, f"imgtrain: error: {exc}"
     if isinstance(exc, PeerLost):
         return EXIT_PEER_LOST, f"imgtrain: {exc}"
+    if isinstance(exc, NotUploaded):
+        return EXIT_NOT_UPLOADED, f"imgtrain: {exc}"
     where = disk_full(exc) if isinstance(exc, Exception) else None
     if where is None:
         raise exc

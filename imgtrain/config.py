@@ -27,6 +27,7 @@ import yaml
 from imgtrain import atomic
 from imgtrain.config_parse import apply_override, from_dict, read_yaml
 from imgtrain.errors import UserError
+from imgtrain.storage import urls
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "ftrl")
 SCHEDULES = ("constant", "step", "cosine", "plateau")
@@ -562,7 +563,8 @@ class Config:
                 section = getattr(section, name)
             value = getattr(section, leaf)
             text = str(value or "")
-            if text and not text.startswith("tfds:") and text.lower() not in NOT_A_PATH:
+            urls.check(text, key)  # a bucket URL stays as written; another scheme is refused
+            if text and not text.startswith("tfds:") and text.lower() not in NOT_A_PATH and not urls.is_url(text):
                 setattr(section, leaf, os.path.normpath(base / Path(str(value)).expanduser()))
         self.tracking.uri = absolute_tracking_uri(self.tracking.uri, base)
         return self

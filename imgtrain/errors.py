@@ -3,7 +3,8 @@
 Anything the person running imgtrain can fix themselves (a wrong path, a typo
 in a config key, an image that will not decode) is raised as ``UserError``
 where it is detected. The CLI prints it once, on one line, and exits with
-code 2. A worker whose collective failed because another worker is gone raises
+code 2. A run that finished but could not reach its bucket raises ``NotUploaded``: one
+line, exit 75 (try again). A worker whose collective failed because another worker is gone raises
 ``PeerLost``: one line, exit 138, which schedulers retry. Every other exception
 is a bug and keeps its traceback.
 """
@@ -14,6 +15,8 @@ EXIT_USER_ERROR = 2
 # 128 + SIGUSR1, a signal no launcher here sends: Kubeflow's ExitCode restart policy retries
 # 128 and above (below is permanent); the Indexed Job and JobSet overlays ignore it as a preemption.
 EXIT_PEER_LOST = 138
+# EX_TEMPFAIL: the run is whole on this machine but not yet in its bucket; the same command uploads it.
+EXIT_NOT_UPLOADED = 75
 
 
 class UserError(Exception):
@@ -27,3 +30,11 @@ class UserError(Exception):
 class PeerLost(Exception):
     """Another worker is gone (its node crashed, its pod was killed) and this one's collective
     failed: neither this worker's fault nor the input's. The last complete checkpoint stands."""
+
+
+class NotUploaded(Exception):
+    """The run's bucket could not be reached at the end: the local copy holds what is missing
+    there, and the same command, run again on this machine, uploads it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Callable
 
 from imgtrain.config import Config
+from imgtrain.data.source import on_disk
 from imgtrain.data.sources import discover, is_tfds
 from imgtrain.data.split import apply_split
 from imgtrain.data.tfrecord import check_output_dir, is_prepared, write_prepared
 from imgtrain.data.validate import validate_catalog
 from imgtrain.errors import UserError
+from imgtrain.storage import urls
 
 
 def prepare_dataset(
@@ -25,11 +27,12 @@ def prepare_dataset(
     if shard_mb <= 0:
         raise UserError(f"--shard-size-mb must be positive, got {shard_mb}")
     output = Path(output)
+    source = cfg.data.path if urls.is_url(cfg.data.path) else str(Path(str(cfg.data.path)).resolve())
     if output.resolve() == Path(str(cfg.data.path)).resolve():
         raise UserError("--output must be a new directory, not the data folder itself")
     check_output_dir(output)
     start = time.time()
-    catalog = discover(cfg.data)
+    catalog = discover(on_disk(cfg, progress).data)  # data in a bucket: its local copy
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
     catalog = validate_catalog(catalog, cfg.data.on_bad_image, output / ".checks", progress=progress)
     converted = sum(1 for e in catalog.examples if "/.checks/converted/" in e.path.replace("\\", "/"))
@@ -38,7 +41,7 @@ def prepare_dataset(
         output,
         shard_mb,
         extra={
-            "source": str(Path(str(cfg.data.path)).resolve()),
+            "source": source,
             "split_seed": cfg.effective_split_seed,
             "fractions": {"train": cfg.data.split.train, "val": cfg.data.split.val, "test": cfg.data.split.test},
             "checks": {

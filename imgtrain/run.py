@@ -27,6 +27,7 @@ from imgtrain.evaluate import plots
 from imgtrain.evaluation import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
 from imgtrain.stop import Stopped
+from imgtrain.storage.runplace import run_place
 from imgtrain.tracking import open_tracker
 from imgtrain.train.assembly import Training, build_training, check_fits_in_memory
 from imgtrain.train.cluster import configure_cluster
@@ -61,37 +62,49 @@ def train_run(
     """Train (or resume), restore the best weights, export, evaluate; return the run summary.
     ``overwrite`` first removes an earlier run's outputs from the run directory (rundir.OUTPUTS)."""
     t_start = time.time()
-    run_dir = Path(cfg.output)
     if dist is None:
         configure_cluster(cfg.train.cluster)
         dist = make_distribution(cfg.train.strategy)
     chief = dist.is_chief
     say = log if chief else (lambda _m: None)
+    place = run_place(cfg.output, dist.rank)  # a bucket run trains in its local copy
+    run_dir = place.local
     rundir.make(run_dir)
     with runlock.hold(run_dir, enabled=chief):
         if chief:
             left = atomic.remove_orphans(run_dir, before=t_start)
             if left:
                 say(f"removed {len(left)} temporary file(s) an interrupted run left in {run_dir}: {', '.join(left)}")
-        if overwrite:
-            if chief:
-                rundir.clear(run_dir, say)
-            dist.agree(True)  # a barrier: no worker looks for checkpoints while the chief removes them
+        if overwrite and chief:
+            rundir.clear(run_dir, say)
+        finished = False
         try:
-            return _train_locked(cfg, run_dir, dist, progress, say, t_start)
+            # a barrier after --overwrite: no worker looks for checkpoints while the chief removes them
+            place.open(chief, (lambda: dist.agree(True)) if overwrite else None, say)
+            result = _train_locked(cfg, run_dir, dist, progress, say, t_start, place.saved)
+            finished = True
+            return result
         except Exception as exc:
             gone = dist.lost_peer(exc)
             if gone is None:
                 raise
             raise PeerLost(
                 f"worker {dist.rank} of {dist.world_size} lost {gone}, which stopped answering (a crashed node or "
-                f"a killed process); the last complete checkpoint in {run_dir} stands: start every worker again "
-                "with the same command to resume"
+                f"a killed process); the last complete checkpoint in {place.shown} stands: start every worker "
+                "again with the same command to resume"
             ) from None
+        finally:
+            place.close(finished)
 
 
 def _train_locked(
-    cfg: Config, run_dir: Path, dist: Distribution, progress: bool, say: Callable[[str], None], t_start: float
+    cfg: Config,
+    run_dir: Path,
+    dist: Distribution,
+    progress: bool,
+    say: Callable[[str], None],
+    t_start: float,
+    on_save: Callable[[], None],
 ) -> dict[str, Any]:
     saved = rundir.resumable_config(run_dir)
     data, warnings = resampler.decide(cfg.data, saved.data.augment.resampler if saved else None, dist.gather)
@@ -102,11 +115,11 @@ def _train_locked(
     _configure_runtime(cfg)
     prep = _run_data(cfg, run_dir, dist, resuming, progress, say, warnings)
     if tracker is None:
-        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [])
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [], on_save)
         return _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     try:
         tracker.start(summary.run_facts(cfg, run_dir, dist))
-        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker])
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker], on_save)
         result = _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     except BaseException as exc:
         # Stopped by a signal (SIGTERM, Ctrl-C) or failed, however late: MLflow says so.
@@ -135,10 +148,11 @@ def _train_and_finish(
     train_seconds = time.time() - t_train
     if not fit.trained and dist.agree(rundir.is_finished(run_dir)):
         say(
-            f"{run_dir} is a finished run ({len(fit.history)} epoch(s)"
+            f"{cfg.output} is a finished run ({len(fit.history)} epoch(s)"
             + (", stopped early" if fit.stopped_early else "")
             + "): nothing to train. "
-            f"'imgtrain evaluate --run {run_dir}' re-evaluates it; a new --output with --warm-start {run_dir} trains on"
+            f"'imgtrain evaluate --run {cfg.output}' re-evaluates it; a new --output with --warm-start {cfg.output} "
+            "trains on"
         )
         return rundir.read_summary(run_dir)
     return _finish(

@@ -137,7 +137,7 @@ def check_resumable(cfg: Config, run_dir: Path) -> bool:
         finished = [name for name in FINISHED if (run_dir / name).exists()]
         if finished:
             raise UserError(
-                f"{run_dir} holds a finished run ({', '.join(finished)}) with no checkpoints to resume from, "
+                f"{cfg.output} holds a finished run ({', '.join(finished)}) with no checkpoints to resume from, "
                 f"and training would replace it; {OVERWRITE_HINT}"
             )
         return False
@@ -152,7 +152,7 @@ def check_resumable(cfg: Config, run_dir: Path) -> bool:
             continue
         if a.get(key) != b.get(key):
             raise UserError(
-                f"{run_dir} holds a run trained with {key}={a.get(key)!r}, not {b.get(key)!r}; "
+                f"{cfg.output} holds a run trained with {key}={a.get(key)!r}, not {b.get(key)!r}; "
                 f"resume it with the same settings, or {OVERWRITE_HINT}"
             )
     return True

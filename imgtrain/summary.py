@@ -17,6 +17,7 @@ from imgtrain import __version__, rundir
 from imgtrain.config import Config
 from imgtrain.data import fingerprint, resampler
 from imgtrain.data.source import DataSource
+from imgtrain.storage import urls
 from imgtrain.tracking import RunFacts
 from imgtrain.train.assembly import Training
 from imgtrain.train.distribution import Distribution
@@ -64,7 +65,7 @@ def summarize(
         "replicas_in_sync": len(set(fingerprints)) == 1,
         **measured["seconds"],
         "test_accuracy": report["accuracy"] if report else None,
-        "report": str(run_dir / rundir.REPORT_JSON) if report else None,
+        "report": _named(cfg, run_dir, rundir.REPORT_JSON) if report else None,
     }
     return summary
 
@@ -156,3 +157,8 @@ def on_device(cfg: Config) -> Optional[str]:
     if not cfg.data.augment.on_device:
         return None
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+
+def _named(cfg: Config, run_dir: Path, name: str) -> str:
+    """A file of the run as the user names the run: in its bucket, or in its folder."""
+    return urls.join(cfg.output, name) if urls.is_url(cfg.output) else str(run_dir / name)

@@ -477,7 +477,8 @@ def test_dockerfile_contract():
     text = (ROOT / "Dockerfile").read_text()
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any("tensorflow[and-cuda]==2.21.0" in p for p in pins["gpu"])
-    assert 'pip install ".[${VARIANT},mlflow]"' in text  # TensorFlow comes from the project's own pin; --mlflow works
+    # TensorFlow comes from the project's own pin; --mlflow and bucket URLs work
+    assert 'pip install ".[${VARIANT},mlflow,s3,gcs]"' in text
     assert "ARG VARIANT=gpu" in text  # a build argument selects the CPU-only image
     assert "launch/install_horovod.sh" in text
     assert "openmpi-bin" in text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -137,7 +139,14 @@ def test_a_stop_reaches_each_worker_once_from_the_launcher(tmp_path: Path, launc
         proc.send_signal(getattr(signal, name))
     rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + getattr(signal, name), rest
-    assert rest.count(f"got ['{name}']") == 2 and "Traceback" not in rest, rest
+    assert "Traceback" not in rest, rest
+    got = [ast.literal_eval(found) for found in re.findall(r"got (\[[^\]]*\])", rest)]
+    assert len(got) == 2 and all(g[:1] == [name] and g.count(name) == 1 for g in got), rest
+    # After that one stop, only horovodrun's own cleanup: once a worker has exited, it sends
+    # SIGTERM to those still finishing theirs (imgtrain ends quietly on it, tests/test_preemption.py).
+    later = [sig for g in got for sig in g[1:]]
+    assert not later or (launcher == "horovod.sh" and set(later) == {"SIGTERM"}), rest
+    assert not later or "Terminating remaining workers after failure" in rest, rest
 
 
 def test_under_nohup_a_groups_sigint_stops_nothing(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imgtrain.commands.options import add_no_progress
 
@@ -23,7 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgtrain import rundir
     from imgtrain.evaluation import evaluate_run
+    from imgtrain.storage.runplace import model_run, shown_in
 
-    report = evaluate_run(Path(args.run), args.data, progress=not args.no_progress)
-    print(f"test accuracy {report['accuracy']:.4f}; report: {Path(args.run) / rundir.REPORT_JSON}")
+    with model_run(args.run, writes=True) as run_dir:  # the rewritten report goes back to a bucket run
+        report = evaluate_run(run_dir, args.data, progress=not args.no_progress)
+    print(
+        f"test accuracy {report['accuracy']:.4f}; report: {shown_in(args.run, run_dir, run_dir / rundir.REPORT_JSON)}"
+    )
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imgtrain.errors import UserError
 
@@ -40,13 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgtrain.export import export_run
+    from imgtrain.storage.runplace import model_run, output_path, shown_in
 
     if args.version < 1:
         raise UserError(f"--version must be a positive integer (TF Serving's version folder), got {args.version}")
-    result = export_run(
-        Path(args.run), args.format, Path(args.output) if args.output else None, args.version, check=not args.no_check
-    )
-    line = f"{result.format}: {result.path} ({result.size_bytes / 2**20:.2f} MiB)"
+    # Without --output the export goes into the run (RUN_DIR/export/FORMAT): a bucket run gets it back.
+    with model_run(args.run, writes=args.output is None) as run_dir, output_path(args.output) as output:
+        result = export_run(run_dir, args.format, output, args.version, check=not args.no_check)
+    where = args.output if args.output and output == result.path else shown_in(args.run, run_dir, result.path)
+    line = f"{result.format}: {where} ({result.size_bytes / 2**20:.2f} MiB)"
     if result.images_checked:
         line += (
             f"; read back with {result.reader}: top-1 agreement with the run's model "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imgtrain.errors import UserError
 
@@ -22,11 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgtrain.predict import predict_files, write_records
+    from imgtrain.storage.runplace import model_run, output_path
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
-    records = predict_files(Path(args.run), args.paths, top_k=args.top_k)
-    write_records(records, args.output)
+    with model_run(args.run) as run_dir:
+        records = predict_files(run_dir, args.paths, top_k=args.top_k)
+    with output_path(args.output) as output:
+        write_records(records, str(output) if output is not None else None)
     if args.output:
         print(f"wrote {len(records)} prediction(s) to {args.output}")
     return 0

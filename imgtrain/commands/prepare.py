@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from imgtrain.commands.options import add_config_flags, add_no_progress
 from imgtrain.config import Config
@@ -31,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgtrain.prepare import prepare_dataset
+    from imgtrain.storage.runplace import output_path
 
     cfg = set_value(Config.load(args.config, args.overrides), "data.path", args.data, where="the command line")
     if args.seed is not None:
         cfg = set_value(cfg, "seed", args.seed, where="the command line")
-    prepare_dataset(cfg.checked(), Path(args.output), args.shard_size_mb, progress=not args.no_progress)
+    with output_path(args.output) as output:  # shards for a bucket are written here, then uploaded
+        prepare_dataset(cfg.checked(), output, args.shard_size_mb, progress=not args.no_progress)
     return 0

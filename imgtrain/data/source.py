@@ -221,8 +221,36 @@ KINDS: list[tuple[str, Callable[[Config], bool], Opener]] = [
 
 
 def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] = None) -> DataSource:
-    """Find, split and check the data of ``cfg``; cheap on a resumed run thanks to the check cache."""
+    """Find, split and check the data of ``cfg``; cheap on a resumed run thanks to the check cache.
+    Data in a bucket is staged to local disk first (``on_disk``); the source reads the copy."""
+    cfg = on_disk(cfg, progress)
     for name, claims, opener in KINDS:
         if (kind == name) if kind else claims(cfg):
             return opener(cfg, Path(run_dir), progress)
     raise UserError(f"unknown data source kind '{kind}'; one of: {', '.join(k for k, _, _ in KINDS)}")
+
+
+def on_disk(cfg: Config, progress: bool = True) -> Config:
+    """``cfg`` with bucket data (``data.path`` an ``s3://``/``gs://`` URL) replaced by its local
+    copy: a folder (of class folders, or shards) whole, a CSV manifest with the files it lists
+    (relative to the manifest's URL). Keys stay relative, so the data's fingerprint is the
+    bucket's wherever it is staged."""
+    import dataclasses
+
+    from imgtrain.storage import stage, urls
+
+    url = cfg.data.path
+    if not urls.is_url(url):
+        return cfg
+    say = print if progress else (lambda _m: None)
+    if str(url).lower().endswith(".csv"):
+        from imgtrain.data.sources import manifest_paths
+        from imgtrain.storage.places import local_copy
+
+        into = local_copy("data", str(url))
+        manifest = stage.fetch_file(str(url), into)
+        stage.stage_files(str(url).rsplit("/", 1)[0], manifest_paths(manifest, str(url)), into, say)
+        local = manifest
+    else:
+        local = stage.stage_folder(str(url), say)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(local)))

@@ -192,6 +192,24 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
     return catalog
 
 
+def manifest_paths(path: Path, shown: str) -> list[str]:
+    """The files a manifest lists, as paths relative to it: what a manifest in a bucket may
+    name (``shown``, its URL, for the one line that refuses anything else)."""
+    columns, rows = _csv_rows(path)
+    at = columns.index("path")
+    out = []
+    for lineno, row in rows:
+        file = row[at].strip() if len(row) > at else ""
+        if "://" in file or file.startswith(("/", "~")) or ".." in Path(file).parts:
+            raise UserError(
+                f"CSV manifest {shown} line {lineno} names {file}; a manifest in a bucket lists files by "
+                "paths relative to it, inside its folder"
+            )
+        if file:
+            out.append(Path(file).as_posix())
+    return out
+
+
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The manifest's columns (from its header, or the default order) and its non-blank rows
     with their line numbers."""

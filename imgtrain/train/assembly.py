@@ -54,7 +54,9 @@ def split_dataset(prep: DataSource, cfg: Config, dist: Distribution, split: str,
 
 
 def warm_start(model: keras.Model, source: str, log: Callable[[str], None]) -> None:
-    path = Path(source).expanduser()
+    from imgtrain.storage.runplace import local_model
+
+    path = local_model(source, log)  # a bucket URL: fetched first
     if path.is_dir():
         path = path / rundir.MODEL
     if not path.exists():
@@ -119,9 +121,10 @@ def build_training(
     progress: bool = True,
     say: Callable[[str], None] = print,
     listeners: Optional[list[Any]] = None,
+    on_save: Optional[Callable[[], None]] = None,
 ) -> Training:
-    """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``;
-    ``listeners`` hear of every epoch on the chief (experiment tracking)."""
+    """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``; ``listeners``
+    hear of every epoch on the chief (tracking), ``on_save`` of every checkpoint (a bucket run's uploads)."""
     train_counts, steps = _steps_per_epoch(cfg, prep, dist, say)
     with dist.scope():
         built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
@@ -134,7 +137,7 @@ def build_training(
             optimizer,
             state,
             cfg.train.checkpoint.keep,
-            after_save=dist.after_save,
+            after_save=_then(dist.after_save, on_save),
         )
     if cfg.train.warm_start and not resuming:
         warm_start(built.model, cfg.train.warm_start, say)
@@ -255,3 +258,14 @@ def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps:
     if not precise_bn_needed(cfg.train.precise_bn.enabled, built.batch_statistics_layers(), steps):
         return 0
     return batches_for(cfg.train.precise_bn.samples, global_batch, steps)
+
+
+def _then(after_save: Callable[[Path], None], on_save: Optional[Callable[[], None]]) -> Callable[[Path], None]:
+    if on_save is None:
+        return after_save
+
+    def both(save_dir: Path) -> None:
+        after_save(save_dir)
+        on_save()
+
+    return both

@@ -196,7 +196,8 @@ def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]
     deadline = time.time() + 180
     while True:
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
+            # A long read: the first request imports the server's handlers, many seconds under load.
+            with urllib.request.urlopen(f"{uri}/health", timeout=30) as reply:
                 if reply.status == 200:
                     return proc, uri
         except OSError:

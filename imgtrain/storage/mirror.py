@@ -1,0 +1,310 @@
+"""A run directory in a bucket, kept as a local copy: pulled before a run, pushed as it goes.
+
+TensorFlow and Keras write the local copy (``rundir``'s names, ``atomic``'s writes), and this
+module moves it. Invariants, so that a kill at any moment leaves the bucket resumable:
+
+- A push uploads in commit order: a checkpoint's data files, then its index, then every
+  other changed file, then the checkpoint state file (``checkpoints/checkpoint``) naming only
+  checkpoints whose files are all in the bucket, then deletes the bucket's older checkpoints,
+  and uploads ``run.json`` (what makes a run finished) last. A PUT that lands after its writer
+  died is harmless: nothing names a file before it is whole.
+- The state file uploaded is written from what this push uploaded, not copied: the loop may
+  save (and prune) checkpoints while a push runs.
+- A pull takes the bucket's copy only when the bucket is ahead of the local one (by the
+  newest checkpoint), and then only what a resume reads: the run's records and the newest
+  checkpoint, its state file written last. A local copy that is ahead (uploads that failed)
+  is kept, and the next push sends it.
+- ``.uploaded.json`` in the local copy says what of it the bucket already holds (size and
+  mtime per file), so a push sends only what changed and a rerun knows what is pending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+from imgtrain import atomic, rundir
+from imgtrain.errors import UserError
+from imgtrain.storage import urls
+from imgtrain.storage.lease import modified
+
+LEDGER = ".uploaded.json"
+STATE = f"{rundir.CHECKPOINTS}/{rundir.CHECKPOINT_STATE}"
+_CKPT_FILE = re.compile(r"^(?P<name>[^/]+-(?P<n>\d+))\.(?P<part>index|data-\d+-of-\d+)$")
+_STATE_NAMES = re.compile(r'^(?:model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$', re.M)
+# What a resume reads besides the checkpoint; what evaluate, predict and export read.
+RESUME_RECORDS = (
+    rundir.CONFIG,
+    rundir.CLASS_NAMES,
+    rundir.DATA_FINGERPRINT,
+    rundir.HISTORY,
+    rundir.SUMMARY,
+    rundir.TRACKING,
+)
+MODEL_RECORDS = (*RESUME_RECORDS, rundir.MODEL, rundir.REPORT_JSON)
+# Never leaves the machine: the lock, the data cache (rebuilt from the data), hidden temporaries.
+_LOCAL_ONLY = (rundir.LOCK, rundir.DATA_CACHE)
+
+
+def checkpoints_named(state_text: str) -> list[str]:
+    """The checkpoint names (``ckpt-N``) a state file lists, newest first, without folders."""
+    names = [os.path.basename(n) for n in _STATE_NAMES.findall(state_text or "")]
+    return sorted(set(names), key=_number, reverse=True)
+
+
+def state_text(names: list[str]) -> str:
+    """A checkpoint state file naming ``names`` (newest first), as TensorFlow reads it."""
+    if not names:
+        return ""
+    ordered = sorted(names, key=_number)
+    return f'model_checkpoint_path: "{ordered[-1]}"\n' + "".join(
+        f'all_model_checkpoint_paths: "{n}"\n' for n in ordered
+    )
+
+
+def _number(name: str) -> int:
+    match = re.search(r"-(\d+)$", name)
+    return int(match.group(1)) if match else -1
+
+
+class RunMirror:
+    """The bucket ``url`` and its local copy ``local``; ``push`` is safe from any one thread at a time."""
+
+    def __init__(self, url: str, local: Path) -> None:
+        self.url = url.rstrip("/")
+        self.local = Path(local)
+        self.fs = urls.filesystem(url)
+        self.root = urls.bare(self.url)
+        self._lock = threading.Lock()
+
+    # -- the bucket's side ------------------------------------------------------------
+    def _remote(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def listing(self) -> dict[str, int]:
+        """Every file of the run in the bucket, by path relative to the run, with its size."""
+        found = self.fs.find(self.root, detail=True)
+        prefix = self.root + "/"
+        return {
+            name[len(prefix) :]: int(info.get("size") or 0)
+            for name, info in found.items()
+            if name.startswith(prefix) and info.get("type") != "directory"
+        }
+
+    def check_writable(self) -> Optional[datetime]:
+        """Before any training: write and remove a marker, or say in one line why not. Returns
+        the service's clock (the marker's modification time), for the lease."""
+        probe = self._remote(".imgtrain-write-check")
+        try:
+            self.fs.pipe_file(probe, b"")
+            now = modified(self.fs.info(probe))
+            self.fs.rm_file(probe)
+        except Exception as exc:  # noqa: BLE001 - explain() names what it knows, the rest keep their traceback
+            raise urls.explain(exc, self.url, "write the run to") or exc from None
+        return now
+
+    def clear(self, say: Callable[[str], None]) -> None:
+        """``--overwrite``: remove the earlier run's outputs from the bucket (and forget them)."""
+        listing = self.listing()
+        found = sorted({rel.split("/", 1)[0] for rel in listing} & set(rundir.OUTPUTS))
+        for name in found:
+            self.fs.rm(self._remote(name), recursive=True)
+        (self.local / LEDGER).unlink(missing_ok=True)
+        if found:
+            say(f"--overwrite: removed the earlier run's {', '.join(found)} from {self.url}")
+
+    # -- pulling --------------------------------------------------------------------------
+    def pull(self, what: str, say: Callable[[str], None]) -> None:
+        """Bring what a resume (``what='resume'``) or a model command (``'model'``) reads."""
+        try:
+            self._pull(what, say)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise urls.explain(exc, self.url, "read the run from") or exc from None
+
+    def abort_leftover_uploads(self) -> int:
+        """Abort the multipart uploads a killed writer left under this run (S3 keeps, and bills,
+        their parts until then); the number aborted."""
+        if urls.scheme_of(self.url) != "s3":
+            return 0  # GCS's resumable uploads expire on their own after a week
+        bucket, key = urls.split(self.url)
+        left = [u for u in self.fs.list_multipart_uploads(bucket) if str(u.get("Key", "")).startswith(key + "/")]
+        for upload in left:
+            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        return len(left)
+
+    def _pull(self, what: str, say: Callable[[str], None]) -> None:
+        listing = self.listing()
+        if what == "model":
+            self._download([rel for rel in listing if rel in MODEL_RECORDS], state=None)
+            return
+        remote_names = checkpoints_named(self.fs.cat_file(self._remote(STATE)).decode()) if STATE in listing else []
+        complete = [n for n in remote_names if self._complete(n, listing)]
+        local_state = self.local / STATE
+        local_names = checkpoints_named(local_state.read_text()) if local_state.exists() else []
+        if local_names and (not complete or _number(local_names[0]) >= _number(complete[0])):
+            return  # this copy is as new as the bucket's, or newer (its uploads are pending)
+        if not complete and not any(rel in listing for rel in RESUME_RECORDS):
+            return  # nothing of a run there yet
+        records = [rel for rel in listing if rel in RESUME_RECORDS]
+        files = [
+            rel
+            for rel in listing
+            if complete
+            and _CKPT_FILE.match(rel.rsplit("/", 1)[-1] or "")
+            and rel.startswith(rundir.CHECKPOINTS + "/")
+            and _checkpoint_of(rel) == complete[0]
+        ]
+        if (self.local / rundir.CHECKPOINTS).exists():
+            shutil.rmtree(self.local / rundir.CHECKPOINTS)
+        self._download(records + files, state=state_text(complete[:1]) if complete else None)
+        if complete:
+            say(f"resuming from {self.url}: fetched its checkpoint {complete[0]} and {len(records)} record(s)")
+
+    def _complete(self, name: str, listing: dict[str, int]) -> bool:
+        parts = [rel for rel in listing if _checkpoint_of(rel) == name]
+        return any(p.endswith(".index") for p in parts) and any(".data-" in p for p in parts)
+
+    def _download(self, rels: list[str], state: Optional[str]) -> None:
+        if not rels:
+            return
+        staging = self.local / ".pulling"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.fs.get([self._remote(r) for r in rels], [str(staging / r) for r in rels])
+        ledger = self._ledger()
+        for rel in rels:
+            target = self.local / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, target)
+            ledger[rel] = _stamp(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        if state is not None:
+            atomic.write_text(self.local / STATE, state)  # last: it names the checkpoint just fetched
+            ledger[STATE] = state
+        self._write_ledger(ledger)
+
+    # -- pushing --------------------------------------------------------------------------
+    def pending(self) -> list[str]:
+        """The local files the bucket does not hold as they are here."""
+        ledger = self._ledger()
+        out = [rel for rel, stamp in self._local_files().items() if ledger.get(rel) != stamp]
+        names = self._local_checkpoints()
+        if names and ledger.get(STATE) != state_text(names):
+            out.append(STATE)
+        return sorted(out)
+
+    def push(self) -> int:
+        """Upload what changed, in commit order (the module's invariants); the number of files sent."""
+        with self._lock:
+            ledger = self._ledger()
+            sent = 0
+            files = self._local_files()
+            checkpoint_files = {rel: s for rel, s in files.items() if _checkpoint_of(rel)}
+            uploaded: list[str] = []
+            for name in self._local_checkpoints():
+                parts = sorted(
+                    (rel for rel in checkpoint_files if _checkpoint_of(rel) == name), key=lambda r: r.endswith(".index")
+                )
+                if not any(r.endswith(".index") for r in parts):
+                    continue
+                try:
+                    for rel in parts:
+                        sent += self._put(rel, checkpoint_files[rel], ledger)
+                except FileNotFoundError:
+                    continue  # pruned by the loop meanwhile: a newer one is named instead
+                uploaded.append(name)
+            others = [rel for rel in files if not _checkpoint_of(rel) and rel != rundir.SUMMARY]
+            for rel in others:
+                sent += self._put(rel, files[rel], ledger)
+            state = state_text(uploaded)
+            if uploaded and ledger.get(STATE) != state:
+                self.fs.pipe_file(self._remote(STATE), state.encode())
+                ledger[STATE] = state
+                self._write_ledger(ledger)
+                sent += 1
+                self._drop_remote_checkpoints_but(set(uploaded), ledger)
+            if rundir.SUMMARY in files:
+                sent += self._put(rundir.SUMMARY, files[rundir.SUMMARY], ledger)
+            return sent
+
+    def _put(self, rel: str, stamp: list[int], ledger: dict) -> int:
+        if ledger.get(rel) == stamp:
+            return 0
+        self.fs.put_file(str(self.local / rel), self._remote(rel))
+        ledger[rel] = stamp
+        self._write_ledger(ledger)
+        return 1
+
+    def _drop_remote_checkpoints_but(self, keep: set[str], ledger: dict) -> None:
+        try:
+            names = self.fs.ls(self._remote(rundir.CHECKPOINTS), detail=False)
+        except FileNotFoundError:
+            return
+        prefix = self._remote(rundir.CHECKPOINTS) + "/"
+        for full in names:
+            rel = f"{rundir.CHECKPOINTS}/{full[len(prefix) :]}" if full.startswith(prefix) else ""
+            name = _checkpoint_of(rel)
+            if name and name not in keep:
+                self.fs.rm_file(full)
+                ledger.pop(rel, None)
+        self._write_ledger(ledger)
+
+    # -- the local side -------------------------------------------------------------------
+    def _local_checkpoints(self) -> list[str]:
+        state = self.local / STATE
+        try:
+            return checkpoints_named(state.read_text())
+        except OSError:
+            return []
+
+    def _local_files(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        if not self.local.is_dir():
+            return out
+        for dirpath, dirnames, filenames in os.walk(self.local):
+            rel_dir = os.path.relpath(dirpath, self.local)
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if not d.startswith(".") and "_temp" not in d and not (rel_dir == "." and d in _LOCAL_ONLY)
+            ]  # TensorFlow writes a checkpoint into ckpt-N_temp/ first
+            for name in filenames:
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if name.startswith(".") or rel in _LOCAL_ONLY or rel == STATE or name.endswith(("_temp", ".tmp")):
+                    continue
+                try:
+                    out[rel] = _stamp(self.local / rel)
+                except FileNotFoundError:
+                    continue
+        return out
+
+    def _ledger(self) -> dict:
+        try:
+            return json.loads((self.local / LEDGER).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_ledger(self, ledger: dict) -> None:
+        atomic.write_text(self.local / LEDGER, json.dumps(ledger))
+
+
+def _checkpoint_of(rel: str) -> Optional[str]:
+    """``ckpt-N`` for a checkpoint's data or index file under checkpoints/, else None."""
+    head, _, name = rel.rpartition("/")
+    if head != rundir.CHECKPOINTS:
+        return None
+    match = _CKPT_FILE.match(name)
+    return match.group("name") if match else None
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]

@@ -1,0 +1,185 @@
+"""A run directory named by a path or a bucket URL: where TensorFlow writes it, and how it
+reaches its bucket (``mirror``, ``uploader``); the commands' side of the storage seam."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from imgtrain.errors import NotUploaded, UserError
+from imgtrain.storage import places, urls
+from imgtrain.storage.lease import Lease
+from imgtrain.storage.mirror import RunMirror
+from imgtrain.storage.uploader import Uploader
+from imgtrain.storage.urls import is_url
+
+# How long the end of a run keeps trying a bucket that does not answer before it says what is
+# not uploaded (the local copy keeps it; the same command sends it); IMGTRAIN_UPLOAD_WAIT sets it.
+WAIT_ENV, WAIT_SECONDS = "IMGTRAIN_UPLOAD_WAIT", 120.0
+
+
+def final_wait() -> float:
+    text = os.environ.get(WAIT_ENV, "")
+    if not text:
+        return WAIT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or not 0 <= seconds <= 86400:
+        raise UserError(f"{WAIT_ENV}={text!r} is not a number of seconds from 0 to 86400; unset it or fix it")
+    return seconds
+
+
+@dataclass
+class RunPlace:
+    """A run directory: ``local`` is where TensorFlow writes; ``mirror`` the bucket it is kept in."""
+
+    local: Path
+    mirror: Optional[RunMirror] = None
+    uploader: Optional[Uploader] = field(default=None, repr=False)
+    lease: Optional[Lease] = field(default=None, repr=False)
+
+    @property
+    def shown(self) -> str:
+        """The run directory as the user named it."""
+        return self.mirror.url if self.mirror else str(self.local)
+
+    def open(self, chief: bool, overwrite_then: Optional[Callable[[], None]], say: Callable[[str], None]) -> None:
+        """Before training: the bucket is writable (chief), an ``--overwrite`` clears it (chief),
+        ``overwrite_then`` is the barrier after which every worker pulls what it resumes from."""
+        if self.mirror and chief:
+            final_wait()  # a bad IMGTRAIN_UPLOAD_WAIT is said now, not after the training
+            now = self.mirror.check_writable()
+            self.lease = Lease(self.mirror.fs, self.mirror.root, self.mirror.url)
+            self.lease.take(now)
+            aborted = self.mirror.abort_leftover_uploads()
+            if aborted:
+                say(f"aborted {aborted} upload(s) to {self.mirror.url} that an interrupted run left unfinished")
+            if overwrite_then is not None:
+                self.mirror.clear(say)
+        if overwrite_then is not None:
+            overwrite_then()
+        if self.mirror:
+            self.mirror.pull("resume", say)
+            if chief:
+                self.uploader = Uploader(self.mirror, say, self.lease)
+
+    def saved(self) -> None:
+        """After every checkpoint: upload soon (off this thread)."""
+        if self.uploader:
+            self.uploader.soon()
+
+    def close(self, finished: bool) -> None:
+        """The last upload; a run that ends without one in its bucket says so (``NotUploaded``
+        when it finished, a warning after a stop or a failure, whose own line comes next)."""
+        if not self.uploader:
+            if self.lease is not None:  # opening failed after the lease was taken
+                self.lease.release()
+                self.lease = None
+            return
+        uploader, self.uploader = self.uploader, None
+        left = uploader.close(final_wait() if finished else min(10.0, final_wait()))
+        if not left:
+            return
+        what = f"{len(left)} file(s) of the run ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''})"
+        message = (
+            f"{what} are in {self.local} but not in {self.shown}, which could not be reached; run the same "
+            "command again to upload them"
+        )
+        if finished:
+            raise NotUploaded(message)
+        uploader.say(f"warning: {message}")
+
+
+def run_place(output: str, rank: int = 0) -> RunPlace:
+    """The place of a run directory named ``output`` (a path, or a bucket URL) for worker ``rank``."""
+    if not is_url(output):
+        return RunPlace(Path(output))
+    local = places.local_copy("runs", output, "" if rank == 0 else f".worker-{rank}")
+    return RunPlace(local, RunMirror(output, local))
+
+
+@contextmanager
+def model_run(run: str, say: Callable[[str], None] = print, writes: bool = False) -> Iterator[Path]:
+    """A finished run's folder for evaluate, predict and export: a local path as given, a bucket
+    run fetched (model, config, class names, records); what ``writes`` leaves is pushed back."""
+    if not is_url(run):
+        yield Path(run)
+        return
+    place = run_place(run)
+    assert place.mirror is not None
+    place.mirror.pull("model", say)
+    yield place.local
+    if writes:
+        place.mirror.push()
+
+
+def local_model(source: str, say: Callable[[str], None] = print) -> Path:
+    """``--warm-start`` from a bucket: a ``.keras``/``.weights.h5`` object fetched, or a bucket
+    run's model (its folder, holding ``model.keras``); a local path as it is."""
+    if not is_url(source):
+        return Path(source).expanduser()
+    if source.endswith((".keras", ".weights.h5")):
+        from imgtrain.storage.stage import fetch_file
+
+        return fetch_file(source, places.local_copy("models", source))
+    place = run_place(source)
+    assert place.mirror is not None
+    place.mirror.pull("model", say)
+    return place.local
+
+
+def shown_in(run: str, run_dir: Path, path: Path) -> str:
+    """``path`` inside ``run_dir`` as the user names the run (its bucket URL), else as it is."""
+    if not is_url(run):
+        return str(path)
+    try:
+        return urls.join(run, Path(path).relative_to(run_dir).as_posix())
+    except ValueError:
+        return str(path)
+
+
+@contextmanager
+def output_path(output: Optional[str]) -> Iterator[Optional[Path]]:
+    """Where a command writes ``output`` (a file or folder it names): the path itself, or for a
+    bucket URL a local file of the same name, uploaded once the command has written it whole."""
+    if output is None or not is_url(output):
+        yield Path(output) if output is not None else None
+        return
+    local = places.local_copy("outputs", output) / output.rstrip("/").rsplit("/", 1)[-1]
+    if local.parent.exists():
+        shutil.rmtree(local.parent)
+    local.parent.mkdir(parents=True)
+    yield local
+    if local.is_dir():
+        put_folder(local, output)
+    elif local.exists():
+        put_file(local, output)
+    shutil.rmtree(local.parent, ignore_errors=True)
+
+
+def put_file(local: Path, url: str) -> None:
+    """Upload one file (an export, predictions), or say in one line why it cannot be."""
+    fs = urls.filesystem(url)
+    try:
+        fs.put_file(str(local), urls.bare(url))
+    except Exception as exc:  # noqa: BLE001
+        raise urls.explain(exc, url, "write") or exc from None
+
+
+def put_folder(local: Path, url: str) -> None:
+    """Upload a folder's files (``prepare``'s shards, a SavedModel export), its manifest last."""
+    fs = urls.filesystem(url)
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    last = [p for p in files if p.name == "manifest.json"]
+    try:
+        for path in [p for p in files if p not in last] + last:
+            fs.put_file(str(path), f"{urls.bare(url)}/{path.relative_to(local).as_posix()}")
+    except Exception as exc:  # noqa: BLE001
+        raise urls.explain(exc, url, "write") or exc from None

@@ -1,0 +1,131 @@
+"""Data in a bucket, staged once to local disk: later epochs and resumes read at local speed.
+
+A staged copy lives under ``places.local_copy('data', url)`` with ``.staged.json``, the
+version (ETag or generation, else size) of every object it holds. Staging lists the bucket
+once, downloads only what is missing or changed (concurrently: fsspec's async clients),
+removes what the bucket no longer has, and writes the list last, so a copy cut short by a
+kill is completed, never trusted, by the next run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from imgtrain import atomic
+from imgtrain.errors import UserError
+from imgtrain.storage import places, urls
+
+LIST = ".staged.json"
+
+
+def _version(info: dict) -> str:
+    for key in ("ETag", "etag", "generation", "md5Hash", "crc32c"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    return str(info.get("size"))
+
+
+def _explained(url: str, doing: str):
+    def wrap(exc: BaseException) -> BaseException:
+        return urls.explain(exc, url, doing) or exc
+
+    return wrap
+
+
+def stage_folder(url: str, say: Callable[[str], None] = print) -> Path:
+    """A local copy of every file under ``url`` (an image folder, prepared shards)."""
+    fs = urls.filesystem(url)
+    root = urls.bare(url).rstrip("/")
+    try:
+        found = fs.find(root, detail=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _explained(url, "read the data from")(exc) from None
+    prefix = root + "/"
+    objects = {
+        name[len(prefix) :]: _version(info)
+        for name, info in found.items()
+        if name.startswith(prefix) and info.get("type") != "directory" and not name.endswith("/")
+    }
+    if not objects:
+        raise UserError(f"{url} holds no files; pass the folder of class folders (or shards) in the bucket")
+    return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, places.local_copy("data", url), say)
+
+
+def stage_files(base_url: str, rels: Iterable[str], into: Path, say: Callable[[str], None] = print) -> Path:
+    """A local copy, under ``into``, of the files ``rels`` (paths relative to ``base_url``)."""
+    fs = urls.filesystem(base_url)
+    base = urls.bare(base_url).rstrip("/")
+    wanted = sorted(set(rels))
+    try:
+        found = fs.find(base, detail=True)  # one listing, not a request per file
+    except Exception as exc:  # noqa: BLE001
+        raise _explained(base_url, "read the data from")(exc) from None
+    objects = {rel: _version(found[f"{base}/{rel}"]) for rel in wanted if f"{base}/{rel}" in found}
+    missing = [rel for rel in wanted if rel not in objects]
+    if missing:
+        raise UserError(
+            f"{len(missing)} file(s) the manifest lists are not in {base_url} (first: {missing[0]}); "
+            "fix the manifest or upload them"
+        )
+    return _sync(fs, base_url, {rel: f"{base}/{rel}" for rel in wanted}, objects, Path(into), say)
+
+
+def fetch_file(url: str, into: Path) -> Path:
+    """One object, downloaded to ``into/<its name>`` (atomically)."""
+    fs = urls.filesystem(url)
+    target = Path(into) / urls.bare(url).rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic.replacing(target) as tmp:
+            fs.get_file(urls.bare(url), str(tmp))
+    except FileNotFoundError:
+        raise UserError(f"{url} does not exist; check the URL") from None
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _explained(url, "read")(exc) from None
+    return target
+
+
+def _sync(fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say) -> Path:
+    local.mkdir(parents=True, exist_ok=True)
+    # Workers on one machine stage the same copy: one at a time, the others then find it done.
+    with open(local.parent / f".{local.name}.staging", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _sync_locked(fs, url, remote, objects, local, say)
+
+
+def _sync_locked(fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say) -> Path:
+    held = _held(local)
+    todo = [rel for rel, version in objects.items() if held.get(rel) != version or not (local / rel).exists()]
+    for rel in set(held) - set(objects):
+        (local / rel).unlink(missing_ok=True)
+    if todo:
+        say(f"staging {len(todo)} of {len(objects)} file(s) from {url} to {local}")
+        (local / LIST).unlink(missing_ok=True)  # a copy half updated is not trusted until the list is back
+        try:
+            for batch in _batches(todo, 2000):
+                targets = [str(local / rel) for rel in batch]
+                for t in targets:
+                    os.makedirs(os.path.dirname(t), exist_ok=True)
+                fs.get([remote[rel] for rel in batch], targets)
+        except Exception as exc:  # noqa: BLE001
+            raise _explained(url, "read the data from")(exc) from None
+    atomic.write_text(local / LIST, json.dumps(objects))
+    return local
+
+
+def _held(local: Path) -> dict[str, str]:
+    try:
+        return json.loads((local / LIST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

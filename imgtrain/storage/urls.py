@@ -1,0 +1,158 @@
+"""Bucket URLs: which schemes imgtrain reads and writes, the client for each, and what a failed
+call means in one line.
+
+``SCHEMES`` is the one table of them. A URL stays a string everywhere (``pathlib`` would turn
+``gs://b/x`` into ``gs:/b/x``). Clients come from fsspec (``s3fs``, ``gcsfs``), configured as
+each cloud's own tools are: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_PROFILE`` and
+roles for S3; ``GOOGLE_APPLICATION_CREDENTIALS``, workload identity and
+``STORAGE_EMULATOR_HOST`` for GCS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from imgtrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class Scheme:
+    module: str  # the fsspec implementation to import
+    extra: str  # pip install 'imgtrain[<extra>]'
+    credentials: str  # where its credentials come from, for the one line that says they are missing
+
+
+SCHEMES = {
+    "s3": Scheme(
+        "s3fs",
+        "s3",
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the machine a role "
+        "(and AWS_ENDPOINT_URL for a store other than AWS)",
+    ),
+    "gs": Scheme(
+        "gcsfs",
+        "gcs",
+        "set GOOGLE_APPLICATION_CREDENTIALS to a service account key, run 'gcloud auth application-default "
+        "login', or give the pod a workload identity",
+    ),
+}
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
+
+
+def scheme_of(path: Any) -> Optional[str]:
+    """The scheme of a URL (``s3``, ``gs``, or any other written ``name://``), None for a path."""
+    match = _URL.match(str(path)) if isinstance(path, str) else None
+    return match.group(1).lower() if match else None
+
+
+def is_url(path: Any) -> bool:
+    """True for ``s3://`` and ``gs://`` URLs (any other scheme is refused by ``check``)."""
+    return scheme_of(path) in SCHEMES
+
+
+def check(path: Any, where: str) -> None:
+    """Refuse a URL whose scheme imgtrain does not read, and one without a bucket, in one line."""
+    scheme = scheme_of(path)
+    if scheme is None:
+        return
+    if scheme not in SCHEMES:
+        raise UserError(
+            f"{where} is {path}, a {scheme}:// URL; imgtrain reads and writes local paths, "
+            + " and ".join(f"{s}://" for s in SCHEMES)
+        )
+    bucket, _ = split(path)
+    if not bucket:
+        raise UserError(f"{where} is {path}, which names no bucket; write {scheme}://BUCKET/PATH")
+
+
+def split(url: str) -> tuple[str, str]:
+    """(bucket, key) of a URL; the key has no leading or trailing slash."""
+    rest = _URL.match(url).group(2)  # type: ignore[union-attr]
+    bucket, _, key = rest.partition("/")
+    return bucket, key.strip("/")
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def bare(url: str) -> str:
+    """The URL without its scheme: the path fsspec's filesystems take (``bucket/key``)."""
+    bucket, key = split(url)
+    return f"{bucket}/{key}" if key else bucket
+
+
+def filesystem(url: str):
+    """The fsspec filesystem for ``url``'s scheme, or one line naming the extra to install."""
+    scheme = scheme_of(url)
+    spec = SCHEMES[scheme]  # type: ignore[index]
+    try:
+        importlib.import_module(spec.module)
+        import fsspec
+    except ImportError:
+        raise UserError(
+            f"{url} needs {spec.module}, which is not installed; pip install 'imgtrain[{spec.extra}]'"
+        ) from None
+    # A new client each time: one cached by fsspec would keep the credentials and endpoint of the
+    # environment it was made in.
+    if scheme == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs's default class asks the bucket's layout over gRPC, which an emulator does not
+        # answer (every call hangs); the plain JSON-API class is what an emulator serves.
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem(skip_instance_cache=True)
+    return fsspec.filesystem(scheme, skip_instance_cache=True, **_options(scheme))
+
+
+def _options(scheme: str) -> dict[str, Any]:
+    if scheme == "s3":
+        # A dead endpoint fails in seconds, not after botocore's minutes of retries; the
+        # uploader retries on its own terms.
+        return {"config_kwargs": {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3}}}
+    return {}
+
+
+# What the clients' failures say, by meaning (botocore, aiohttp, google-auth and gcsfs words).
+_NO_CREDENTIALS = re.compile(
+    r"NoCredentials|Unable to locate credentials|DefaultCredentialsError|credentials were not found"
+)
+_DENIED = re.compile(r"AccessDenied|Access Denied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch|\b403\b")
+_NO_BUCKET = re.compile(r"NoSuchBucket|bucket does not exist|specified bucket is not valid")
+_UNREACHABLE = re.compile(
+    r"EndpointConnectionError|ClientConnectorError|Cannot connect|Connection refused|ConnectTimeout|"
+    r"Name or service not known|ServerDisconnected"
+)
+
+
+def explain(exc: BaseException, url: str, doing: str) -> Optional[UserError]:
+    """What a failed call on ``url`` means, as the one line a user needs (None: not one of these:
+    a bug, or a fault worth its traceback)."""
+    spec = SCHEMES.get(scheme_of(url) or "")
+    if spec is None:
+        return None
+    text = f"{type(exc).__name__}: {exc} {exc.__cause__ or ''}"
+    if _NO_CREDENTIALS.search(text):
+        return UserError(f"no credentials to {doing} {url}: {spec.credentials}")
+    if isinstance(exc, PermissionError) or _DENIED.search(text):
+        return UserError(
+            f"access denied to {doing} {url} ({_first_line(exc)}): check the credentials and the bucket's "
+            "permissions (reading needs list and get; a run's output needs put and delete too)"
+        )
+    # Listing or writing under a bucket finds nothing missing but the bucket itself.
+    if _NO_BUCKET.search(text) or isinstance(exc, FileNotFoundError):
+        return UserError(f"the bucket {split(url)[0]} of {url} does not exist: create it, or fix the URL")
+    if _UNREACHABLE.search(text):
+        return UserError(
+            f"cannot reach the storage service to {doing} {url} ({_first_line(exc)}): check the network "
+            "and the endpoint (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST)"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]

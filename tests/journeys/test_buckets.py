@@ -1,0 +1,149 @@
+"""Journey: data and runs in buckets, on real servers on 127.0.0.1 (SeaweedFS for ``s3://``,
+fake-gcs-server for ``gs://``), with the README's commands from a user's folder: a run killed
+at seeded moments (mid-upload included) and finished by the same command on other machines
+with empty disks, ending with an uninterrupted run's weights; evaluate, predict and export
+from the bucket run; the bucket gone mid-run and back; two workers of
+``launch/multiworker.py`` on one bucket. (Every request of an upload as a kill point, and the
+one-line refusals: tests/test_storage.py.)"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from buckets import GcsServer, S3Server
+
+from journeys import readme
+from journeys.journey import MID_EPOCH, SMALL, User, make_home
+
+pytestmark = pytest.mark.slow
+
+TRAIN = readme.command("imgtrain train --data s3://my-bucket/photos --output s3://my-bucket/runs/photos")
+EVALUATE = readme.command("imgtrain evaluate --run s3://my-bucket/runs/photos")
+PREDICT = readme.command(
+    "imgtrain predict --run s3://my-bucket/runs/photos photos/cat/1.jpg --output s3://my-bucket/predictions.csv"
+).replace("photos/cat/1.jpg", "photos/red/red_000.png")
+EXPORT = readme.command("imgtrain export --run s3://my-bucket/runs/photos --output s3://my-bucket/models/photos.tflite")
+MULTIWORKER = readme.command(
+    "python launch/multiworker.py --workers 2 -- imgtrain train --data gs://my-bucket/photos --output gs://my-bucket/runs/photos"  # noqa: E501
+)
+RUN = f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3"
+
+
+def bucket_user(home: Path, env: dict[str, str], photos: bool = True) -> User:
+    """A user on a machine of their own: their folder, their empty local cache, the bucket's
+    endpoint and credentials exported."""
+    user = User(make_home(home, per_class=16 if photos else 0))
+    user.env.update(env, IMGTRAIN_CACHE_DIR=str(home / "cache"))
+    return user
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    fs = server.filesystem()
+    fs.mkdir("my-bucket")
+    photos = make_home(tmp_path_factory.mktemp("uploader"))  # the user's photos, uploaded once
+    fs.put(str(photos / "photos"), "my-bucket/photos", recursive=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def whole(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An uninterrupted bucket run's run.json (data and run in the bucket)."""
+    user = bucket_user(tmp_path_factory.mktemp("whole"), s3.env())
+    user.ok(RUN.replace("runs/photos", "runs/whole"))
+    return json.loads(s3.filesystem().cat("my-bucket/runs/whole/run.json"))
+
+
+def _epochs(fs, run: str) -> list[int]:
+    rows = csv.DictReader(io.StringIO(fs.cat(f"{run}/history.csv").decode()))
+    return [int(r["epoch"]) for r in rows]
+
+
+def test_killed_anywhere_then_the_same_command_on_other_machines(s3: S3Server, whole: dict, tmp_path: Path):
+    moments = random.Random(30)
+
+    def a_seeded_moment_after(marker: str):
+        """``when`` for ``interrupt``: up to 1.5 s after ``marker`` is printed (the steps that
+        follow, a checkpoint, or its upload)."""
+        at: dict[str, float] = {}
+
+        def when(out: str) -> bool:
+            if marker in out and not at:
+                at["t"] = time.monotonic() + moments.uniform(0.0, 1.5)
+            return bool(at) and time.monotonic() >= at["t"]
+
+        return when
+
+    first = bucket_user(tmp_path / "first", s3.env())
+    killed = first.interrupt(RUN, a_seeded_moment_after("epoch 1/3"))
+    assert killed.code == -signal.SIGKILL, killed.out[-2000:]
+    second = bucket_user(tmp_path / "second", s3.env(), photos=False)  # another machine, an empty disk
+    again = second.interrupt(RUN, a_seeded_moment_after("resuming from s3://my-bucket/runs/photos"))
+    assert again.code == -signal.SIGKILL, again.out[-2000:]
+    third = bucket_user(tmp_path / "third", s3.env(), photos=False)
+    done = third.ok(RUN)
+    assert "resuming from s3://my-bucket/runs/photos: fetched its checkpoint" in done.out, done.out[-2000:]
+    assert done.last_line.endswith("report: s3://my-bucket/runs/photos/report.json"), done.last_line
+    fs = s3.filesystem()
+    summary = json.loads(fs.cat("my-bucket/runs/photos/run.json"))
+    assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
+    assert _epochs(fs, "my-bucket/runs/photos") == [1, 2, 3]
+
+    assert third.ok(EVALUATE).last_line.endswith("report: s3://my-bucket/runs/photos/report.json")
+    first.ok(PREDICT)  # the user with the photo
+    rows = list(csv.DictReader(io.StringIO(fs.cat("my-bucket/predictions.csv").decode())))
+    assert len(rows) == 1 and rows[0]["path"].endswith("red_000.png"), rows
+    exported = third.ok(EXPORT)
+    assert exported.last_line.startswith("tflite: s3://my-bucket/models/photos.tflite"), exported.last_line
+    assert fs.info("my-bucket/models/photos.tflite")["size"] > 0
+
+
+def test_the_bucket_gone_mid_run_then_back_the_same_command_uploads_the_rest(s3: S3Server, whole: dict, tmp_path: Path):
+    user = bucket_user(tmp_path / "home", {**s3.env(), "IMGTRAIN_UPLOAD_WAIT": "2"})
+    command = RUN.replace("runs/photos", "runs/gone")
+
+    def stop_the_server(out: str) -> bool:
+        if "epoch 1/3" in out and s3.proc is not None:
+            s3.stop()
+        return False
+
+    try:
+        ended = user.interrupt(command, stop_the_server)
+    finally:
+        s3.start()
+    assert ended.code == 75, ended.out[-3000:]
+    assert "warning: cannot upload to s3://my-bucket/runs/gone" in ended.out, ended.out[-3000:]
+    last = ended.out.strip().splitlines()[-1]
+    assert last.startswith("imgtrain: ") and "run the same command again to upload them" in last, last
+    again = user.ok(command)
+    assert "nothing to train" in again.out, again.out[-2000:]
+    summary = json.loads(s3.filesystem().cat("my-bucket/runs/gone/run.json"))
+    assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
+
+
+@pytest.fixture
+def gcs(tmp_path: Path):
+    server = GcsServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_two_workers_train_from_a_gcs_bucket_into_it(gcs: GcsServer, tmp_path: Path):
+    user = bucket_user(tmp_path / "home", gcs.env())
+    fs = gcs.filesystem()
+    fs.mkdir("my-bucket")
+    fs.put(str(user.cwd / "photos"), "my-bucket/photos", recursive=True)
+    user.ok(f"{MULTIWORKER} {SMALL} --epochs 2")
+    summary = json.loads(fs.cat("my-bucket/runs/photos/run.json"))
+    assert summary["strategy"] == "multiworker" and summary["replicas_in_sync"], summary
+    assert _epochs(fs, "my-bucket/runs/photos") == [1, 2]
+    assert "ckpt-" in fs.cat("my-bucket/runs/photos/checkpoints/checkpoint").decode()

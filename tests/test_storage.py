@@ -1,0 +1,215 @@
+"""The storage seam against a real S3 server (SeaweedFS on 127.0.0.1): what reaches a bucket,
+in which order, and the one line for a bucket that cannot be used. The journeys with real
+trainings, kills and a second machine are in tests/journeys/test_buckets.py."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from buckets import READER, S3Server
+
+from imgtrain.cli import main
+from imgtrain.storage import places, stage
+from imgtrain.storage.mirror import RunMirror
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    server.filesystem().mkdir("runs")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def as_user(s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(places.CACHE_ENV, str(tmp_path / "cache"))
+    return s3
+
+
+def _save(manager: tf.train.CheckpointManager, var: tf.Variable, value: float, run: Path) -> None:
+    var.assign(value)
+    manager.save()
+    (run / "history.csv").write_text(f"epoch\n{value}\n")
+
+
+def _restored(url: str, local: Path) -> float:
+    """What a resume on an empty machine restores from the bucket (NaN: nothing to resume)."""
+    mirror = RunMirror(url, local)
+    mirror.pull("resume", lambda _m: None)
+    var = tf.Variable(float("nan"))
+    found = tf.train.latest_checkpoint(str(local / "checkpoints"))
+    if found is None:
+        return float("nan")
+    tf.train.Checkpoint(v=var).restore(found).assert_existing_objects_matched()
+    return float(var.numpy())
+
+
+class _Cut(Exception):
+    pass
+
+
+def _cut_after(mirror: RunMirror, requests: int) -> None:
+    """Make ``mirror``'s client fail at its request number ``requests`` (0-based): a kill there."""
+    calls = {"n": 0}
+    for name in ("put_file", "pipe_file", "rm_file"):
+        real = getattr(mirror.fs, name)
+
+        def call(*args, _real=real, _name=name, **kwargs):
+            if calls["n"] == requests:
+                raise _Cut(_name)
+            calls["n"] += 1
+            return _real(*args, **kwargs)
+
+        setattr(mirror.fs, name, call)
+
+
+def test_a_push_cut_at_any_request_leaves_the_last_checkpoint_or_the_new_one(as_user: S3Server, tmp_path: Path):
+    """Every request of a push is a kill point (uploads, the state file, the old checkpoint's
+    deletion): after each, a machine with an empty disk resumes from a whole checkpoint, the
+    previous one until the state file names the new one."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    var = tf.Variable(0.0)
+    checkpoint = tf.train.Checkpoint(v=var)  # one object: its save counter names ckpt-1, then ckpt-2
+    _save(tf.train.CheckpointManager(checkpoint, str(first / "checkpoints"), max_to_keep=1), var, 1.0, first)
+    shutil.copytree(first, second)
+    manager = tf.train.CheckpointManager(checkpoint, str(second / "checkpoints"), max_to_keep=1)
+    _save(manager, var, 2.0, second)  # max_to_keep=1: ckpt-1 is pruned here, still in the bucket
+    seen = []
+    for point in range(20):
+        url, run = f"s3://runs/cut-{point}", tmp_path / f"run-{point}"
+        shutil.copytree(first, run)
+        RunMirror(url, run).push()
+        shutil.rmtree(run / "checkpoints")
+        shutil.copytree(second / "checkpoints", run / "checkpoints")
+        shutil.copy2(second / "history.csv", run / "history.csv")
+        mirror = RunMirror(url, run)
+        _cut_after(mirror, point)
+        try:
+            mirror.push()
+            done = True
+        except _Cut:
+            done = False
+        seen.append(_restored(url, tmp_path / f"fresh-{point}"))
+        assert seen[-1] in (1.0, 2.0), f"cut at request {point}: restored {seen[-1]}"
+        if done:
+            break
+    assert done and len(seen) >= 6, f"a push of one checkpoint took {len(seen)} requests"
+    assert seen == sorted(seen) and seen[0] == 1.0 and seen[-1] == 2.0, seen
+    names = {p.rsplit("/", 1)[-1] for p in as_user.filesystem().find(f"runs/cut-{point}/checkpoints")}
+    assert not any(n.startswith("ckpt-1.") for n in names), f"the pruned checkpoint stayed: {names}"
+
+
+def test_a_local_copy_ahead_of_its_bucket_is_kept_and_sent(as_user: S3Server, tmp_path: Path):
+    url = "s3://runs/ahead"
+    run = tmp_path / "run"
+    var = tf.Variable(0.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=var), str(run / "checkpoints"), max_to_keep=2)
+    _save(manager, var, 1.0, run)
+    RunMirror(url, run).push()
+    _save(manager, var, 2.0, run)  # not uploaded: the bucket was out of reach
+    mirror = RunMirror(url, run)
+    assert mirror.pending() == [
+        "checkpoints/checkpoint",
+        "checkpoints/ckpt-2.data-00000-of-00001",
+        "checkpoints/ckpt-2.index",
+        "history.csv",
+    ]
+    mirror.pull("resume", lambda _m: None)  # the rerun on this machine
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-2")
+    mirror.push()
+    assert mirror.pending() == []
+    assert _restored(url, tmp_path / "elsewhere") == 2.0
+
+
+def test_staged_data_is_fetched_once_and_follows_the_bucket(as_user: S3Server, tmp_path: Path):
+    fs = as_user.filesystem()
+    for name, body in {"a/1.png": b"one", "a/2.png": b"two", "b/3.png": b"three"}.items():
+        fs.pipe_file(f"runs/data/{name}", body)
+    said: list[str] = []
+    local = stage.stage_folder("s3://runs/data", said.append)
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*.png")) == ["a/1.png", "a/2.png", "b/3.png"]
+    assert said and "staging 3 of 3" in said[0]
+    stage.stage_folder("s3://runs/data", said.append)
+    assert len(said) == 1, "staged again with nothing changed"
+    fs.pipe_file("runs/data/a/1.png", b"changed")
+    fs.rm_file("runs/data/b/3.png")
+    stage.stage_folder("s3://runs/data", said.append)
+    assert "staging 1 of 2" in said[-1]
+    assert (local / "a/1.png").read_bytes() == b"changed" and not (local / "b/3.png").exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no credentials", "a missing bucket", "a read-only bucket", "s3fs not installed", "another scheme"],
+)
+def test_a_bucket_it_cannot_use_is_one_line_and_exit_2(
+    case: str, as_user: S3Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+):
+    output, expected = "s3://runs/refused", ""
+    if case == "no credentials":
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        expected = "no credentials to write the run to s3://runs/refused: set AWS_ACCESS_KEY_ID"
+    elif case == "a missing bucket":
+        output = "s3://no-such-bucket/run"
+        expected = "the bucket no-such-bucket of s3://no-such-bucket/run does not exist: create it"
+    elif case == "a read-only bucket":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER[0])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER[1])
+        expected = "access denied to write the run to s3://runs/refused"
+    elif case == "s3fs not installed":
+        monkeypatch.setitem(sys.modules, "s3fs", None)
+        expected = "s3://runs/refused needs s3fs, which is not installed; pip install 'imgtrain[s3]'"
+    else:
+        output = "hdfs://cluster/run"
+        expected = "output is hdfs://cluster/run, a hdfs:// URL; imgtrain reads and writes local paths, s3:// and gs://"
+    data = tmp_path / "photos"
+    for i in range(2):
+        (data / "red").mkdir(parents=True, exist_ok=True)
+        tf.io.write_file(str(data / "red" / f"{i}.png"), tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)))
+    code = main(["train", "--data", str(data), "--output", output, "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert expected in err[0], err[0]
+
+
+def test_uploads_a_killed_run_left_unfinished_are_aborted_and_only_its_own(as_user: S3Server, tmp_path: Path):
+    fs = as_user.filesystem()
+    for key in ("left/checkpoints/ckpt-3.data-00000-of-00001", "other/model.keras"):
+        fs.call_s3("create_multipart_upload", Bucket="runs", Key=key)
+    assert RunMirror("s3://runs/left", tmp_path / "run").abort_leftover_uploads() == 1
+    assert [u["Key"] for u in fs.list_multipart_uploads("runs")] == ["other/model.keras"]
+
+
+def test_a_second_writer_is_refused_until_the_lease_is_stale_or_its_process_gone(as_user: S3Server):
+    from datetime import timedelta
+
+    from imgtrain.errors import UserError
+    from imgtrain.storage.lease import STALE_SECONDS, Lease, modified
+
+    fs = as_user.filesystem()
+    first, second = Lease(fs, "runs/leased", "s3://runs/leased"), Lease(fs, "runs/leased", "s3://runs/leased")
+    first.take(None)
+    renewed = modified(fs.info("runs/leased/.lease.json"))
+    with pytest.raises(UserError, match=r"s3://runs/leased is in use by process \d+ on "):
+        second.take(renewed + timedelta(seconds=5))
+    second.take(renewed + timedelta(seconds=STALE_SECONDS + 1))  # not renewed for a minute: taken over
+    with pytest.raises(UserError, match="is in use"):  # the new holder's lease is fresh
+        first.take(modified(fs.info("runs/leased/.lease.json")) + timedelta(seconds=5))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    second.mine["pid"] = int(gone.stdout)  # the holder, on this host, has exited
+    second.renew()
+    first.take(renewed)
+    first.release()
+    assert not fs.exists("runs/leased/.lease.json")
