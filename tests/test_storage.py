@@ -15,6 +15,7 @@ import tensorflow as tf
 from buckets import READER, S3Server
 
 from imgtrain.cli import main
+from imgtrain.errors import UserError
 from imgtrain.storage import places, stage
 from imgtrain.storage.mirror import RunMirror
 
@@ -213,3 +214,45 @@ def test_a_second_writer_is_refused_until_the_lease_is_stale_or_its_process_gone
     first.take(renewed)
     first.release()
     assert not fs.exists("runs/leased/.lease.json")
+
+
+def test_the_bench_reads_bucket_data_streamed_and_staged_against_local_disk(as_user: S3Server, tmp_path: Path):
+    from imgtrain.bench.buckets import bench_bucket_data
+
+    fs = as_user.filesystem()
+    for i in range(20):
+        fs.pipe_file(f"runs/bench/c{i % 2}/{i}.jpg", bytes(2000))
+    local, figures = bench_bucket_data("s3://runs/bench", tmp_path, lambda _m: None)
+    assert figures["files"] == 20 and len(list(local.rglob("*.jpg"))) == 20
+    for key in ("streamed", "staged_once"):
+        assert figures[key]["images_per_sec"] > 0 and figures[key]["baseline_images_per_sec"] > 0, figures
+
+
+def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
+    as_user: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    from conftest import write_folder
+
+    from imgtrain.config import Config
+    from imgtrain.data.source import on_disk
+    from imgtrain.data.sources import discover
+    from imgtrain.data.tfrecord import is_prepared
+
+    fs = as_user.filesystem()
+    photos = write_folder(tmp_path / "photos", per_class=4)
+    fs.put(str(photos), "runs/manifest/images", recursive=True)
+    rows = [f"images/{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(photos.rglob("*.png"))]
+    fs.pipe_file("runs/manifest/labels.csv", ("path,label\n" + "\n".join(rows) + "\n").encode())
+    cfg = on_disk(Config.load(None, ["data.path=s3://runs/manifest/labels.csv"]), progress=False)
+    catalog = discover(cfg.data)
+    assert len(catalog.examples) == 12 and catalog.class_names == ["blue", "green", "red"]
+    assert all(Path(e.path).is_file() for e in catalog.examples)
+
+    code = main(["prepare", "--data", "s3://runs/manifest/labels.csv", "--output", "s3://runs/shards", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert fs.exists("runs/shards/manifest.json")
+    assert is_prepared(on_disk(Config.load(None, ["data.path=s3://runs/shards"]), progress=False).data.path)
+
+    fs.pipe_file("runs/bad.csv", b"path,label\n/etc/passwd,red\n")
+    with pytest.raises(UserError, match="lists files by paths relative to it"):
+        on_disk(Config.load(None, ["data.path=s3://runs/bad.csv"]), progress=False)

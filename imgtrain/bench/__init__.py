@@ -24,19 +24,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from imgtrain.bench.buckets import bench_bucket_data, bench_uploads
 from imgtrain.bench.memory import collect_memory_probes, start_memory_probes
 from imgtrain.bench.peers import bench_peers
 from imgtrain.bench.pipeline import bench_pipeline
 from imgtrain.bench.report import format_table
-from imgtrain.bench.synthetic import FULL, QUICK, write_jpegs
+from imgtrain.bench.synthetic import FULL, QUICK, balanced, examples_of, write_jpegs
 from imgtrain.bench.training import bench_training
 from imgtrain.errors import UserError
+from imgtrain.storage import urls
 
 __all__ = ["format_table", "run_bench"]
 
 
 def run_bench(
-    data: Optional[str], quick: bool, models: Sequence[str], jit: bool, mixed: bool, log: Callable[[str], None] = print
+    data: Optional[str],
+    quick: bool,
+    models: Sequence[str],
+    jit: bool,
+    mixed: bool,
+    log: Callable[[str], None] = print,
+    upload: Optional[str] = None,
 ) -> dict:
     import keras
     import tensorflow as tf
@@ -45,7 +53,11 @@ def run_bench(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="imgtrain-bench-") as tmp:
         work = Path(tmp)
-        if data:
+        buckets: dict[str, Any] = {}
+        if data and urls.is_url(data):
+            local, buckets["data"] = bench_bucket_data(data, work, log)
+            folder224 = folder32 = local
+        elif data:
             folder224 = folder32 = Path(data)
             if not folder224.is_dir():
                 raise UserError(f"--data {data} must be an image folder (one subfolder per class)")
@@ -67,6 +79,12 @@ def run_bench(
         }
         result["pipeline"].update(bench_peers(sizes, work, log))
         result["train"] = bench_training(folder32, sizes, models, jit, mixed, work, log)
+        if upload:
+            cat, found = examples_of(folder32)
+            examples = balanced(found, sizes.train_images["cnn"], len(cat.class_names))
+            buckets["uploads"] = bench_uploads(upload, sizes, examples, len(cat.class_names), work, log)
+        if buckets:
+            result["bucket"] = buckets
         log("bench: peak memory of a training epoch")
         probes = start_memory_probes(folder32, sizes, work)
         try:

@@ -78,9 +78,27 @@ def _train_rows(train: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+def _bucket_rows(b: dict) -> list[tuple[str, ...]]:
+    rows = []
+    if "data" in b:
+        d = b["data"]
+        for key, label in (
+            ("streamed", "bucket.read each epoch (bytes)"),
+            ("staged_once", "bucket.staged once (bytes)"),
+        ):
+            rows.append(
+                _row(label, d[key]["images_per_sec"], "local disk", d[key]["baseline_images_per_sec"], d[key]["ratio"])
+            )
+    if "uploads" in b:
+        u = b["uploads"]
+        label = f"train.cnn, run uploaded (uploads {u['upload_share_of_epoch_time']:.1%} of its time)"
+        rows.append(_row(label, u["images_per_sec"], "same, kept local", u["baseline_images_per_sec"], u["ratio"]))
+    return rows
+
+
 def format_table(r: dict) -> str:
     rows = [("figure", "images/s", "baseline", "baseline images/s", "ratio")]
-    rows += _pipeline_rows(r["pipeline"]) + _train_rows(r["train"])
+    rows += _pipeline_rows(r["pipeline"]) + _train_rows(r["train"]) + _bucket_rows(r.get("bucket", {}))
     m = r["memory"]
     rows.append(
         (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from imgtrain.bench.report import rate
 from imgtrain.bench.synthetic import BenchSizes, balanced, examples_of
@@ -79,9 +79,18 @@ class MemorySource(DataSource):
         return ds.batch(plan.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def bench_imgtrain_loop(cfg: Config, examples, num_classes: int, work: Path, listeners: Sequence[Any] = ()) -> float:
+def bench_imgtrain_loop(
+    cfg: Config,
+    examples,
+    num_classes: int,
+    work: Path,
+    listeners: Sequence[Any] = (),
+    on_save: Optional[Callable[[], None]] = None,
+    run: Optional[Path] = None,
+) -> float:
     """Images/s of imgtrain's training loop, built by the run's own ``build_training``, over the
-    timed epochs (the first epoch is the warm-up); ``listeners`` hear of each epoch."""
+    timed epochs (the first epoch is the warm-up); ``listeners`` hear of each epoch, ``on_save``
+    of each checkpoint (written in ``run``)."""
     import keras
 
     from imgtrain.train.assembly import build_training
@@ -91,8 +100,8 @@ def bench_imgtrain_loop(cfg: Config, examples, num_classes: int, work: Path, lis
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     source = MemorySource(examples, num_classes, cfg.data.image_size, cfg.train.batch_size)
-    run = work / f"loop-{cfg.model.name}-{cfg.train.precision}-{cfg.train.jit_compile}-{time.monotonic_ns()}"
-    training = build_training(cfg, SingleDevice(), source, run, False, False, lambda _m: None, list(listeners))
+    run = run or work / f"loop-{cfg.model.name}-{cfg.train.precision}-{cfg.train.jit_compile}-{time.monotonic_ns()}"
+    training = build_training(cfg, SingleDevice(), source, run, False, False, lambda _m: None, list(listeners), on_save)
     result = training.loop.fit()
     keras.mixed_precision.set_global_policy("float32")
     timed = result.history[1:] or result.history

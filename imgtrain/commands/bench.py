@@ -22,7 +22,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ceiling, the training loop against model.fit, and peak memory against a 10x smaller epoch; "
         "print a table.",
     )
-    b.add_argument("--data", metavar="FOLDER", help="an image folder to measure on (default: generated JPEGs)")
+    b.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="an image folder to measure on, or its s3:// or gs:// URL: then also the bucket read each epoch "
+        "and staged once, against local disk (default: generated JPEGs)",
+    )
+    b.add_argument(
+        "--upload",
+        metavar="URL",
+        help="also time training with its run uploaded under this s3:// or gs:// prefix (removed after), "
+        "against the same run kept local",
+    )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.add_argument(
         "--quick",
@@ -47,12 +58,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgtrain.bench import format_table, run_bench
+    from imgtrain.storage.urls import check, is_url
 
     models = args.models or list(QUICK_MODELS if args.quick else MODELS)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise UserError(f"bench --model {unknown[0]} is not one of: {', '.join(MODELS)}")
-    result = run_bench(args.data, args.quick, models, args.jit_compile, args.mixed_precision)
+    for given in (args.data, args.upload):
+        check(given, "bench --data/--upload")
+    if args.upload and not is_url(args.upload):
+        raise UserError(f"bench --upload {args.upload} is not a bucket URL; pass s3://BUCKET/PREFIX or gs://...")
+    result = run_bench(args.data, args.quick, models, args.jit_compile, args.mixed_precision, upload=args.upload)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -82,6 +82,8 @@ class RunMirror:
         self.fs = urls.filesystem(url)
         self.root = urls.bare(self.url)
         self._lock = threading.Lock()
+        self.sent_files = 0  # what this process uploaded, for the run's last line and the bench
+        self.sent_bytes = 0
 
     # -- the bucket's side ------------------------------------------------------------
     def _remote(self, rel: str) -> str:
@@ -239,6 +241,8 @@ class RunMirror:
         if ledger.get(rel) == stamp:
             return 0
         self.fs.put_file(str(self.local / rel), self._remote(rel))
+        self.sent_files += 1
+        self.sent_bytes += stamp[0]
         ledger[rel] = stamp
         self._write_ledger(ledger)
         return 1

@@ -86,6 +86,12 @@ class RunPlace:
         uploader, self.uploader = self.uploader, None
         left = uploader.close(final_wait() if finished else min(10.0, final_wait()))
         if not left:
+            mirror = uploader.mirror
+            if mirror.sent_files:
+                uploader.say(
+                    f"uploaded to {mirror.url}: {mirror.sent_files} file(s), {mirror.sent_bytes / 2**20:.1f} MiB, "
+                    f"in {uploader.seconds:.1f} s beside the training"
+                )
             return
         what = f"{len(left)} file(s) of the run ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''})"
         message = (

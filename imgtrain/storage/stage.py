@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from imgtrain import atomic
 from imgtrain.errors import UserError
@@ -36,8 +36,9 @@ def _explained(url: str, doing: str):
     return wrap
 
 
-def stage_folder(url: str, say: Callable[[str], None] = print) -> Path:
-    """A local copy of every file under ``url`` (an image folder, prepared shards)."""
+def stage_folder(url: str, say: Callable[[str], None] = print, into: Optional[Path] = None) -> Path:
+    """A local copy of every file under ``url`` (an image folder, prepared shards), in the
+    cache (or ``into``)."""
     fs = urls.filesystem(url)
     root = urls.bare(url).rstrip("/")
     try:
@@ -52,7 +53,8 @@ def stage_folder(url: str, say: Callable[[str], None] = print) -> Path:
     }
     if not objects:
         raise UserError(f"{url} holds no files; pass the folder of class folders (or shards) in the bucket")
-    return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, places.local_copy("data", url), say)
+    local = into or places.local_copy("data", url)
+    return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, local, say)
 
 
 def stage_files(base_url: str, rels: Iterable[str], into: Path, say: Callable[[str], None] = print) -> Path:

@@ -28,6 +28,7 @@ class Uploader:
         self._asked = threading.Event()
         self._closing = threading.Event()
         self._failures = 0
+        self.seconds = 0.0  # spent pushing, beside the training
         self._thread = threading.Thread(target=self._run, name="imgtrain-upload", daemon=True)
         self._thread.start()
 
@@ -55,10 +56,12 @@ class Uploader:
             pass
 
     def _push_once(self) -> bool:
+        began = time.perf_counter()
         try:
             self._renew()
             self.mirror.push()
         except Exception as exc:  # noqa: BLE001 - any failure of the bucket: training goes on
+            self.seconds += time.perf_counter() - began
             self._failures += 1
             if self._failures == 1:
                 self.say(
@@ -66,6 +69,7 @@ class Uploader:
                     "on, and the upload is retried"
                 )
             return False
+        self.seconds += time.perf_counter() - began
         if self._failures:
             self.say(f"uploads to {self.mirror.url} resumed")
         self._failures = 0
