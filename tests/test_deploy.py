@@ -31,6 +31,7 @@ K8S = ROOT / "k8s"
 CRDS = ROOT.parent / "shared" / "k8s-crds"
 OVERLAYS = (
     "multiworker-job",
+    "multiworker-bucket",
     "multiworker-data-service",
     "tfjob",
     "mpijob",
@@ -356,18 +357,24 @@ def test_restart_settings_resume_from_checkpoints(rendered):
             specs = doc["spec"].get("tfReplicaSpecs") or doc["spec"]["mpiReplicaSpecs"]
             for role, spec in specs.items():
                 assert spec["restartPolicy"] in ("OnFailure", "ExitCode"), role
-    # Every training command writes to a fixed run directory on the volume, so a
-    # restarted pod runs the same command and resumes there.
+    # Every training command writes to a fixed run directory, on the volume or in a bucket, so
+    # a restarted pod runs the same command and resumes there.
     for doc in docs:
         for _, tmpl in pod_templates(doc):
             for c in tmpl["spec"]["containers"]:
                 args = c.get("args", [])
                 if "train" in args:
                     out = args[args.index("--output") + 1]
-                    assert out.startswith("/data/runs/")
                     mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+                    volumes = {v["name"]: v for v in tmpl["spec"].get("volumes", [])}
+                    if out.startswith(("s3://", "gs://")):  # a local copy on the pod's own disk, no shared volume
+                        cache = {e["name"]: e.get("value") for e in c.get("env", [])}["IMGTRAIN_CACHE_DIR"]
+                        assert "emptyDir" in volumes[mounts[cache]], mounts
+                        assert not any("persistentVolumeClaim" in v for v in volumes.values())
+                        assert not by_kind(docs, "PersistentVolumeClaim")
+                        continue
+                    assert out.startswith("/data/runs/")
                     if mounts:
-                        volumes = {v["name"]: v for v in tmpl["spec"]["volumes"]}
                         assert volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"] == "imgtrain-data"
 
 

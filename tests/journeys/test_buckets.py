@@ -137,12 +137,16 @@ def gcs(tmp_path: Path):
     server.stop()
 
 
-def test_two_workers_train_from_a_gcs_bucket_into_it(gcs: GcsServer, tmp_path: Path):
+def test_two_workers_train_from_a_gcs_bucket_into_it_and_resume_from_it_elsewhere(gcs: GcsServer, tmp_path: Path):
     user = bucket_user(tmp_path / "home", gcs.env())
     fs = gcs.filesystem()
     fs.mkdir("my-bucket")
     fs.put(str(user.cwd / "photos"), "my-bucket/photos", recursive=True)
-    user.ok(f"{MULTIWORKER} {SMALL} --epochs 2")
+    user.ok(f"{MULTIWORKER} {SMALL} --epochs 1")
+    # More epochs, from another machine's empty disk: each worker restores from the bucket.
+    other = bucket_user(tmp_path / "other", gcs.env(), photos=False)
+    more = other.ok(f"{MULTIWORKER} {SMALL} --epochs 2")
+    assert more.out.count("1 epoch(s) done, continuing at epoch 2") == 1, more.out[-3000:]  # the chief's line
     summary = json.loads(fs.cat("my-bucket/runs/photos/run.json"))
     assert summary["strategy"] == "multiworker" and summary["replicas_in_sync"], summary
     assert _epochs(fs, "my-bucket/runs/photos") == [1, 2]
