@@ -27,6 +27,7 @@ from imgtrain.evaluate import plots
 from imgtrain.evaluation import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
 from imgtrain.stop import Stopped
+from imgtrain.storage import urls as storage_urls
 from imgtrain.storage.runplace import run_place
 from imgtrain.tracking import open_tracker
 from imgtrain.train.assembly import Training, build_training, check_fits_in_memory
@@ -181,6 +182,11 @@ def _run_data(
     warnings: list[str],
 ) -> DataSource:
     """The run's data, checked against the run's fingerprint; config.yaml written only then."""
+    if cfg.data.service and storage_urls.is_url(cfg.data.path):
+        raise UserError(
+            f"data.service workers read the files themselves, and {cfg.data.path} is staged on this machine only; "
+            "stage the data where the service workers can read it and pass that path, or drop data.service"
+        )
     prep = prepare_data(cfg, run_dir, progress=progress and dist.is_chief)
     if not prep.has("train"):
         raise UserError(f"no training images in {cfg.data.path} after the split; add images or raise data.split.train")

@@ -256,3 +256,38 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
     fs.pipe_file("runs/bad.csv", b"path,label\n/etc/passwd,red\n")
     with pytest.raises(UserError, match="lists files by paths relative to it"):
         on_disk(Config.load(None, ["data.path=s3://runs/bad.csv"]), progress=False)
+
+
+def test_images_and_a_warm_start_in_a_bucket_are_fetched_and_named_as_given(as_user: S3Server, tmp_path: Path):
+    import keras
+
+    from imgtrain.storage.runplace import local_model
+    from imgtrain.storage.stage import local_inputs
+
+    fs = as_user.filesystem()
+    fs.pipe_file("runs/inputs/one.png", b"1")
+    fs.pipe_file("runs/inputs/more/two.png", b"2")
+    local, shown = local_inputs(["s3://runs/inputs/one.png", "s3://runs/inputs/more", "kept/as/given.png"], print)
+    assert Path(local[0]).read_bytes() == b"1" and (Path(local[1]) / "two.png").read_bytes() == b"2"
+    assert shown(local[0]) == "s3://runs/inputs/one.png"
+    assert shown(str(Path(local[1]) / "two.png")) == "s3://runs/inputs/more/two.png"
+    assert local[2] == shown(local[2]) == "kept/as/given.png"
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "m.keras")
+    fs.put_file(str(tmp_path / "m.keras"), "runs/models/m.keras")
+    fetched = local_model("s3://runs/models/m.keras")
+    loaded = keras.saving.load_model(fetched)
+    assert np.array_equal(loaded.get_weights()[0], model.get_weights()[0])
+
+
+def test_overwrite_removes_the_runs_outputs_from_the_bucket_and_nothing_else(as_user: S3Server, tmp_path: Path):
+    fs = as_user.filesystem()
+    for name in ("run.json", "history.csv", "checkpoints/ckpt-1.index", "logs/train/events", "notes.txt"):
+        fs.pipe_file(f"runs/replaced/{name}", b"x")
+    said: list[str] = []
+    RunMirror("s3://runs/replaced", tmp_path / "run").clear(said.append)
+    assert [p.rsplit("/", 1)[-1] for p in fs.find("runs/replaced")] == ["notes.txt"]
+    assert said == [
+        "--overwrite: removed the earlier run's checkpoints, history.csv, logs, run.json from s3://runs/replaced"
+    ]

@@ -22,11 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgtrain.predict import predict_files, write_records
     from imgtrain.storage.runplace import model_run, output_path
+    from imgtrain.storage.stage import local_inputs
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
+    paths, shown = local_inputs(args.paths)  # images in a bucket: fetched first
     with model_run(args.run) as run_dir:
-        records = predict_files(run_dir, args.paths, top_k=args.top_k)
+        records = predict_files(run_dir, paths, top_k=args.top_k)
+    for record in records:
+        record["path"] = shown(record["path"])
     with output_path(args.output) as output:
         write_records(records, str(output) if output is not None else None)
     if args.output:

@@ -131,3 +131,33 @@ def _held(local: Path) -> dict[str, str]:
 def _batches(items: list[str], size: int) -> Iterable[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def local_inputs(paths: Iterable[str], say: Callable[[str], None] = print) -> tuple[list[str], Callable[[str], str]]:
+    """Files or folders to read, any of them a bucket URL: their local paths (an object fetched,
+    a prefix staged), and the map from a local file back to the name the user gave."""
+    local, back = [], {}
+    for given in paths:
+        if not urls.is_url(given):
+            local.append(given)
+            continue
+        fs = urls.filesystem(given)
+        try:
+            is_file = fs.isfile(urls.bare(given))
+        except Exception as exc:  # noqa: BLE001
+            raise _explained(given, "read")(exc) from None
+        if is_file:
+            copy = fetch_file(given, places.local_copy("inputs", given))
+            back[str(copy)] = given
+        else:
+            copy = stage_folder(given, say)
+            back[str(copy) + os.sep] = given.rstrip("/") + "/"
+        local.append(str(copy))
+
+    def shown(path: str) -> str:
+        for prefix, url in back.items():
+            if path == prefix or (prefix.endswith(os.sep) and path.startswith(prefix)):
+                return url + path[len(prefix) :].replace(os.sep, "/") if prefix.endswith(os.sep) else url
+        return path
+
+    return local, shown
