@@ -291,3 +291,12 @@ def test_overwrite_removes_the_runs_outputs_from_the_bucket_and_nothing_else(as_
     assert said == [
         "--overwrite: removed the earlier run's checkpoints, history.csv, logs, run.json from s3://runs/replaced"
     ]
+
+
+@pytest.mark.parametrize("given", ["nan", "inf", "-1", "soon", "1e9"])
+def test_an_upload_wait_that_is_not_a_number_of_seconds_is_refused(given: str, monkeypatch: pytest.MonkeyPatch):
+    from imgtrain.storage.runplace import WAIT_ENV, final_wait
+
+    monkeypatch.setenv(WAIT_ENV, given)
+    with pytest.raises(UserError, match=f"{WAIT_ENV}='{given}' is not a number of seconds from 0 to 86400"):
+        final_wait()
