@@ -300,3 +300,27 @@ def test_an_upload_wait_that_is_not_a_number_of_seconds_is_refused(given: str, m
     monkeypatch.setenv(WAIT_ENV, given)
     with pytest.raises(UserError, match=f"{WAIT_ENV}='{given}' is not a number of seconds from 0 to 86400"):
         final_wait()
+
+
+def test_a_local_copy_of_a_run_since_replaced_in_its_bucket_gives_way_to_the_bucket(as_user: S3Server, tmp_path: Path):
+    url, here, there = "s3://runs/replaced-elsewhere", tmp_path / "here", tmp_path / "there"
+    var = tf.Variable(0.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=var), str(here / "checkpoints"), max_to_keep=3)
+    for value in (1.0, 2.0, 3.0):
+        _save(manager, var, value, here)
+    RunMirror(url, here).push()
+    elsewhere = RunMirror(url, there)  # another machine: --overwrite, and one epoch of a new run
+    elsewhere.clear(lambda _m: None)
+    _save(
+        tf.train.CheckpointManager(tf.train.Checkpoint(v=var), str(there / "checkpoints"), max_to_keep=3),
+        var,
+        9.0,
+        there,
+    )
+    elsewhere.push()
+    said: list[str] = []
+    RunMirror(url, here).pull("resume", said.append)  # this machine's copy is at ckpt-3, the bucket's at ckpt-1
+    assert said[0] == f"{url} changed since this machine's copy of it was made: using the bucket's", said
+    restored = tf.Variable(0.0)
+    tf.train.Checkpoint(v=restored).restore(tf.train.latest_checkpoint(str(here / "checkpoints"))).expect_partial()
+    assert float(restored.numpy()) == 9.0

@@ -35,6 +35,7 @@ from imgtrain.storage import urls
 from imgtrain.storage.lease import modified
 
 LEDGER = ".uploaded.json"
+SEEN = "bucket's checkpoint state"  # the ledger's record of the state last seen in the bucket
 STATE = f"{rundir.CHECKPOINTS}/{rundir.CHECKPOINT_STATE}"
 _CKPT_FILE = re.compile(r"^(?P<name>[^/]+-(?P<n>\d+))\.(?P<part>index|data-\d+-of-\d+)$")
 _STATE_NAMES = re.compile(r'^(?:model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$', re.M)
@@ -147,34 +148,38 @@ class RunMirror:
         if what == "model":
             self._download([rel for rel in listing if rel in MODEL_RECORDS], state=None)
             return
-        remote_names = checkpoints_named(self.fs.cat_file(self._remote(STATE)).decode()) if STATE in listing else []
-        complete = [n for n in remote_names if self._complete(n, listing)]
+        remote_text = self.fs.cat_file(self._remote(STATE)).decode() if STATE in listing else ""
+        complete = [n for n in checkpoints_named(remote_text) if self._complete(n, listing)]
         local_state = self.local / STATE
         local_names = checkpoints_named(local_state.read_text()) if local_state.exists() else []
-        if local_names and (not complete or _number(local_names[0]) >= _number(complete[0])):
-            return  # this copy is as new as the bucket's, or newer (its uploads are pending)
+        if local_names and self._bucket_unchanged(remote_text):
+            if not complete or _number(local_names[0]) >= _number(complete[0]):
+                return  # this copy is as new as the bucket's, or newer (its uploads are pending)
+        elif local_names:
+            # The bucket moved on without this copy (overwritten or trained elsewhere): it wins.
+            rundir.clear(self.local, lambda _m: None)
+            (self.local / LEDGER).unlink(missing_ok=True)
+            say(f"{self.url} changed since this machine's copy of it was made: using the bucket's")
         if not complete and not any(rel in listing for rel in RESUME_RECORDS):
             return  # nothing of a run there yet
         records = [rel for rel in listing if rel in RESUME_RECORDS]
-        files = [
-            rel
-            for rel in listing
-            if complete
-            and _CKPT_FILE.match(rel.rsplit("/", 1)[-1] or "")
-            and rel.startswith(rundir.CHECKPOINTS + "/")
-            and _checkpoint_of(rel) == complete[0]
-        ]
+        files = [rel for rel in listing if complete and _checkpoint_of(rel) == complete[0]]
         if (self.local / rundir.CHECKPOINTS).exists():
             shutil.rmtree(self.local / rundir.CHECKPOINTS)
-        self._download(records + files, state=state_text(complete[:1]) if complete else None)
+        self._download(records + files, state=state_text(complete[:1]) if complete else None, seen=remote_text)
         if complete:
             say(f"resuming from {self.url}: fetched its checkpoint {complete[0]} and {len(records)} record(s)")
+
+    def _bucket_unchanged(self, remote_text: str) -> bool:
+        """Whether the bucket's checkpoint state is the one this copy last saw there (uploaded
+        or fetched): then a newer local copy is this run's own progress, not a stale one."""
+        return checkpoints_named(self._ledger().get(SEEN, "")) == checkpoints_named(remote_text)
 
     def _complete(self, name: str, listing: dict[str, int]) -> bool:
         parts = [rel for rel in listing if _checkpoint_of(rel) == name]
         return any(p.endswith(".index") for p in parts) and any(".data-" in p for p in parts)
 
-    def _download(self, rels: list[str], state: Optional[str]) -> None:
+    def _download(self, rels: list[str], state: Optional[str], seen: Optional[str] = None) -> None:
         if not rels:
             return
         staging = self.local / ".pulling"
@@ -191,6 +196,8 @@ class RunMirror:
         if state is not None:
             atomic.write_text(self.local / STATE, state)  # last: it names the checkpoint just fetched
             ledger[STATE] = state
+        if seen is not None:
+            ledger[SEEN] = seen
         self._write_ledger(ledger)
 
     # -- pushing --------------------------------------------------------------------------
@@ -229,7 +236,7 @@ class RunMirror:
             state = state_text(uploaded)
             if uploaded and ledger.get(STATE) != state:
                 self.fs.pipe_file(self._remote(STATE), state.encode())
-                ledger[STATE] = state
+                ledger[STATE] = ledger[SEEN] = state
                 self._write_ledger(ledger)
                 sent += 1
                 self._drop_remote_checkpoints_but(set(uploaded), ledger)
