@@ -131,7 +131,9 @@ def test_a_local_copy_ahead_of_its_bucket_is_kept_and_sent(as_user: S3Server, tm
     assert _restored(url, tmp_path / "elsewhere") == 2.0
 
 
-def test_staged_data_is_fetched_once_and_follows_the_bucket(as_user: S3Server, tmp_path: Path):
+def test_staged_data_is_fetched_once_follows_the_bucket_and_fits_the_disk(
+    as_user: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     fs = as_user.filesystem()
     for name, body in {"a/1.png": b"one", "a/2.png": b"two", "b/3.png": b"three"}.items():
         fs.pipe_file(f"runs/data/{name}", body)
@@ -141,6 +143,14 @@ def test_staged_data_is_fetched_once_and_follows_the_bucket(as_user: S3Server, t
     assert said and "staging 3 of 3" in said[0]
     stage.stage_folder("s3://runs/data", said.append)
     assert len(said) == 1, "staged again with nothing changed"
+    spare = stage.SPARE_BYTES
+    monkeypatch.setattr(stage, "SPARE_BYTES", 1 << 62)  # a disk too small for one more byte
+    fs.pipe_file("runs/data/a/1.png", b"changed!")
+    with pytest.raises(
+        UserError, match=r"staging s3://runs/data needs 0\.0 GiB and .* GiB free; point IMGTRAIN_CACHE_DIR"
+    ):
+        stage.stage_folder("s3://runs/data", said.append)
+    monkeypatch.setattr(stage, "SPARE_BYTES", spare)
     fs.pipe_file("runs/data/a/1.png", b"changed")
     fs.rm_file("runs/data/b/3.png")
     stage.stage_folder("s3://runs/data", said.append)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -20,6 +21,7 @@ from imgtrain.errors import UserError
 from imgtrain.storage import places, urls
 
 LIST = ".staged.json"
+SPARE_BYTES = 1 << 30  # left free beside a staged copy: the run's checkpoints and caches
 
 
 def _version(info: dict) -> str:
@@ -53,8 +55,9 @@ def stage_folder(url: str, say: Callable[[str], None] = print, into: Optional[Pa
     }
     if not objects:
         raise UserError(f"{url} holds no files; pass the folder of class folders (or shards) in the bucket")
+    sizes = {name[len(prefix) :]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(prefix)}
     local = into or places.local_copy("data", url)
-    return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, local, say)
+    return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, local, say, sizes)
 
 
 def stage_files(base_url: str, rels: Iterable[str], into: Path, say: Callable[[str], None] = print) -> Path:
@@ -73,7 +76,8 @@ def stage_files(base_url: str, rels: Iterable[str], into: Path, say: Callable[[s
             f"{len(missing)} file(s) the manifest lists are not in {base_url} (first: {missing[0]}); "
             "fix the manifest or upload them"
         )
-    return _sync(fs, base_url, {rel: f"{base}/{rel}" for rel in wanted}, objects, Path(into), say)
+    sizes = {rel: int(found[f"{base}/{rel}"].get("size") or 0) for rel in objects}
+    return _sync(fs, base_url, {rel: f"{base}/{rel}" for rel in wanted}, objects, Path(into), say, sizes)
 
 
 def fetch_file(url: str, into: Path) -> Path:
@@ -93,19 +97,24 @@ def fetch_file(url: str, into: Path) -> Path:
     return target
 
 
-def _sync(fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say) -> Path:
+def _sync(
+    fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say, sizes: dict[str, int]
+) -> Path:
     local.mkdir(parents=True, exist_ok=True)
     # Workers on one machine stage the same copy: one at a time, the others then find it done.
     with open(local.parent / f".{local.name}.staging", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _sync_locked(fs, url, remote, objects, local, say)
+        return _sync_locked(fs, url, remote, objects, local, say, sizes)
 
 
-def _sync_locked(fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say) -> Path:
+def _sync_locked(
+    fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say, sizes: dict[str, int]
+) -> Path:
     held = _held(local)
     todo = [rel for rel, version in objects.items() if held.get(rel) != version or not (local / rel).exists()]
     for rel in set(held) - set(objects):
         (local / rel).unlink(missing_ok=True)
+    _check_room(url, local, sum(sizes.get(rel, 0) for rel in todo))
     if todo:
         say(f"staging {len(todo)} of {len(objects)} file(s) from {url} to {local}")
         (local / LIST).unlink(missing_ok=True)  # a copy half updated is not trusted until the list is back
@@ -119,6 +128,16 @@ def _sync_locked(fs, url: str, remote: dict[str, str], objects: dict[str, str], 
             raise _explained(url, "read the data from")(exc) from None
     atomic.write_text(local / LIST, json.dumps(objects))
     return local
+
+
+def _check_room(url: str, local: Path, needed: int) -> None:
+    """Refuse, before any download, a copy that would not fit (with room left for the run)."""
+    free = shutil.disk_usage(local).free
+    if needed + SPARE_BYTES > free:
+        raise UserError(
+            f"staging {url} needs {needed / 2**30:.1f} GiB and {local.parent} has {free / 2**30:.1f} GiB free; "
+            f"point {places.CACHE_ENV} at a larger disk, or free some space there"
+        )
 
 
 def _held(local: Path) -> dict[str, str]:
