@@ -334,3 +334,18 @@ def test_a_local_copy_of_a_run_since_replaced_in_its_bucket_gives_way_to_the_buc
     restored = tf.Variable(0.0)
     tf.train.Checkpoint(v=restored).restore(tf.train.latest_checkpoint(str(here / "checkpoints"))).expect_partial()
     assert float(restored.numpy()) == 9.0
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_a_bucket_url_without_a_trained_run_is_one_line_and_exit_2(
+    command: str, as_user: S3Server, capsys: pytest.CaptureFixture
+):
+    as_user.filesystem().pipe_file("runs/untrained/config.yaml", b"seed: 1\n")
+    code = main(
+        [command, "--run", "s3://runs/untrained", "--no-progress"]
+        if command == "evaluate"
+        else [command, "--run", "s3://runs/untrained"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "s3://runs/untrained holds no trained model (model.keras)" in err[0], err[0]

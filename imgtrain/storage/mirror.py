@@ -146,6 +146,11 @@ class RunMirror:
     def _pull(self, what: str, say: Callable[[str], None]) -> None:
         listing = self.listing()
         if what == "model":
+            if rundir.MODEL not in listing:
+                raise UserError(
+                    f"{self.url} holds no trained model ({rundir.MODEL}); pass the URL a finished "
+                    "'imgtrain train --output' wrote to"
+                )
             self._download([rel for rel in listing if rel in MODEL_RECORDS], state=None)
             return
         remote_text = self.fs.cat_file(self._remote(STATE)).decode() if STATE in listing else ""

@@ -115,6 +115,7 @@ def run_place(output: str, rank: int = 0) -> RunPlace:
 def model_run(run: str, say: Callable[[str], None] = print, writes: bool = False) -> Iterator[Path]:
     """A finished run's folder for evaluate, predict and export: a local path as given, a bucket
     run fetched (model, config, class names, records); what ``writes`` leaves is pushed back."""
+    urls.check(run, "--run")
     if not is_url(run):
         yield Path(run)
         return
@@ -155,6 +156,7 @@ def shown_in(run: str, run_dir: Path, path: Path) -> str:
 def output_path(output: Optional[str]) -> Iterator[Optional[Path]]:
     """Where a command writes ``output`` (a file or folder it names): the path itself, or for a
     bucket URL a local file of the same name, uploaded once the command has written it whole."""
+    urls.check(output, "--output")
     if output is None or not is_url(output):
         yield Path(output) if output is not None else None
         return
