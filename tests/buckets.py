@@ -39,6 +39,10 @@ def _tool(name: str) -> str:
     return found
 
 
+class _Died(RuntimeError):
+    """The server exited while starting."""
+
+
 class S3Server:
     """``weed mini``: master, volume, filer and S3 gateway in one process, data in ``root``."""
 
@@ -46,6 +50,7 @@ class S3Server:
         self.root = root
         self.ports = free_ports(12)
         self.proc: subprocess.Popen | None = None
+        self.started = 0
         (root / "data").mkdir(parents=True, exist_ok=True)
         identities = [
             {
@@ -65,13 +70,30 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports[0]}"
 
+    @property
+    def restarted(self) -> bool:
+        return self.started > 0
+
     def env(self, who: tuple[str, str] | None = WRITER) -> dict[str, str]:
         out = {**QUIET_CLOUD, "AWS_ENDPOINT_URL": self.endpoint}
         if who:
             out.update(AWS_ACCESS_KEY_ID=who[0], AWS_SECRET_ACCESS_KEY=who[1])
         return out
 
-    def start(self, timeout: float = 90.0) -> "S3Server":
+    def start(self, timeout: float = 90.0, attempts: int = 3) -> "S3Server":
+        """Start, and wait until it serves. A first start that dies at once (a port taken
+        between choosing it and binding it, by a server of another test worker) is tried
+        again on other ports; a restart keeps its ports, as clients know them."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except _Died:
+                if self.restarted or attempt == attempts - 1:
+                    raise
+                self.ports = free_ports(12)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "S3Server":
         p = self.ports
         args = [
             _tool("weed"),
@@ -100,6 +122,7 @@ class S3Server:
         log = open(self.root / "weed.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait(timeout)
+        self.started += 1
         return self
 
     def _wait(self, timeout: float) -> None:
@@ -114,9 +137,10 @@ class S3Server:
                 fs.ls("ready-check")
                 return
             except Exception as exc:  # noqa: BLE001
-                if time.monotonic() > end or (self.proc and self.proc.poll() is not None):
+                died = self.proc is not None and self.proc.poll() is not None
+                if time.monotonic() > end or died:
                     tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"SeaweedFS did not start: {exc}\n{tail}") from None
+                    raise (_Died if died else RuntimeError)(f"SeaweedFS did not start: {exc}\n{tail}") from None
                 time.sleep(0.3)
 
     def filesystem(self, who: tuple[str, str] = WRITER):
@@ -176,11 +200,17 @@ class GcsServer:
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
+                time.sleep(0.2)  # a port another process holds answers too: is this server still up?
+                if self.proc.poll() is None:
+                    return self
             except OSError:
-                if time.monotonic() > end:
-                    raise RuntimeError("fake-gcs-server did not start") from None
-                time.sleep(0.1)
+                pass
+            if self.proc.poll() is not None:  # the port was taken meanwhile: another one
+                self.port = free_ports(1)[0]
+                return self.start(timeout)
+            if time.monotonic() > end:
+                raise RuntimeError("fake-gcs-server did not start")
+            time.sleep(0.1)
 
     def filesystem(self):
         from gcsfs.core import GCSFileSystem  # the JSON-API class: the default one hangs on an emulator
