@@ -92,6 +92,7 @@ class RunMirror:
 
     def listing(self) -> dict[str, int]:
         """Every file of the run in the bucket, by path relative to the run, with its size."""
+        self.fs.invalidate_cache(self.root)  # another machine may have written since this client listed
         found = self.fs.find(self.root, detail=True)
         prefix = self.root + "/"
         return {
@@ -260,6 +261,7 @@ class RunMirror:
         return 1
 
     def _drop_remote_checkpoints_but(self, keep: set[str], ledger: dict) -> None:
+        self.fs.invalidate_cache(self._remote(rundir.CHECKPOINTS))
         try:
             names = self.fs.ls(self._remote(rundir.CHECKPOINTS), detail=False)
         except FileNotFoundError:
@@ -269,7 +271,10 @@ class RunMirror:
             rel = f"{rundir.CHECKPOINTS}/{full[len(prefix) :]}" if full.startswith(prefix) else ""
             name = _checkpoint_of(rel)
             if name and name not in keep:
-                self.fs.rm_file(full)
+                try:
+                    self.fs.rm_file(full)
+                except FileNotFoundError:
+                    pass  # gone already: a push cut short after this deletion, then repeated
                 ledger.pop(rel, None)
         self._write_ledger(ledger)
 
