@@ -30,7 +30,8 @@ def temp_sibling(path: Path) -> Path:
 _TEMP = re.compile(r"^\.tmp-(\d+)-[0-9a-f]{8}-.")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` still runs (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +58,7 @@ def remove_orphans(folder: Path, before: float) -> list[str]:
     for entry in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         match = _TEMP.match(entry.name)
         try:
-            if not match or _alive(int(match.group(1))) or entry.lstat().st_mtime >= before:
+            if not match or alive(int(match.group(1))) or entry.lstat().st_mtime >= before:
                 continue
             remove_path(entry)
         except OSError:

@@ -17,21 +17,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from imgtrain import atomic
 from imgtrain.errors import UserError
 
 NAME = ".lease.json"
 RENEW_SECONDS = 15.0
 STALE_SECONDS = 60.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def modified(info: dict[str, Any]) -> Optional[datetime]:
@@ -60,7 +51,7 @@ class Lease:
         if held is not None and held[0].get("token") != self.mine["token"]:
             holder, modified = held
             age = (now - modified).total_seconds() if now and modified else STALE_SECONDS
-            gone = holder.get("host") == self.mine["host"] and not _alive(int(holder.get("pid", 0) or 0))
+            gone = holder.get("host") == self.mine["host"] and not atomic.alive(int(holder.get("pid", 0) or 0))
             if age < STALE_SECONDS and not gone:
                 raise UserError(
                     f"{self.url} is in use by process {holder.get('pid')} on {holder.get('host')} (its lease was "

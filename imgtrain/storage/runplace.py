@@ -119,12 +119,10 @@ def model_run(run: str, say: Callable[[str], None] = print, writes: bool = False
     if not is_url(run):
         yield Path(run)
         return
-    place = run_place(run)
-    assert place.mirror is not None
-    place.mirror.pull("model", say)
-    yield place.local
+    mirror = _fetched_run(run, say)
+    yield mirror.local
     if writes:
-        place.mirror.push()
+        mirror.push()
 
 
 def local_model(source: str, say: Callable[[str], None] = print) -> Path:
@@ -136,10 +134,14 @@ def local_model(source: str, say: Callable[[str], None] = print) -> Path:
         from imgtrain.storage.stage import fetch_file
 
         return fetch_file(source, places.local_copy("models", source))
-    place = run_place(source)
-    assert place.mirror is not None
-    place.mirror.pull("model", say)
-    return place.local
+    return _fetched_run(source, say).local
+
+
+def _fetched_run(url: str, say: Callable[[str], None]) -> RunMirror:
+    """A finished bucket run's local copy, holding what a model command reads."""
+    mirror = RunMirror(url, places.local_copy("runs", url))
+    mirror.pull("model", say)
+    return mirror
 
 
 def shown_in(run: str, run_dir: Path, path: Path) -> str:
