@@ -8,12 +8,19 @@
 # file includes XLA headers that moved. XLA ops are off by default, so that one
 # file is dropped from the TensorFlow target before building.
 #
-# Usage: launch/install_horovod.sh [PYTHON]     (default: python3 on PATH)
+# Usage: launch/install_horovod.sh [PYTHON] [--wheel DIR]   (default: python3 on PATH)
+#   --wheel DIR  two steps, for an install that goes on meanwhile (make install): the first call
+#                only builds Horovod's wheel into DIR, writing nothing into PYTHON's environment;
+#                the next call finds it there and installs it, with its dependencies.
 # Env:   HOROVOD_VERSION (default 0.28.1), FORCE=1 to rebuild when already importable.
 set -euo pipefail
 
 PY="${1:-${PYTHON:-python3}}"
 VERSION="${HOROVOD_VERSION:-0.28.1}"
+WHEELS=""
+if [ "${2:-}" = --wheel ]; then
+  WHEELS="${3:?--wheel needs a folder}"
+fi
 
 if [ "${FORCE:-0}" != 1 ] && "$PY" -c "import horovod.tensorflow as h; h.init(); assert h.gloo_built()" >/dev/null 2>&1; then
   echo "horovod: already installed in $("$PY" -c 'import sys; print(sys.prefix)') ($("$PY" -c 'import horovod; print(horovod.__version__)'))"
@@ -21,13 +28,27 @@ if [ "${FORCE:-0}" != 1 ] && "$PY" -c "import horovod.tensorflow as h; h.init();
 fi
 
 "$PY" -c "import tensorflow" 2>/dev/null || { echo "horovod: TensorFlow must be installed in $PY first" >&2; exit 1; }
-command -v g++ >/dev/null || { echo "horovod: needs a C++ compiler (apt-get install g++)" >&2; exit 1; }
-if ! command -v cmake >/dev/null; then
-  "$PY" -m pip install --quiet "cmake<4"   # a registry package that ships the binary
+
+installed() {
+  "$PY" -c "import horovod.tensorflow as h; h.init(); print('horovod: installed', __import__('horovod').__version__, 'gloo', h.gloo_built(), 'mpi', h.mpi_built(), 'nccl', h.nccl_built())" 2>/dev/null \
+    || { echo "horovod: built, but 'import horovod.tensorflow' fails; run it by hand to see why" >&2; exit 1; }
+}
+built=""
+[ -n "$WHEELS" ] && built="$(ls "$WHEELS"/horovod-"${VERSION}"-*.whl 2>/dev/null | head -n 1 || true)"
+if [ -n "$built" ]; then
+  "$PY" -m pip install --quiet "$built"
+  installed
+  exit 0
 fi
 
+command -v g++ >/dev/null || { echo "horovod: needs a C++ compiler (apt-get install g++)" >&2; exit 1; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+if ! command -v cmake >/dev/null; then
+  # a registry package that ships the binary, kept out of PYTHON's environment
+  "$PY" -m pip install --quiet --target "$work/cmake" "cmake<4"
+  export PATH="$work/cmake/bin:$PATH" PYTHONPATH="$work/cmake${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$PY" -m pip download --quiet --no-deps --no-binary :all: "horovod==${VERSION}" -d "$work"
 tar -xzf "$work/horovod-${VERSION}.tar.gz" -C "$work"
 src="$work/horovod-${VERSION}"
@@ -55,6 +76,11 @@ if command -v nvcc >/dev/null && [ "$tf_cuda" = 1 ] && [ -n "$nccl_h" ]; then
   nccl=yes
 fi
 echo "horovod: building ${VERSION} (gloo=yes mpi=${mpi} nccl=${nccl}) with $("$PY" -c 'import tensorflow as tf; print("TensorFlow", tf.__version__)' 2>/dev/null)"
+if [ -n "$WHEELS" ]; then
+  mkdir -p "$WHEELS"
+  MAKEFLAGS="-j$(nproc)" "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WHEELS" "$src"
+  echo "horovod: wheel built in $WHEELS"
+  exit 0
+fi
 MAKEFLAGS="-j$(nproc)" "$PY" -m pip install --quiet --no-build-isolation "$src"
-"$PY" -c "import horovod.tensorflow as h; h.init(); print('horovod: installed', __import__('horovod').__version__, 'gloo', h.gloo_built(), 'mpi', h.mpi_built(), 'nccl', h.nccl_built())" 2>/dev/null \
-  || { echo "horovod: built, but 'import horovod.tensorflow' fails; run it by hand to see why" >&2; exit 1; }
+installed
