@@ -34,6 +34,7 @@ EXPORT = readme.command("imgtrain export --run s3://my-bucket/runs/photos --outp
 MULTIWORKER = readme.command(
     "python launch/multiworker.py --workers 2 -- imgtrain train --data gs://my-bucket/photos --output gs://my-bucket/runs/photos"  # noqa: E501
 )
+GCS_TRAIN = MULTIWORKER.split(" -- ", 1)[1]
 RUN = f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3"
 
 
@@ -140,8 +141,9 @@ def test_two_workers_train_from_a_gcs_bucket_into_it_and_resume_from_it_elsewher
     fs = gcs.filesystem()
     fs.mkdir("my-bucket")
     fs.put(str(user.cwd / "photos"), "my-bucket/photos", recursive=True)
-    user.ok(f"{MULTIWORKER} {SMALL} --epochs 1")
-    # More epochs, from another machine's empty disk: each worker restores from the bucket.
+    # The first epoch on the user's own machine, one process; then two workers, on another
+    # machine's empty disk, each restore from the bucket and train on.
+    user.ok(f"{GCS_TRAIN} {SMALL} --epochs 1")
     other = bucket_user(tmp_path / "other", gcs.env(), photos=False)
     more = other.ok(f"{MULTIWORKER} {SMALL} --epochs 2")
     assert more.out.count("1 epoch(s) done, continuing at epoch 2") == 1, more.out[-3000:]  # the chief's line
