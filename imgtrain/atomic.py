@@ -77,7 +77,9 @@ def replacing(path: Path) -> Iterator[Path]:
             yield tmp
             os.replace(tmp, path)
         except OSError as exc:
-            if exc.filename is None:  # a write through an open file names no path: name the target
+            if exc.filename is None and exc.errno is not None:
+                # A write through an open file names no path: name the target (same errno, so
+                # the same subclass). An error without an errno (a client's own) passes as it is.
                 raise OSError(exc.errno, exc.strerror, str(path)) from exc
             raise
     finally:

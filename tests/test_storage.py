@@ -4,6 +4,7 @@ trainings, kills and a second machine are in tests/journeys/test_buckets.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -349,3 +350,45 @@ def test_a_bucket_url_without_a_trained_run_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "s3://runs/untrained holds no trained model (model.keras)" in err[0], err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--data", "s3://runs/missing.csv"], "s3://runs/missing.csv does not exist; check the URL"),
+        (["train", "--data", "s3://runs/one/a.png"], "s3://runs/one/a.png is one file, not a folder; pass the folder"),
+        (
+            ["predict", "--run", "s3://runs/one", "s3://runs/one/b.png"],
+            "s3://runs/one/b.png holds no files; pass an image",
+        ),
+    ],
+    ids=["a missing manifest", "one image as the data", "a missing image to predict"],
+)
+def test_a_bucket_url_that_names_the_wrong_thing_is_one_line_and_exit_2(
+    argv: list[str], expected: str, as_user: S3Server, capsys: pytest.CaptureFixture, tmp_path: Path
+):
+    """(And the clients' own retry logs, tracebacks included, are not printed around it.)"""
+    as_user.filesystem().pipe_file("runs/one/a.png", b"not read")
+    if argv[0] == "train":
+        argv = [*argv, "--output", str(tmp_path / "run"), "--no-progress"]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert expected in err[0], err[0]
+
+
+def test_the_storage_clients_retry_logs_are_not_printed(tmp_path: Path):
+    """gcsfs logs each failed request's traceback (and its fallbacks) to Python's last-resort
+    handler; imgtrain says what a failure means in its own one line instead. (A process of its
+    own: under pytest, pytest's handlers would take the records.)"""
+    script = (
+        "import logging\n"
+        "from imgtrain.storage import urls\n"
+        "urls.filesystem('gs://b/x')\n"
+        "logging.getLogger('gcsfs.retry').error('_request out of retries on exception: refused')\n"
+        "logging.getLogger('gcsfs').warning('Could not determine bucket type, falling back')\n"
+        "logging.getLogger('imgtrain.other').warning('still printed')\n"
+    )
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and out.stderr.strip() == "still printed", out.stderr

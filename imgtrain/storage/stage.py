@@ -38,9 +38,15 @@ def _explained(url: str, doing: str):
     return wrap
 
 
-def stage_folder(url: str, say: Callable[[str], None] = print, into: Optional[Path] = None) -> Path:
+DATA_FOLDER = "the folder of class folders (or shards) in the bucket"
+
+
+def stage_folder(
+    url: str, say: Callable[[str], None] = print, into: Optional[Path] = None, wanted: str = DATA_FOLDER
+) -> Path:
     """A local copy of every file under ``url`` (an image folder, prepared shards), in the
-    cache (or ``into``)."""
+    cache (or ``into``). ``wanted`` names what the URL should be, for the line of a URL that
+    holds nothing."""
     fs = urls.filesystem(url)
     root = urls.bare(url).rstrip("/")
     try:
@@ -54,7 +60,9 @@ def stage_folder(url: str, say: Callable[[str], None] = print, into: Optional[Pa
         if name.startswith(prefix) and info.get("type") != "directory" and not name.endswith("/")
     }
     if not objects:
-        raise UserError(f"{url} holds no files; pass the folder of class folders (or shards) in the bucket")
+        if root in found and found[root].get("type") != "directory":
+            raise UserError(f"{url} is one file, not a folder; pass {wanted}")
+        raise UserError(f"{url} holds no files; pass {wanted}")
     sizes = {name[len(prefix) :]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(prefix)}
     local = into or places.local_copy("data", url)
     return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, local, say, sizes)
@@ -169,7 +177,7 @@ def local_inputs(paths: Iterable[str], say: Callable[[str], None] = print) -> tu
             copy = fetch_file(given, places.local_copy("inputs", given))
             back[str(copy)] = given
         else:
-            copy = stage_folder(given, say)
+            copy = stage_folder(given, say, wanted="an image's URL, or a folder of images in the bucket")
             back[str(copy) + os.sep] = given.rstrip("/") + "/"
         local.append(str(copy))
 

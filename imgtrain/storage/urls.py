@@ -11,6 +11,7 @@ roles for S3; ``GOOGLE_APPLICATION_CREDENTIALS``, workload identity and
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class Scheme:
     module: str  # the fsspec implementation to import
     extra: str  # pip install 'imgtrain[<extra>]'
     credentials: str  # where its credentials come from, for the one line that says they are missing
+    endpoint: str  # the variable naming a server other than the cloud's own
 
 
 SCHEMES = {
@@ -32,12 +34,14 @@ SCHEMES = {
         "s3",
         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the machine a role "
         "(and AWS_ENDPOINT_URL for a store other than AWS)",
+        "AWS_ENDPOINT_URL",
     ),
     "gs": Scheme(
         "gcsfs",
         "gcs",
         "set GOOGLE_APPLICATION_CREDENTIALS to a service account key, run 'gcloud auth application-default "
         "login', or give the pod a workload identity",
+        "STORAGE_EMULATOR_HOST",
     ),
 }
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
@@ -86,6 +90,9 @@ def bare(url: str) -> str:
     return f"{bucket}/{key}" if key else bucket
 
 
+_QUIET = logging.NullHandler()  # added once: a logger keeps one of each handler object
+
+
 def filesystem(url: str):
     """The fsspec filesystem for ``url``'s scheme, or one line naming the extra to install."""
     scheme = scheme_of(url)
@@ -97,6 +104,9 @@ def filesystem(url: str):
         raise UserError(
             f"{url} needs {spec.module}, which is not installed; pip install 'imgtrain[{spec.extra}]'"
         ) from None
+    # The clients log their retries and fallbacks (with tracebacks) to Python's last-resort
+    # handler, which prints them; what a failure means is said once, by explain().
+    logging.getLogger(spec.module).addHandler(_QUIET)
     # A new client each time: one cached by fsspec would keep the credentials and endpoint of the
     # environment it was made in.
     if scheme == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -148,7 +158,7 @@ def explain(exc: BaseException, url: str, doing: str) -> Optional[UserError]:
     if _UNREACHABLE.search(text):
         return UserError(
             f"cannot reach the storage service to {doing} {url} ({_first_line(exc)}): check the network "
-            "and the endpoint (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST)"
+            f"and the endpoint ({spec.endpoint})"
         )
     return None
 
