@@ -24,13 +24,25 @@ install: $(STAMP)
 
 # Compiled at install (not --no-compile): with lazy compiling, the suite's first mlflow server
 # compiled mlflow, SQLAlchemy and alembic under load and missed its 180 s start-up limit.
-# TensorFlow first; then Horovod's wheel compiles against it (launch/install_horovod.sh --wheel,
-# which writes nothing into the venv) while pip installs the rest, and is installed last, so two
-# pips never write into the venv at once. The compile and the downloads overlap: about a minute.
+# TensorFlow first (the cpu extra's pin); then Horovod's wheel compiles against it
+# (launch/install_horovod.sh --wheel, which writes nothing into the venv) while pip installs the
+# rest, and is installed last, so two pips never write into the venv at once.
+# (tomllib is Python 3.11's; on 3.10 the copy pip carries reads the file.)
+define TENSORFLOW_PIN
+try:
+    import tomllib
+except ImportError:
+    from pip._vendor import tomli as tomllib
+extra = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["cpu"]
+print(*(r for r in extra if r.startswith("tensorflow")), sep="\n")
+endef
+export TENSORFLOW_PIN
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[cpu]'
+	$(PY) -c "$$TENSORFLOW_PIN" > $(VENV)/tensorflow.txt
+	$(PIP) install --quiet -r $(VENV)/tensorflow.txt
 	rm -rf $(VENV)/horovod-wheel
 	bash launch/install_horovod.sh $(PY) --wheel $(VENV)/horovod-wheel & build=$$!; \
 	  $(PIP) install --quiet -e '.[cpu,test]' || { kill $$build; exit 1; }; \

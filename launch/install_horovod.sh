@@ -22,13 +22,6 @@ if [ "${2:-}" = --wheel ]; then
   WHEELS="${3:?--wheel needs a folder}"
 fi
 
-if [ "${FORCE:-0}" != 1 ] && "$PY" -c "import horovod.tensorflow as h; h.init(); assert h.gloo_built()" >/dev/null 2>&1; then
-  echo "horovod: already installed in $("$PY" -c 'import sys; print(sys.prefix)') ($("$PY" -c 'import horovod; print(horovod.__version__)'))"
-  exit 0
-fi
-
-"$PY" -c "import tensorflow" 2>/dev/null || { echo "horovod: TensorFlow must be installed in $PY first" >&2; exit 1; }
-
 installed() {
   "$PY" -c "import horovod.tensorflow as h; h.init(); print('horovod: installed', __import__('horovod').__version__, 'gloo', h.gloo_built(), 'mpi', h.mpi_built(), 'nccl', h.nccl_built())" 2>/dev/null \
     || { echo "horovod: built, but 'import horovod.tensorflow' fails; run it by hand to see why" >&2; exit 1; }
@@ -40,6 +33,14 @@ if [ -n "$built" ]; then
   installed
   exit 0
 fi
+
+# (Each of these imports TensorFlow, for seconds: as few as can tell.)
+if [ "${FORCE:-0}" != 1 ] && "$PY" -c "import horovod.tensorflow as h; h.init(); assert h.gloo_built()" >/dev/null 2>&1; then
+  echo "horovod: already installed in $("$PY" -c 'import sys; print(sys.prefix)') ($("$PY" -c 'import horovod; print(horovod.__version__)'))"
+  exit 0
+fi
+read -r tf_version tf_cuda < <("$PY" -c 'import tensorflow as tf; print(tf.__version__, int(tf.test.is_built_with_cuda()))' 2>/dev/null) || true
+[ -n "${tf_version:-}" ] || { echo "horovod: TensorFlow must be installed in $PY first" >&2; exit 1; }
 
 command -v g++ >/dev/null || { echo "horovod: needs a C++ compiler (apt-get install g++)" >&2; exit 1; }
 work="$(mktemp -d)"
@@ -65,7 +66,6 @@ else
 fi
 nccl=no
 cuda_home="${CUDA_HOME:-/usr/local/cuda}"
-tf_cuda="$("$PY" -c 'import tensorflow as tf; print(int(tf.test.is_built_with_cuda()))' 2>/dev/null || echo 0)"
 nccl_h=""
 for d in "${NCCL_HOME:-}/include" /usr/include "$cuda_home/include"; do
   [ -f "$d/nccl.h" ] && nccl_h="$d" && break
@@ -75,7 +75,7 @@ if command -v nvcc >/dev/null && [ "$tf_cuda" = 1 ] && [ -n "$nccl_h" ]; then
   [ -n "${NCCL_HOME:-}" ] && export HOROVOD_NCCL_HOME="$NCCL_HOME"
   nccl=yes
 fi
-echo "horovod: building ${VERSION} (gloo=yes mpi=${mpi} nccl=${nccl}) with $("$PY" -c 'import tensorflow as tf; print("TensorFlow", tf.__version__)' 2>/dev/null)"
+echo "horovod: building ${VERSION} (gloo=yes mpi=${mpi} nccl=${nccl}) with TensorFlow ${tf_version}"
 if [ -n "$WHEELS" ]; then
   mkdir -p "$WHEELS"
   MAKEFLAGS="-j$(nproc)" "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WHEELS" "$src"
