@@ -354,9 +354,11 @@ class TrainLoop:
             where = f"epoch {start_epoch + 1}" + (f", step {skip + 1}" if skip else "")
             if skip >= self.data.steps_per_epoch:
                 where = f"the end of epoch {start_epoch + 1} (its steps are trained)"
+            # A finished run (every epoch done, or stopped early) continues nowhere: run.py says so.
+            done = start_epoch >= self.epochs or bool(st.get("stopped_early"))
             self.log(
-                f"resuming from checkpoint {self.store.latest or 'of rank 0'}: {start_epoch} epoch(s) done, "
-                f"continuing at {where}"
+                f"resuming from checkpoint {self.store.latest or 'of rank 0'}: {start_epoch} epoch(s) done"
+                + ("" if done else f", continuing at {where}")
             )
         return (
             start_epoch,

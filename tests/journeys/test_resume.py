@@ -45,3 +45,4 @@ def test_more_epochs_on_a_finished_run(user: User, whole: dict[str, int]) -> Non
     assert fingerprint(user.cwd / "runs/photos") == whole["3"]
     same = user.ok(f"{TRAIN} {SMALL} {MID_EPOCH} --epochs 3")
     assert "nothing to train" in same.out
+    assert "3 epoch(s) done" in same.out and "continuing at" not in same.out, same.out[-2000:]  # no epoch 4 promised
