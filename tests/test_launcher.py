@@ -140,13 +140,18 @@ def test_a_stop_reaches_each_worker_once_from_the_launcher(tmp_path: Path, launc
     rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + getattr(signal, name), rest
     assert "Traceback" not in rest, rest
-    got = [ast.literal_eval(found) for found in re.findall(r"got (\[[^\]]*\])", rest)]
-    assert len(got) == 2 and all(g[:1] == [name] and g.count(name) == 1 for g in got), rest
+    found = list(re.finditer(r"got (\[[^\]]*\])", rest))
+    got = [ast.literal_eval(m.group(1)) for m in found]
+    assert len(got) == 2 and all(g[:1] == [name] for g in got), rest
     # After that one stop, only horovodrun's own cleanup: once a worker has exited, it sends
     # SIGTERM to those still finishing theirs (imgtrain ends quietly on it, tests/test_preemption.py).
-    later = [sig for g in got for sig in g[1:]]
-    assert not later or (launcher == "horovod.sh" and set(later) == {"SIGTERM"}), rest
-    assert not later or "Terminating remaining workers after failure" in rest, rest
+    # So a worker with more than one signal said so after that cleanup began (a launcher that
+    # passed a stop on twice shows it in the first worker to end, before any cleanup).
+    cleanup = rest.find("Terminating remaining workers after failure")
+    for m, g in zip(found, got):
+        if len(g) > 1:
+            assert launcher == "horovod.sh" and set(g[1:]) == {"SIGTERM"}, rest
+            assert 0 <= cleanup < m.start(), rest
 
 
 def test_under_nohup_a_groups_sigint_stops_nothing(tmp_path: Path) -> None:
