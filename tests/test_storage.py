@@ -367,7 +367,7 @@ def test_a_bucket_url_without_a_trained_run_is_one_line_and_exit_2(
 def test_a_bucket_url_that_names_the_wrong_thing_is_one_line_and_exit_2(
     argv: list[str], expected: str, as_user: S3Server, capsys: pytest.CaptureFixture, tmp_path: Path
 ):
-    """(And the clients' own retry logs, tracebacks included, are not printed around it.)"""
+    """Where it is, what is wrong with it, and what to pass instead, in the command's words."""
     as_user.filesystem().pipe_file("runs/one/a.png", b"not read")
     if argv[0] == "train":
         argv = [*argv, "--output", str(tmp_path / "run"), "--no-progress"]

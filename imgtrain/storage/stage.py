@@ -22,6 +22,7 @@ from imgtrain.storage import places, urls
 
 LIST = ".staged.json"
 SPARE_BYTES = 1 << 30  # left free beside a staged copy: the run's checkpoints and caches
+DATA_FOLDER = "the folder of class folders (or shards) in the bucket"  # what --data names
 
 
 def _version(info: dict) -> str:
@@ -38,9 +39,6 @@ def _explained(url: str, doing: str):
     return wrap
 
 
-DATA_FOLDER = "the folder of class folders (or shards) in the bucket"
-
-
 def stage_folder(
     url: str, say: Callable[[str], None] = print, into: Optional[Path] = None, wanted: str = DATA_FOLDER
 ) -> Path:
@@ -54,16 +52,17 @@ def stage_folder(
     except Exception as exc:  # noqa: BLE001
         raise _explained(url, "read the data from")(exc) from None
     prefix = root + "/"
-    objects = {
-        name[len(prefix) :]: _version(info)
+    files = {
+        name[len(prefix) :]: info
         for name, info in found.items()
         if name.startswith(prefix) and info.get("type") != "directory" and not name.endswith("/")
     }
+    objects = {rel: _version(info) for rel, info in files.items()}
     if not objects:
         if root in found and found[root].get("type") != "directory":
             raise UserError(f"{url} is one file, not a folder; pass {wanted}")
         raise UserError(f"{url} holds no files; pass {wanted}")
-    sizes = {name[len(prefix) :]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(prefix)}
+    sizes = {rel: int(info.get("size") or 0) for rel, info in files.items()}
     local = into or places.local_copy("data", url)
     return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, local, say, sizes)
 
