@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from imgtrain import __version__, stop
 from imgtrain.commands import COMMANDS
 from imgtrain.errors import EXIT_NOT_UPLOADED, EXIT_PEER_LOST, EXIT_USER_ERROR, NotUploaded, PeerLost, UserError
+from imgtrain.storage.stream import lost_line
 
 _IMPORT_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -151,6 +152,9 @@ def _failed(args: argparse.Namespace, exc: BaseException) -> tuple[int, str]:
         return EXIT_PEER_LOST, f"imgtrain: {exc}"
     if isinstance(exc, NotUploaded):
         return EXIT_NOT_UPLOADED, f"imgtrain: {exc}"
+    lost = lost_line(exc)
+    if lost:  # streamed data whose bucket stopped answering: try again, as for an upload
+        return EXIT_NOT_UPLOADED, f"imgtrain: error: {lost}"
     where = disk_full(exc) if isinstance(exc, Exception) else None
     if where is None:
         raise exc

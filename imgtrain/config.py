@@ -170,6 +170,9 @@ class RandomErasingConfig:
         _range_pair("data.augment.random_erasing.ratio", self.ratio, 0.0, 100.0)
 
 
+STAGE_MODES = ("auto", "always", "never")
+
+
 @dataclass
 class DataConfig:
     path: Optional[str] = None  # image folder, CSV manifest or tfds:NAME
@@ -191,6 +194,10 @@ class DataConfig:
     # Seconds the service may send nothing before this host makes what it still owes itself
     # (a dead service worker otherwise stalls TensorFlow's client for good).
     service_timeout: float = 60.0
+    # Data in a bucket: "always" copied once to local disk (later epochs read at disk speed),
+    # "never" read from the bucket every epoch, "auto" copied when it fits the disk (with room
+    # to spare) and read from the bucket when it does not.
+    stage: str = "auto"
 
     def eval_crop(self) -> Optional[float]:
         """The centre-crop fraction evaluation uses: only when training crops at random."""
@@ -205,6 +212,7 @@ class DataConfig:
 
     def validate(self) -> None:
         _choice("data.on_bad_image", self.on_bad_image, ("fail", "skip"))
+        _choice("data.stage", self.stage, STAGE_MODES)
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise UserError(f"data.image_size must be one or two positive integers, got {self.image_size}")
         if max(self.image_size) > MAX_IMAGE_SIDE:

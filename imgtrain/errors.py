@@ -4,7 +4,8 @@ Anything the person running imgtrain can fix themselves (a wrong path, a typo
 in a config key, an image that will not decode) is raised as ``UserError``
 where it is detected. The CLI prints it once, on one line, and exits with
 code 2. A run that finished but could not reach its bucket raises ``NotUploaded``: one
-line, exit 75 (try again). A worker whose collective failed because another worker is gone raises
+line, exit 75 (try again); so does a run whose streamed data stopped answering mid-epoch.
+A worker whose collective failed because another worker is gone raises
 ``PeerLost``: one line, exit 138, which schedulers retry. Every other exception
 is a bug and keeps its traceback.
 """

@@ -86,6 +86,7 @@ RESUMABLE_CHANGES = (
     "train.steps_per_execution",  # how many steps per call, not which steps
     "data.service",  # where the pipeline runs, not what it makes
     "data.service_timeout",
+    "data.stage",  # where the images are read from, not which
     "tracking",  # where the run is logged, not what it trains
     "export",  # what the end of the run writes, not what it trains
 )

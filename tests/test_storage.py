@@ -269,6 +269,89 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
         on_disk(Config.load(None, ["data.path=s3://runs/bad.csv"]), progress=False)
 
 
+def _streamed_and_staged(url: str, extra: list[str]) -> tuple:
+    from imgtrain.config import Config
+    from imgtrain.data.source import placed
+
+    def config(stage: str) -> Config:
+        return Config.load(None, [f"data.path={url}", f"data.stage={stage}", "data.image_size=[16,16]", *extra])
+
+    cfg, streamed = placed(config("never"), progress=False)
+    staged_cfg, none = placed(config("always"), progress=False)
+    assert none is None and streamed is not None and not Path(staged_cfg.data.path).is_relative_to("s3:")
+    return cfg, streamed, staged_cfg
+
+
+def test_streamed_data_gives_the_staged_copys_examples_and_pixels_and_auto_streams_what_does_not_fit(
+    as_user: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``data.stage=never`` reads the bucket as its staged copy would be read: the same examples,
+    splits and pixels (odd names, a nested folder, a file TensorFlow cannot decode and a hidden
+    file included), for a folder and a CSV manifest; ``auto`` streams data too big for the disk."""
+    from conftest import write_folder
+    from PIL import Image
+
+    from imgtrain.cli import _failed, build_parser
+    from imgtrain.data.pipeline import Shard, eval_dataset
+    from imgtrain.data.source import FileSource, get, placed
+    from imgtrain.data.sources import discover
+    from imgtrain.storage import stream
+
+    fs = as_user.filesystem()
+    local = tmp_path / "photos"
+    for split in ("train", "val", "test"):
+        write_folder(local / split, per_class=3, fmt="mixed", seed=len(split))
+    Image.new("1", (16, 16), 1).save(local / "train/red/one bit [1].bmp")  # converted to PNG by the check
+    (local / "train/red/more").mkdir()
+    (local / "train/red/red_000.png").rename(local / "train/red/more/nested.png")
+    (local / "train/red/.hidden.png").write_bytes(b"not an image")
+    fs.put(str(local), "runs/streamed/photos", recursive=True)
+    rows = [f"photos/{p.relative_to(local).as_posix()},{p.parent.name}" for p in sorted(local.glob("train/*/[!.]*.*"))]
+    fs.pipe_file("runs/streamed/labels.csv", ("path,label\n" + "\n".join(rows) + "\n").encode())
+
+    for url in ("s3://runs/streamed/photos", "s3://runs/streamed/labels.csv"):
+        cfg, streamed, staged_cfg = _streamed_and_staged(url, [])
+        staged = discover(staged_cfg.data)
+        assert [(e.key, e.label, e.split) for e in streamed.examples] == [
+            (e.key, e.label, e.split) for e in staged.examples
+        ]
+        assert streamed.class_names == staged.class_names and streamed.root == url.rsplit("/", 1)[0] + (
+            "" if url.endswith(".csv") else "/photos"
+        )
+        assert all(e.path.startswith("s3://runs/streamed/") for e in streamed.examples)
+        source = get(cfg, tmp_path / f"run-{url[-3:]}", progress=False)
+        assert isinstance(source, FileSource) and any(not e.path.startswith("s3://") for e in source.catalog.examples)
+        twin = get(staged_cfg, tmp_path / f"staged-{url[-3:]}", progress=False)
+        for split in ("train", "test") if not url.endswith(".csv") else ("train",):
+            pixels = [eval_dataset(s.catalog.split(split), cfg.data, 8, Shard()) for s in (source, twin)]
+            for a, b in zip(*pixels):
+                np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+
+    from imgtrain.config import Config
+
+    said: list[str] = []
+    with monkeypatch.context() as disk:
+        disk.setattr(stage, "SPARE_BYTES", 1 << 62)  # a disk too small for the data
+        disk.setattr("builtins.print", said.append)
+        assert placed(Config.load(None, ["data.path=s3://runs/streamed/photos"]))[1] is not None
+    assert said and said[0].startswith("reading s3://runs/streamed/photos from the bucket every epoch"), said
+    url = "s3://runs/streamed/photos"
+    with pytest.raises(UserError, match="data.stage=never reads images from .* but data.service"):
+        placed(Config.load(None, [f"data.path={url}", "data.stage=never", "data.service=grpc://localhost:5000"]))
+
+    # An image gone after the check ends the epoch at once, and the command in one line, exit 75.
+    cfg, streamed, _ = _streamed_and_staged("s3://runs/streamed/photos", [])
+    gone = streamed.split("test")[1].path
+    fs.rm_file(gone.removeprefix("s3://"))
+    with pytest.raises(tf.errors.OpError) as failed:
+        list(eval_dataset(streamed.split("test"), cfg.data, 8, Shard()))
+    stream._given_up.clear()  # this process reads on
+    args = build_parser().parse_args(["train", "--data", "s3://runs/streamed/photos"])
+    code, line = _failed(args, failed.value)
+    assert code == 75 and line.startswith(f"imgtrain: error: {gone} is gone"), line
+    assert "Run the same command again" in line and "\n" not in line
+
+
 def test_images_and_a_warm_start_in_a_bucket_are_fetched_and_named_as_given(as_user: S3Server, tmp_path: Path):
     import keras
 

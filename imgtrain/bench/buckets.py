@@ -12,9 +12,7 @@ from typing import Any, Callable
 
 from imgtrain.bench.report import rate
 from imgtrain.bench.synthetic import BenchSizes
-from imgtrain.storage import stage, urls
-
-STREAM_BATCH = 64  # objects fetched concurrently per request group (fsspec's async clients)
+from imgtrain.storage import stage, stream, urls
 
 
 def bench_bucket_data(url: str, work: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
@@ -25,14 +23,12 @@ def bench_bucket_data(url: str, work: Path, log: Callable[[str], None]) -> tuple
     local = stage.stage_folder(url, lambda _m: None, into=work / "staged")
     stage_seconds = time.perf_counter() - began
     files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
-    fs = urls.filesystem(url)
-    root = urls.bare(url).rstrip("/")
-    remote = [f"{root}/{p.relative_to(local).as_posix()}" for p in files]
+    remote = [urls.join(url, p.relative_to(local).as_posix()) for p in files]
 
-    def streamed() -> float:
+    def streamed() -> float:  # as the pipeline reads data.stage=never: stream.read_many's batches
         began = time.perf_counter()
-        for i in range(0, len(remote), STREAM_BATCH):
-            fs.cat(remote[i : i + STREAM_BATCH])
+        for i in range(0, len(remote), stream.PARALLEL_READS):
+            stream.read_many(remote[i : i + stream.PARALLEL_READS])
         return len(remote) / (time.perf_counter() - began)
 
     def from_disk() -> float:

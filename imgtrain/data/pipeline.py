@@ -32,9 +32,10 @@ from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
 from imgtrain.data import geometry
 from imgtrain.data import resampler as resampler_kernel
-from imgtrain.data.images import decode, eval_image, load, resize
+from imgtrain.data.images import decode, eval_image, resize
 from imgtrain.data.service import service_train
 from imgtrain.data.sources import Example
+from imgtrain.storage import stream, urls
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -69,6 +70,31 @@ def _options(deterministic: bool = True) -> tf.data.Options:
     return opts
 
 
+def _fetch(paths: tf.Tensor) -> tf.Tensor:
+    """The bytes at each of ``paths``, read by fsspec's client (``storage.stream``): TensorFlow
+    has no ``s3://``. An object array keeps them whole (NumPy's bytes type drops trailing zeros)."""
+
+    def read(given: np.ndarray) -> np.ndarray:
+        out = np.empty(len(given), dtype=object)
+        out[:] = stream.read_many([p.decode() for p in given])
+        return out
+
+    data = tf.numpy_function(read, [paths], tf.string, stateful=False)
+    data.set_shape(paths.shape)
+    return data
+
+
+def _readable(ds: tf.data.Dataset, examples: Sequence[Example]) -> tuple[tf.data.Dataset, Callable, str]:
+    """``ds`` of ``(index, path, label, weight)`` made ready to decode: the read that turns its
+    second component into bytes, and what that component then is (``given``, see ``_augmenter``).
+    Files on disk are read by TensorFlow in the decoding map; streamed data (URLs) in a map of
+    its own, ``PARALLEL_READS`` objects at a time, since each read waits on the network."""
+    if not any(urls.is_url(e.path) for e in examples):
+        return ds, tf.io.read_file, "path"
+    fetched = ds.batch(stream.PARALLEL_READS).map(lambda i, p, y, w: (i, _fetch(p), y, w), num_parallel_calls=2)
+    return fetched.unbatch(), tf.identity, "bytes"
+
+
 def _tensors(examples: Sequence[Example]) -> tuple:
     return (
         tf.range(len(examples), dtype=tf.int64),
@@ -96,8 +122,9 @@ def decoded_images(examples: Sequence[Example], size: Sequence[int]) -> tf.data.
     decoded once and kept in memory (crops then come from the resized image). The cache lives
     in this dataset object, so a source builds it once per run and hands it to every epoch
     (``DataSource.kept``): a dataset rebuilt each epoch would fill a new cache each epoch."""
-    ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
-    return kept_as_uint8(ds.map(lambda i, p, y, w: (i, load(p, size), y, w), num_parallel_calls=AUTOTUNE), 1)
+    ds, read, _ = _readable(tf.data.Dataset.from_tensor_slices(_tensors(examples)), examples)
+    ds = ds.map(lambda i, p, y, w: (i, eval_image(decode(read(p)), size), y, w), num_parallel_calls=AUTOTUNE)
+    return kept_as_uint8(ds, 1)
 
 
 def kept_as_uint8(ds: tf.data.Dataset, image: int) -> tf.data.Dataset:
@@ -133,8 +160,11 @@ def train_dataset(
         ds = ds.shard(shard.count, shard.index)
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
+    given = "decoded"
+    if not cfg.cache:
+        ds, _, given = _readable(ds, examples)  # read after the shard and the skip: only what is trained
 
-    augmenter = _augmenter(cfg, seed, epoch, "decoded" if cfg.cache else "path")
+    augmenter = _augmenter(cfg, seed, epoch, given)
     return _finish_train(
         ds, augmenter, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), _filler(examples, cfg)
     )
@@ -269,9 +299,8 @@ def _like(filler: tf.data.Dataset, ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def _filler(examples: Sequence[Example], cfg: DataConfig) -> tf.data.Dataset:
     first = examples[:1]
-    return tf.data.Dataset.from_tensor_slices(_tensors(first)).map(
-        lambda i, p, y, w: (load(p, cfg.image_size, cfg.eval_crop()), y, w, tf.constant(1.0))
-    )
+    ds, read, _ = _readable(tf.data.Dataset.from_tensor_slices(_tensors(first)), first)
+    return ds.map(lambda i, p, y, w: (eval_image(decode(read(p)), cfg.image_size, cfg.eval_crop()), y, w, 1.0))
 
 
 @as_written
@@ -282,8 +311,9 @@ def eval_images(examples: Sequence[Example], cfg: DataConfig, shard: Shard = Sha
     ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
+    ds, read, _ = _readable(ds, examples)
     ds = ds.map(
-        lambda i, p, y, w: (load(p, size, crop), y, w, tf.constant(1.0)),
+        lambda i, p, y, w: (eval_image(decode(read(p)), size, crop), y, w, tf.constant(1.0)),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )

@@ -202,10 +202,15 @@ def _open_records(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
 
 def _open_files(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
     from imgtrain.data.sources import discover
+
+    return _checked(discover(cfg.data), cfg, run_dir, progress)
+
+
+def _checked(catalog, cfg: Config, run_dir: Path, progress: bool) -> DataSource:
+    """A folder's or manifest's catalog, split and checked image by image."""
     from imgtrain.data.split import apply_split
     from imgtrain.data.validate import validate_catalog
 
-    catalog = discover(cfg.data)
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
     validate_catalog(catalog, cfg.data.on_bad_image, run_dir / rundir.DATA_CACHE, progress=progress)
     return FileSource(catalog)
@@ -222,8 +227,10 @@ KINDS: list[tuple[str, Callable[[Config], bool], Opener]] = [
 
 def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] = None) -> DataSource:
     """Find, split and check the data of ``cfg``; cheap on a resumed run thanks to the check cache.
-    Data in a bucket is staged to local disk first (``on_disk``); the source reads the copy."""
-    cfg = on_disk(cfg, progress)
+    Data in a bucket is staged to local disk first, or streamed from the bucket (``placed``)."""
+    cfg, streamed = placed(cfg, progress)
+    if streamed is not None:
+        return _checked(streamed, cfg, Path(run_dir), progress)
     for name, claims, opener in KINDS:
         if (kind == name) if kind else claims(cfg):
             return opener(cfg, Path(run_dir), progress)
@@ -231,26 +238,64 @@ def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] =
 
 
 def on_disk(cfg: Config, progress: bool = True) -> Config:
-    """``cfg`` with bucket data (``data.path`` an ``s3://``/``gs://`` URL) replaced by its local
-    copy: a folder (of class folders, or shards) whole, a CSV manifest with the files it lists
-    (relative to the manifest's URL). Keys stay relative, so the data's fingerprint is the
-    bucket's wherever it is staged."""
+    """``cfg`` with bucket data replaced by its local copy, whatever ``data.stage`` says (what
+    ``prepare`` reads)."""
     import dataclasses
 
-    from imgtrain.storage import stage, urls
+    return placed(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stage="always")), progress)[0]
+
+
+def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional[object]]:
+    """Where bucket data (``data.path`` an ``s3://``/``gs://`` URL) is read from, by
+    ``data.stage``: ``(cfg with its local copy, None)`` when staged, a folder (of class folders,
+    or shards) whole, a CSV manifest with the files it lists (relative to the manifest's URL);
+    ``(cfg, its catalog of URLs)`` when streamed. Keys stay relative either way, so the data's
+    fingerprint is the bucket's wherever it is read from. Local data: ``(cfg, None)``."""
+    import dataclasses
+
+    from imgtrain.data import sources
+    from imgtrain.data.tfrecord import MANIFEST
+    from imgtrain.storage import places, stage, urls
 
     url = cfg.data.path
     if not urls.is_url(url):
-        return cfg
+        return cfg, None
+    url = str(url)
     say = print if progress else (lambda _m: None)
-    if str(url).lower().endswith(".csv"):
-        from imgtrain.data.sources import manifest_paths
-        from imgtrain.storage.places import local_copy
-
-        into = local_copy("data", str(url))
-        manifest = stage.fetch_file(str(url), into)
-        stage.stage_files(str(url).rsplit("/", 1)[0], manifest_paths(manifest, str(url)), into, say)
+    into = places.local_copy("data", url)
+    if url.lower().endswith(".csv"):
+        manifest = stage.fetch_file(url, into)
+        base = url.rsplit("/", 1)[0]
+        listing = stage.list_files(base, sources.manifest_paths(manifest, url))
+        if not _stages(cfg, listing, into, say, shards=False):
+            return cfg, sources.from_bucket_manifest(manifest, base, listing.versions, cfg.data.label_vocabulary)
+        stage.stage_listing(listing, into, say)
         local = manifest
     else:
-        local = stage.stage_folder(str(url), say)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(local)))
+        listing = stage.list_folder(url)
+        if not _stages(cfg, listing, into, say, shards=MANIFEST in listing.versions):
+            return cfg, sources.from_bucket(url, listing.versions, cfg.data.label_vocabulary)
+        local = stage.stage_listing(listing, into, say)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(local))), None
+
+
+def _stages(cfg: Config, listing, into: Path, say: Callable[[str], None], shards: bool) -> bool:
+    """``data.stage`` for this data: ``auto`` stages what fits the disk beside the run, and
+    streams the rest. Shards and the tf.data service read files on disk, so they are staged."""
+    from imgtrain.storage import places, stage
+
+    mode, url = cfg.data.stage, listing.url
+    if mode == "never" and (shards or cfg.data.service):
+        what = "prepared shards" if shards else "data.service"
+        raise UserError(
+            f"data.stage=never reads images from {url} one by one, but {what} read(s) files on disk; "
+            "set data.stage=auto (staged when the data fits the disk) or always"
+        )
+    if mode == "always" or shards or cfg.data.service or (mode == "auto" and stage.fits(listing, into)):
+        return True
+    if mode == "auto":
+        say(
+            f"reading {url} from the bucket every epoch: its {listing.bytes() / 2**30:.1f} GiB do not fit beside "
+            f"the run in {places.cache_root()}; point {places.CACHE_ENV} at a larger disk to copy it once"
+        )
+    return False

@@ -12,10 +12,13 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from imgtrain.config import IMAGE_EXTENSIONS, DataConfig
+from imgtrain.data.folders import BucketFolder, LocalFolder
 from imgtrain.errors import UserError
+
+Folder = Union[LocalFolder, BucketFolder]
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
@@ -51,6 +54,7 @@ class Catalog:
     has_weights: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # said once by the run, not errors
+    versions: dict[str, str] = field(default_factory=dict)  # streamed data: each object's version, by URL
 
     def split(self, name: str) -> list[Example]:
         return [e for e in self.examples if e.split == name]
@@ -73,15 +77,7 @@ def discover(cfg: DataConfig) -> Catalog:
                 f"data path {path} is a file but not a .csv manifest; pass a folder or a CSV with path,label[,weight]"
             )
         return _from_csv(path, cfg.label_vocabulary)
-    return _from_folder(path, cfg.label_vocabulary)
-
-
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return _from_folder(LocalFolder(path), cfg.label_vocabulary)
 
 
 def _vocabulary(found: list[str], given: Optional[list[str]], where: str) -> list[str]:
@@ -99,22 +95,21 @@ def _vocabulary(found: list[str], given: Optional[list[str]], where: str) -> lis
     return list(given)
 
 
-def _layout(root: Path) -> dict[Optional[str], Path]:
+def _layout(root: Folder) -> dict[Optional[str], Folder]:
     """Pre-split (root/train/<class>/...) or one folder per class, decided only when unambiguous.
 
     A folder named train, val or test is a split only when it holds class subfolders; one that
     holds images directly is a class of that name (classes bus, car, train). Split folders next
     to class folders, or a split-named folder with both images and subfolders, are refused.
     """
-    subdirs = _class_dirs(root)
-    splits: dict[str, Path] = {}
+    subdirs = root.folders()
+    splits: dict[str, Folder] = {}
     for d in subdirs:
         alias = SPLIT_ALIASES.get(d.name.lower())
         if alias is None:
             continue
-        has_classes = bool(_class_dirs(d))
-        has_images = any(_is_image(p) for p in d.iterdir())
-        if has_classes and has_images:
+        has_classes = bool(d.folders())
+        if has_classes and d.has_images():
             raise UserError(
                 f"data folder {d} holds both images and subfolders, so it is neither a class nor a "
                 f"split; move its images into {d}/<class>/ or its subfolders out"
@@ -136,30 +131,38 @@ def _layout(root: Path) -> dict[Optional[str], Path]:
     return dict(splits)  # root/train/<class>/..., root/val/<class>/..., root/test/<class>/...
 
 
-def _from_folder(root: Path, vocabulary: Optional[list[str]]) -> Catalog:
+def from_bucket(url: str, versions: dict[str, str], vocabulary: Optional[list[str]]) -> Catalog:
+    """The catalog of an image folder in a bucket, from one listing (``versions``, each
+    object's version by its path relative to ``url``): the examples its staged copy would
+    give, read by URL."""
+    catalog = _from_folder(BucketFolder(url, sorted(versions)), vocabulary)
+    catalog.versions = {f"{catalog.root}/{rel}": v for rel, v in versions.items()}
+    return catalog
+
+
+def _from_folder(root: Folder, vocabulary: Optional[list[str]]) -> Catalog:
     layout = _layout(root)
     names: set[str] = set()
-    per_split: dict[Optional[str], dict[str, list[Path]]] = {}
+    per_split: dict[Optional[str], dict[str, list[tuple[str, str]]]] = {}
     for split, base in layout.items():
-        classes = {d.name: sorted(p for p in d.rglob("*") if _is_image(p)) for d in _class_dirs(base)}
+        classes = {d.name: list(d.images()) for d in base.folders()}
         per_split[split] = classes
         names.update(classes)
     if not names:
-        loose = [p for p in root.iterdir() if _is_image(p)]
-        hint = " (images lie directly in it; put them in one subfolder per class)" if loose else ""
+        hint = " (images lie directly in it; put them in one subfolder per class)" if root.has_images() else ""
         raise UserError(f"data folder {root} has no class subfolders{hint}; expected {root}/<class>/<image>")
     class_names = _vocabulary(sorted(names), vocabulary, str(root))
     index = {n: i for i, n in enumerate(class_names)}
     examples = []
     for split, classes in per_split.items():
         for name, files in classes.items():
-            for p in files:
-                examples.append(Example(str(p.resolve()), p.relative_to(root).as_posix(), index[name], 1.0, split))
+            for path, key in files:
+                examples.append(Example(path, key, index[name], 1.0, split))
     if not examples:
         raise UserError(
             f"data folder {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images under {root}/<class>/"
         )
-    return Catalog(class_names, examples, str(root.resolve()), "folder")
+    return Catalog(class_names, examples, root.resolved(), "folder")
 
 
 def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
@@ -189,6 +192,20 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
         catalog.warnings.append(
             f"CSV manifest {path} lists {duplicates} file(s) more than once with the same label; each is used once"
         )
+    return catalog
+
+
+def from_bucket_manifest(
+    manifest: Path, base_url: str, versions: dict[str, str], vocabulary: Optional[list[str]]
+) -> Catalog:
+    """The catalog of a CSV manifest in a bucket (``manifest``, its local copy), read by URL:
+    its files are relative to it (``manifest_paths`` refused any other), under ``base_url``,
+    with ``versions`` by that relative path."""
+    catalog = _from_csv(manifest, vocabulary)
+    catalog.root = base_url.rstrip("/")
+    for e in catalog.examples:
+        e.path = f"{catalog.root}/{e.key}"
+    catalog.versions = {f"{catalog.root}/{rel}": v for rel, v in versions.items()}
     return catalog
 
 

@@ -13,6 +13,7 @@ time, so a resumed run does not check again.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from PIL import Image
 from tqdm import tqdm
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from imgtrain import atomic
 from imgtrain.data.sources import Catalog, Example
 from imgtrain.errors import UserError
+from imgtrain.storage import stream, urls
 
 OK, CONVERT, BAD = "ok", "convert", "bad"
 
@@ -53,16 +55,25 @@ def _too_large(exc: Exception) -> CheckResult:
     )
 
 
+def _source(path: str) -> Union[str, io.BytesIO]:
+    """What Pillow opens: the file, or the bytes of an object in a bucket (streamed data)."""
+    return io.BytesIO(stream.read(path)) if urls.is_url(path) else path
+
+
 def check_file(path: str) -> CheckResult:
     """Decode one file with Pillow and TensorFlow; say whether it is usable as is."""
     import tensorflow as tf
 
     try:
+        encoded = stream.read(path) if urls.is_url(path) else None
+    except FileNotFoundError:
+        return CheckResult(BAD, "file not found")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if encoded is None else io.BytesIO(encoded)) as im:
                 im.verify()
-            with Image.open(path) as im:
+            with Image.open(path if encoded is None else io.BytesIO(encoded)) as im:
                 im.load()
                 mode = im.mode
                 if im.width < 1 or im.height < 1:
@@ -74,7 +85,7 @@ def check_file(path: str) -> CheckResult:
     except (OSError, SyntaxError, ValueError) as exc:
         return CheckResult(BAD, f"cannot decode: {str(exc).splitlines()[0][:160] or type(exc).__name__}")
     try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        tf.io.decode_image(tf.io.read_file(path) if encoded is None else encoded, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
         return CheckResult(CONVERT, "TensorFlow cannot decode this variant; converted to PNG", mode)
     return CheckResult(OK, "", mode)
@@ -82,7 +93,7 @@ def check_file(path: str) -> CheckResult:
 
 def convert_to_png(path: str, out: Path) -> None:
     """Write an RGB PNG of ``path`` (alpha composited on white) atomically."""
-    with Image.open(path) as im:
+    with Image.open(_source(path)) as im:
         im.seek(0)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
@@ -95,7 +106,10 @@ def convert_to_png(path: str, out: Path) -> None:
         rgb.save(tmp, "PNG")
 
 
-def _signature(path: str) -> Optional[list[int]]:
+def _signature(path: str, versions: dict[str, str]) -> Optional[list]:
+    """What says a file is unchanged since its check: an object's version, a file's size and time."""
+    if path in versions:
+        return [versions[path]]
     try:
         st = os.stat(path)
     except OSError:
@@ -107,6 +121,9 @@ def _content_digest(path: str) -> str:
     """The converted copy is named by the source's bytes: a source changed in place (even with
     its size and time kept) gets a new copy instead of the stale one."""
     h = hashlib.sha256()
+    if urls.is_url(path):
+        h.update(stream.read(path))
+        return h.hexdigest()[:20]
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -127,12 +144,13 @@ def validate_catalog(
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = cache_dir / "checks.json"
-    results = _check_all(catalog.examples, _read_cache(cache_file), progress, workers)
+    versions = catalog.versions
+    results = _check_all(catalog.examples, _read_cache(cache_file), versions, progress, workers)
     kept: list[Example] = []
     skipped: list[dict[str, str]] = []
     new_cache: dict[str, dict] = {}
     for ex, res in results:
-        sig = _signature(ex.path)
+        sig = _signature(ex.path, versions)
         if sig is not None:
             new_cache[ex.path] = {
                 "sig": sig,
@@ -167,19 +185,22 @@ def _read_cache(cache_file: Path) -> dict[str, dict]:
 
 
 def _check_all(
-    examples: list[Example], cache: dict[str, dict], progress: bool, workers: Optional[int]
+    examples: list[Example], cache: dict[str, dict], versions: dict[str, str], progress: bool, workers: Optional[int]
 ) -> list[tuple[Example, CheckResult]]:
     """Every example's verdict, in order: from the cache when the file is unchanged, else checked
     on a thread pool (decoding releases the GIL)."""
 
     def run(ex: Example) -> tuple[Example, CheckResult]:
-        sig = _signature(ex.path)
+        sig = _signature(ex.path, versions)
         hit = cache.get(ex.path)
         if sig is not None and hit and hit.get("sig") == sig:
             return ex, CheckResult(hit["status"], hit.get("reason", ""), hit.get("mode", ""), hit.get("fix", ""))
         return ex, check_file(ex.path)
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+    threads = workers or min(8, (os.cpu_count() or 1) * 2)
+    if versions:  # streamed: each check waits on the network first
+        threads = max(threads, stream.PARALLEL_READS)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         it = pool.map(run, examples)
         return list(
             tqdm(it, total=len(examples), desc="checking images", unit="img", disable=not progress, leave=False)

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -39,12 +40,22 @@ def _explained(url: str, doing: str):
     return wrap
 
 
-def stage_folder(
-    url: str, say: Callable[[str], None] = print, into: Optional[Path] = None, wanted: str = DATA_FOLDER
-) -> Path:
-    """A local copy of every file under ``url`` (an image folder, prepared shards), in the
-    cache (or ``into``). ``wanted`` names what the URL should be, for the line of a URL that
-    holds nothing."""
+@dataclass(frozen=True)
+class Listing:
+    """What one listing of a bucket folder found: each file (path relative to ``url``) with
+    its version and size."""
+
+    url: str
+    versions: dict[str, str]
+    sizes: dict[str, int]
+
+    def bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+def list_folder(url: str, wanted: str = DATA_FOLDER) -> Listing:
+    """Every file under ``url``, in one listing; one line for a URL that holds none (``wanted``
+    names what it should be)."""
     fs = urls.filesystem(url)
     root = urls.bare(url).rstrip("/")
     try:
@@ -57,34 +68,48 @@ def stage_folder(
         for name, info in found.items()
         if name.startswith(prefix) and info.get("type") != "directory" and not name.endswith("/")
     }
-    objects = {rel: _version(info) for rel, info in files.items()}
-    if not objects:
+    if not files:
         if root in found and found[root].get("type") != "directory":
             raise UserError(f"{url} is one file, not a folder; pass {wanted}")
         raise UserError(f"{url} holds no files; pass {wanted}")
     sizes = {rel: int(info.get("size") or 0) for rel, info in files.items()}
-    local = into or places.local_copy("data", url)
-    return _sync(fs, url, {rel: f"{prefix}{rel}" for rel in objects}, objects, local, say, sizes)
+    return Listing(url, {rel: _version(info) for rel, info in files.items()}, sizes)
 
 
-def stage_files(base_url: str, rels: Iterable[str], into: Path, say: Callable[[str], None] = print) -> Path:
-    """A local copy, under ``into``, of the files ``rels`` (paths relative to ``base_url``)."""
-    fs = urls.filesystem(base_url)
-    base = urls.bare(base_url).rstrip("/")
+def list_files(base_url: str, rels: Iterable[str]) -> Listing:
+    """The files ``rels`` (paths relative to ``base_url``, as a manifest names them), from one
+    listing, not a request per file; one line when any is missing."""
+    whole = list_folder(base_url)
     wanted = sorted(set(rels))
-    try:
-        found = fs.find(base, detail=True)  # one listing, not a request per file
-    except Exception as exc:  # noqa: BLE001
-        raise _explained(base_url, "read the data from")(exc) from None
-    objects = {rel: _version(found[f"{base}/{rel}"]) for rel in wanted if f"{base}/{rel}" in found}
-    missing = [rel for rel in wanted if rel not in objects]
+    missing = [rel for rel in wanted if rel not in whole.versions]
     if missing:
         raise UserError(
             f"{len(missing)} file(s) the manifest lists are not in {base_url} (first: {missing[0]}); "
             "fix the manifest or upload them"
         )
-    sizes = {rel: int(found[f"{base}/{rel}"].get("size") or 0) for rel in objects}
-    return _sync(fs, base_url, {rel: f"{base}/{rel}" for rel in wanted}, objects, Path(into), say, sizes)
+    return Listing(base_url, {r: whole.versions[r] for r in wanted}, {r: whole.sizes[r] for r in wanted})
+
+
+def fits(listing: Listing, local: Path) -> bool:
+    """Whether a copy of ``listing`` at ``local`` leaves ``SPARE_BYTES`` free (what it already
+    holds is not fetched again)."""
+    return _needed(listing, local) + SPARE_BYTES <= shutil.disk_usage(_existing(local)).free
+
+
+def stage_folder(
+    url: str,
+    say: Callable[[str], None] = print,
+    into: Optional[Path] = None,
+    wanted: str = DATA_FOLDER,
+) -> Path:
+    """A local copy of every file under ``url`` (an image folder, prepared shards), in the
+    cache (or ``into``)."""
+    return _sync(list_folder(url, wanted), into or places.local_copy("data", url), say)
+
+
+def stage_listing(listing: Listing, into: Path, say: Callable[[str], None] = print) -> Path:
+    """A local copy, under ``into``, of the files ``listing`` found."""
+    return _sync(listing, Path(into), say)
 
 
 def fetch_file(url: str, into: Path) -> Path:
@@ -104,37 +129,51 @@ def fetch_file(url: str, into: Path) -> Path:
     return target
 
 
-def _sync(
-    fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say, sizes: dict[str, int]
-) -> Path:
+def _sync(listing: Listing, local: Path, say) -> Path:
     local.mkdir(parents=True, exist_ok=True)
     # Workers on one machine stage the same copy: one at a time, the others then find it done.
     with open(local.parent / f".{local.name}.staging", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _sync_locked(fs, url, remote, objects, local, say, sizes)
+        return _sync_locked(listing, local, say)
 
 
-def _sync_locked(
-    fs, url: str, remote: dict[str, str], objects: dict[str, str], local: Path, say, sizes: dict[str, int]
-) -> Path:
+def _sync_locked(listing: Listing, local: Path, say) -> Path:
+    url, objects = listing.url, listing.versions
     held = _held(local)
     todo = [rel for rel, version in objects.items() if held.get(rel) != version or not (local / rel).exists()]
     for rel in set(held) - set(objects):
         (local / rel).unlink(missing_ok=True)
-    _check_room(url, local, sum(sizes.get(rel, 0) for rel in todo))
+    _check_room(url, local, _needed(listing, local))
     if todo:
         say(f"staging {len(todo)} of {len(objects)} file(s) from {url} to {local}")
         (local / LIST).unlink(missing_ok=True)  # a copy half updated is not trusted until the list is back
+        fs, base = urls.filesystem(url), urls.bare(url).rstrip("/")
         try:
             for batch in _batches(todo, 2000):
                 targets = [str(local / rel) for rel in batch]
                 for t in targets:
                     os.makedirs(os.path.dirname(t), exist_ok=True)
-                fs.get([remote[rel] for rel in batch], targets)
+                fs.get([f"{base}/{rel}" for rel in batch], targets)
         except Exception as exc:  # noqa: BLE001
             raise _explained(url, "read the data from")(exc) from None
     atomic.write_text(local / LIST, json.dumps(objects))
     return local
+
+
+def _needed(listing: Listing, local: Path) -> int:
+    """Bytes of ``listing`` that ``local`` does not hold yet."""
+    held = _held(local)
+    return sum(
+        size
+        for rel, size in listing.sizes.items()
+        if held.get(rel) != listing.versions[rel] or not (local / rel).exists()
+    )
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _check_room(url: str, local: Path, needed: int) -> None:
@@ -143,7 +182,8 @@ def _check_room(url: str, local: Path, needed: int) -> None:
     if needed + SPARE_BYTES > free:
         raise UserError(
             f"staging {url} needs {needed / 2**30:.1f} GiB and {local.parent} has {free / 2**30:.1f} GiB free; "
-            f"point {places.CACHE_ENV} at a larger disk, or free some space there"
+            f"point {places.CACHE_ENV} at a larger disk, or set data.stage=never to read it from the bucket "
+            "every epoch"
         )
 
 

@@ -2,7 +2,8 @@
 fake-gcs-server for ``gs://``), with the README's commands from a user's folder: a run killed
 at seeded moments (mid-upload included) and finished by the same command on other machines
 with empty disks, ending with an uninterrupted run's weights; evaluate, predict and export
-from the bucket run; the bucket gone mid-run and back (on the third machine); two workers of
+from the bucket run; the data streamed, not staged (on the second machine); the bucket gone
+mid-run and back (on the third machine); two workers of
 ``launch/multiworker.py`` on one bucket. (Every request of an upload as a kill point, and the
 one-line refusals: tests/test_storage.py.)"""
 
@@ -97,9 +98,14 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
     first = bucket_user(tmp_path / "first", s3.env())
     killed = first.interrupt(RUN, a_seeded_moment_after("epoch 1/3"))
     assert killed.code == -signal.SIGKILL, killed.out[-2000:]
-    second = bucket_user(tmp_path / "second", s3.env(), photos=False)  # another machine, an empty disk
-    again = second.interrupt(RUN, a_seeded_moment_after("resuming from s3://my-bucket/runs/photos"))
+    # Another machine, an empty disk too small for the data (so it is read from the bucket
+    # each epoch), killed as it trains: its pixels are the staged ones, so the weights end the same.
+    second = bucket_user(tmp_path / "second", s3.env(), photos=False)
+    streamed = f"{RUN} --set data.stage=never"
+    again = second.interrupt(streamed, a_seeded_moment_after("resuming from checkpoint"))
+    assert "resuming from s3://my-bucket/runs/photos: fetched its checkpoint" in again.out, again.out[-2000:]
     assert again.code == -signal.SIGKILL, again.out[-2000:]
+    assert not [p for p in (tmp_path / "second/cache").rglob("*.png")], "streamed data was staged"
 
     # A third machine resumes, then loses the bucket: training ends, what is not uploaded is
     # said, exit 75; the bucket back, the same command uploads the rest.

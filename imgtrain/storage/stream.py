@@ -1,0 +1,124 @@
+"""Images read from their bucket one object at a time: data that is streamed, not staged
+(``data.stage``), for the tf.data pipeline and the image check.
+
+TensorFlow has no ``s3://``, so reads are a Python call into fsspec's client: the pipeline
+wraps ``read_many`` in ``tf.numpy_function``, ``PARALLEL_READS`` objects a call, fetched at
+once on the client's event loop (a read waits on the network, not on a core, and tf.data runs
+only as many Python calls at once as the machine has cores). One client per scheme and
+endpoint serves the whole process.
+
+A read that still fails after ``ATTEMPTS`` tries (a bucket gone mid-epoch) raises an error
+whose text carries ``LOST``; it reaches the command through TensorFlow, which keeps only the
+text, and ``lost_line`` turns it back into the one line the command ends with (exit 75: the
+last complete checkpoint stands, and the same command resumes from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from imgtrain.storage import urls
+
+PARALLEL_READS = 32  # reads in flight per pipeline stage
+ATTEMPTS = 3  # tries, 1 and 2 s apart (each the client's own retries): a blip is ridden out, an outage ends the run
+LOST = "imgtrain-stream-lost"  # marks a read that gave up, through TensorFlow's error text
+_LOST_TEXT = re.compile(LOST + r": (.*?) :" + LOST)
+
+_clients: dict[tuple, object] = {}
+_given_up: list[ReadLost] = []  # the streamed read that failed for good, in this process
+_lock = threading.Lock()
+
+
+class ReadLost(OSError):
+    """An object of streamed data could not be read, after retries."""
+
+
+def read(path: str) -> bytes:
+    """The bytes of ``path``: an object in a bucket, or a local file (images the check
+    converted to PNG stay on local disk beside streamed data)."""
+    if not urls.is_url(path):
+        return Path(path).read_bytes()
+    fs = _client(path)
+    for attempt in range(ATTEMPTS):
+        try:
+            return fs.cat_file(urls.bare(path))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the network or the service
+            if attempt == ATTEMPTS - 1:
+                said = urls.explain(exc, path, "read")
+                raise _lost(str(said) if said else f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def read_many(paths: Sequence[str]) -> list[bytes]:
+    """The bytes of each of ``paths`` (images the check has seen), the bucket's fetched at once
+    on the client's event loop. One gone since the check, or a bucket that still does not
+    answer after ``ATTEMPTS`` tries, ends the run (``LOST``)."""
+    if _given_up:  # tf.data runs every read left in the epoch before it reports the first failure
+        raise _given_up[0]
+    got: dict[str, bytes] = {}
+    remote = sorted({p for p in paths if urls.is_url(p)})
+    for attempt in range(ATTEMPTS):
+        todo = [p for p in remote if p not in got]
+        if not todo:
+            break
+        fs = _client(todo[0])  # fsspec is there: the client came from it
+        from fsspec.asyn import sync
+
+        failed: Optional[BaseException] = None
+        for path, result in zip(todo, sync(fs.loop, _gather, fs, [urls.bare(p) for p in todo])):
+            if isinstance(result, FileNotFoundError):
+                raise _give_up(f"{path} is gone (it was there when the images were checked)")
+            if isinstance(result, BaseException):
+                failed = failed or result
+            else:
+                got[path] = result
+        if failed is not None and attempt == ATTEMPTS - 1:
+            said = urls.explain(failed, todo[0], "read")
+            raise _give_up(str(said) if said else f"cannot read {todo[0]} ({type(failed).__name__}: {failed})")
+        if failed is not None:
+            time.sleep(2**attempt)
+    return [got[p] if p in got else Path(p).read_bytes() for p in paths]
+
+
+async def _gather(fs, paths: list[str]) -> list:
+    return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+
+
+def _give_up(reason: str) -> ReadLost:
+    """The error that ends the run, raised again at once by every read after it."""
+    _given_up.append(_lost(reason))
+    return _given_up[0]
+
+
+def _lost(reason: str) -> ReadLost:
+    return ReadLost(f"{LOST}: {' '.join(reason.split())} :{LOST}")
+
+
+def lost_line(exc: BaseException) -> Optional[str]:
+    """The line for a run that ended because streamed data could not be read, else None."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        match = _LOST_TEXT.search(str(e or ""))
+        if match:
+            return (
+                f"{match.group(1)}; the data could not be read from its bucket. Run the same command again "
+                "when the bucket answers (a run resumes from its last complete checkpoint)"
+            )
+    return None
+
+
+def _client(url: str):
+    scheme = urls.scheme_of(url)
+    key = (scheme, os.environ.get(urls.SCHEMES[scheme].endpoint or ""))  # type: ignore[index]
+    with _lock:
+        if key not in _clients:
+            _clients[key] = urls.filesystem(url)
+        return _clients[key]
