@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from imgtrain.config import Config
-from imgtrain.data.source import on_disk
+from imgtrain.data.source import placed
 from imgtrain.data.sources import discover, is_tfds
 from imgtrain.data.split import apply_split
 from imgtrain.data.tfrecord import check_output_dir, is_prepared, write_prepared
@@ -32,7 +32,8 @@ def prepare_dataset(
         raise UserError("--output must be a new directory, not the data folder itself")
     check_output_dir(output)
     start = time.time()
-    catalog = discover(on_disk(cfg, progress).data)  # data in a bucket: its local copy
+    local, streamed = placed(cfg, progress)  # data in a bucket: its local copy, or read from the bucket
+    catalog = streamed if streamed is not None else discover(local.data)
     apply_split(catalog, cfg.data.split, cfg.effective_split_seed)
     catalog = validate_catalog(catalog, cfg.data.on_bad_image, output / ".checks", progress=progress)
     converted = sum(1 for e in catalog.examples if "/.checks/converted/" in e.path.replace("\\", "/"))

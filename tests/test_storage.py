@@ -4,6 +4,7 @@ trainings, kills and a second machine are in tests/journeys/test_buckets.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -245,9 +246,12 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
     from conftest import write_folder
 
     from imgtrain.config import Config
-    from imgtrain.data.source import on_disk
+    from imgtrain.data.source import placed
     from imgtrain.data.sources import discover
     from imgtrain.data.tfrecord import is_prepared
+
+    def on_disk(cfg: Config, progress: bool) -> Config:
+        return placed(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stage="always")), progress)[0]
 
     fs = as_user.filesystem()
     photos = write_folder(tmp_path / "photos", per_class=4)
@@ -259,7 +263,18 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
     assert len(catalog.examples) == 12 and catalog.class_names == ["blue", "green", "red"]
     assert all(Path(e.path).is_file() for e in catalog.examples)
 
-    code = main(["prepare", "--data", "s3://runs/manifest/labels.csv", "--output", "s3://runs/shards", "--no-progress"])
+    streamed = ["--set", "data.stage=never"]  # prepare reads the bucket's images as training would
+    code = main(
+        [
+            "prepare",
+            "--data",
+            "s3://runs/manifest/labels.csv",
+            "--output",
+            "s3://runs/shards",
+            *streamed,
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert fs.exists("runs/shards/manifest.json")
     assert is_prepared(on_disk(Config.load(None, ["data.path=s3://runs/shards"]), progress=False).data.path)

@@ -237,14 +237,6 @@ def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] =
     raise UserError(f"unknown data source kind '{kind}'; one of: {', '.join(k for k, _, _ in KINDS)}")
 
 
-def on_disk(cfg: Config, progress: bool = True) -> Config:
-    """``cfg`` with bucket data replaced by its local copy, whatever ``data.stage`` says (what
-    ``prepare`` reads)."""
-    import dataclasses
-
-    return placed(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stage="always")), progress)[0]
-
-
 def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional[object]]:
     """Where bucket data (``data.path`` an ``s3://``/``gs://`` URL) is read from, by
     ``data.stage``: ``(cfg with its local copy, None)`` when staged, a folder (of class folders,

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from imgtrain import atomic
 from imgtrain.data.sources import SPLITS, Catalog, Example
 from imgtrain.errors import UserError
+from imgtrain.storage import stream
 
 FORMAT = "imgtrain-tfrecord"
 MANIFEST = "manifest.json"
@@ -71,8 +72,7 @@ def write_split(
     current: dict = {}
 
     def read(ex: Example) -> bytes:
-        with open(ex.path, "rb") as fh:
-            return fh.read()
+        return stream.read(ex.path)  # a file, or an object of data streamed from its bucket
 
     with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 4)) as pool:
         for index, (ex, data) in enumerate(
