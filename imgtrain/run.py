@@ -84,6 +84,7 @@ def train_run(
             place.open(chief, (lambda: dist.agree(True)) if overwrite else None, say)
             result = _train_locked(cfg, run_dir, dist, progress, say, t_start, place.saved)
             finished = True
+            dist.leaving()
             return result
         except Exception as exc:
             gone = dist.lost_peer(exc)

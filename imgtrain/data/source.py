@@ -22,7 +22,7 @@ the order of a training epoch is a pure function of (seed, epoch); and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import tensorflow as tf
 
@@ -31,6 +31,10 @@ from imgtrain.config import Config, DataConfig
 from imgtrain.data import pipeline
 from imgtrain.data.pipeline import EpochPlan, Shard
 from imgtrain.errors import UserError
+
+if TYPE_CHECKING:  # the modules themselves are imported by the openers that need them
+    from imgtrain.data.sources import Catalog
+    from imgtrain.storage.stage import Listing
 
 
 class DataSource:
@@ -206,7 +210,7 @@ def _open_files(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
     return _checked(discover(cfg.data), cfg, run_dir, progress)
 
 
-def _checked(catalog, cfg: Config, run_dir: Path, progress: bool) -> DataSource:
+def _checked(catalog: "Catalog", cfg: Config, run_dir: Path, progress: bool) -> DataSource:
     """A folder's or manifest's catalog, split and checked image by image."""
     from imgtrain.data.split import apply_split
     from imgtrain.data.validate import validate_catalog
@@ -237,7 +241,7 @@ def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] =
     raise UserError(f"unknown data source kind '{kind}'; one of: {', '.join(k for k, _, _ in KINDS)}")
 
 
-def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional[object]]:
+def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional["Catalog"]]:
     """Where bucket data (``data.path`` an ``s3://``/``gs://`` URL) is read from, by
     ``data.stage``: ``(cfg with its local copy, None)`` when staged, a folder (of class folders,
     or shards) whole, a CSV manifest with the files it lists (relative to the manifest's URL);
@@ -271,7 +275,7 @@ def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional[object]
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(local))), None
 
 
-def _stages(cfg: Config, listing, into: Path, say: Callable[[str], None], shards: bool) -> bool:
+def _stages(cfg: Config, listing: "Listing", into: Path, say: Callable[[str], None], shards: bool) -> bool:
     """``data.stage`` for this data: ``auto`` stages what fits the disk beside the run, and
     streams the rest. Shards and the tf.data service read files on disk, so they are staged."""
     from imgtrain.storage import places, stage

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 from imgtrain.storage import urls
 
-PARALLEL_READS = 32  # reads in flight per pipeline stage
+PARALLEL_READS = 32  # objects a call of read_many fetches at once
 ATTEMPTS = 3  # tries, 1 and 2 s apart (each the client's own retries): a blip is ridden out, an outage ends the run
 LOST = "imgtrain-stream-lost"  # marks a read that gave up, through TensorFlow's error text
 _LOST_TEXT = re.compile(LOST + r": (.*?) :" + LOST)
@@ -41,52 +41,53 @@ class ReadLost(OSError):
 
 def read(path: str) -> bytes:
     """The bytes of ``path``: an object in a bucket, or a local file (images the check
-    converted to PNG stay on local disk beside streamed data)."""
+    converted to PNG stay on local disk beside streamed data). FileNotFoundError when there is
+    none; ``LOST`` when the bucket does not answer."""
     if not urls.is_url(path):
         return Path(path).read_bytes()
-    fs = _client(path)
-    for attempt in range(ATTEMPTS):
-        try:
-            return fs.cat_file(urls.bare(path))
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the network or the service
-            if attempt == ATTEMPTS - 1:
-                said = urls.explain(exc, path, "read")
-                raise _lost(str(said) if said else f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
-            time.sleep(2**attempt)
-    raise AssertionError("unreachable")
+    result = _fetch([path])[path]
+    if isinstance(result, FileNotFoundError):
+        raise result
+    return result
 
 
 def read_many(paths: Sequence[str]) -> list[bytes]:
     """The bytes of each of ``paths`` (images the check has seen), the bucket's fetched at once
     on the client's event loop. One gone since the check, or a bucket that still does not
     answer after ``ATTEMPTS`` tries, ends the run (``LOST``)."""
-    if _given_up:  # tf.data runs every read left in the epoch before it reports the first failure
+    got = _fetch(sorted({p for p in paths if urls.is_url(p)}))
+    for path, result in got.items():
+        if isinstance(result, FileNotFoundError):
+            raise _give_up(f"{path} is gone (it was there when the images were checked)")
+    return [got[p] if p in got else Path(p).read_bytes() for p in paths]  # type: ignore[misc]
+
+
+def _fetch(wanted: list[str]) -> dict[str, "bytes | FileNotFoundError"]:
+    """Each object's bytes, or its FileNotFoundError, tried ``ATTEMPTS`` times; ``LOST`` when
+    the bucket does not answer. An outage is said once: every read after it fails at once
+    (tf.data runs every read left in the epoch before it reports the first failure)."""
+    if _given_up:
         raise _given_up[0]
-    got: dict[str, bytes] = {}
-    remote = sorted({p for p in paths if urls.is_url(p)})
+    got: dict[str, bytes | FileNotFoundError] = {}
     for attempt in range(ATTEMPTS):
-        todo = [p for p in remote if p not in got]
+        todo = [u for u in wanted if u not in got]
         if not todo:
             break
-        fs = _client(todo[0])  # fsspec is there: the client came from it
-        from fsspec.asyn import sync
+        fs = _client(todo[0])
+        from fsspec.asyn import sync  # fsspec is there: the client came from it
 
         failed: Optional[BaseException] = None
-        for path, result in zip(todo, sync(fs.loop, _gather, fs, [urls.bare(p) for p in todo])):
-            if isinstance(result, FileNotFoundError):
-                raise _give_up(f"{path} is gone (it was there when the images were checked)")
-            if isinstance(result, BaseException):
-                failed = failed or result
+        for url, result in zip(todo, sync(fs.loop, _gather, fs, [urls.bare(u) for u in todo])):
+            if isinstance(result, (bytes, FileNotFoundError)):
+                got[url] = result
             else:
-                got[path] = result
+                failed = failed or result
         if failed is not None and attempt == ATTEMPTS - 1:
             said = urls.explain(failed, todo[0], "read")
             raise _give_up(str(said) if said else f"cannot read {todo[0]} ({type(failed).__name__}: {failed})")
         if failed is not None:
             time.sleep(2**attempt)
-    return [got[p] if p in got else Path(p).read_bytes() for p in paths]
+    return got
 
 
 async def _gather(fs, paths: list[str]) -> list:

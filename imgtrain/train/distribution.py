@@ -40,6 +40,9 @@ STOP_FORWARDED = "IMGTRAIN_STOP_FORWARDED"
 HOROVOD_ENV = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
+LEAVING_TIMEOUT_MS = 600_000  # the chief may still export and write reports
+
+
 class Distribution:
     """One process, TensorFlow's default strategy (one device)."""
 
@@ -157,6 +160,10 @@ class Distribution:
         when it waits less than a stop needs to be counted on; None: the grace is the user's."""
         return None
 
+    def leaving(self) -> None:
+        """Called by every worker whose command succeeded, before it exits: returns once no
+        worker still needs anything from this one."""
+
     def lost_peer(self, exc: BaseException) -> Optional[str]:
         """Which worker ``exc`` says is gone ("worker 1", or "another worker"), or None: ``exc``
         is not a collective that failed for a missing peer. One process has no peers."""
@@ -249,6 +256,19 @@ class MultiWorker(_Distributed):
     def after_save(self, save_dir: Path) -> None:
         if not self.is_chief:
             shutil.rmtree(save_dir, ignore_errors=True)
+
+    def leaving(self) -> None:
+        """A ring all-reduce can end on one worker while the other still pulls its last part
+        from it: a worker that exits then fails its peer's collective ("Socket closed", exit
+        138 after a finished run). So every worker waits at a barrier of TensorFlow's
+        coordination service, whose leader (the chief) releases all once all have arrived,
+        every collective behind them, and needs nothing from them after that."""
+        from tensorflow.python.eager import context
+
+        try:
+            context.context().wait_at_barrier("imgtrain-leaving", LEAVING_TIMEOUT_MS)
+        except Exception:  # noqa: BLE001 - this worker's work is done and written whatever the barrier says
+            pass  # a worker gone after its work: its own exit code says what happened
 
     def lost_peer(self, exc: BaseException) -> Optional[str]:
         # The coordination service marks a task that stopped sending heartbeats as unhealthy and
