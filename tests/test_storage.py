@@ -278,6 +278,8 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
     assert code == 0, capsys.readouterr().err
     assert fs.exists("runs/shards/manifest.json")
     assert is_prepared(on_disk(Config.load(None, ["data.path=s3://runs/shards"]), progress=False).data.path)
+    with pytest.raises(UserError, match="data.stage=never reads images from s3://runs/shards .* but prepared shards"):
+        placed(Config.load(None, ["data.path=s3://runs/shards", "data.stage=never"]), progress=False)
 
     fs.pipe_file("runs/bad.csv", b"path,label\n/etc/passwd,red\n")
     with pytest.raises(UserError, match="lists files by paths relative to it"):
