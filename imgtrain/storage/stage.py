@@ -93,7 +93,8 @@ def list_files(base_url: str, rels: Iterable[str]) -> Listing:
 def fits(listing: Listing, local: Path) -> bool:
     """Whether a copy of ``listing`` at ``local`` leaves ``SPARE_BYTES`` free (what it already
     holds is not fetched again)."""
-    return _needed(listing, local) + SPARE_BYTES <= shutil.disk_usage(_existing(local)).free
+    needed = sum(listing.sizes[rel] for rel in _todo(listing, local, _held(local)))
+    return needed + SPARE_BYTES <= shutil.disk_usage(_existing(local)).free
 
 
 def stage_folder(
@@ -140,10 +141,10 @@ def _sync(listing: Listing, local: Path, say) -> Path:
 def _sync_locked(listing: Listing, local: Path, say) -> Path:
     url, objects = listing.url, listing.versions
     held = _held(local)
-    todo = [rel for rel, version in objects.items() if held.get(rel) != version or not (local / rel).exists()]
+    todo = _todo(listing, local, held)
     for rel in set(held) - set(objects):
         (local / rel).unlink(missing_ok=True)
-    _check_room(url, local, _needed(listing, local))
+    _check_room(url, local, sum(listing.sizes[rel] for rel in todo))
     if todo:
         say(f"staging {len(todo)} of {len(objects)} file(s) from {url} to {local}")
         (local / LIST).unlink(missing_ok=True)  # a copy half updated is not trusted until the list is back
@@ -160,14 +161,9 @@ def _sync_locked(listing: Listing, local: Path, say) -> Path:
     return local
 
 
-def _needed(listing: Listing, local: Path) -> int:
-    """Bytes of ``listing`` that ``local`` does not hold yet."""
-    held = _held(local)
-    return sum(
-        size
-        for rel, size in listing.sizes.items()
-        if held.get(rel) != listing.versions[rel] or not (local / rel).exists()
-    )
+def _todo(listing: Listing, local: Path, held: dict[str, str]) -> list[str]:
+    """The files of ``listing`` that ``local`` does not hold at their version."""
+    return [rel for rel, version in listing.versions.items() if held.get(rel) != version or not (local / rel).exists()]
 
 
 def _existing(path: Path) -> Path:
