@@ -24,7 +24,7 @@ from imgtrain.evaluate.headline import headline
 from imgtrain.evaluate.report import build_report, write_report
 from imgtrain.predict import load_run
 from imgtrain.train.distribution import Distribution, make_distribution
-from imgtrain.train.loop import evaluate_sums
+from imgtrain.train.eval_sums import evaluate_sums
 from imgtrain.train.tensorboard import TensorBoardLog
 
 

@@ -86,9 +86,9 @@ def run_facts(cfg: Config, run_dir: Path, dist: Distribution) -> RunFacts:
 
 def stop_checks(loop: Any, train_seconds: float) -> dict[str, Any]:
     """What the workers' shared look at the stop flag cost this run (nothing for one process)."""
-    checks = loop.signal_checks
+    checks = loop.stops.checks
     return {
-        "every_steps": loop.signal_check_every,
+        "every_steps": loop.stops.every,
         "checks": checks["checks"],
         "seconds": round(checks["seconds"], 4),
         "share_of_training": round(checks["seconds"] / max(train_seconds, 1e-9), 5),

@@ -92,7 +92,7 @@ def test_curves_plot_like_with_like(tmp_path, monkeypatch):
 
 def test_top_k_is_reported_the_same_way_in_validation_and_the_report():
     from imgtrain.evaluate.report import build_report
-    from imgtrain.train.loop import summarize
+    from imgtrain.train.eval_sums import summarize
 
     for classes, k, shown in ((5, 5, False), (6, 5, True), (4, 3, True), (3, 3, False)):
         totals = {"loss_sum": 1.0, "correct": 1.0, "topk_correct": 2.0, "count": 2.0, "confusion": np.eye(classes) * 0}

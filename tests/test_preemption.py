@@ -194,7 +194,7 @@ def test_a_stop_that_cannot_fit_horovodruns_five_seconds_is_said_once(monkeypatc
     from types import SimpleNamespace
 
     from imgtrain.train.distribution import STOP_FORWARDED, Horovod
-    from imgtrain.train.loop import TrainLoop
+    from imgtrain.train.stopping import StopProtocol
 
     budget = Horovod.stop_budget_seconds.fget
     monkeypatch.delenv("HOROVOD_HOSTNAME", raising=False)
@@ -204,19 +204,16 @@ def test_a_stop_that_cannot_fit_horovodruns_five_seconds_is_said_once(monkeypatc
     monkeypatch.setenv(STOP_FORWARDED, "1")
     assert budget(None) is None  # launch/horovod.sh waits for the workers
     said: list[str] = []
-    loop = SimpleNamespace(
-        dist=SimpleNamespace(stop_budget_seconds=5.0), data=SimpleNamespace(steps_per_epoch=10), signal_check_every=10
-    )
-    loop.log = said.append
-    TrainLoop._warn_if_a_stop_outlasts_the_launcher(loop, epoch_seconds=6.0, save_seconds=1.0)  # 10 x 0.6 + 1
+    stops = StopProtocol(SimpleNamespace(stop_budget_seconds=5.0, world_size=2), 10, said.append)
+    stops.warn_if_launcher_kills(epoch_seconds=6.0, save_seconds=1.0, steps=10)  # 10 x 0.6 + 1
     (line,) = said
     assert "takes up to 7.0 s (10 steps of 0.60 s, then a 1.0 s checkpoint)" in line, line
     assert line.endswith(
         "launch/horovod.sh, which waits for the checkpoint, or set train.checkpoint.stop_check_steps=6"
     )
-    TrainLoop._warn_if_a_stop_outlasts_the_launcher(loop, epoch_seconds=3.0, save_seconds=1.0)  # 10 x 0.3 + 1: fits
-    loop.dist.stop_budget_seconds = None
-    TrainLoop._warn_if_a_stop_outlasts_the_launcher(loop, epoch_seconds=60.0, save_seconds=9.0)  # no such launcher
+    stops.warn_if_launcher_kills(epoch_seconds=3.0, save_seconds=1.0, steps=10)  # 10 x 0.3 + 1: fits
+    stops.dist.stop_budget_seconds = None
+    stops.warn_if_launcher_kills(epoch_seconds=60.0, save_seconds=9.0, steps=10)  # no such launcher
     assert len(said) == 1
 
 
@@ -274,21 +271,20 @@ def test_workers_stop_on_the_agreed_value_only() -> None:
     (Stopping on its own flag alone left Horovod's workers in mismatched collectives, hung.)"""
     from types import SimpleNamespace
 
-    from imgtrain.train.loop import TrainLoop
+    from imgtrain.train.stopping import StopProtocol
 
     def gather_while_signalled(value: float) -> list[float]:
-        flag.signum = signal.SIGTERM  # the handler runs while the sum is in flight
+        stops.flag.signum = signal.SIGTERM  # the handler runs while the sum is in flight
         return [value, 0.0]  # what every worker agreed on: nobody had been told yet
 
-    flag = stop.StopFlag()
     dist = SimpleNamespace(world_size=2, gather=gather_while_signalled)
-    loop = SimpleNamespace(dist=dist, signal=flag, signal_checks={"checks": 0, "seconds": 0.0})
-    assert TrainLoop._told_to_stop(loop) is False and flag.signum == signal.SIGTERM
+    stops = StopProtocol(dist, 10, print)
+    assert stops.told() is False and stops.flag.signum == signal.SIGTERM
     dist.gather = lambda value: [value, 0.0]
-    assert TrainLoop._told_to_stop(loop) is True and loop.signal_checks["checks"] == 2
+    assert stops.told() is True and stops.checks["checks"] == 2
     dist.gather = lambda value: [0.0, float(signal.SIGINT)]  # another worker was told
-    other = SimpleNamespace(dist=dist, signal=stop.StopFlag(), signal_checks={"checks": 0, "seconds": 0.0})
-    assert TrainLoop._told_to_stop(other) is True and other.signal.signum == signal.SIGINT
+    other = StopProtocol(dist, 10, print)
+    assert other.told() is True and other.flag.signum == signal.SIGINT
 
 
 # The crash-point sweep's stops: what is sent, and the seconds between two sends.

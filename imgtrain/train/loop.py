@@ -23,19 +23,21 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from imgtrain import history, rundir, seeds
-from imgtrain.config import AugmentConfig, reports_top_k
-from imgtrain.errors import UserError
+from imgtrain.config import AugmentConfig
 from imgtrain.models.phases import BuiltModel, Phase
-from imgtrain.stop import Abandoned, StopFlag, Stopped, signal_name
-from imgtrain.train.checkpoint import CheckpointStore, LoopState
+from imgtrain.stop import Abandoned
+from imgtrain.train.checkpoint import CheckpointStore
+from imgtrain.train.console import ConsoleAndTensorBoard
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping
+from imgtrain.train.eval_sums import evaluate_sums, make_eval_step, summarize
 from imgtrain.train.inputs import model_input
 from imgtrain.train.losses import cross_entropy
 from imgtrain.train.mixing import MixSettings, mix_batch, mixed_loss, partner
 from imgtrain.train.optim import Plateau
 from imgtrain.train.precise_bn import PreciseBatchNorm
-from imgtrain.train.tensorboard import TensorBoardLog
+from imgtrain.train.running_sums import RunningSums, several_steps
+from imgtrain.train.stopping import StopProtocol
 
 
 @dataclass
@@ -97,72 +99,6 @@ class FitResult:
     epochs_completed: int = 0  # as the latest checkpoint counts them
 
 
-def make_eval_step(model: keras.Model, dist: Distribution, num_classes: int, top_k: int = 5) -> Callable:
-    """A step returning summed loss, hits, counts and the confusion matrix of one batch."""
-
-    def replica(x, y, w, real):
-        logits = tf.cast(model(x, training=False), tf.float32)
-        per_ex = cross_entropy(y, logits, num_classes)
-        pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        k = min(top_k, num_classes)
-        real64 = tf.cast(real, tf.float64)
-        topk = tf.cast(tf.math.in_top_k(y, logits, k), tf.float64) * real64
-        cm = tf.math.confusion_matrix(y, pred, num_classes=num_classes, weights=real64, dtype=tf.float64)
-        return {
-            "loss_sum": tf.reduce_sum(tf.cast(per_ex * w * real, tf.float64)),
-            "correct": tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float64) * real64),
-            "topk_correct": tf.reduce_sum(topk),
-            "count": tf.reduce_sum(real64),
-            "confusion": cm,
-        }
-
-    @tf.function
-    def step(batch):
-        return dist.reduce_sum(dist.run(replica, batch))
-
-    return step
-
-
-def evaluate_sums(
-    model: keras.Model,
-    dist: Distribution,
-    dataset_fn: Callable[[], tf.data.Dataset],
-    num_classes: int,
-    top_k: int = 5,
-    progress: bool = False,
-    desc: str = "evaluating",
-    step: Optional[Callable] = None,
-    abandon: Callable[[int], bool] = lambda _i: False,
-) -> dict[str, np.ndarray]:
-    """Sum the evaluation quantities over a whole dataset (across all workers): exact under any sharding.
-    ``step``: a step from ``make_eval_step`` to reuse (it is traced once per model). ``abandon(i)``
-    before batch i: True raises ``Abandoned`` (every worker must ask at the same batches)."""
-    step = step or make_eval_step(model, dist, num_classes, top_k)
-    totals: dict[str, np.ndarray] = {
-        "loss_sum": np.float64(0),
-        "correct": np.float64(0),
-        "topk_correct": np.float64(0),
-        "count": np.float64(0),
-        "confusion": np.zeros((num_classes, num_classes), np.float64),
-    }
-    batches = dist.distribute(dataset_fn)
-    for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress)):
-        if abandon(i):
-            raise Abandoned("validation")
-        out = step(batch)
-        for key in totals:
-            totals[key] = totals[key] + out[key].numpy()
-    return totals
-
-
-def summarize(totals: dict[str, np.ndarray], prefix: str = "val_", top_k: int = 5) -> dict[str, float]:
-    n = max(float(totals["count"]), 1.0)
-    logs = {f"{prefix}loss": float(totals["loss_sum"]) / n, f"{prefix}accuracy": float(totals["correct"]) / n}
-    if reports_top_k(totals["confusion"].shape[0], top_k):
-        logs[f"{prefix}top{top_k}_accuracy"] = float(totals["topk_correct"]) / n
-    return logs
-
-
 class TrainLoop:
     """Runs epochs, evaluates, checkpoints, stops early and restores the best weights."""
 
@@ -192,12 +128,8 @@ class TrainLoop:
         self.jit_compile = options.jit_compile
         self.steps_per_execution = options.steps_per_execution
         self.every_steps = options.checkpoint_every_steps
-        # One process looks at its own flag every step, for free; several agree on it every
-        # stop_check_every steps, since each look is a collective.
-        self.signal_check_every = 1 if dist.world_size == 1 else options.stop_check_every
-        self.signal = StopFlag()  # raised by SIGTERM/SIGINT (imgtrain.stop)
-        self.signal_checks = {"checks": 0, "seconds": 0.0}
         self.log = options.log if dist.is_chief else (lambda _msg: None)
+        self.stops = StopProtocol(dist, options.stop_check_every, self.log)  # when to look, how to leave
         self.chief = dist.is_chief
         self.progress = options.progress and dist.is_chief
         precise_bn_batches, ema = options.precise_bn_batches, options.ema
@@ -323,8 +255,8 @@ class TrainLoop:
 
     def _abandon_end(self, i: int) -> bool:
         """Whether to give up the epoch's end (precise BN, validation) before its batch ``i``: at
-        the workers' shared look at the stop flag, every ``signal_check_every`` batches."""
-        return (i + 1) % self.signal_check_every == 0 and self._told_to_stop()
+        the workers' shared look at the stop flag, every ``stops.every`` batches."""
+        return (i + 1) % self.stops.every == 0 and self.stops.told()
 
     # -- history ----------------------------------------------------------------------
     def _history_row(self, epoch: int, logs: dict[str, float], lr: float, images: float, seconds: float) -> dict:
@@ -424,38 +356,15 @@ class TrainLoop:
             if saved:
                 sums.to_state(st, step_in_epoch=step)
                 self.store.save()
-            every = self.signal_check_every
-            if step < steps and step // every > (step - count) // every and self._told_to_stop():
+            if self.stops.due(step, count, steps):
                 if not saved:
                     sums.to_state(st, step_in_epoch=step)
                     self.store.save()
                 bar.close()
-                if self.dist.world_size > 1:
-                    # A barrier: no worker leaves (and no launcher, seeing it leave, signals the
-                    # rest) before the chief's checkpoint is whole.
-                    self.dist.agree(True)
-                raise self._stopped_by_signal(f"at epoch {epoch + 1}, step {step} of {steps}")
+                raise self.stops.leave(f"at epoch {epoch + 1}, step {step} of {steps}")
         sums.flush()
         bar.close()
         return sums, time.perf_counter() - start
-
-    def _warn_if_a_stop_outlasts_the_launcher(self, epoch_seconds: float, save_seconds: float) -> None:
-        """Once, from the first epoch's timing: a launcher that kills its workers soon after
-        passing a stop on (horovodrun alone: 5 s) would kill them before the checkpoint."""
-        budget = self.dist.stop_budget_seconds
-        step = epoch_seconds / max(1, self.data.steps_per_epoch)
-        needs = self.signal_check_every * step + save_seconds
-        if budget is None or needs <= budget:
-            return
-        advice = "start with launch/horovod.sh, which waits for the checkpoint"
-        fits = int((budget - save_seconds) / max(step, 1e-9))
-        if fits >= 1:
-            advice += f", or set train.checkpoint.stop_check_steps={fits}"
-        self.log(
-            f"warning: horovodrun kills its workers {budget:g} s after it passes a stop on, and a stop here "
-            f"takes up to {needs:.1f} s ({self.signal_check_every} steps of {step:.2f} s, then a "
-            f"{save_seconds:.1f} s checkpoint): {advice}"
-        )
 
     def _end_epoch_or_stop(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
         """``_end_epoch``; a stop agreed meanwhile abandons it (its BatchNorm statistics put back)
@@ -468,9 +377,7 @@ class TrainLoop:
                 v.assign(value)
             sums.to_state(self.state, step_in_epoch=self.data.steps_per_epoch)
             self.store.save()
-            if self.dist.world_size > 1:
-                self.dist.agree(True)  # a barrier: the chief's checkpoint is whole before anyone leaves
-            raise self._stopped_by_signal(f"at the end of epoch {epoch + 1}, its {what} abandoned") from None
+            raise self.stops.leave(f"at the end of epoch {epoch + 1}, its {what} abandoned") from None
 
     def _end_epoch(self, epoch: int, sums: RunningSums) -> tuple[dict[str, float], bool, bool]:
         """Evaluate, stop early or not, drop the plateau rate, and set the state the epoch's
@@ -529,40 +436,11 @@ class TrainLoop:
     def fit(self) -> FitResult:
         """Train from the latest checkpoint to the last epoch (or early stopping). A SIGTERM or
         SIGINT meanwhile ends it with ``Stopped`` once a checkpoint holds the step reached."""
-        with self.signal:
+        with self.stops:
             result = self._fit()
-            if result.trained and self._told_to_stop():  # a signal during the last epoch's end
-                raise self._stopped_by_signal("after the last epoch")
+            if result.trained and self.stops.told():  # a signal during the last epoch's end
+                raise self.stops.stopped("after the last epoch")
         return result
-
-    def _told_to_stop(self) -> bool:
-        """Whether any worker was told to stop; the same answer on every worker, which must all
-        ask at the same steps. The signal number agreed is kept in ``self.signal.signum``."""
-        if self.dist.world_size == 1:
-            return bool(self.signal.signum)
-        start = time.perf_counter()
-        signums = self.dist.gather(float(self.signal.signum))
-        self.signal_checks["checks"] += 1
-        self.signal_checks["seconds"] += time.perf_counter() - start
-        agreed = int(max(signums))
-        # The agreed value decides, never this worker's own flag read now: a signal that landed
-        # after its value was sent is in no other worker's answer (stopping on it alone would
-        # leave the others in a collective it never joins); it is sent at the next check.
-        if agreed and not self.signal.signum:
-            self.signal.signum = agreed
-        return bool(agreed)
-
-    def _stop_if_told_between_epochs(self, epoch: int, start_epoch: int) -> None:
-        """A signal during the last epoch's end (validation, checkpoint): its checkpoint stands."""
-        if epoch > start_epoch and self._told_to_stop():
-            raise self._stopped_by_signal(f"at the end of epoch {epoch}")
-
-    def _stopped_by_signal(self, where: str) -> Stopped:
-        return Stopped(
-            self.signal.signum,
-            f"stopped by {signal_name(self.signal.signum)} {where}; checkpoint written; "
-            "run the same command again to resume",
-        )
 
     def _fit(self) -> FitResult:
         early = self.early
@@ -584,7 +462,7 @@ class TrainLoop:
         early_stop = False
         images_total, seconds_total = 0.0, 0.0
         for epoch in range(start_epoch, self.epochs):
-            self._stop_if_told_between_epochs(epoch, start_epoch)
+            self.stops.between_epochs(epoch, start_epoch)
             self._enter_phase(epoch)
             lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
             sums, seconds = self._run_epoch(epoch, skip)
@@ -598,7 +476,7 @@ class TrainLoop:
             saved_at = time.perf_counter()
             self.store.save()
             if epoch == start_epoch:
-                self._warn_if_a_stop_outlasts_the_launcher(seconds, time.perf_counter() - saved_at)
+                self.stops.warn_if_launcher_kills(seconds, time.perf_counter() - saved_at, self.data.steps_per_epoch)
             for listener in listeners:
                 listener.on_epoch_end(epoch, logs, lr, sums.images / max(seconds, 1e-9), improved)
             skip = 0
@@ -639,96 +517,3 @@ class TrainLoop:
         if self._cached_eval_step is None:
             self._cached_eval_step = make_eval_step(self.model, self.dist, self.data.num_classes, self.data.top_k)
         return self._cached_eval_step
-
-
-def several_steps(step: Callable) -> Callable:
-    """``step(iterator, position)`` run ``count`` times in one call (train.steps_per_execution):
-    fewer trips from Python to the runtime. Each step applies its own update and draws its own
-    seed from its position, so the weights are those of ``count`` single steps; the
-    statistics come back summed."""
-
-    def steps(iterator, position, count):
-        total = tuple(tf.zeros([], tf.float64) for _ in RunningSums.FIELDS)
-        for i in tf.range(count):
-            out = step(iterator, position + tf.cast(i, tf.int64))
-            total = tuple(a + b for a, b in zip(total, out))
-        return total
-
-    return steps
-
-
-class RunningSums:
-    """An epoch's summed training statistics, kept on the device until asked for."""
-
-    FIELDS = ("loss_sum", "correct", "count", "ce_sum")
-
-    def __init__(self, values: Optional[np.ndarray] = None, epoch: int = 0, first_step: int = 0) -> None:
-        self.values = np.zeros(4) if values is None else np.asarray(values, np.float64)
-        self.pending: list = []
-        self.images = 0.0  # trained in this call (a resumed epoch counts from where it resumed)
-        self.epoch, self.next_step = epoch, first_step  # where the first pending step sits
-
-    @classmethod
-    def from_state(cls, state: LoopState, epoch: int, first_step: int) -> "RunningSums":
-        return cls(np.array([state.get(f) for f in cls.FIELDS]), epoch, first_step)
-
-    def add(self, step_out, steps: int = 1) -> None:
-        """One call's summed statistics, covering ``steps`` training steps."""
-        self.pending.append((step_out, steps))
-        if len(self.pending) >= 64:  # bound what waits on the device
-            self.flush()
-
-    def flush(self) -> None:
-        """Bring pending steps to the host; a non-finite loss stops the run here, before any
-        checkpoint holds its weights (what Keras' TerminateOnNaN does for fit)."""
-        if self.pending:
-            rows = [[float(t) for t in out] for out, _ in self.pending]
-            first = self.next_step
-            for row, (_, steps) in zip(rows, self.pending):
-                if not math.isfinite(row[0]):
-                    where = f"step {first + 1}" if steps == 1 else f"steps {first + 1}-{first + steps}"
-                    raise UserError(
-                        f"the training loss became {row[0]} at epoch {self.epoch + 1}, {where}; "
-                        "the last good checkpoint is kept. Lower train.optimizer.learning_rate, set "
-                        "train.optimizer.clipnorm, or check the data and weights"
-                    )
-                first += steps
-            self.next_step = first
-            vals = np.sum(rows, axis=0)
-            self.values = self.values + vals
-            self.images += vals[2]
-            self.pending = []
-
-    def images_this_call(self) -> float:
-        self.flush()
-        return self.images
-
-    def mean(self, name: str) -> float:
-        self.flush()
-        index = {"loss": 0, "accuracy": 1, "cross_entropy": 3}[name]
-        return float(self.values[index] / max(self.values[2], 1.0))
-
-    def to_state(self, state: LoopState, step_in_epoch: int) -> None:
-        self.flush()
-        state.set(step_in_epoch=step_in_epoch, **dict(zip(self.FIELDS, self.values.tolist())))
-
-
-class ConsoleAndTensorBoard:
-    """The loop's own EpochListener: the console line and TensorBoard (``train.tensorboard``)."""
-
-    def __init__(self, logs_dir: Path, epochs: int, log: Callable[[str], None]) -> None:
-        self.epochs, self.log = epochs, log
-        self.board = TensorBoardLog(logs_dir)
-
-    def on_train_begin(self, hparams: dict[str, Any], sample: Optional[np.ndarray]) -> None:
-        self.board.start(hparams, sample)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "cross_entropy")
-        self.log(
-            f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  {img_s:.0f} img/s{'  *best*' if improved else ''}"
-        )
-        self.board.epoch(epoch, logs, lr, img_s)
-
-    def close(self) -> None:
-        self.board.close()
