@@ -39,3 +39,8 @@ class NotUploaded(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class LeaseLost(NotUploaded):
+    """Another process took over a bucket run while this one's lease went unrenewed: this run
+    writes nothing more there (exit 75, as for a bucket out of reach)."""

@@ -64,6 +64,10 @@ OUTPUTS = (
     *FIGURES,
     TRACKING,  # a replaced run is logged as a new MLflow run
 )
+# What evaluate, predict and export read of a finished run, and all they may write into it: a
+# reader never writes the training's own files (its records, checkpoints, model, MLflow ledger).
+MODEL_READS = (CONFIG, CLASS_NAMES, DATA_FINGERPRINT, HISTORY, SUMMARY, MODEL, REPORT_JSON)
+READER_WRITES = (*REPORTS, *(f for f in FIGURES if f != CURVES), EXPORTS, LOGS)
 # What describes the run (not the model): what experiment tracking uploads as the run's files.
 RECORDS = (*REPORTS, *FIGURES, HISTORY, CONFIG, SUMMARY, CLASS_NAMES)
 # Any of these without checkpoints: a finished run that can no longer be resumed, only replaced.

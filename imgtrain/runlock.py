@@ -6,6 +6,10 @@ a killed run never blocks its own resume; a second ``train`` on the same
 directory while the first is alive gets one line naming the holder. In a
 multi-worker run only the chief takes it (the workers write nothing there that
 the chief does not own), so workers never wait on each other for it.
+
+A reader asks ``holder`` whether a training holds a folder now (it takes the lock shared for
+an instant and never writes the file); readers of one bucket run on one machine take turns
+on their own copy with ``taking_turns``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from imgtrain import rundir
 from imgtrain.errors import UserError
@@ -41,3 +45,32 @@ def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def holder(run_dir: Path) -> Optional[str]:
+    """Who holds ``run_dir``'s lock now (a training there), None when nobody does."""
+    try:
+        fd = os.open(Path(run_dir) / rundir.LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def taking_turns(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock, waiting for whoever holds it (a reader's copy: short work)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(folder) / rundir.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -47,7 +47,7 @@ def _save(manager: tf.train.CheckpointManager, var: tf.Variable, value: float, r
 def _restored(url: str, local: Path) -> float:
     """What a resume on an empty machine restores from the bucket (NaN: nothing to resume)."""
     mirror = RunMirror(url, local)
-    mirror.pull("resume", lambda _m: None)
+    mirror.pull(lambda _m: None)
     var = tf.Variable(float("nan"))
     found = tf.train.latest_checkpoint(str(local / "checkpoints"))
     if found is None:
@@ -126,7 +126,7 @@ def test_a_local_copy_ahead_of_its_bucket_is_kept_and_sent(as_user: S3Server, tm
         "checkpoints/ckpt-2.index",
         "history.csv",
     ]
-    mirror.pull("resume", lambda _m: None)  # the rerun on this machine
+    mirror.pull(lambda _m: None)  # the rerun on this machine
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-2")
     mirror.push()
     assert mirror.pending() == []
@@ -430,7 +430,7 @@ def test_a_local_copy_of_a_run_since_replaced_in_its_bucket_gives_way_to_the_buc
     )
     elsewhere.push()
     said: list[str] = []
-    RunMirror(url, here).pull("resume", said.append)  # this machine's copy is at ckpt-3, the bucket's at ckpt-1
+    RunMirror(url, here).pull(said.append)  # this machine's copy is at ckpt-3, the bucket's at ckpt-1
     assert said[0] == f"{url} changed since this machine's copy of it was made: using the bucket's", said
     restored = tf.Variable(0.0)
     tf.train.Checkpoint(v=restored).restore(tf.train.latest_checkpoint(str(here / "checkpoints"))).expect_partial()
@@ -492,3 +492,169 @@ def test_the_storage_clients_retry_logs_are_not_printed(tmp_path: Path):
     env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0 and out.stderr.strip() == "still printed", out.stderr
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _a_finished_run(run: Path, epochs: int, manager: tf.train.CheckpointManager, var: tf.Variable) -> None:
+    """A run folder as a finished training leaves it (the model's bytes name its epochs)."""
+    _save(manager, var, float(epochs), run)
+    for name, text in {
+        "config.yaml": "seed: 1\n",
+        "class_names.json": '["a", "b"]',
+        "model.keras": f"model after {epochs} epochs",
+        "run.json": f'{{"epochs_completed": {epochs}}}',
+        "report.json": f'{{"epochs": {epochs}}}',
+        "mlflow.json": '{"run_id": "abc"}',
+    }.items():
+        (run / name).write_text(text)
+
+
+def test_a_reader_never_writes_the_trainings_copy_nor_its_files_in_the_bucket(as_user: S3Server, tmp_path: Path):
+    """evaluate, predict, export and --warm-start read a bucket run in a copy of their own: a
+    training's copy whose uploads did not finish is read (newer) and left as it was, and the
+    bucket stays as its training left it; while a training holds its copy, the bucket's model
+    is read, and only what the reader wrote (its report, its export) goes back."""
+    from imgtrain import runlock
+    from imgtrain.storage.runplace import local_model, model_run
+
+    url, fs = "s3://runs/read", as_user.filesystem()
+    training = places.local_copy("runs", url)
+    var = tf.Variable(0.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=var), str(training / "checkpoints"), max_to_keep=1)
+    _a_finished_run(training, 2, manager, var)
+    RunMirror(url, training).push()
+    _a_finished_run(training, 4, manager, var)  # finished on this machine; the bucket went away
+    before, bucket_before = _files(training), {p: fs.cat(p) for p in fs.find("runs/read")}
+
+    said: list[str] = []
+    with model_run(url, said.append, writes=True) as run:
+        assert (run.local / "model.keras").read_text() == "model after 4 epochs"
+        (run.local / "report.json").write_text("the reader's report")
+        (run.local / "export" / "keras").mkdir(parents=True)
+        (run.local / "export" / "keras" / "m.keras").write_text("an export")
+        shown = run.shown(run.local / "report.json")
+    assert said[0].startswith(f"this machine's copy of {url} ({training}) holds ") and "reading that newer" in said[0]
+    assert shown == str(run.local / "report.json"), shown  # stays here: the bucket's run is the older one
+    assert _files(training) == before, "a reader changed the training's copy"
+    assert {p: fs.cat(p) for p in fs.find("runs/read")} == bucket_before, "a reader wrote into the bucket"
+    assert (local_model(url, said.append) / "model.keras").read_text() == "model after 4 epochs"
+
+    RunMirror(url, training).push()  # the training's command, run again, uploads the rest
+    assert fs.cat("runs/read/model.keras") == b"model after 4 epochs"
+    _a_finished_run(training, 6, manager, var)  # a training holding its copy now
+    said = []
+    with runlock.hold(training):
+        before = _files(training)
+        with model_run(url, said.append, writes=True) as run:
+            assert (run.local / "model.keras").read_text() == "model after 4 epochs"
+            assert not (run.local / "export").exists(), "an earlier read's export was left in the copy"
+            (run.local / "report.json").write_text("the reader's report")
+            (run.local / "logs" / "test").mkdir(parents=True)
+            (run.local / "logs" / "test" / "events.test").write_text("events")
+            (run.local / "model.keras").write_text("a reader must not send this")
+            shown = run.shown(run.local / "report.json")
+        assert _files(training) == before, "a reader changed the training's copy"
+    assert said == [
+        f"{url} is training on this machine (imgtrain pid {os.getpid()} on {os.uname().nodename}): reading the "
+        "model its bucket holds now, the last one that training finished before"
+    ], said
+    assert shown == f"{url}/report.json"
+    assert fs.cat("runs/read/report.json") == b"the reader's report"
+    assert fs.cat("runs/read/logs/test/events.test") == b"events"
+    assert fs.cat("runs/read/model.keras") == b"model after 4 epochs"
+    assert fs.cat("runs/read/run.json") == b'{"epochs_completed": 4}'
+
+
+_RACER = """
+import sys
+from imgtrain.errors import UserError
+from imgtrain.storage import urls
+from imgtrain.storage.lease import Lease, modified
+
+for url in sys.stdin:
+    url = url.strip()
+    fs = urls.filesystem(url)
+    lease = Lease(fs, urls.bare(url), url)
+    fs.pipe_file(urls.bare(url) + "-clock-" + str(id(lease)), b"")  # the service's clock, as check_writable reads it
+    now = modified(fs.info(urls.bare(url) + "-clock-" + str(id(lease))))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        lease.take(now)
+        print("took", flush=True)
+    except UserError as exc:
+        print("refused", exc, flush=True)
+"""
+
+
+def test_of_two_writers_released_at_the_same_instant_exactly_one_takes_the_lease(as_user: S3Server):
+    """Two processes blocked on their input, released by one write to both, 20 times over: the
+    service's create-if-absent lets exactly one hold each run (the other is told who holds it)."""
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ
+        )
+        for _ in range(2)
+    ]
+    try:
+        for round_ in range(20):
+            for racer in racers:
+                racer.stdin.write(f"s3://runs/race-{round_}\n")
+                racer.stdin.flush()
+            assert [r.stdout.readline().strip() for r in racers] == ["ready", "ready"]
+            for racer in racers:  # the barrier: both wait on this line
+                racer.stdin.write("go\n")
+            for racer in racers:
+                racer.stdin.flush()
+            said = sorted(r.stdout.readline().strip() for r in racers)
+            assert said[1] == "took" and said[0].startswith("refused"), (round_, said)
+            assert "is in use by process" in said[0] or "was taken by another process just now" in said[0], said
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.wait()
+
+
+def test_the_lease_is_renewed_by_its_own_heartbeat_and_a_lost_one_stops_the_writes(as_user: S3Server):
+    """Renewed with nothing else running (a push that takes minutes leaves it fresh); taken
+    over while its holder was stalled, the holder learns it at its next beat, sends nothing
+    more, and the command ends in one line, exit 75."""
+    import time
+    from datetime import timedelta
+
+    from imgtrain.cli import _failed
+    from imgtrain.errors import LeaseLost
+    from imgtrain.storage.lease import STALE_SECONDS, Lease, modified
+    from imgtrain.storage.runplace import RunPlace
+    from imgtrain.storage.uploader import Uploader
+
+    fs, path = as_user.filesystem(), "runs/beating/.lease.json"
+    first = Lease(fs, "runs/beating", "s3://runs/beating", renew_seconds=0.2)
+    first.take(None)
+    taken = modified(fs.info(path))
+    time.sleep(1.5)
+    fs.invalidate_cache()
+    renewed = modified(fs.info(path))
+    assert renewed > taken, "the lease was not renewed while its holder did nothing"
+    with pytest.raises(UserError, match="is in use by process"):
+        Lease(fs, "runs/beating", "s3://runs/beating").take(renewed + timedelta(seconds=1))
+
+    other = Lease(fs, "runs/beating", "s3://runs/beating")
+    other.take(renewed + timedelta(seconds=STALE_SECONDS + 1))  # as if the first had stalled a minute
+    mirror = RunMirror("s3://runs/beating", as_user.root / "unused")
+    place = RunPlace(mirror.local, mirror, Uploader(mirror, lambda _m: None, first), first)
+    end = time.monotonic() + 20  # a beat's request may wait on a loaded server
+    while not first.lost and time.monotonic() < end:
+        time.sleep(0.1)
+    assert first.lost and f"taken over by process {os.getpid()}" in first.lost, first.lost
+    with pytest.raises(LeaseLost) as lost:
+        place.saved()
+    code, line = _failed(dataclasses.make_dataclass("Args", ["command"])("train"), lost.value)
+    assert code == 75 and line.startswith("imgtrain: s3://runs/beating was taken over by") and "\n" not in line
+    with pytest.raises(LeaseLost):
+        place.close(finished=True)
+    assert other.mine["token"] in fs.cat(path).decode(), "the holder that lost the lease wrote it again"
+    other.release()

@@ -210,3 +210,26 @@ def _owner_names_int(module: str) -> dict[str, int]:
         for t in node.targets
         if isinstance(t, ast.Name) and t.id.isupper()
     }
+
+
+def test_object_storage_is_reached_through_the_storage_seam_and_a_run_written_by_its_training_only():
+    """fsspec and its clients are imported in imgtrain/storage/ only. A bucket run's files are
+    pushed and pulled by the training's mirror, from the uploader and runplace only; a reader
+    (storage/readcopy.py) asks the mirror what is unsent and sends back only its own outputs."""
+    clients = {"fsspec", "s3fs", "gcsfs"}
+    found, moved = [], []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            roots = (
+                [a.name.split(".")[0] for a in node.names]
+                if isinstance(node, ast.Import)
+                else [(node.module or "").split(".")[0]]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            if clients & set(roots) and not name.startswith("imgtrain.storage."):
+                found.append(name)
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("push", "pull"):
+                moved.append(name)
+    assert not found, found
+    assert sorted(set(moved)) == ["imgtrain.storage.runplace", "imgtrain.storage.uploader"], moved

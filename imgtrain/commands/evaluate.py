@@ -22,11 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgtrain import rundir
     from imgtrain.evaluation import evaluate_run
-    from imgtrain.storage.runplace import model_run, shown_in
+    from imgtrain.storage.runplace import model_run
 
-    with model_run(args.run, writes=True) as run_dir:  # the rewritten report goes back to a bucket run
-        report = evaluate_run(run_dir, args.data, progress=not args.no_progress)
-    print(
-        f"test accuracy {report['accuracy']:.4f}; report: {shown_in(args.run, run_dir, run_dir / rundir.REPORT_JSON)}"
-    )
+    with model_run(args.run, writes=True) as run:  # the rewritten report goes back to a bucket run
+        report = evaluate_run(run.local, args.data, progress=not args.no_progress)
+    print(f"test accuracy {report['accuracy']:.4f}; report: {run.shown(run.local / rundir.REPORT_JSON)}")
     return 0

@@ -39,14 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgtrain.export import export_run
-    from imgtrain.storage.runplace import model_run, output_path, shown_in
+    from imgtrain.storage.runplace import model_run, output_path
 
     if args.version < 1:
         raise UserError(f"--version must be a positive integer (TF Serving's version folder), got {args.version}")
     # Without --output the export goes into the run (RUN_DIR/export/FORMAT): a bucket run gets it back.
-    with model_run(args.run, writes=args.output is None) as run_dir, output_path(args.output) as output:
-        result = export_run(run_dir, args.format, output, args.version, check=not args.no_check)
-    where = args.output if args.output and output == result.path else shown_in(args.run, run_dir, result.path)
+    with model_run(args.run, writes=args.output is None) as run, output_path(args.output) as output:
+        result = export_run(run.local, args.format, output, args.version, check=not args.no_check)
+    where = args.output if args.output and output == result.path else run.shown(result.path)
     line = f"{result.format}: {where} ({result.size_bytes / 2**20:.2f} MiB)"
     if result.images_checked:
         line += (

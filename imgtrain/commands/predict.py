@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
     paths, shown = local_inputs(args.paths)  # images in a bucket: fetched first
-    with model_run(args.run) as run_dir:
-        records = predict_files(run_dir, paths, top_k=args.top_k)
+    with model_run(args.run) as run:
+        records = predict_files(run.local, paths, top_k=args.top_k)
     for record in records:
         record["path"] = shown(record["path"])
     with output_path(args.output) as output:

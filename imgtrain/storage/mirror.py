@@ -39,7 +39,7 @@ SEEN = "bucket's checkpoint state"  # the ledger's record of the state last seen
 STATE = f"{rundir.CHECKPOINTS}/{rundir.CHECKPOINT_STATE}"
 _CKPT_FILE = re.compile(r"^(?P<name>[^/]+-(?P<n>\d+))\.(?P<part>index|data-\d+-of-\d+)$")
 _STATE_NAMES = re.compile(r'^(?:model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$', re.M)
-# What a resume reads besides the checkpoint; what evaluate, predict and export read.
+# What a resume reads besides the checkpoint.
 RESUME_RECORDS = (
     rundir.CONFIG,
     rundir.CLASS_NAMES,
@@ -48,7 +48,6 @@ RESUME_RECORDS = (
     rundir.SUMMARY,
     rundir.TRACKING,
 )
-MODEL_RECORDS = (*RESUME_RECORDS, rundir.MODEL, rundir.REPORT_JSON)
 # Never leaves the machine: the lock, the data cache (rebuilt from the data), hidden temporaries.
 _LOCAL_ONLY = (rundir.LOCK, rundir.DATA_CACHE)
 
@@ -124,14 +123,24 @@ class RunMirror:
             say(f"--overwrite: removed the earlier run's {', '.join(found)} from {self.url}")
 
     # -- pulling --------------------------------------------------------------------------
-    def pull(self, what: str, say: Callable[[str], None]) -> None:
-        """Bring what a resume (``what='resume'``) or a model command (``'model'``) reads."""
+    def pull(self, say: Callable[[str], None]) -> None:
+        """Bring what a resume reads, when the bucket is ahead of this copy (the invariants)."""
         try:
-            self._pull(what, say)
+            self._pull(say)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise urls.explain(exc, self.url, "read the run from") or exc from None
+
+    def unsent(self) -> list[str]:
+        """What this copy holds that its bucket does not, when the bucket is as this copy last
+        saw it (this run's own progress, its uploads unfinished); [] for a copy the bucket has
+        moved on from, or none. Reads only: a reader asks it of a training's copy."""
+        if not (self.local / LEDGER).exists():
+            return []
+        listing = self.listing()
+        remote_text = self.fs.cat_file(self._remote(STATE)).decode() if STATE in listing else ""
+        return self.pending() if self._bucket_unchanged(remote_text) else []
 
     def abort_leftover_uploads(self) -> int:
         """Abort the multipart uploads a killed writer left under this run (S3 keeps, and bills,
@@ -144,16 +153,8 @@ class RunMirror:
             self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         return len(left)
 
-    def _pull(self, what: str, say: Callable[[str], None]) -> None:
+    def _pull(self, say: Callable[[str], None]) -> None:
         listing = self.listing()
-        if what == "model":
-            if rundir.MODEL not in listing:
-                raise UserError(
-                    f"{self.url} holds no trained model ({rundir.MODEL}); pass the URL a finished "
-                    "'imgtrain train --output' wrote to"
-                )
-            self._download([rel for rel in listing if rel in MODEL_RECORDS], state=None)
-            return
         remote_text = self.fs.cat_file(self._remote(STATE)).decode() if STATE in listing else ""
         complete = [n for n in checkpoints_named(remote_text) if self._complete(n, listing)]
         local_state = self.local / STATE
@@ -197,7 +198,7 @@ class RunMirror:
             target = self.local / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / rel, target)
-            ledger[rel] = _stamp(target)
+            ledger[rel] = stamp(target)
         shutil.rmtree(staging, ignore_errors=True)
         if state is not None:
             atomic.write_text(self.local / STATE, state)  # last: it names the checkpoint just fetched
@@ -302,7 +303,7 @@ class RunMirror:
                 if name.startswith(".") or rel in _LOCAL_ONLY or rel == STATE or name.endswith(("_temp", ".tmp")):
                     continue
                 try:
-                    out[rel] = _stamp(self.local / rel)
+                    out[rel] = stamp(self.local / rel)
                 except FileNotFoundError:
                     continue
         return out
@@ -326,6 +327,7 @@ def _checkpoint_of(rel: str) -> Optional[str]:
     return match.group("name") if match else None
 
 
-def _stamp(path: Path) -> list[int]:
+def stamp(path: Path) -> list[int]:
+    """A file's size and modification time: what says it changed since it was sent or fetched."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]

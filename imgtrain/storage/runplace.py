@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from imgtrain.errors import NotUploaded, UserError
+from imgtrain import rundir
+from imgtrain.errors import LeaseLost, NotUploaded, UserError
 from imgtrain.storage import places, urls
 from imgtrain.storage.lease import Lease
 from imgtrain.storage.mirror import RunMirror
+from imgtrain.storage.readcopy import ReadCopy, reading
 from imgtrain.storage.uploader import Uploader
 from imgtrain.storage.urls import is_url
 
@@ -66,12 +68,15 @@ class RunPlace:
         if overwrite_then is not None:
             overwrite_then()
         if self.mirror:
-            self.mirror.pull("resume", say)
+            self.mirror.pull(say)
             if chief:
                 self.uploader = Uploader(self.mirror, say, self.lease)
 
     def saved(self) -> None:
-        """After every checkpoint: upload soon (off this thread)."""
+        """After every checkpoint: upload soon (off this thread); ``LeaseLost`` once another
+        process holds the run (this one stops before it writes there again)."""
+        if self.lease is not None:
+            self.lease.check()
         if self.uploader:
             self.uploader.soon()
 
@@ -85,6 +90,10 @@ class RunPlace:
             return
         uploader, self.uploader = self.uploader, None
         left = uploader.close(final_wait() if finished else min(10.0, final_wait()))
+        if self.lease is not None and self.lease.lost:
+            if finished:
+                raise LeaseLost(self.lease.lost)
+            return  # what ended the run (the lost lease itself, at a checkpoint) says its own line
         if not left:
             mirror = uploader.mirror
             if mirror.sent_files:
@@ -111,18 +120,32 @@ def run_place(output: str, rank: int = 0) -> RunPlace:
     return RunPlace(local, RunMirror(output, local))
 
 
+@dataclass
+class ModelRun:
+    """A finished run that evaluate, predict, export or ``--warm-start`` reads: its folder on
+    this machine (a bucket run's in a reader's copy: ``readcopy``), and where what the command
+    writes there is found."""
+
+    local: Path
+    copy: Optional[ReadCopy] = None
+
+    def shown(self, path: Path) -> str:
+        return self.copy.shown(path) if self.copy else str(path)
+
+
 @contextmanager
-def model_run(run: str, say: Callable[[str], None] = print, writes: bool = False) -> Iterator[Path]:
-    """A finished run's folder for evaluate, predict and export: a local path as given, a bucket
-    run fetched (model, config, class names, records); what ``writes`` leaves is pushed back."""
+def model_run(run: str, say: Callable[[str], None] = print, writes: bool = False) -> Iterator[ModelRun]:
+    """A finished run's folder for a model command: a local path as given; a bucket run read
+    into a copy of the reader's own, and what ``writes`` commands leave there (reports,
+    exports) sent back once the command succeeded."""
     urls.check(run, "--run")
     if not is_url(run):
-        yield Path(run)
+        yield ModelRun(Path(run))
         return
-    mirror = _fetched_run(run, say)
-    yield mirror.local
-    if writes:
-        mirror.push()
+    with reading(run, rundir.MODEL_READS, say) as copy:
+        yield ModelRun(copy.local, copy)
+        if writes:
+            copy.publish()
 
 
 def local_model(source: str, say: Callable[[str], None] = print) -> Path:
@@ -134,24 +157,8 @@ def local_model(source: str, say: Callable[[str], None] = print) -> Path:
         from imgtrain.storage.stage import fetch_file
 
         return fetch_file(source, places.local_copy("models", source))
-    return _fetched_run(source, say).local
-
-
-def _fetched_run(url: str, say: Callable[[str], None]) -> RunMirror:
-    """A finished bucket run's local copy, holding what a model command reads."""
-    mirror = RunMirror(url, places.local_copy("runs", url))
-    mirror.pull("model", say)
-    return mirror
-
-
-def shown_in(run: str, run_dir: Path, path: Path) -> str:
-    """``path`` inside ``run_dir`` as the user names the run (its bucket URL), else as it is."""
-    if not is_url(run):
-        return str(path)
-    try:
-        return urls.join(run, Path(path).relative_to(run_dir).as_posix())
-    except ValueError:
-        return str(path)
+    with reading(source, (rundir.MODEL,), say) as copy:
+        return copy.local
 
 
 @contextmanager

@@ -4,7 +4,8 @@ steps nothing.
 ``soon()`` asks for a push (after every checkpoint); one thread pushes, newest state only
 (asks that arrive during a push fold into the next). A failure is said once, retried with
 backoff, and said again when uploads resume. ``close()`` pushes once more from the caller's
-thread, retrying until its deadline, and returns what is still not in the bucket.
+thread, retrying until its deadline, and returns what is still not in the bucket. Once the
+run's lease is lost (another process holds the run), nothing more is pushed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from typing import Callable, Optional
 
 from imgtrain.storage import urls
-from imgtrain.storage.lease import RENEW_SECONDS, Lease
+from imgtrain.storage.lease import Lease
 from imgtrain.storage.mirror import RunMirror
 
 RETRY_SECONDS = (2.0, 5.0, 15.0, 30.0, 60.0)
@@ -37,9 +38,7 @@ class Uploader:
 
     def _run(self) -> None:
         while not self._closing.is_set():
-            if not self._asked.wait(timeout=RENEW_SECONDS):
-                self._renew()
-                continue
+            self._asked.wait()
             if self._closing.is_set():
                 return
             self._asked.clear()
@@ -47,18 +46,11 @@ class Uploader:
                 self._asked.set()  # try again after the pause
                 self._closing.wait(RETRY_SECONDS[min(self._failures - 1, len(RETRY_SECONDS) - 1)])
 
-    def _renew(self) -> None:
-        if self.lease is None:
-            return
-        try:
-            self.lease.renew()
-        except Exception:  # noqa: BLE001 - an unreachable bucket is said by the next push
-            pass
-
     def _push_once(self) -> bool:
+        if self.lease is not None and self.lease.lost:
+            return False  # another process holds the run: RunPlace says so
         began = time.perf_counter()
         try:
-            self._renew()
             self.mirror.push()
         except Exception as exc:  # noqa: BLE001 - any failure of the bucket: training goes on
             self.seconds += time.perf_counter() - began
@@ -83,6 +75,9 @@ class Uploader:
         end = time.monotonic() + deadline_seconds
         attempt = 0
         while True:
+            if self.lease is not None and self.lease.lost:
+                self._release()
+                return self.mirror.pending()
             if self._push_once():
                 self._release()
                 return []

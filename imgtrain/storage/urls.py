@@ -11,11 +11,13 @@ roles for S3; ``GOOGLE_APPLICATION_CREDENTIALS``, workload identity and
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
+from urllib.parse import quote
 
 from imgtrain.errors import UserError
 
@@ -126,12 +128,73 @@ def _options(scheme: str) -> dict[str, Any]:
     return {}
 
 
+class Conflict(Exception):
+    """A conditional write found the object not as expected (there already, or changed since)."""
+
+
+def write_if(fs, path: str, data: bytes, version: Optional[str]) -> str:
+    """Write ``data`` at ``path`` only if it is absent (``version`` None) or still at ``version``
+    (its S3 ETag, its GCS generation), by the service's own precondition (S3 ``If-None-Match``
+    and ``If-Match``, GCS ``ifGenerationMatch``); ``Conflict`` otherwise. Returns the version
+    written."""
+    try:
+        if version is None:
+            fs.pipe_file(path, data, mode="create")
+        elif "s3" in fs.protocol:
+            fs.pipe_file(path, data, IfMatch=version)
+        else:
+            _gcs_write_if(fs, path, data, version)
+    except FileExistsError:
+        raise Conflict(path) from None
+    except OSError as exc:
+        if _PRECONDITION.search(f"{exc} {exc.__cause__ or ''}"):
+            raise Conflict(path) from None
+        raise
+    return version_of(fs, path)
+
+
+def version_of(fs, path: str) -> str:
+    """The version a conditional write names (S3 ETag, GCS generation), read afresh."""
+    fs.invalidate_cache(path)
+    return version_in(fs.info(path))
+
+
+def version_in(info: dict[str, Any]) -> str:
+    """An object's version in a listing's or ``info``'s entry: its GCS generation, its S3 ETag."""
+    return str(info.get("generation") or info.get("ETag") or info.get("etag") or "")
+
+
+def _gcs_write_if(fs, path: str, data: bytes, generation: str) -> None:
+    # gcsfs sends ifGenerationMatch only for "create" (0); an upload conditional on another
+    # generation is the JSON API's multipart upload with that parameter.
+    bucket, _, key = path.partition("/")
+    meta = json.dumps({"name": key})
+    body = (
+        (
+            f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{meta}\n--==0==\n"
+            "Content-Type: application/octet-stream\n\n"
+        ).encode()
+        + data
+        + b"\n--==0==--"
+    )
+    fs.call(
+        "POST",
+        f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+        uploadType="multipart",
+        ifGenerationMatch=generation,
+        data=body,
+        headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+        json_out=True,
+    )
+
+
 # What the clients' failures say, by meaning (botocore, aiohttp, google-auth and gcsfs words).
 _NO_CREDENTIALS = re.compile(
     r"NoCredentials|Unable to locate credentials|DefaultCredentialsError|credentials were not found"
 )
 _DENIED = re.compile(r"AccessDenied|Access Denied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch|\b403\b")
 _NO_BUCKET = re.compile(r"NoSuchBucket|bucket does not exist|specified bucket is not valid")
+_PRECONDITION = re.compile(r"PreconditionFailed|pre-conditions? you specified|\b412\b")
 _UNREACHABLE = re.compile(
     r"EndpointConnectionError|ClientConnectorError|Cannot connect|Connection refused|ConnectTimeout|"
     r"Name or service not known|ServerDisconnected"

@@ -2,8 +2,9 @@
 fake-gcs-server for ``gs://``), with the README's commands from a user's folder: a run killed
 at seeded moments (mid-upload included) and finished by the same command on other machines
 with empty disks, ending with an uninterrupted run's weights; evaluate, predict and export
-from the bucket run; the data streamed, not staged (on the second machine); the bucket gone
-mid-run and back (on the third machine); two workers of
+from the bucket run, and from a finished run not yet uploaded, which the readers leave as it
+is; the data streamed, not staged (on the second machine); the bucket gone mid-run and back
+(on the third machine); two workers of
 ``launch/multiworker.py`` on one bucket. (Every request of an upload as a kill point, and the
 one-line refusals: tests/test_storage.py.)"""
 
@@ -118,6 +119,13 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
     assert gone.code == 75, gone.out[-3000:]
     assert "warning: cannot upload to s3://my-bucket/runs/photos" in gone.out, gone.out[-3000:]
     assert gone.last_line.startswith("imgtrain: ") and "run the same command again to upload them" in gone.last_line
+    # Read before the rest is uploaded: the finished run on this machine is read, and nothing of
+    # the training's (its copy, its files in the bucket) is written by the readers.
+    read = third.ok(EVALUATE)
+    assert "holds" in read.out and "its bucket does not (its uploads did not finish)" in read.out, read.out[-2000:]
+    assert "/cache/reads/" in read.last_line, read.last_line  # the report stays on this machine
+    exported = third.ok(EXPORT)
+    assert exported.last_line.startswith("tflite: s3://my-bucket/models/photos.tflite"), exported.last_line
     done = third.ok(RUN)
     assert "nothing to train" in done.out, done.out[-2000:]
     assert done.last_line.endswith("report: s3://my-bucket/runs/photos/report.json"), done.last_line
@@ -130,8 +138,6 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
     first.ok(PREDICT)  # the user with the photo
     rows = list(csv.DictReader(io.StringIO(fs.cat("my-bucket/predictions.csv").decode())))
     assert len(rows) == 1 and rows[0]["path"].endswith("red_000.png"), rows
-    exported = third.ok(EXPORT)
-    assert exported.last_line.startswith("tflite: s3://my-bucket/models/photos.tflite"), exported.last_line
     assert fs.info("my-bucket/models/photos.tflite")["size"] > 0
 
 
