@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import keras
 import tensorflow as tf
 
-from imgtrain import atomic, history, rundir, runlock, summary
+from imgtrain import atomic, history, resumption, rundir, runlock, summary
 from imgtrain.config import Config
 from imgtrain.data import fingerprint, resampler
 from imgtrain.data import source as data_source
@@ -28,7 +28,7 @@ from imgtrain.evaluation import evaluate_prepared
 from imgtrain.export import export_keras, export_saved_model, write_class_names
 from imgtrain.stop import Stopped
 from imgtrain.storage import urls as storage_urls
-from imgtrain.storage.runplace import run_place
+from imgtrain.storage.runplace import local_model, run_place
 from imgtrain.tracking import open_tracker
 from imgtrain.train.assembly import Training, build_training, check_fits_in_memory
 from imgtrain.train.cluster import configure_cluster
@@ -108,20 +108,22 @@ def _train_locked(
     t_start: float,
     on_save: Callable[[], None],
 ) -> dict[str, Any]:
-    saved = rundir.resumable_config(run_dir)
+    saved = resumption.resumable_config(run_dir)
     data, warnings = resampler.decide(cfg.data, saved.data.augment.resampler if saved else None, dist.gather)
     cfg = dataclasses.replace(cfg, data=data)  # the chief's resampler, recorded in config.yaml
-    resuming = rundir.check_resumable(cfg, run_dir)
+    resuming = resumption.check_resumable(cfg, run_dir)
     check_fits_in_memory(cfg)
     tracker = open_tracker(cfg.tracking, run_dir, dist.is_chief, say)
     _configure_runtime(cfg)
     prep = _run_data(cfg, run_dir, dist, resuming, progress, say, warnings)
+    # --warm-start fetched here, at the door of the training (a bucket run's model in a reader's copy)
+    warm = local_model(cfg.train.warm_start, say) if cfg.train.warm_start and not resuming else None
     if tracker is None:
-        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [], on_save)
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [], on_save, warm)
         return _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     try:
         tracker.start(summary.run_facts(cfg, run_dir, dist))
-        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker], on_save)
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker], on_save, warm)
         result = _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     except BaseException as exc:
         # Stopped by a signal (SIGTERM, Ctrl-C) or failed, however late: MLflow says so.

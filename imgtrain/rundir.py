@@ -1,5 +1,5 @@
-"""The run directory: what each of its files is called, what makes a run in it finished or
-resumable, and what ``--overwrite`` removes.
+"""The run directory: what each of its files is called, what makes a run in it finished, and
+what ``--overwrite`` removes (whether a run resumes with a config: ``resumption``).
 
 The one module that names a run's files (tests/test_structure.py holds the others to it):
 every other module joins a run directory with these names. A run directory is a local
@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from imgtrain import atomic
-from imgtrain.config import Config
 from imgtrain.errors import UserError
 
 CONFIG = "config.yaml"  # the resolved config, written once the data are known to be the run's
@@ -74,28 +73,6 @@ RECORDS = (*REPORTS, *FIGURES, HISTORY, CONFIG, SUMMARY, CLASS_NAMES)
 FINISHED = (MODEL, SUMMARY, REPORT_JSON)
 OVERWRITE_HINT = "pass another --output, or --overwrite to replace it"
 
-# Keys that may change between a run and its resumption; anything else would make the
-# checkpoint mean something different.
-RESUMABLE_CHANGES = (
-    "output",
-    "deterministic",
-    "data.path",
-    "data.tfds.data_dir",
-    "train.epochs",
-    "train.early_stopping",
-    "train.checkpoint",
-    "train.strategy",
-    "train.cluster",
-    "train.warm_start",
-    "train.steps_per_execution",  # how many steps per call, not which steps
-    "data.service",  # where the pipeline runs, not what it makes
-    "data.service_timeout",
-    "data.stage",  # where the images are read from, not which
-    "tracking",  # where the run is logged, not what it trains
-    "export",  # what the end of the run writes, not what it trains
-)
-AUTO_RESAMPLER = ("data.augment.resampler", "auto")
-
 
 def make(run_dir: Path) -> None:
     """Create the run directory (and its parents), or say in one line why it cannot be one."""
@@ -126,53 +103,6 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY).exists()
-
-
-def resumable_config(run_dir: Path) -> Optional[Config]:
-    """The config of the run to resume in run_dir (None when there is none to resume)."""
-    if not has_checkpoint(run_dir) or not (run_dir / CONFIG).exists():
-        return None
-    return Config.load(run_dir / CONFIG)
-
-
-def check_resumable(cfg: Config, run_dir: Path) -> bool:
-    """True when run_dir holds a run to resume; refuses one trained with another setup, and a
-    finished run whose checkpoints are gone (training would silently replace its results)."""
-    if not has_checkpoint(run_dir):
-        finished = [name for name in FINISHED if (run_dir / name).exists()]
-        if finished:
-            raise UserError(
-                f"{cfg.output} holds a finished run ({', '.join(finished)}) with no checkpoints to resume from, "
-                f"and training would replace it; {OVERWRITE_HINT}"
-            )
-        return False
-    saved = resumable_config(run_dir)
-    if saved is None:
-        return True
-    a, b = _flat(saved.to_dict()), _flat(cfg.to_dict())
-    if a.get(AUTO_RESAMPLER[0]) == AUTO_RESAMPLER[1]:  # recorded before runs decided it: either kernel
-        a[AUTO_RESAMPLER[0]] = b.get(AUTO_RESAMPLER[0])
-    for key in sorted(set(a) | set(b)):
-        if any(key == c or key.startswith(c + ".") for c in RESUMABLE_CHANGES):
-            continue
-        if a.get(key) != b.get(key):
-            raise UserError(
-                f"{cfg.output} holds a run trained with {key}={a.get(key)!r}, not {b.get(key)!r}; "
-                f"resume it with the same settings, or {OVERWRITE_HINT}"
-            )
-    return True
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A config's settings by dotted key; a mapping of class names to weights stays one value."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and key not in ("train.class_weights",):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -619,9 +619,10 @@ def test_of_two_writers_released_at_the_same_instant_exactly_one_takes_the_lease
 
 
 def test_the_lease_is_renewed_by_its_own_heartbeat_and_a_lost_one_stops_the_writes(as_user: S3Server):
-    """Renewed with nothing else running (a push that takes minutes leaves it fresh); taken
-    over while its holder was stalled, the holder learns it at its next beat, sends nothing
-    more, and the command ends in one line, exit 75."""
+    """Renewed while a push hangs (its heartbeat is not the upload's): a second machine is
+    refused throughout. Taken over while its holder was stalled, the holder learns it at its
+    next beat, pushes nothing more, and the command ends in one line, exit 75."""
+    import threading
     import time
     from datetime import timedelta
 
@@ -635,17 +636,29 @@ def test_the_lease_is_renewed_by_its_own_heartbeat_and_a_lost_one_stops_the_writ
     first = Lease(fs, "runs/beating", "s3://runs/beating", renew_seconds=0.2)
     first.take(None)
     taken = modified(fs.info(path))
-    time.sleep(1.5)
+    mirror = RunMirror("s3://runs/beating", as_user.root / "unused")
+    pushes, hanging, release = [], threading.Event(), threading.Event()
+
+    def a_push_that_hangs() -> int:
+        pushes.append(time.monotonic())
+        hanging.set()
+        release.wait(30)
+        return 0
+
+    mirror.push = a_push_that_hangs
+    place = RunPlace(mirror.local, mirror, Uploader(mirror, lambda _m: None, first), first)
+    place.saved()
+    assert hanging.wait(10)
+    time.sleep(1.5)  # the push still hangs
     fs.invalidate_cache()
     renewed = modified(fs.info(path))
-    assert renewed > taken, "the lease was not renewed while its holder did nothing"
+    assert renewed > taken, "the lease was not renewed while a push hung"
     with pytest.raises(UserError, match="is in use by process"):
         Lease(fs, "runs/beating", "s3://runs/beating").take(renewed + timedelta(seconds=1))
+    release.set()
 
     other = Lease(fs, "runs/beating", "s3://runs/beating")
     other.take(renewed + timedelta(seconds=STALE_SECONDS + 1))  # as if the first had stalled a minute
-    mirror = RunMirror("s3://runs/beating", as_user.root / "unused")
-    place = RunPlace(mirror.local, mirror, Uploader(mirror, lambda _m: None, first), first)
     end = time.monotonic() + 20  # a beat's request may wait on a loaded server
     while not first.lost and time.monotonic() < end:
         time.sleep(0.1)
@@ -656,5 +669,6 @@ def test_the_lease_is_renewed_by_its_own_heartbeat_and_a_lost_one_stops_the_writ
     assert code == 75 and line.startswith("imgtrain: s3://runs/beating was taken over by") and "\n" not in line
     with pytest.raises(LeaseLost):
         place.close(finished=True)
+    assert len(pushes) == 1, "the holder that lost the lease pushed again"
     assert other.mine["token"] in fs.cat(path).decode(), "the holder that lost the lease wrote it again"
     other.release()

@@ -128,6 +128,7 @@ SAME_WORD_ELSEWHERE = {
     ("imgtrain.commands.export", "saved_model"),
     ("imgtrain.commands", "export"),  # the command
     ("imgtrain.commands.export", "export"),
+    ("imgtrain.resumption", "export"),  # the config's export section, a setting a resume may change
 }
 
 
@@ -233,3 +234,31 @@ def test_object_storage_is_reached_through_the_storage_seam_and_a_run_written_by
                 moved.append(name)
     assert not found, found
     assert sorted(set(moved)) == ["imgtrain.storage.runplace", "imgtrain.storage.uploader"], moved
+
+
+def test_storage_sits_beneath_the_config_and_beside_the_training():
+    """The bucket seam is reached from the doors (commands, run.py, data): ``train/`` and
+    ``evaluate/`` never import ``storage/`` (a ``--warm-start`` URL is fetched by run.py), and
+    nothing ``storage/`` imports, however indirectly, reaches ``config`` (no arrow back up)."""
+    modules = _modules()
+    known = set(modules)
+    graph = {n: _imports(n, t, known) for n, t in modules.items()}
+    crossings = [
+        f"{name} -> {t}"
+        for name in graph
+        if name.startswith(("imgtrain.train.", "imgtrain.evaluate."))
+        for t in graph[name]
+        if t.startswith("imgtrain.storage")
+    ]
+    assert not crossings, crossings
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    upward = {n: sorted(reach(n) & {"imgtrain.config"}) for n in graph if n.startswith("imgtrain.storage")}
+    assert not {n: up for n, up in upward.items() if up}, upward

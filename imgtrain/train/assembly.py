@@ -53,10 +53,8 @@ def split_dataset(prep: DataSource, cfg: Config, dist: Distribution, split: str,
     return prep.eval_dataset(cfg.data, split, batch, dist.shard, dist.local_replicas)
 
 
-def warm_start(model: keras.Model, source: str, log: Callable[[str], None]) -> None:
-    from imgtrain.storage.runplace import local_model
-
-    path = local_model(source, log)  # a bucket URL: fetched first
+def warm_start(model: keras.Model, path: Path, source: str, log: Callable[[str], None]) -> None:
+    """Load ``source``'s weights (on this machine at ``path``: a bucket's fetched by the caller)."""
     if path.is_dir():
         path = path / rundir.MODEL
     if not path.exists():
@@ -112,6 +110,14 @@ class Training:
     peak: float
 
 
+def _plateau(cfg: Config, early: EarlyStopping, state: LoopState) -> Optional[Plateau]:
+    """The plateau schedule's watcher (on early stopping's metric unless named), or None."""
+    if cfg.train.schedule.name != "plateau":
+        return None
+    monitor = cfg.train.schedule.plateau_monitor or early.monitor
+    return Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
+
+
 def build_training(
     cfg: Config,
     dist: Distribution,
@@ -122,6 +128,7 @@ def build_training(
     say: Callable[[str], None] = print,
     listeners: Optional[list[Any]] = None,
     on_save: Optional[Callable[[], None]] = None,
+    warm_from: Optional[Path] = None,  # train.warm_start on this machine (a bucket's fetched by run.py)
 ) -> Training:
     """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``; ``listeners``
     hear of every epoch on the chief (tracking), ``on_save`` of every checkpoint (a bucket run's uploads)."""
@@ -139,13 +146,10 @@ def build_training(
             cfg.train.checkpoint.keep,
             after_save=_then(dist.after_save, on_save),
         )
-    if cfg.train.warm_start and not resuming:
-        warm_start(built.model, cfg.train.warm_start, say)
+    if warm_from is not None and cfg.train.warm_start and not resuming:
+        warm_start(built.model, warm_from, cfg.train.warm_start, say)
     early = _early_stopping(cfg, prep, say)
-    plateau = None
-    if cfg.train.schedule.name == "plateau":
-        monitor = cfg.train.schedule.plateau_monitor or early.monitor
-        plateau = Plateau(cfg.train.schedule, monitor, resolve_mode(monitor, "auto"), state)
+    plateau = _plateau(cfg, early, state)
     global_batch = cfg.train.batch_size * dist.num_replicas
     _warn_slow_ema(cfg, steps, say)
     say(
