@@ -19,7 +19,7 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from imgtrain import rundir
 from imgtrain.errors import UserError
@@ -65,12 +65,17 @@ def holder(run_dir: Path) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def taking_turns(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s lock, waiting for whoever holds it (a reader's copy: short work)."""
+def taking_turns(folder: Path, waiting: Callable[[], None]) -> Iterator[None]:
+    """Hold ``folder``'s lock, waiting for whoever holds it (a reader's copy: short work);
+    ``waiting`` is called once first when somebody does."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     fd = os.open(Path(folder) / rundir.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

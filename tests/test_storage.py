@@ -672,3 +672,26 @@ def test_the_lease_is_renewed_by_its_own_heartbeat_and_a_lost_one_stops_the_writ
     assert len(pushes) == 1, "the holder that lost the lease pushed again"
     assert other.mine["token"] in fs.cat(path).decode(), "the holder that lost the lease wrote it again"
     other.release()
+
+
+def test_the_end_of_a_run_waits_for_a_hung_upload_no_longer_than_its_deadline(as_user: S3Server, tmp_path: Path):
+    """A frozen server (a request with no answer, no error) holds the run's end for
+    IMGTRAIN_UPLOAD_WAIT at most; then what is not uploaded is said."""
+    import threading
+    import time
+
+    from imgtrain.storage.uploader import Uploader
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch\n1\n")
+    mirror, answered = RunMirror("s3://runs/hung", run), threading.Event()
+    mirror.push = lambda: answered.wait(60)
+    uploader = Uploader(mirror, lambda _m: None)
+    uploader.soon()
+    time.sleep(0.3)  # the push hangs
+    began = time.monotonic()
+    left = uploader.close(1.0)
+    waited = time.monotonic() - began
+    answered.set()
+    assert waited < 3 and left == ["history.csv"], (waited, left)

@@ -26,18 +26,19 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from imgtrain import atomic
+from imgtrain.background import Background
 from imgtrain.errors import LeaseLost, UserError
 from imgtrain.storage import urls
 
 NAME = ".lease.json"
 RENEW_SECONDS = 15.0
 STALE_SECONDS = 60.0
+RELEASE_SECONDS = 5.0  # the run's end waits no longer to remove it (left, it goes stale)
 
 
 def modified(info: dict[str, Any]) -> Optional[datetime]:
@@ -61,8 +62,7 @@ class Lease:
         self.renew_seconds = renew_seconds
         self.version: Optional[str] = None  # what this holder wrote last
         self.lost: Optional[str] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._beats = Background("imgtrain-lease", self._beat)
 
     def take(self, now: Optional[datetime]) -> None:
         """Take the lease or say who holds it; ``now`` is the service's clock (an object just
@@ -83,8 +83,7 @@ class Lease:
         again = self._read()
         if again is None or again[0].get("token") != self.mine["token"]:
             raise self._taken_just_now()
-        self._thread = threading.Thread(target=self._beat, name="imgtrain-lease", daemon=True)
-        self._thread.start()
+        self._beats.ask("renew")
 
     def _create_or_refuse(self, body: bytes) -> str:
         try:
@@ -105,14 +104,18 @@ class Lease:
     def _taken_just_now(self) -> UserError:
         return UserError(f"{self.url} was taken by another process just now; wait for it, or pass another --output")
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.renew_seconds):
-            try:
-                self.renew()
-            except LeaseLost:
-                return
-            except Exception:  # noqa: BLE001 - out of reach: tried again at the next beat
-                continue
+    def _beat(self, _what: str, _arg: str) -> None:
+        """The heartbeat: renew every ``renew_seconds`` until released or lost."""
+        self._beats.pause(self.renew_seconds)
+        if self._beats.closed:
+            return
+        try:
+            self.renew()
+        except LeaseLost:
+            return
+        except Exception:  # noqa: BLE001 - out of reach: tried again at the next beat
+            pass
+        self._beats.ask("renew")
 
     def renew(self) -> None:
         """Write the lease again, conditional on this holder's last version; ``LeaseLost`` when
@@ -142,12 +145,16 @@ class Lease:
             raise LeaseLost(self.lost)
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lease if it is still this holder's."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        """Stop the heartbeat and remove the lease if it is still this holder's, waiting for
+        the bucket ``RELEASE_SECONDS`` at most."""
+        self._beats.close()
         if self.lost:
             return
+        remover = Background("imgtrain-lease-release", lambda _what, _arg: self._remove_if_mine())
+        remover.ask("release")
+        remover.wait(RELEASE_SECONDS)
+
+    def _remove_if_mine(self) -> None:
         held = self._read()
         if held is not None and held[0].get("token") == self.mine["token"]:
             self.fs.rm_file(self.path)

@@ -26,7 +26,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from imgtrain import atomic, rundir, runlock
 from imgtrain.errors import UserError
@@ -66,7 +66,7 @@ class ReadCopy:
             if rundir.MODEL in unsent or rundir.SUMMARY in unsent:
                 self._copy_from(training, wanted, unsent, say)
                 return
-            self._fetch(wanted)
+            self._fetch(wanted, busy)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -87,11 +87,13 @@ class ReadCopy:
             if name.startswith(root + "/") and info.get("type") != "directory"
         }
 
-    def _fetch(self, wanted: tuple[str, ...]) -> None:
+    def _fetch(self, wanted: tuple[str, ...], busy: Optional[str]) -> None:
         listing = self._listing()
         if rundir.MODEL in wanted and rundir.MODEL not in listing:
             raise UserError(
-                f"{self.url} holds no trained model ({rundir.MODEL}); pass the URL a finished "
+                f"{self.url} is training on this machine ({busy}) and has finished no model yet; wait for it"
+                if busy
+                else f"{self.url} holds no trained model ({rundir.MODEL}); pass the URL a finished "
                 "'imgtrain train --output' wrote to"
             )
         fetched = _load(self.local / FETCHED)
@@ -172,7 +174,7 @@ class ReadCopy:
 def reading(url: str, wanted: tuple[str, ...], say: Callable[[str], None]) -> Iterator[ReadCopy]:
     """The bucket run ``url`` in a reader's copy holding ``wanted``, this reader's alone while held."""
     local = places.local_copy("reads", url)
-    with runlock.taking_turns(local):
+    with runlock.taking_turns(local, lambda: say(f"waiting for another imgtrain command reading {url} here")):
         copy = ReadCopy(url, local)
         copy.fill(wanted, say)
         yield copy

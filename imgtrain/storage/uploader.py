@@ -1,19 +1,20 @@
-"""The chief's uploads, off the training thread: a bucket that is slow or gone costs the
-steps nothing.
+"""The chief's uploads, off the training thread (``background``): a bucket that is slow or
+gone costs the steps nothing.
 
-``soon()`` asks for a push (after every checkpoint); one thread pushes, newest state only
-(asks that arrive during a push fold into the next). A failure is said once, retried with
-backoff, and said again when uploads resume. ``close()`` pushes once more from the caller's
-thread, retrying until its deadline, and returns what is still not in the bucket. Once the
-run's lease is lost (another process holds the run), nothing more is pushed.
+``soon()`` asks for a push (after every checkpoint); pushes send the newest state, and an ask
+that arrives while one waits folds into it. A failure is said once, retried with backoff
+(a new ask cuts the pause short), and said again when uploads resume. ``close()`` asks once
+more and waits for it, retries included, no longer than its deadline, even while a request
+hangs; then it says what is still not in the bucket. Once the run's lease is lost (another
+process holds the run), nothing more is pushed.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, Optional
 
+from imgtrain.background import Background
 from imgtrain.storage import urls
 from imgtrain.storage.lease import Lease
 from imgtrain.storage.mirror import RunMirror
@@ -26,29 +27,27 @@ class Uploader:
         self.mirror = mirror
         self.lease = lease
         self.say = say
-        self._asked = threading.Event()
-        self._closing = threading.Event()
-        self._failures = 0
+        self._failures = 0  # in a row, for the one warning and "resumed"
+        self._retries = 0  # since the last success or the close, for the backoff
+        self._sent = True  # the last push succeeded
         self.seconds = 0.0  # spent pushing, beside the training
-        self._thread = threading.Thread(target=self._run, name="imgtrain-upload", daemon=True)
-        self._thread.start()
+        self._worker = Background("imgtrain-upload", self._serve)
 
     def soon(self) -> None:
-        self._asked.set()
+        self._worker.ask("push")
 
-    def _run(self) -> None:
-        while not self._closing.is_set():
-            self._asked.wait()
-            if self._closing.is_set():
-                return
-            self._asked.clear()
-            if not self._push_once():
-                self._asked.set()  # try again after the pause
-                self._closing.wait(RETRY_SECONDS[min(self._failures - 1, len(RETRY_SECONDS) - 1)])
+    def _serve(self, _what: str, _arg: str) -> None:
+        if self.lease is not None and self.lease.lost:
+            return  # another process holds the run: RunPlace says so
+        self._sent = self._push_once()
+        if self._sent:
+            self._retries = 0
+            return
+        self._worker.pause(RETRY_SECONDS[min(self._retries, len(RETRY_SECONDS) - 1)])
+        self._retries += 1
+        self._worker.ask("push")  # again after the pause
 
     def _push_once(self) -> bool:
-        if self.lease is not None and self.lease.lost:
-            return False  # another process holds the run: RunPlace says so
         began = time.perf_counter()
         try:
             self.mirror.push()
@@ -69,23 +68,13 @@ class Uploader:
 
     def close(self, deadline_seconds: float) -> list[str]:
         """The last push, retried for up to ``deadline_seconds``; what is still not uploaded."""
-        self._closing.set()
-        self._asked.set()
-        self._thread.join(timeout=deadline_seconds)
-        end = time.monotonic() + deadline_seconds
-        attempt = 0
-        while True:
-            if self.lease is not None and self.lease.lost:
-                self._release()
-                return self.mirror.pending()
-            if self._push_once():
-                self._release()
-                return []
-            if time.monotonic() + RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)] > end:
-                self._release()
-                return self.mirror.pending()
-            time.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
-            attempt += 1
+        self._retries = 0
+        self.soon()
+        done = self._worker.wait(deadline_seconds)
+        self._worker.close()
+        lost = self.lease is not None and self.lease.lost
+        self._release()
+        return [] if done and self._sent and not lost else self.mirror.pending()
 
     def _release(self) -> None:
         if self.lease is None:

@@ -1,22 +1,22 @@
 """``Tracker``: the chief's MLflow tracking, run off the training thread.
 
 Training never waits on the tracking server. Each request (the start, an epoch's end, the
-run's end, a stop) goes to one background thread that owns the ``Sender``; the loop's
-thread only hands requests over and prints the lines the sender thread leaves. A failure is
-one warning line, and the next attempt comes ``RETRY_SECONDS`` later during training and
-once more at the end. The run's end waits for the last pieces as long as the server
+run's end, a stop) goes to one background worker (``background``) that owns the ``Sender``;
+the loop's thread only hands requests over and prints the lines the sender thread leaves. A
+failure is one warning line, and the next attempt comes ``RETRY_SECONDS`` later during
+training and once more at the end. The run's end waits for the last pieces as long as the server
 answers (MLflow's own request timeout bounds each call), and ``FINAL_WAIT_SECONDS`` when it
 does not; then it says what was not logged, and the same command run again logs it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from imgtrain.background import Background
 from imgtrain.tracking import record
 from imgtrain.tracking.sender import Sender
 
@@ -24,7 +24,6 @@ RETRY_SECONDS = 300.0  # between failed attempts during training
 START_WAIT_SECONDS = 5.0  # the start waits this long for the server, so its line comes first
 FINAL_WAIT_SECONDS = 10.0  # the run's end waits this long for a server that does not answer
 END_WAIT_SECONDS = 2.0  # a stopped or failed run waits this long to mark its MLflow run so
-POLL_SECONDS = 0.1  # the waiting thread looks up this often, so a signal handler runs
 
 
 class Tracker:
@@ -38,11 +37,8 @@ class Tracker:
         self.healthy = False  # the last attempt reached the server
         self.warned = False
         self.said: list[str] = []  # lines from the sender thread, printed by the loop's thread
-        self.queue: list[tuple[str, str]] = []
-        self.busy = False
-        self.closed = False  # restored: the sender thread takes no more requests
-        self.cv = threading.Condition()
-        self.thread: Optional[threading.Thread] = None
+        self.worker = Background("imgtrain-mlflow", self._do)
+        self.asked = False  # a request was made: the MLflow run may exist
 
     # -- what run.py calls -------------------------------------------------------------------
     def start(self, facts: record.RunFacts) -> None:
@@ -66,7 +62,7 @@ class Tracker:
         self._wait(FINAL_WAIT_SECONDS, until_healthy=True)
         self._flush()
         pending = record.pending(s.params_logged, s.epochs_logged, s.run_dir, s.state.final_pending())
-        if pending or self.busy or self.queue:
+        if pending or not self.worker.idle():
             self.log(
                 f"warning: not logged to MLflow at {s.uri}: {', '.join(pending) or 'the last pieces'}; the run "
                 f"itself is complete in {s.run_dir}; run the same command again to log the rest"
@@ -78,7 +74,7 @@ class Tracker:
     def end(self, status: str) -> None:
         """A run leaving early (KILLED: stopped; FAILED: an error) says so in MLflow, waiting a
         moment at most: a signal's grace period is short."""
-        if self.thread is not None:
+        if self.asked:
             self._request("end", status)
             self._wait(END_WAIT_SECONDS, until_healthy=False)
 
@@ -100,39 +96,13 @@ class Tracker:
     def restore(self) -> None:
         """The run is over: no more requests (a call still waiting on a silent server is left to
         fail alone), and MLflow's environment and loggers back as they were."""
-        with self.cv:
-            self.closed = True
-            self.queue.clear()
-            self.cv.notify_all()
+        self.worker.close()
         self.restore_settings()
 
     # -- the sender thread -------------------------------------------------------------------
     def _request(self, what: str, arg: str = "") -> None:
-        with self.cv:
-            if self.closed:
-                return
-            if (what, arg) not in self.queue:
-                self.queue.append((what, arg))
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._serve, name="imgtrain-mlflow", daemon=True)
-                self.thread.start()
-            self.cv.notify_all()
-
-    def _serve(self) -> None:
-        while True:
-            with self.cv:
-                while not self.queue and not self.closed:
-                    self.cv.wait()
-                if self.closed:
-                    return
-                what, arg = self.queue.pop(0)
-                self.busy = True
-            try:
-                self._do(what, arg)
-            finally:
-                with self.cv:
-                    self.busy = False
-                    self.cv.notify_all()
+        self.asked = True
+        self.worker.ask(what, arg)
 
     def _do(self, what: str, arg: str) -> None:
         s, first = self.sender, not self.sender.connected
@@ -166,12 +136,7 @@ class Tracker:
     def _wait(self, seconds: float, until_healthy: bool) -> None:
         """Until the requests are done; at most ``seconds`` unless ``until_healthy`` and the server
         answers (then as long as it does)."""
-        give_up = time.monotonic() + seconds
-        with self.cv:
-            while self.queue or self.busy:
-                if time.monotonic() >= give_up and not (until_healthy and self.healthy):
-                    return
-                self.cv.wait(POLL_SECONDS)
+        self.worker.wait(seconds, longer=lambda: until_healthy and self.healthy)
 
     def _flush(self) -> None:
         while self.said:
