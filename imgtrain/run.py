@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import keras
 import tensorflow as tf
 
-from imgtrain import atomic, history, resumption, rundir, runlock, summary
+from imgtrain import history, resumption, rundir, summary
 from imgtrain.config import Config
 from imgtrain.data import fingerprint, resampler
 from imgtrain.data import source as data_source
@@ -69,34 +69,20 @@ def train_run(
     chief = dist.is_chief
     say = log if chief else (lambda _m: None)
     place = run_place(cfg.output, dist.rank)  # a bucket run trains in its local copy
-    run_dir = place.local
-    rundir.make(run_dir)
-    with runlock.hold(run_dir, enabled=chief):
-        if chief:
-            left = atomic.remove_orphans(run_dir, before=t_start)
-            if left:
-                say(f"removed {len(left)} temporary file(s) an interrupted run left in {run_dir}: {', '.join(left)}")
-        if overwrite and chief:
-            rundir.clear(run_dir, say)
-        finished = False
-        try:
-            # a barrier after --overwrite: no worker looks for checkpoints while the chief removes them
-            place.open(chief, (lambda: dist.agree(True)) if overwrite else None, say)
+    try:
+        with place.training(chief, overwrite, dist.agree, say, t_start) as run_dir:
             result = _train_locked(cfg, run_dir, dist, progress, say, t_start, place.saved)
-            finished = True
             dist.leaving()
             return result
-        except Exception as exc:
-            gone = dist.lost_peer(exc)
-            if gone is None:
-                raise
-            raise PeerLost(
-                f"worker {dist.rank} of {dist.world_size} lost {gone}, which stopped answering (a crashed node or "
-                f"a killed process); the last complete checkpoint in {place.shown} stands: start every worker "
-                "again with the same command to resume"
-            ) from None
-        finally:
-            place.close(finished)
+    except Exception as exc:
+        gone = dist.lost_peer(exc)
+        if gone is None:
+            raise
+        raise PeerLost(
+            f"worker {dist.rank} of {dist.world_size} lost {gone}, which stopped answering (a crashed node or "
+            f"a killed process); the last complete checkpoint in {place.shown} stands: start every worker "
+            "again with the same command to resume"
+        ) from None
 
 
 def _train_locked(

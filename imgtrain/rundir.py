@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from imgtrain import atomic
 from imgtrain.errors import UserError
@@ -90,11 +90,21 @@ def make(run_dir: Path) -> None:
 
 def clear(run_dir: Path, say: Callable[[str], None]) -> None:
     """``--overwrite``: remove an earlier run's OUTPUTS, and nothing else."""
-    found = [name for name in OUTPUTS if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    found = overwritten(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
     for name in found:
         atomic.remove_path(run_dir / name)
+    say_overwritten(found, str(run_dir), say)
+
+
+def overwritten(names: Iterable[str]) -> list[str]:
+    """Of the names at a run directory's top (a folder's, a bucket listing's), what
+    ``--overwrite`` removes, sorted."""
+    return sorted(set(names) & set(OUTPUTS))
+
+
+def say_overwritten(found: list[str], where: str, say: Callable[[str], None]) -> None:
     if found:
-        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {run_dir}")
+        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {where}")
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -114,13 +114,11 @@ class RunMirror:
 
     def clear(self, say: Callable[[str], None]) -> None:
         """``--overwrite``: remove the earlier run's outputs from the bucket (and forget them)."""
-        listing = self.listing()
-        found = sorted({rel.split("/", 1)[0] for rel in listing} & set(rundir.OUTPUTS))
+        found = rundir.overwritten(rel.split("/", 1)[0] for rel in self.listing())
         for name in found:
             self.fs.rm(self._remote(name), recursive=True)
         (self.local / LEDGER).unlink(missing_ok=True)
-        if found:
-            say(f"--overwrite: removed the earlier run's {', '.join(found)} from {self.url}")
+        rundir.say_overwritten(found, self.url, say)
 
     # -- pulling --------------------------------------------------------------------------
     def pull(self, say: Callable[[str], None]) -> None:

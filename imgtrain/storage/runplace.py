@@ -1,5 +1,6 @@
-"""A run directory named by a path or a bucket URL: where TensorFlow writes it, and how it
-reaches its bucket (``mirror``, ``uploader``); the commands' side of the storage seam."""
+"""A run directory named by a path or a bucket URL, for the commands: held by one training
+(``RunPlace.training``: the local lock and the bucket's lease, its local copy, its uploads), or
+read (``model_run``: a reader's copy, ``readcopy``); the commands' side of the storage seam."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from imgtrain import rundir
+from imgtrain import atomic, rundir, runlock
 from imgtrain.errors import LeaseLost, NotUploaded, UserError
 from imgtrain.storage import places, urls
 from imgtrain.storage.lease import Lease
@@ -51,6 +52,33 @@ class RunPlace:
     def shown(self) -> str:
         """The run directory as the user named it."""
         return self.mirror.url if self.mirror else str(self.local)
+
+    @contextmanager
+    def training(
+        self, chief: bool, overwrite: bool, agree: Callable[[bool], Any], say: Callable[[str], None], began: float
+    ) -> Iterator[Path]:
+        """The run directory held by one training, its local folder yielded: made; its lock taken
+        (the chief's: ``runlock``), what a killed run left half-written removed, ``--overwrite``
+        applied here and in the bucket before a barrier (``agree``), the bucket's lease taken and
+        its newer state pulled (``open``); at the end the last upload, and the lease given back
+        (``close``, which says what is not uploaded)."""
+        rundir.make(self.local)
+        with runlock.hold(self.local, enabled=chief):
+            if chief:
+                left = atomic.remove_orphans(self.local, before=began)
+                if left:
+                    listed = ", ".join(left)
+                    say(f"removed {len(left)} temporary file(s) an interrupted run left in {self.local}: {listed}")
+                if overwrite:
+                    rundir.clear(self.local, say)
+            finished = False
+            try:
+                # a barrier after --overwrite: no worker looks for checkpoints while the chief removes them
+                self.open(chief, (lambda: agree(True)) if overwrite else None, say)
+                yield self.local
+                finished = True
+            finally:
+                self.close(finished)
 
     def open(self, chief: bool, overwrite_then: Optional[Callable[[], None]], say: Callable[[str], None]) -> None:
         """Before training: the bucket is writable (chief), an ``--overwrite`` clears it (chief),
