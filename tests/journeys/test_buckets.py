@@ -2,9 +2,9 @@
 fake-gcs-server for ``gs://``), with the README's commands from a user's folder: a run killed
 at seeded moments (mid-upload included) and finished by the same command on other machines
 with empty disks, ending with an uninterrupted run's weights; evaluate, predict and export
-from the bucket run, and from a finished run not yet uploaded, which the readers leave as it
-is; the data streamed, not staged (on the second machine); the bucket gone mid-run and back
-(on the third machine); two workers of
+from the bucket run, from a finished run not yet uploaded (which the readers leave as it is)
+and from a run training more epochs; the data streamed, not staged (on the second machine);
+the bucket gone mid-run and back (on the third machine); two workers of
 ``launch/multiworker.py`` on one bucket. (Every request of an upload as a kill point, and the
 one-line refusals: tests/test_storage.py.)"""
 
@@ -19,6 +19,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from buckets import GcsServer, S3Server
 
@@ -134,7 +135,28 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
     assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
     assert _epochs(fs, "my-bucket/runs/photos") == [1, 2, 3]
 
-    assert third.ok(EVALUATE).last_line.endswith("report: s3://my-bucket/runs/photos/report.json")
+    # One epoch more, and an evaluation from another terminal while it trains (the training held
+    # still meanwhile): the evaluation reads the model the bucket holds and sends back its report;
+    # the training's copy, uploads and history are its own.
+    read: dict = {}
+
+    def evaluate_meanwhile(out: str) -> bool:
+        if "continuing at epoch 4" in out and not read:
+            (training,) = [p for p in psutil.Process().children(recursive=True) if "train" in p.cmdline()]
+            training.suspend()
+            try:
+                read["result"] = third.ok(EVALUATE)
+            finally:
+                training.resume()
+        return False
+
+    more = third.interrupt(RUN.replace("--epochs 3", "--epochs 4"), evaluate_meanwhile)
+    assert more.code == 0 and read, more.out[-3000:]
+    said = read["result"]
+    assert "s3://my-bucket/runs/photos is training on this machine" in said.out, said.out[-2000:]
+    assert said.last_line.endswith("report: s3://my-bucket/runs/photos/report.json"), said.last_line
+    assert _epochs(fs, "my-bucket/runs/photos") == [1, 2, 3, 4]
+    assert json.loads(fs.cat("my-bucket/runs/photos/run.json"))["epochs_completed"] == 4
     first.ok(PREDICT)  # the user with the photo
     rows = list(csv.DictReader(io.StringIO(fs.cat("my-bucket/predictions.csv").decode())))
     assert len(rows) == 1 and rows[0]["path"].endswith("red_000.png"), rows
