@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 from imgtrain import atomic
 from imgtrain.errors import UserError
@@ -72,6 +73,43 @@ RECORDS = (*REPORTS, *FIGURES, HISTORY, CONFIG, SUMMARY, CLASS_NAMES)
 # Any of these without checkpoints: a finished run that can no longer be resumed, only replaced.
 FINISHED = (MODEL, SUMMARY, REPORT_JSON)
 OVERWRITE_HINT = "pass another --output, or --overwrite to replace it"
+
+
+# TensorFlow's names inside CHECKPOINTS: a checkpoint ``ckpt-N`` is its files ``ckpt-N.index``
+# and ``ckpt-N.data-K-of-M``; the state file lists the checkpoints TensorFlow restores from.
+_CHECKPOINT_FILE = re.compile(r"^(?P<name>[^/]+-(?P<n>\d+))\.(?P<part>index|data-\d+-of-\d+)$")
+_STATE_NAMES = re.compile(r'^(?:model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$', re.M)
+
+
+def checkpoint_of(rel: str) -> Optional[str]:
+    """``ckpt-N`` for a checkpoint's data or index file (``rel`` from the run directory), else None."""
+    head, _, name = rel.rpartition("/")
+    if head != CHECKPOINTS:
+        return None
+    match = _CHECKPOINT_FILE.match(name)
+    return match.group("name") if match else None
+
+
+def checkpoint_number(name: str) -> int:
+    match = re.search(r"-(\d+)$", name)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoints_named(state_text: str) -> list[str]:
+    """The checkpoint names (``ckpt-N``) a state file lists, newest first, without folders."""
+    names = [os.path.basename(n) for n in _STATE_NAMES.findall(state_text or "")]
+    return sorted(set(names), key=checkpoint_number, reverse=True)
+
+
+def checkpoint_state_text(names: list[str]) -> str:
+    """A checkpoint state file naming ``names`` (the newest as the one to restore), as
+    TensorFlow reads it."""
+    if not names:
+        return ""
+    ordered = sorted(names, key=checkpoint_number)
+    return f'model_checkpoint_path: "{ordered[-1]}"\n' + "".join(
+        f'all_model_checkpoint_paths: "{n}"\n' for n in ordered
+    )
 
 
 def make(run_dir: Path) -> None:

@@ -29,12 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgtrain.data.tfrecord import MANIFEST
     from imgtrain.prepare import prepare_dataset
     from imgtrain.storage.runplace import output_path
 
     cfg = set_value(Config.load(args.config, args.overrides), "data.path", args.data, where="the command line")
     if args.seed is not None:
         cfg = set_value(cfg, "seed", args.seed, where="the command line")
-    with output_path(args.output) as output:  # shards for a bucket are written here, then uploaded
+    with output_path(args.output, last=(MANIFEST,)) as output:  # shards for a bucket: here, then uploaded
         prepare_dataset(cfg.checked(), output, args.shard_size_mb, progress=not args.no_progress)
     return 0

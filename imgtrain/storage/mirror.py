@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 from datetime import datetime
@@ -37,8 +36,6 @@ from imgtrain.storage.lease import modified
 LEDGER = ".uploaded.json"
 SEEN = "bucket's checkpoint state"  # the ledger's record of the state last seen in the bucket
 STATE = f"{rundir.CHECKPOINTS}/{rundir.CHECKPOINT_STATE}"
-_CKPT_FILE = re.compile(r"^(?P<name>[^/]+-(?P<n>\d+))\.(?P<part>index|data-\d+-of-\d+)$")
-_STATE_NAMES = re.compile(r'^(?:model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$', re.M)
 # What a resume reads besides the checkpoint.
 RESUME_RECORDS = (
     rundir.CONFIG,
@@ -50,27 +47,6 @@ RESUME_RECORDS = (
 )
 # Never leaves the machine: the lock, the data cache (rebuilt from the data), hidden temporaries.
 _LOCAL_ONLY = (rundir.LOCK, rundir.DATA_CACHE)
-
-
-def checkpoints_named(state_text: str) -> list[str]:
-    """The checkpoint names (``ckpt-N``) a state file lists, newest first, without folders."""
-    names = [os.path.basename(n) for n in _STATE_NAMES.findall(state_text or "")]
-    return sorted(set(names), key=_number, reverse=True)
-
-
-def state_text(names: list[str]) -> str:
-    """A checkpoint state file naming ``names`` (newest first), as TensorFlow reads it."""
-    if not names:
-        return ""
-    ordered = sorted(names, key=_number)
-    return f'model_checkpoint_path: "{ordered[-1]}"\n' + "".join(
-        f'all_model_checkpoint_paths: "{n}"\n' for n in ordered
-    )
-
-
-def _number(name: str) -> int:
-    match = re.search(r"-(\d+)$", name)
-    return int(match.group(1)) if match else -1
 
 
 class RunMirror:
@@ -154,11 +130,11 @@ class RunMirror:
     def _pull(self, say: Callable[[str], None]) -> None:
         listing = self.listing()
         remote_text = self.fs.cat_file(self._remote(STATE)).decode() if STATE in listing else ""
-        complete = [n for n in checkpoints_named(remote_text) if self._complete(n, listing)]
+        complete = [n for n in rundir.checkpoints_named(remote_text) if self._complete(n, listing)]
         local_state = self.local / STATE
-        local_names = checkpoints_named(local_state.read_text()) if local_state.exists() else []
+        local_names = rundir.checkpoints_named(local_state.read_text()) if local_state.exists() else []
         if local_names and self._bucket_unchanged(remote_text):
-            if not complete or _number(local_names[0]) >= _number(complete[0]):
+            if not complete or rundir.checkpoint_number(local_names[0]) >= rundir.checkpoint_number(complete[0]):
                 return  # this copy is as new as the bucket's, or newer (its uploads are pending)
         elif local_names:
             # The bucket moved on without this copy (overwritten or trained elsewhere): it wins.
@@ -168,20 +144,22 @@ class RunMirror:
         if not complete and not any(rel in listing for rel in RESUME_RECORDS):
             return  # nothing of a run there yet
         records = [rel for rel in listing if rel in RESUME_RECORDS]
-        files = [rel for rel in listing if complete and _checkpoint_of(rel) == complete[0]]
+        files = [rel for rel in listing if complete and rundir.checkpoint_of(rel) == complete[0]]
         if (self.local / rundir.CHECKPOINTS).exists():
             shutil.rmtree(self.local / rundir.CHECKPOINTS)
-        self._download(records + files, state=state_text(complete[:1]) if complete else None, seen=remote_text)
+        self._download(
+            records + files, state=rundir.checkpoint_state_text(complete[:1]) if complete else None, seen=remote_text
+        )
         if complete:
             say(f"resuming from {self.url}: fetched its checkpoint {complete[0]} and {len(records)} record(s)")
 
     def _bucket_unchanged(self, remote_text: str) -> bool:
         """Whether the bucket's checkpoint state is the one this copy last saw there (uploaded
         or fetched): then a newer local copy is this run's own progress, not a stale one."""
-        return checkpoints_named(self._ledger().get(SEEN, "")) == checkpoints_named(remote_text)
+        return rundir.checkpoints_named(self._ledger().get(SEEN, "")) == rundir.checkpoints_named(remote_text)
 
     def _complete(self, name: str, listing: dict[str, int]) -> bool:
-        parts = [rel for rel in listing if _checkpoint_of(rel) == name]
+        parts = [rel for rel in listing if rundir.checkpoint_of(rel) == name]
         return any(p.endswith(".index") for p in parts) and any(".data-" in p for p in parts)
 
     def _download(self, rels: list[str], state: Optional[str], seen: Optional[str] = None) -> None:
@@ -211,7 +189,7 @@ class RunMirror:
         ledger = self._ledger()
         out = [rel for rel, stamp in self._local_files().items() if ledger.get(rel) != stamp]
         names = self._local_checkpoints()
-        if names and ledger.get(STATE) != state_text(names):
+        if names and ledger.get(STATE) != rundir.checkpoint_state_text(names):
             out.append(STATE)
         return sorted(out)
 
@@ -221,11 +199,12 @@ class RunMirror:
             ledger = self._ledger()
             sent = 0
             files = self._local_files()
-            checkpoint_files = {rel: s for rel, s in files.items() if _checkpoint_of(rel)}
+            checkpoint_files = {rel: s for rel, s in files.items() if rundir.checkpoint_of(rel)}
             uploaded: list[str] = []
             for name in self._local_checkpoints():
                 parts = sorted(
-                    (rel for rel in checkpoint_files if _checkpoint_of(rel) == name), key=lambda r: r.endswith(".index")
+                    (rel for rel in checkpoint_files if rundir.checkpoint_of(rel) == name),
+                    key=lambda r: r.endswith(".index"),
                 )
                 if not any(r.endswith(".index") for r in parts):
                     continue
@@ -235,10 +214,10 @@ class RunMirror:
                 except FileNotFoundError:
                     continue  # pruned by the loop meanwhile: a newer one is named instead
                 uploaded.append(name)
-            others = [rel for rel in files if not _checkpoint_of(rel) and rel != rundir.SUMMARY]
+            others = [rel for rel in files if not rundir.checkpoint_of(rel) and rel != rundir.SUMMARY]
             for rel in others:
                 sent += self._put(rel, files[rel], ledger)
-            state = state_text(uploaded)
+            state = rundir.checkpoint_state_text(uploaded)
             if uploaded and ledger.get(STATE) != state:
                 self.fs.pipe_file(self._remote(STATE), state.encode())
                 ledger[STATE] = ledger[SEEN] = state
@@ -268,7 +247,7 @@ class RunMirror:
         prefix = self._remote(rundir.CHECKPOINTS) + "/"
         for full in names:
             rel = f"{rundir.CHECKPOINTS}/{full[len(prefix) :]}" if full.startswith(prefix) else ""
-            name = _checkpoint_of(rel)
+            name = rundir.checkpoint_of(rel)
             if name and name not in keep:
                 try:
                     self.fs.rm_file(full)
@@ -281,7 +260,7 @@ class RunMirror:
     def _local_checkpoints(self) -> list[str]:
         state = self.local / STATE
         try:
-            return checkpoints_named(state.read_text())
+            return rundir.checkpoints_named(state.read_text())
         except OSError:
             return []
 
@@ -314,15 +293,6 @@ class RunMirror:
 
     def _write_ledger(self, ledger: dict) -> None:
         atomic.write_text(self.local / LEDGER, json.dumps(ledger))
-
-
-def _checkpoint_of(rel: str) -> Optional[str]:
-    """``ckpt-N`` for a checkpoint's data or index file under checkpoints/, else None."""
-    head, _, name = rel.rpartition("/")
-    if head != rundir.CHECKPOINTS:
-        return None
-    match = _CKPT_FILE.match(name)
-    return match.group("name") if match else None
 
 
 def stamp(path: Path) -> list[int]:

@@ -190,9 +190,10 @@ def local_model(source: str, say: Callable[[str], None] = print) -> Path:
 
 
 @contextmanager
-def output_path(output: Optional[str]) -> Iterator[Optional[Path]]:
+def output_path(output: Optional[str], last: tuple[str, ...] = ()) -> Iterator[Optional[Path]]:
     """Where a command writes ``output`` (a file or folder it names): the path itself, or for a
-    bucket URL a local file of the same name, uploaded once the command has written it whole."""
+    bucket URL a local file of the same name, uploaded once the command has written it whole
+    (a folder's files named in ``last`` after the rest: ``put_folder``)."""
     urls.check(output, "--output")
     if output is None or not is_url(output):
         yield Path(output) if output is not None else None
@@ -203,7 +204,7 @@ def output_path(output: Optional[str]) -> Iterator[Optional[Path]]:
     local.parent.mkdir(parents=True)
     yield local
     if local.is_dir():
-        put_folder(local, output)
+        put_folder(local, output, last)
     elif local.exists():
         put_file(local, output)
     shutil.rmtree(local.parent, ignore_errors=True)
@@ -218,13 +219,15 @@ def put_file(local: Path, url: str) -> None:
         raise urls.explain(exc, url, "write") or exc from None
 
 
-def put_folder(local: Path, url: str) -> None:
-    """Upload a folder's files (``prepare``'s shards, a SavedModel export), its manifest last."""
+def put_folder(local: Path, url: str, last: tuple[str, ...] = ()) -> None:
+    """Upload a folder's files (``prepare``'s shards, a SavedModel export), those named in
+    ``last`` (what names the others: a manifest) after the rest, so that a reader that finds
+    them finds the files they name."""
     fs = urls.filesystem(url)
     files = sorted(p for p in Path(local).rglob("*") if p.is_file())
-    last = [p for p in files if p.name == "manifest.json"]
+    final = [p for p in files if p.name in last]
     try:
-        for path in [p for p in files if p not in last] + last:
+        for path in [p for p in files if p not in final] + final:
             fs.put_file(str(path), f"{urls.bare(url)}/{path.relative_to(local).as_posix()}")
     except Exception as exc:  # noqa: BLE001
         raise urls.explain(exc, url, "write") or exc from None

@@ -185,12 +185,18 @@ def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]
     """Start an MLflow server or ``mlflow ui`` (``argv`` without its port) on a free localhost
     port, in a process group of its own; wait until it answers /health. A server that has not
     answered in two minutes is started once more: one, on a loaded machine at the suite's end,
-    logged "Uvicorn running" and then answered nothing for three minutes."""
+    logged "Uvicorn running" and then answered nothing for three minutes.
+
+    MLflow 3's job execution (huey consumers, a periodic scheduler, on the same SQLite file) is
+    off: imgtrain logs runs and models, never jobs, and with it on, a server at the loaded end of
+    the suite answered no /health for two minutes, twice in a row (a clean clone's make test)."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for _attempt in (1, 2):
         port = free_port()
         proc = subprocess.Popen(
             argv + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             cwd=cwd,
+            env=env,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
