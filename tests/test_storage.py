@@ -162,7 +162,14 @@ def test_staged_data_is_fetched_once_follows_the_bucket_and_fits_the_disk(
 
 @pytest.mark.parametrize(
     "case",
-    ["no credentials", "a missing bucket", "a read-only bucket", "s3fs not installed", "another scheme"],
+    [
+        "no credentials",
+        "a missing bucket",
+        "a read-only bucket",
+        "s3fs not installed",
+        "another scheme",
+        "an endpoint without its scheme",
+    ],
 )
 def test_a_bucket_it_cannot_use_is_one_line_and_exit_2(
     case: str, as_user: S3Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
@@ -181,6 +188,9 @@ def test_a_bucket_it_cannot_use_is_one_line_and_exit_2(
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER[0])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER[1])
         expected = "access denied to write the run to s3://runs/refused"
+    elif case == "an endpoint without its scheme":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", as_user.endpoint.removeprefix("http://"))
+        expected = f"AWS_ENDPOINT_URL='{as_user.endpoint[7:]}' is not an endpoint URL; write it with its scheme"
     elif case == "s3fs not installed":
         monkeypatch.setitem(sys.modules, "s3fs", None)
         expected = "s3://runs/refused needs s3fs, which is not installed; pip install 'imgtrain[s3]'"

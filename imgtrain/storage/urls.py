@@ -28,6 +28,7 @@ class Scheme:
     extra: str  # pip install 'imgtrain[<extra>]'
     credentials: str  # where its credentials come from, for the one line that says they are missing
     endpoint: str  # the variable naming a server other than the cloud's own
+    endpoint_scheme: bool  # whether that variable must hold a scheme (gcsfs adds http:// itself)
 
 
 SCHEMES = {
@@ -37,6 +38,7 @@ SCHEMES = {
         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the machine a role "
         "(and AWS_ENDPOINT_URL for a store other than AWS)",
         "AWS_ENDPOINT_URL",
+        True,
     ),
     "gs": Scheme(
         "gcsfs",
@@ -44,6 +46,7 @@ SCHEMES = {
         "set GOOGLE_APPLICATION_CREDENTIALS to a service account key, run 'gcloud auth application-default "
         "login', or give the pod a workload identity",
         "STORAGE_EMULATOR_HOST",
+        False,
     ),
 }
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
@@ -106,6 +109,7 @@ def filesystem(url: str):
         raise UserError(
             f"{url} needs {spec.module}, which is not installed; pip install 'imgtrain[{spec.extra}]'"
         ) from None
+    _check_endpoint(spec)
     # The clients log their retries and fallbacks (with tracebacks) to Python's last-resort
     # handler, which prints them; what a failure means is said once, by explain().
     logging.getLogger(spec.module).addHandler(_QUIET)
@@ -118,6 +122,17 @@ def filesystem(url: str):
 
         return GCSFileSystem(skip_instance_cache=True)
     return fsspec.filesystem(scheme, skip_instance_cache=True, **_options(scheme))
+
+
+def _check_endpoint(spec: Scheme) -> None:
+    """An endpoint variable that must name its scheme does (botocore refuses ``127.0.0.1:9000``
+    with a traceback)."""
+    value = os.environ.get(spec.endpoint, "").strip()
+    if spec.endpoint_scheme and value and not re.match(r"^https?://[^/\s]+", value):
+        raise UserError(
+            f"{spec.endpoint}={value!r} is not an endpoint URL; write it with its scheme, e.g. "
+            f"{spec.endpoint}=http://{value.split('://')[-1]}"
+        )
 
 
 def _options(scheme: str) -> dict[str, Any]:
