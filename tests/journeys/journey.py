@@ -184,7 +184,7 @@ def free_port() -> int:
 def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """Start an MLflow server or ``mlflow ui`` (``argv`` without its port) on a free localhost
     port, in a process group of its own; wait until it answers /health. A server that has not
-    answered in two minutes is started once more: one, on a loaded machine at the suite's end,
+    answered in four minutes is started once more: one, on a loaded machine at the suite's end,
     logged "Uvicorn running" and then answered nothing for three minutes.
 
     MLflow 3's job execution (huey consumers, a periodic scheduler, on the same SQLite file) is
@@ -202,11 +202,12 @@ def serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]
             start_new_session=True,
         )
         uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
+        deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:
             try:
-                # A long read: the first request imports the server's handlers, many seconds under load.
-                with urllib.request.urlopen(f"{uri}/health", timeout=30) as reply:
+                # A long read: the first request imports the server's handlers and opens its store,
+                # many seconds under load (twice in clean clones' runs, over two minutes).
+                with urllib.request.urlopen(f"{uri}/health", timeout=60) as reply:
                     if reply.status == 200:
                         return proc, uri
             except OSError:
