@@ -67,14 +67,7 @@ class RunMirror:
 
     def listing(self) -> dict[str, int]:
         """Every file of the run in the bucket, by path relative to the run, with its size."""
-        self.fs.invalidate_cache(self.root)  # another machine may have written since this client listed
-        found = self.fs.find(self.root, detail=True)
-        prefix = self.root + "/"
-        return {
-            name[len(prefix) :]: int(info.get("size") or 0)
-            for name, info in found.items()
-            if name.startswith(prefix) and info.get("type") != "directory"
-        }
+        return {rel: int(info.get("size") or 0) for rel, info in urls.files_under(self.fs, self.root).items()}
 
     def check_writable(self) -> Optional[datetime]:
         """Before any training: write and remove a marker, or say in one line why not. Returns

@@ -77,18 +77,8 @@ class ReadCopy:
                 "the last one that training finished before"
             )
 
-    def _listing(self) -> dict[str, dict]:
-        root = urls.bare(self.url)
-        self.fs.invalidate_cache(root)
-        found = self.fs.find(root, detail=True)
-        return {
-            name[len(root) + 1 :]: info
-            for name, info in found.items()
-            if name.startswith(root + "/") and info.get("type") != "directory"
-        }
-
     def _fetch(self, wanted: tuple[str, ...], busy: Optional[str]) -> None:
-        listing = self._listing()
+        listing = urls.files_under(self.fs, urls.bare(self.url))
         if rundir.MODEL in wanted and rundir.MODEL not in listing:
             raise UserError(
                 f"{self.url} is training on this machine ({busy}) and has finished no model yet; wait for it"

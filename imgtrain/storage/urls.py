@@ -168,6 +168,18 @@ def write_if(fs, path: str, data: bytes, version: Optional[str]) -> str:
     return version_of(fs, path)
 
 
+def files_under(fs, root: str) -> dict[str, dict[str, Any]]:
+    """Every file below ``root`` (a URL without its scheme), by path relative to it, with its
+    listing entry; listed afresh (another machine may have written since this client listed)."""
+    fs.invalidate_cache(root)
+    prefix = root.rstrip("/") + "/"
+    return {
+        name[len(prefix) :]: info
+        for name, info in fs.find(root, detail=True).items()
+        if name.startswith(prefix) and info.get("type") != "directory"
+    }
+
+
 def version_of(fs, path: str) -> str:
     """The version a conditional write names (S3 ETag, GCS generation), read afresh."""
     fs.invalidate_cache(path)
