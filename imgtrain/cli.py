@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from imgtrain import __version__, stop
 from imgtrain.commands import COMMANDS
-from imgtrain.errors import EXIT_NOT_UPLOADED, EXIT_PEER_LOST, EXIT_USER_ERROR, NotUploaded, PeerLost, UserError
+from imgtrain.errors import EXIT_NOT_UPLOADED, EXIT_PEER_LOST, EXIT_USER_ERROR, NotUploaded, PeerLost, Unreachable, UserError
 from imgtrain.storage.stream import lost_line
 
 _IMPORT_NOISE = re.compile(
@@ -150,6 +150,8 @@ def _failed(args: argparse.Namespace, exc: BaseException) -> tuple[int, str]:
         return EXIT_USER_ERROR, f"imgtrain: error: {exc}"
     if isinstance(exc, PeerLost):
         return EXIT_PEER_LOST, f"imgtrain: {exc}"
+    if isinstance(exc, Unreachable):
+        return EXIT_NOT_UPLOADED, f"imgtrain: error: {exc}"
     if isinstance(exc, NotUploaded):
         return EXIT_NOT_UPLOADED, f"imgtrain: {exc}"
     lost = lost_line(exc)

@@ -4,7 +4,8 @@ Anything the person running imgtrain can fix themselves (a wrong path, a typo
 in a config key, an image that will not decode) is raised as ``UserError``
 where it is detected. The CLI prints it once, on one line, and exits with
 code 2. A run that finished but could not reach its bucket raises ``NotUploaded``: one
-line, exit 75 (try again); so does a run whose streamed data stopped answering mid-epoch.
+line, exit 75 (try again); so does a bucket that cannot be reached (``Unreachable``) and a
+run whose streamed data stopped answering mid-epoch.
 A worker whose collective failed because another worker is gone raises
 ``PeerLost``: one line, exit 138, which schedulers retry. Every other exception
 is a bug and keeps its traceback.
@@ -36,6 +37,14 @@ class PeerLost(Exception):
 class NotUploaded(Exception):
     """The run's bucket could not be reached at the end: the local copy holds what is missing
     there, and the same command, run again on this machine, uploads it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class Unreachable(Exception):
+    """A bucket did not answer (refused, or silent past its deadline) before the run could go
+    on: nothing is lost, and the same command, once it answers, carries on (exit 75)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))

@@ -85,20 +85,31 @@ class RunPlace:
         ``overwrite_then`` is the barrier after which every worker pulls what it resumes from."""
         if self.mirror and chief:
             final_wait()  # a bad IMGTRAIN_UPLOAD_WAIT is said now, not after the training
-            now = self.mirror.check_writable()
-            self.lease = Lease(self.mirror.fs, self.mirror.root, self.mirror.url)
-            self.lease.take(now)
-            aborted = self.mirror.abort_leftover_uploads()
-            if aborted:
-                say(f"aborted {aborted} upload(s) to {self.mirror.url} that an interrupted run left unfinished")
-            if overwrite_then is not None:
-                self.mirror.clear(say)
+            try:
+                self._claim(overwrite_then is not None, say)
+            except (UserError, LeaseLost):
+                raise
+            except Exception as exc:  # noqa: BLE001 - explain() names what it knows, the rest keep their traceback
+                raise urls.explain(exc, self.mirror.url, "write the run to") or exc from None
         if overwrite_then is not None:
             overwrite_then()
         if self.mirror:
             self.mirror.pull(say)
             if chief:
                 self.uploader = Uploader(self.mirror, say, self.lease)
+
+    def _claim(self, overwrite: bool, say: Callable[[str], None]) -> None:
+        """The chief's first calls to the bucket: it is writable, the lease is this run's, what
+        a killed run left half-uploaded is aborted, an ``--overwrite`` clears it."""
+        assert self.mirror is not None
+        now = self.mirror.check_writable()
+        self.lease = Lease(self.mirror.fs, self.mirror.root, self.mirror.url)
+        self.lease.take(now)
+        aborted = self.mirror.abort_leftover_uploads()
+        if aborted:
+            say(f"aborted {aborted} upload(s) to {self.mirror.url} that an interrupted run left unfinished")
+        if overwrite:
+            self.mirror.clear(say)
 
     def saved(self) -> None:
         """After every checkpoint: upload soon (off this thread); ``LeaseLost`` once another

@@ -59,18 +59,13 @@ def list_folder(url: str, wanted: str = DATA_FOLDER) -> Listing:
     fs = urls.filesystem(url)
     root = urls.bare(url).rstrip("/")
     try:
-        found = fs.find(root, detail=True)
+        files = urls.files_under(fs, root)
+        one_file = not files and fs.isfile(root)
     except Exception as exc:  # noqa: BLE001
         raise _explained(url, "read the data from")(exc) from None
-    prefix = root + "/"
-    files = {
-        name[len(prefix) :]: info
-        for name, info in found.items()
-        if name.startswith(prefix) and info.get("type") != "directory" and not name.endswith("/")
-    }
+    if one_file:
+        raise UserError(f"{url} is one file, not a folder; pass {wanted}")
     if not files:
-        if root in found and found[root].get("type") != "directory":
-            raise UserError(f"{url} is one file, not a folder; pass {wanted}")
         raise UserError(f"{url} holds no files; pass {wanted}")
     sizes = {rel: int(info.get("size") or 0) for rel, info in files.items()}
     return Listing(url, {rel: _version(info) for rel, info in files.items()}, sizes)

@@ -10,6 +10,8 @@ roles for S3; ``GOOGLE_APPLICATION_CREDENTIALS``, workload identity and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import quote
 
-from imgtrain.errors import UserError
+from imgtrain.errors import Unreachable, UserError
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,30 @@ def bare(url: str) -> str:
 
 _QUIET = logging.NullHandler()  # added once: a logger keeps one of each handler object
 
+# Every request has its bounds in the client: a connection in CONNECT_SECONDS, no silence longer
+# than READ_SECONDS while an answer is awaited or read, TRIES tries (botocore's; s3fs's retries
+# of the same call too). Every call of imgtrain's has a deadline of its own besides (fsspec ends
+# it and cancels its requests), so that a server that accepts connections and never answers (a
+# hung gateway, a frozen process) ends a command in one line instead of the clients' retries
+# multiplied: 60 s of read timeout x 3 attempts x 5 retries for s3fs, 6 retries for gcsfs.
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 20.0
+TRIES = 2
+CALL_SECONDS = 30.0  # a call of one or a few requests: a marker, the lease, a record, one folder
+LISTING_SECONDS = 900.0  # a whole listing or a removal by prefix (1.28 M keys are 1,300 pages)
+# The calls imgtrain makes and their deadlines; transfers (get, get_file, put_file) have none of
+# their own, as their length grows with their size: each of their requests is bounded.
+DEADLINES = {
+    **dict.fromkeys(
+        ("info", "cat_file", "pipe_file", "rm_file", "exists", "isfile", "ls", "call", "call_s3"), CALL_SECONDS
+    ),
+    **dict.fromkeys(("find", "rm", "list_multipart_uploads"), LISTING_SECONDS),
+}
+
 
 def filesystem(url: str):
-    """The fsspec filesystem for ``url``'s scheme, or one line naming the extra to install."""
+    """The fsspec filesystem for ``url``'s scheme, its calls bounded (``DEADLINES``), or one
+    line naming the extra to install."""
     scheme = scheme_of(url)
     spec = SCHEMES[scheme]  # type: ignore[index]
     try:
@@ -115,13 +138,37 @@ def filesystem(url: str):
     logging.getLogger(spec.module).addHandler(_QUIET)
     # A new client each time: one cached by fsspec would keep the credentials and endpoint of the
     # environment it was made in.
-    if scheme == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
-        # gcsfs's default class asks the bucket's layout over gRPC, which an emulator does not
-        # answer (every call hangs); the plain JSON-API class is what an emulator serves.
-        from gcsfs.core import GCSFileSystem
+    if scheme == "gs":
+        import aiohttp
 
-        return GCSFileSystem(skip_instance_cache=True)
-    return fsspec.filesystem(scheme, skip_instance_cache=True, **_options(scheme))
+        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_SECONDS, sock_read=READ_SECONDS)
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            # gcsfs's default class asks the bucket's layout over gRPC, which an emulator does not
+            # answer (every call hangs); the plain JSON-API class is what an emulator serves.
+            from gcsfs.core import GCSFileSystem
+
+            return _bounded(GCSFileSystem(skip_instance_cache=True, requests_timeout=timeout))
+        return _bounded(fsspec.filesystem(scheme, skip_instance_cache=True, requests_timeout=timeout))
+    fs = fsspec.filesystem(
+        scheme,
+        skip_instance_cache=True,
+        config_kwargs={
+            "connect_timeout": CONNECT_SECONDS,
+            "read_timeout": READ_SECONDS,
+            "retries": {"max_attempts": TRIES, "mode": "standard"},
+        },
+    )
+    fs.retries = TRIES  # s3fs's own tries of a call (5 unless set), each with botocore's
+    return _bounded(fs)
+
+
+def _bounded(fs):
+    """``fs`` with a deadline on each call of ``DEADLINES`` (fsspec's ``timeout``; a caller's own wins)."""
+    for name, seconds in DEADLINES.items():
+        method = getattr(fs, name, None)
+        if method is not None:
+            setattr(fs, name, functools.partial(method, timeout=seconds))
+    return fs
 
 
 def _check_endpoint(spec: Scheme) -> None:
@@ -133,14 +180,6 @@ def _check_endpoint(spec: Scheme) -> None:
             f"{spec.endpoint}={value!r} is not an endpoint URL; write it with its scheme, e.g. "
             f"{spec.endpoint}=http://{value.split('://')[-1]}"
         )
-
-
-def _options(scheme: str) -> dict[str, Any]:
-    if scheme == "s3":
-        # A dead endpoint fails in seconds, not after botocore's minutes of retries; the
-        # uploader retries on its own terms.
-        return {"config_kwargs": {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3}}}
-    return {}
 
 
 class Conflict(Exception):
@@ -170,13 +209,18 @@ def write_if(fs, path: str, data: bytes, version: Optional[str]) -> str:
 
 def files_under(fs, root: str) -> dict[str, dict[str, Any]]:
     """Every file below ``root`` (a URL without its scheme), by path relative to it, with its
-    listing entry; listed afresh (another machine may have written since this client listed)."""
+    listing entry; listed afresh (another machine may have written since this client listed).
+    One short call comes first: a service that does not answer is known in ``CALL_SECONDS``,
+    not after a listing's deadline."""
+    root = root.rstrip("/")
     fs.invalidate_cache(root)
-    prefix = root.rstrip("/") + "/"
+    with contextlib.suppress(FileNotFoundError):
+        fs.info(root)
+    with_prefix = root + "/"
     return {
-        name[len(prefix) :]: info
+        name[len(with_prefix) :]: info
         for name, info in fs.find(root, detail=True).items()
-        if name.startswith(prefix) and info.get("type") != "directory"
+        if name.startswith(with_prefix) and info.get("type") != "directory" and not name.endswith("/")
     }
 
 
@@ -226,11 +270,13 @@ _UNREACHABLE = re.compile(
     r"EndpointConnectionError|ClientConnectorError|Cannot connect|Connection refused|ConnectTimeout|"
     r"Name or service not known|ServerDisconnected"
 )
+_SILENT = re.compile(r"FSTimeoutError|ReadTimeout|Read timeout|ServerTimeoutError|TimeoutError|timed out")
 
 
-def explain(exc: BaseException, url: str, doing: str) -> Optional[UserError]:
-    """What a failed call on ``url`` means, as the one line a user needs (None: not one of these:
-    a bug, or a fault worth its traceback)."""
+def explain(exc: BaseException, url: str, doing: str) -> Optional[Exception]:
+    """What a failed call on ``url`` means, as the one line a user needs: a ``UserError`` (exit
+    2: the input must change) or ``Unreachable`` (exit 75: the same command, once the service
+    answers); None for anything else (a bug, or a fault worth its traceback)."""
     spec = SCHEMES.get(scheme_of(url) or "")
     if spec is None:
         return None
@@ -245,10 +291,18 @@ def explain(exc: BaseException, url: str, doing: str) -> Optional[UserError]:
     # Listing or writing under a bucket finds nothing missing but the bucket itself.
     if _NO_BUCKET.search(text) or isinstance(exc, FileNotFoundError):
         return UserError(f"the bucket {split(url)[0]} of {url} does not exist: create it, or fix the URL")
+    service = f"the storage service ({spec.endpoint}={os.environ[spec.endpoint]})" if os.environ.get(
+        spec.endpoint
+    ) else "the storage service"
     if _UNREACHABLE.search(text):
-        return UserError(
-            f"cannot reach the storage service to {doing} {url} ({_first_line(exc)}): check the network "
-            f"and the endpoint ({spec.endpoint})"
+        return Unreachable(
+            f"cannot reach {service} to {doing} {url} ({_first_line(exc)}); nothing was lost: check the network "
+            f"and {spec.endpoint}, then run the same command again"
+        )
+    if isinstance(exc, TimeoutError) or _SILENT.search(text):
+        return Unreachable(
+            f"{service} did not answer in time to {doing} {url}; nothing was lost: run the same command again "
+            "when it answers"
         )
     return None
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -161,6 +163,68 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
     rows = list(csv.DictReader(io.StringIO(fs.cat("my-bucket/predictions.csv").decode())))
     assert len(rows) == 1 and rows[0]["path"].endswith("red_000.png"), rows
     assert fs.info("my-bucket/models/photos.tflite")["size"] > 0
+
+
+def test_a_bucket_that_never_answers_or_freezes_ends_each_command_in_its_time(
+    s3: S3Server, whole: dict, tmp_path: Path
+):
+    """An endpoint that accepts connections and never answers (a hung gateway): the train
+    command ends in one line, exit 75, within 90 s. SeaweedFS frozen (SIGSTOP) mid-run: a SIGTERM
+    ends it with its stop line and 143 within 30 s; frozen again, the run trains to its end and
+    says what is not uploaded, exit 75, within 40 s of its last epoch; the server back, the same
+    command uploads and the bucket holds the uninterrupted run's weights."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nothing ever reads or answers
+        mute = bucket_user(
+            tmp_path / "mute", {**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        )
+        began = time.monotonic()
+        hung = mute.run(RUN, timeout=300)
+        took = time.monotonic() - began
+    assert hung.code == 75 and len(hung.err.strip().splitlines()) == 1, hung.text[-2000:]
+    assert "did not answer in time to write the run to s3://my-bucket/runs/photos" in hung.last_line, hung.last_line
+    assert took < 90, took
+
+    user = bucket_user(tmp_path / "frozen", {**s3.env(), "IMGTRAIN_UPLOAD_WAIT": "10"})
+    run = RUN.replace("runs/photos", "runs/frozen")
+    moments: dict[str, float] = {}
+
+    def freeze_then_stop(out: str) -> bool:
+        if "epoch 1/3" in out and "frozen" not in moments:
+            s3.proc.send_signal(signal.SIGSTOP)
+            moments["frozen"] = time.monotonic()
+        if time.monotonic() - moments.get("frozen", math.inf) > 1:
+            moments["stopped"] = time.monotonic()
+            return True
+        return False
+
+    try:
+        stopped = user.interrupt(run, freeze_then_stop, sig=signal.SIGTERM)
+        took = time.monotonic() - moments["stopped"]
+    finally:
+        s3.proc.send_signal(signal.SIGCONT)
+    assert stopped.code == 143 and "imgtrain: stopped by SIGTERM" in stopped.out, stopped.out[-2000:]
+    assert took < 30, took
+
+    def freeze_at_the_last_epoch(out: str) -> bool:
+        if "epoch 3/3" in out and "ended" not in moments:
+            s3.proc.send_signal(signal.SIGSTOP)
+            moments["ended"] = time.monotonic()
+        return False
+
+    try:
+        frozen = user.interrupt(run, freeze_at_the_last_epoch)
+        took = time.monotonic() - moments["ended"]
+    finally:
+        s3.proc.send_signal(signal.SIGCONT)
+    assert frozen.code == 75 and "run the same command again to upload them" in frozen.out, frozen.out[-2000:]
+    assert "checkpoints/" in frozen.last_line and "not in s3://my-bucket/runs/frozen" in frozen.last_line
+    assert took < 40, took
+    done = user.ok(run)
+    assert "nothing to train" in done.out and "uploaded to s3://my-bucket/runs/frozen" in done.out, done.out[-2000:]
+    summary = json.loads(s3.filesystem().cat("my-bucket/runs/frozen/run.json"))
+    assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
 
 
 @pytest.fixture
