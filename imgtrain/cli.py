@@ -17,7 +17,15 @@ from typing import Optional, Sequence
 
 from imgtrain import __version__, stop
 from imgtrain.commands import COMMANDS
-from imgtrain.errors import EXIT_NOT_UPLOADED, EXIT_PEER_LOST, EXIT_USER_ERROR, NotUploaded, PeerLost, Unreachable, UserError
+from imgtrain.errors import (
+    EXIT_NOT_UPLOADED,
+    EXIT_PEER_LOST,
+    EXIT_USER_ERROR,
+    NotUploaded,
+    PeerLost,
+    Unreachable,
+    UserError,
+)
 from imgtrain.storage.stream import lost_line
 
 _IMPORT_NOISE = re.compile(

@@ -291,9 +291,11 @@ def explain(exc: BaseException, url: str, doing: str) -> Optional[Exception]:
     # Listing or writing under a bucket finds nothing missing but the bucket itself.
     if _NO_BUCKET.search(text) or isinstance(exc, FileNotFoundError):
         return UserError(f"the bucket {split(url)[0]} of {url} does not exist: create it, or fix the URL")
-    service = f"the storage service ({spec.endpoint}={os.environ[spec.endpoint]})" if os.environ.get(
-        spec.endpoint
-    ) else "the storage service"
+    service = (
+        f"the storage service ({spec.endpoint}={os.environ[spec.endpoint]})"
+        if os.environ.get(spec.endpoint)
+        else "the storage service"
+    )
     if _UNREACHABLE.search(text):
         return Unreachable(
             f"cannot reach {service} to {doing} {url} ({_first_line(exc)}); nothing was lost: check the network "
