@@ -189,7 +189,7 @@ def _run_data(
     for warning in prep.warnings + warnings:
         say(f"warning: {warning}")
     # Only once the data are known to be the run's own does anything in the run directory change.
-    fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, write=dist.is_chief)
+    fingerprint.check_or_record(run_dir, fingerprint.compute(prep), resuming, dist.is_chief, str(cfg.output))
     if dist.is_chief:
         cfg.save(run_dir / rundir.CONFIG)
     counts = {s: prep.count(s) for s in ("train", "val", "test")}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small, write_folder
+from PIL import Image
 
 from imgtrain import atomic, rundir, runlock
 from imgtrain.errors import UserError
@@ -65,6 +66,14 @@ def test_resume_refuses_other_data(two_epochs, tmp_path):
         train_run(small(other_classes, run, ONE_STEP + ("train.epochs=3",)), progress=False)
     with pytest.raises(UserError, match="trained on other data: its train split had"):
         train_run(small(more_images, run, ONE_STEP + ("train.epochs=3",)), progress=False)
+    changed = tmp_path / "changed"
+    shutil.copytree(first, changed)
+    victim = sorted(changed.rglob("*.png"))[0]
+    Image.new("RGB", (8, 8), (9, 99, 199)).save(victim)  # the same name, other pixels
+    with pytest.raises(
+        UserError, match=rf"1 of its files changed since it started .*: {victim.parent.name}/{victim.name}\)"
+    ):
+        train_run(small(changed, run, ONE_STEP + ("train.epochs=3",)), progress=False)
     assert (run / "config.yaml").read_text() == config  # nothing rewritten by the refused runs
     moved = tmp_path / "moved"
     shutil.copytree(first, moved)  # the same files elsewhere: data.path may change

@@ -149,7 +149,7 @@ def test_staged_data_is_fetched_once_follows_the_bucket_and_fits_the_disk(
     monkeypatch.setattr(stage, "SPARE_BYTES", 1 << 62)  # a disk too small for one more byte
     fs.pipe_file("runs/data/a/1.png", b"changed!")
     with pytest.raises(
-        UserError, match=r"staging s3://runs/data needs 0\.0 GiB and .* GiB free; point IMGTRAIN_CACHE_DIR"
+        UserError, match=r"staging s3://runs/data needs 0\.00 GiB, plus \d+ GiB kept free for the run, and .* GiB free"
     ):
         stage.stage_folder("s3://runs/data", said.append)
     monkeypatch.setattr(stage, "SPARE_BYTES", spare)
@@ -158,6 +158,21 @@ def test_staged_data_is_fetched_once_follows_the_bucket_and_fits_the_disk(
     stage.stage_folder("s3://runs/data", said.append)
     assert "staging 1 of 2" in said[-1]
     assert (local / "a/1.png").read_bytes() == b"changed" and not (local / "b/3.png").exists()
+    # Cut short (here: an object gone between the listing and its fetch), staging resumes where it
+    # stopped: what it fetched whole is not fetched again. Each copy has its object's time.
+    monkeypatch.setattr(stage, "BATCH", 1)
+    for name in ("c/4.png", "c/5.png", "d/6.png"):
+        fs.pipe_file(f"runs/data/{name}", name.encode())
+    listing = stage.list_folder("s3://runs/data")
+    fs.rm_file("runs/data/d/6.png")
+    with pytest.raises(UserError):
+        stage.stage_listing(listing, local, said.append)
+    assert "staging 3 of 5" in said[-1]
+    stage.stage_folder("s3://runs/data", said.append)
+    assert "staging 3 of 5" in said[-1], "fetched again what the cut-short staging had fetched"
+    assert (local / "c/5.png").read_bytes() == b"c/5.png"
+    listing = stage.list_folder("s3://runs/data")
+    assert {rel: stage.file_stamp(local / rel) for rel in listing.stamps} == listing.stamps
 
 
 @pytest.mark.parametrize(
@@ -219,7 +234,8 @@ def test_a_second_writer_is_refused_until_the_lease_is_stale_or_its_process_gone
     from datetime import timedelta
 
     from imgtrain.errors import UserError
-    from imgtrain.storage.lease import STALE_SECONDS, Lease, modified
+    from imgtrain.storage.lease import STALE_SECONDS, Lease
+    from imgtrain.storage.urls import modified
 
     fs = as_user.filesystem()
     first, second = Lease(fs, "runs/leased", "s3://runs/leased"), Lease(fs, "runs/leased", "s3://runs/leased")
@@ -582,7 +598,8 @@ _RACER = """
 import sys
 from imgtrain.errors import UserError
 from imgtrain.storage import urls
-from imgtrain.storage.lease import Lease, modified
+from imgtrain.storage.lease import Lease
+from imgtrain.storage.urls import modified
 
 for url in sys.stdin:
     url = url.strip()
@@ -638,9 +655,10 @@ def test_the_lease_is_renewed_by_its_own_heartbeat_and_a_lost_one_stops_the_writ
 
     from imgtrain.cli import _failed
     from imgtrain.errors import LeaseLost
-    from imgtrain.storage.lease import STALE_SECONDS, Lease, modified
+    from imgtrain.storage.lease import STALE_SECONDS, Lease
     from imgtrain.storage.runplace import RunPlace
     from imgtrain.storage.uploader import Uploader
+    from imgtrain.storage.urls import modified
 
     fs, path = as_user.filesystem(), "runs/beating/.lease.json"
     first = Lease(fs, "runs/beating", "s3://runs/beating", renew_seconds=0.2)

@@ -62,6 +62,11 @@ class DataSource:
     def identity(self, split: str) -> list[str]:
         raise NotImplementedError
 
+    def contents(self, split: str) -> list[str]:
+        """``key\tstamp`` of each file that holds ``split`` (``stage.stamp``), for the data's
+        fingerprint; none for data that is not files of the user's."""
+        return []
+
     def example_keys(self, split: str) -> list[str]:
         """What names each example of ``split`` in a report, in the order of a one-worker
         ``eval_dataset``; a kind without file names numbers them."""
@@ -97,6 +102,9 @@ class FileSource(DataSource):
 
     def identity(self, split: str) -> list[str]:
         return sorted(f"{e.key}\t{e.label}\t{e.weight!r}" for e in self.catalog.split(split))
+
+    def contents(self, split: str) -> list[str]:
+        return [f"{e.key}\t{e.stamp}" for e in self.catalog.split(split)]
 
     def example_keys(self, split: str) -> list[str]:
         return [e.key for e in self.catalog.split(split)]  # the path as the user's folder or CSV names it
@@ -134,6 +142,11 @@ class RecordSource(DataSource):
 
     def identity(self, split: str) -> list[str]:
         return [f"{Path(f).name}\t{c}" for f, c in zip(self.records.files(split), self.records.file_counts(split))]
+
+    def contents(self, split: str) -> list[str]:
+        from imgtrain.storage.stage import file_stamp
+
+        return [f"{Path(f).name}\t{file_stamp(f)}" for f in self.records.files(split)]
 
     def example_keys(self, split: str) -> list[str]:
         from imgtrain.data.tfrecord import read_keys
@@ -257,20 +270,20 @@ def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional["Catalo
     if not urls.is_url(url):
         return cfg, None
     url = str(url)
-    say = print if progress else (lambda _m: None)
+    say = print  # what is staged or streamed is said with or without progress bars
     into = places.local_copy("data", url)
     if url.lower().endswith(".csv"):
         manifest = stage.fetch_file(url, into)
         base = url.rsplit("/", 1)[0]
         listing = stage.list_files(base, sources.manifest_paths(manifest, url))
         if not _stages(cfg, listing, into, say, shards=False):
-            return cfg, sources.from_bucket_manifest(manifest, base, listing.versions, cfg.data.label_vocabulary)
+            return cfg, sources.from_bucket_manifest(manifest, base, listing.stamps, cfg.data.label_vocabulary)
         stage.stage_listing(listing, into, say)
         local = manifest
     else:
         listing = stage.list_folder(url)
         if not _stages(cfg, listing, into, say, shards=MANIFEST in listing.versions):
-            return cfg, sources.from_bucket(url, listing.versions, cfg.data.label_vocabulary)
+            return cfg, sources.from_bucket(url, listing.stamps, cfg.data.label_vocabulary)
         local = stage.stage_listing(listing, into, say)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(local))), None
 

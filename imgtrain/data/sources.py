@@ -41,6 +41,7 @@ class Example:
     label: int
     weight: float = 1.0
     split: Optional[str] = None  # set when the source already says which split
+    stamp: str = ""  # its content's stage.stamp when checked (the data's fingerprint records it)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Catalog:
     has_weights: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # said once by the run, not errors
-    versions: dict[str, str] = field(default_factory=dict)  # streamed data: each object's version, by URL
+    stamps: dict[str, str] = field(default_factory=dict)  # streamed data: each object's stage.stamp, by URL
 
     def split(self, name: str) -> list[Example]:
         return [e for e in self.examples if e.split == name]
@@ -131,12 +132,12 @@ def _layout(root: Folder) -> dict[Optional[str], Folder]:
     return dict(splits)  # root/train/<class>/..., root/val/<class>/..., root/test/<class>/...
 
 
-def from_bucket(url: str, versions: dict[str, str], vocabulary: Optional[list[str]]) -> Catalog:
-    """The catalog of an image folder in a bucket, from one listing (``versions``, each
-    object's version by its path relative to ``url``): the examples its staged copy would
-    give, read by URL."""
-    catalog = _from_folder(BucketFolder(url, sorted(versions)), vocabulary)
-    catalog.versions = {f"{catalog.root}/{rel}": v for rel, v in versions.items()}
+def from_bucket(url: str, stamps: dict[str, str], vocabulary: Optional[list[str]]) -> Catalog:
+    """The catalog of an image folder in a bucket, from one listing (``stamps``, each object's
+    ``stage.stamp`` by its path relative to ``url``): the examples its staged copy would give,
+    read by URL."""
+    catalog = _from_folder(BucketFolder(url, sorted(stamps)), vocabulary)
+    catalog.stamps = {f"{catalog.root}/{rel}": v for rel, v in stamps.items()}
     return catalog
 
 
@@ -196,16 +197,16 @@ def _from_csv(path: Path, vocabulary: Optional[list[str]]) -> Catalog:
 
 
 def from_bucket_manifest(
-    manifest: Path, base_url: str, versions: dict[str, str], vocabulary: Optional[list[str]]
+    manifest: Path, base_url: str, stamps: dict[str, str], vocabulary: Optional[list[str]]
 ) -> Catalog:
     """The catalog of a CSV manifest in a bucket (``manifest``, its local copy), read by URL:
     its files are relative to it (``manifest_paths`` refused any other), under ``base_url``,
-    with ``versions`` by that relative path."""
+    with ``stamps`` by that relative path."""
     catalog = _from_csv(manifest, vocabulary)
     catalog.root = base_url.rstrip("/")
     for e in catalog.examples:
         e.path = f"{catalog.root}/{e.key}"
-    catalog.versions = {f"{catalog.root}/{rel}": v for rel, v in versions.items()}
+    catalog.stamps = {f"{catalog.root}/{rel}": v for rel, v in stamps.items()}
     return catalog
 
 

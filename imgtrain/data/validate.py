@@ -6,8 +6,8 @@ truncation that TensorFlow's JPEG decoder lets through) and then with
 ``tf.io.decode_image``, the decoder the pipeline uses. A file Pillow reads but
 TensorFlow cannot (1-bit BMP, for one) is converted once to PNG in a cache
 folder (named by a hash of the source's bytes), so the pipeline stays a pure
-TensorFlow graph. Check results are cached by file size and modification
-time, so a resumed run does not check again.
+TensorFlow graph. Check results are cached by each file's stamp (size and modification time,
+``stage.stamp``), so a resumed run does not check again.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tqdm import tqdm
 from imgtrain import atomic
 from imgtrain.data.sources import Catalog, Example
 from imgtrain.errors import UserError
-from imgtrain.storage import stream, urls
+from imgtrain.storage import stage, stream, urls
 
 OK, CONVERT, BAD = "ok", "convert", "bad"
 
@@ -106,15 +106,10 @@ def convert_to_png(path: str, out: Path) -> None:
         rgb.save(tmp, "PNG")
 
 
-def _signature(path: str, versions: dict[str, str]) -> Optional[list]:
-    """What says a file is unchanged since its check: an object's version, a file's size and time."""
-    if path in versions:
-        return [versions[path]]
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
+def _signature(path: str, stamps: dict[str, str]) -> Optional[str]:
+    """What says a file is unchanged since its check: its ``stage.stamp`` (an object's from its
+    listing, a file's from its size and time); None when it cannot be read."""
+    return stamps[path] if path in stamps else stage.file_stamp(path)
 
 
 def _content_digest(path: str) -> str:
@@ -144,13 +139,14 @@ def validate_catalog(
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = cache_dir / "checks.json"
-    versions = catalog.versions
-    results = _check_all(catalog.examples, _read_cache(cache_file), versions, progress, workers)
+    stamps = catalog.stamps
+    results = _check_all(catalog.examples, _read_cache(cache_file), stamps, progress, workers)
     kept: list[Example] = []
     skipped: list[dict[str, str]] = []
     new_cache: dict[str, dict] = {}
     for ex, res in results:
-        sig = _signature(ex.path, versions)
+        sig = _signature(ex.path, stamps)
+        ex.stamp = sig or ""
         if sig is not None:
             new_cache[ex.path] = {
                 "sig": sig,
@@ -185,20 +181,20 @@ def _read_cache(cache_file: Path) -> dict[str, dict]:
 
 
 def _check_all(
-    examples: list[Example], cache: dict[str, dict], versions: dict[str, str], progress: bool, workers: Optional[int]
+    examples: list[Example], cache: dict[str, dict], stamps: dict[str, str], progress: bool, workers: Optional[int]
 ) -> list[tuple[Example, CheckResult]]:
     """Every example's verdict, in order: from the cache when the file is unchanged, else checked
     on a thread pool (decoding releases the GIL)."""
 
     def run(ex: Example) -> tuple[Example, CheckResult]:
-        sig = _signature(ex.path, versions)
+        sig = _signature(ex.path, stamps)
         hit = cache.get(ex.path)
         if sig is not None and hit and hit.get("sig") == sig:
             return ex, CheckResult(hit["status"], hit.get("reason", ""), hit.get("mode", ""), hit.get("fix", ""))
         return ex, check_file(ex.path)
 
     threads = workers or min(8, (os.cpu_count() or 1) * 2)
-    if versions:  # streamed: each check waits on the network first
+    if stamps:  # streamed: each check waits on the network first
         threads = max(threads, stream.PARALLEL_READS)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         it = pool.map(run, examples)
@@ -213,7 +209,7 @@ def _converted(ex: Example, cache_dir: Path) -> Example:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
         convert_to_png(ex.path, out)
-    return Example(str(out), ex.key, ex.label, ex.weight, ex.split)
+    return Example(str(out), ex.key, ex.label, ex.weight, ex.split, ex.stamp)
 
 
 def check_classes(catalog: Catalog) -> None:

@@ -27,8 +27,8 @@ import json
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import datetime
+from typing import Optional
 
 from imgtrain import atomic
 from imgtrain.background import Background
@@ -39,19 +39,6 @@ NAME = ".lease.json"
 RENEW_SECONDS = 15.0
 STALE_SECONDS = 60.0
 RELEASE_SECONDS = 5.0  # the run's end waits no longer to remove it (left, it goes stale)
-
-
-def modified(info: dict[str, Any]) -> Optional[datetime]:
-    for key in ("LastModified", "updated", "mtime"):
-        value = info.get(key)
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        if isinstance(value, str):
-            try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-    return None
 
 
 class Lease:
@@ -170,6 +157,6 @@ class Lease:
                 holder = None
             if not isinstance(holder, dict):  # not a lease imgtrain wrote: stale
                 return {}, None, urls.version_in(info)
-            return holder, modified(info), urls.version_in(info)
+            return holder, urls.modified(info), urls.version_in(info)
         except FileNotFoundError:
             return None

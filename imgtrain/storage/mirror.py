@@ -31,7 +31,6 @@ from typing import Callable, Optional
 from imgtrain import atomic, rundir
 from imgtrain.errors import UserError
 from imgtrain.storage import urls
-from imgtrain.storage.lease import modified
 
 LEDGER = ".uploaded.json"
 SEEN = "bucket's checkpoint state"  # the ledger's record of the state last seen in the bucket
@@ -75,7 +74,7 @@ class RunMirror:
         probe = self._remote(".imgtrain-write-check")
         try:
             self.fs.pipe_file(probe, b"")
-            now = modified(self.fs.info(probe))
+            now = urls.modified(self.fs.info(probe))
             self.fs.rm_file(probe)
         except Exception as exc:  # noqa: BLE001 - explain() names what it knows, the rest keep their traceback
             raise urls.explain(exc, self.url, "write the run to") or exc from None

@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from imgtrain import atomic
 from imgtrain.errors import UserError
@@ -23,6 +23,7 @@ from imgtrain.storage import places, urls
 
 LIST = ".staged.json"
 SPARE_BYTES = 1 << 30  # left free beside a staged copy: the run's checkpoints and caches
+BATCH = 500  # files fetched at once (concurrently) between two writes of the list
 DATA_FOLDER = "the folder of class folders (or shards) in the bucket"  # what --data names
 
 
@@ -31,6 +32,29 @@ def _version(info: dict) -> str:
         if info.get(key):
             return str(info[key]).strip('"')
     return str(info.get("size"))
+
+
+def stamp(size: int, mtime_ns: int) -> str:
+    """What says a file's content is unchanged, for the data's fingerprint and the image check:
+    its size and modification time. An object in a bucket has the stamp of its size and
+    ``modified`` time, and its staged copy is given that time, so a run reads the same stamps
+    from the bucket, from a copy, and from a copy on another machine."""
+    return f"{int(size)}:{int(mtime_ns)}"
+
+
+def stamp_of(info: dict[str, Any]) -> str:
+    """The ``stamp`` of an object, from its listing entry."""
+    when = urls.modified(info)
+    return stamp(int(info.get("size") or 0), int(when.timestamp() * 1e9) if when else 0)
+
+
+def file_stamp(path: "str | Path") -> Optional[str]:
+    """The ``stamp`` of a local file; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return stamp(st.st_size, st.st_mtime_ns)
 
 
 def _explained(url: str, doing: str):
@@ -48,6 +72,7 @@ class Listing:
     url: str
     versions: dict[str, str]
     sizes: dict[str, int]
+    stamps: dict[str, str]  # each file's ``stamp``: what its staged copy's stat gives too
 
     def bytes(self) -> int:
         return sum(self.sizes.values())
@@ -68,7 +93,9 @@ def list_folder(url: str, wanted: str = DATA_FOLDER) -> Listing:
     if not files:
         raise UserError(f"{url} holds no files; pass {wanted}")
     sizes = {rel: int(info.get("size") or 0) for rel, info in files.items()}
-    return Listing(url, {rel: _version(info) for rel, info in files.items()}, sizes)
+    return Listing(
+        url, {rel: _version(info) for rel, info in files.items()}, sizes, {rel: stamp_of(i) for rel, i in files.items()}
+    )
 
 
 def list_files(base_url: str, rels: Iterable[str]) -> Listing:
@@ -82,7 +109,12 @@ def list_files(base_url: str, rels: Iterable[str]) -> Listing:
             f"{len(missing)} file(s) the manifest lists are not in {base_url} (first: {missing[0]}); "
             "fix the manifest or upload them"
         )
-    return Listing(base_url, {r: whole.versions[r] for r in wanted}, {r: whole.sizes[r] for r in wanted})
+    return Listing(
+        base_url,
+        {r: whole.versions[r] for r in wanted},
+        {r: whole.sizes[r] for r in wanted},
+        {r: whole.stamps[r] for r in wanted},
+    )
 
 
 def fits(listing: Listing, local: Path) -> bool:
@@ -134,6 +166,8 @@ def _sync(listing: Listing, local: Path, say) -> Path:
 
 
 def _sync_locked(listing: Listing, local: Path, say) -> Path:
+    """The copy brought to ``listing``; the list names only files whole at their version, and is
+    written after every batch, so a staging cut short resumes where it stopped."""
     url, objects = listing.url, listing.versions
     held = _held(local)
     todo = _todo(listing, local, held)
@@ -142,18 +176,31 @@ def _sync_locked(listing: Listing, local: Path, say) -> Path:
     _check_room(url, local, sum(listing.sizes[rel] for rel in todo))
     if todo:
         say(f"staging {len(todo)} of {len(objects)} file(s) from {url} to {local}")
-        (local / LIST).unlink(missing_ok=True)  # a copy half updated is not trusted until the list is back
+        kept = {rel: v for rel, v in held.items() if rel in objects and rel not in todo}
+        atomic.write_text(local / LIST, json.dumps(kept))  # what is about to be replaced is not trusted
         fs, base = urls.filesystem(url), urls.bare(url).rstrip("/")
         try:
-            for batch in _batches(todo, 2000):
+            for batch in _batches(todo, BATCH):
                 targets = [str(local / rel) for rel in batch]
                 for t in targets:
                     os.makedirs(os.path.dirname(t), exist_ok=True)
                 fs.get([f"{base}/{rel}" for rel in batch], targets)
+                kept.update((rel, objects[rel]) for rel in batch)
+                _given_stamps(local, listing, batch)
+                atomic.write_text(local / LIST, json.dumps(kept))
         except Exception as exc:  # noqa: BLE001
             raise _explained(url, "read the data from")(exc) from None
+    _given_stamps(local, listing, [rel for rel in objects if file_stamp(local / rel) != listing.stamps[rel]])
     atomic.write_text(local / LIST, json.dumps(objects))
     return local
+
+
+def _given_stamps(local: Path, listing: Listing, rels: Iterable[str]) -> None:
+    """Each file's modification time set to its object's, so that its ``stamp`` is the bucket's."""
+    for rel in rels:
+        mtime_ns = int(listing.stamps[rel].split(":")[1])
+        if mtime_ns:
+            os.utime(local / rel, ns=(mtime_ns, mtime_ns))
 
 
 def _todo(listing: Listing, local: Path, held: dict[str, str]) -> list[str]:
@@ -172,7 +219,8 @@ def _check_room(url: str, local: Path, needed: int) -> None:
     free = shutil.disk_usage(local).free
     if needed + SPARE_BYTES > free:
         raise UserError(
-            f"staging {url} needs {needed / 2**30:.1f} GiB and {local.parent} has {free / 2**30:.1f} GiB free; "
+            f"staging {url} needs {needed / 2**30:.2f} GiB, plus {SPARE_BYTES / 2**30:.0f} GiB kept free for the run, "
+            f"and {local.parent} has {free / 2**30:.2f} GiB free; "
             f"point {places.CACHE_ENV} at a larger disk, or set data.stage=never to read it from the bucket "
             "every epoch"
         )

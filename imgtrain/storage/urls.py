@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Optional
 from urllib.parse import quote
 
@@ -222,6 +223,20 @@ def files_under(fs, root: str) -> dict[str, dict[str, Any]]:
         for name, info in fs.find(root, detail=True).items()
         if name.startswith(with_prefix) and info.get("type") != "directory" and not name.endswith("/")
     }
+
+
+def modified(info: dict[str, Any]) -> Optional[datetime]:
+    """When an object was last written, from its listing's or ``info``'s entry (the service's clock)."""
+    for key in ("LastModified", "updated", "mtime"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return None
 
 
 def version_of(fs, path: str) -> str:
