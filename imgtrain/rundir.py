@@ -126,23 +126,56 @@ def make(run_dir: Path) -> None:
         raise UserError(f"the run directory {run_dir} is not writable; pass a writable --output")
 
 
+# Inside the folders of OUTPUTS, what imgtrain (TensorFlow, Keras) writes there, by path relative
+# to the run directory; --overwrite removes these and leaves (and names) anything else there.
+_WRITTEN_INSIDE = re.compile(
+    rf"^(?:{CHECKPOINTS}/(?:{CHECKPOINT_STATE}|ckpt-\d+(?:_temp[^/]*)?(?:/.*|\.index|\.data-\d+-of-\d+))"
+    rf"|{LOGS}/(?:.+/)?(?:events\.out\.tfevents\.[^/]+|plugins/.+)"
+    rf"|(?:{SAVED_MODEL}|{EXPORTS})/.+"
+    r"|.+/\.tmp-\d+-[0-9a-f]{8}-[^/]+)$"
+)
+
+
 def clear(run_dir: Path, say: Callable[[str], None]) -> None:
-    """``--overwrite``: remove an earlier run's OUTPUTS, and nothing else."""
-    found = overwritten(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    for name in found:
-        atomic.remove_path(run_dir / name)
-    say_overwritten(found, str(run_dir), say)
+    """``--overwrite``: remove an earlier run's OUTPUTS (inside their folders only what imgtrain
+    writes there), and nothing else; name what it leaves there."""
+    files = []
+    for name in OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            files += [p.relative_to(run_dir).as_posix() for p in path.rglob("*") if not p.is_dir() or p.is_symlink()]
+        elif path.exists() or path.is_symlink():
+            files.append(name)
+    removed, left = overwritten(files)
+    for rel in removed:
+        (Path(run_dir) / rel).unlink(missing_ok=True)
+    for name in OUTPUTS:  # the folders emptied, deepest first
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [path]:
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+    say_overwritten(removed, left, str(run_dir), say)
 
 
-def overwritten(names: Iterable[str]) -> list[str]:
-    """Of the names at a run directory's top (a folder's, a bucket listing's), what
-    ``--overwrite`` removes, sorted."""
-    return sorted(set(names) & set(OUTPUTS))
+def overwritten(paths: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Of a run directory's files (paths relative to it: a folder's, a bucket listing's), what
+    ``--overwrite`` removes (an earlier run's OUTPUTS, inside their folders what imgtrain writes
+    there) and what it leaves in those folders (the user's own files), each sorted."""
+    removed, left = [], []
+    for rel in paths:
+        if rel.split("/", 1)[0] in OUTPUTS:
+            (removed if "/" not in rel or _WRITTEN_INSIDE.match(rel) else left).append(rel)
+    return sorted(removed), sorted(left)
 
 
-def say_overwritten(found: list[str], where: str, say: Callable[[str], None]) -> None:
-    if found:
-        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {where}")
+def say_overwritten(removed: list[str], left: list[str], where: str, say: Callable[[str], None]) -> None:
+    tops = sorted({rel.split("/", 1)[0] for rel in removed})
+    if tops:
+        say(f"--overwrite: removed the earlier run's {', '.join(tops)} from {where}")
+    if left:
+        shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+        say(f"--overwrite: left {len(left)} file(s) in {where} that imgtrain did not write: {shown}")
 
 
 def has_checkpoint(run_dir: Path) -> bool:

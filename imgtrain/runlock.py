@@ -25,10 +25,27 @@ from imgtrain import rundir
 from imgtrain.errors import UserError
 
 
+class Held:
+    """The lock held on a run directory; ``intact`` says whether the directory is still the one
+    locked (not removed, nor replaced by another, under the run)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        st = os.fstat(fd)
+        self.path, self._identity = path, (st.st_dev, st.st_ino)
+
+    def intact(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+
 @contextlib.contextmanager
-def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+def hold(run_dir: Path, enabled: bool = True) -> Iterator[Optional[Held]]:
+    """The run directory's lock for the ``with``'s life (None when not ``enabled``: a worker)."""
     if not enabled:
-        yield
+        yield None
         return
     path = Path(run_dir) / rundir.LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -42,7 +59,7 @@ def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"imgtrain pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
+        yield Held(path, fd)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 

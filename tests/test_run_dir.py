@@ -486,9 +486,16 @@ def test_a_finished_run_is_replaced_only_when_asked(two_epochs, tmp_path, capsys
     assert {name: (run / name).read_bytes() for name in before} == before
 
     (run / "notes.txt").write_text("the user's own file")
+    (run / "logs" / "notes.md").write_text("the user's own file, among TensorBoard's")
+    # Inside the run's folders, --overwrite knows every file a run writes, and only those.
+    files = [p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()]
+    assert rundir.overwritten(files)[1] == ["logs/notes.md"]
     capsys.readouterr()
     summary = train_run(other, progress=False, overwrite=True)
-    assert "--overwrite: removed the earlier run's" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "--overwrite: removed the earlier run's" in said
+    assert f"--overwrite: left 1 file(s) in {run} that imgtrain did not write: logs/notes.md" in said, said
+    assert (run / "logs" / "notes.md").exists()
     assert summary["epochs_completed"] == 1 and summary.get("resumed_from_epoch") is None
     assert (run / "model.keras").read_bytes() != before["model.keras"]
     assert "dnn" in (run / "config.yaml").read_text()
@@ -561,3 +568,24 @@ def test_the_resampler_is_recorded_and_a_resume_keeps_it_or_says_why_not(tmp_pat
     ):
         train_run(small(images, tmp_path / "run", flips), progress=False)
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
+
+
+@pytest.mark.slow
+def test_a_run_directory_removed_under_the_run_ends_it_in_one_line(tmp_path):
+    """``rm -rf`` of the run directory while it trains: the run notices at its next checkpoint,
+    says so in one line and exits 2, instead of rebuilding the folder and finishing without
+    its config, fingerprint and lock."""
+    import tiny
+
+    write_folder(tmp_path / "photos", per_class=24)
+    argv = [sys.executable, "-m", "imgtrain", "train", "--data", "photos", "--output", "runs/x", "--epochs", "30"]
+    argv += ["--no-progress", *tiny.flags().split()]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            shutil.rmtree(tmp_path / "runs/x")
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "runs/x was removed or replaced while this run trained in it" in err, err
+    assert "epoch 30/" not in out and not (tmp_path / "runs/x/run.json").exists()

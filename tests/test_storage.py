@@ -420,13 +420,15 @@ def test_images_and_a_warm_start_in_a_bucket_are_fetched_and_named_as_given(as_u
 
 def test_overwrite_removes_the_runs_outputs_from_the_bucket_and_nothing_else(as_user: S3Server, tmp_path: Path):
     fs = as_user.filesystem()
-    for name in ("run.json", "history.csv", "checkpoints/ckpt-1.index", "logs/train/events", "notes.txt"):
+    written = ("run.json", "history.csv", "checkpoints/ckpt-1.index", "logs/train/events.out.tfevents.1.h.2.v2")
+    for name in (*written, "notes.txt", "logs/notes.md"):
         fs.pipe_file(f"runs/replaced/{name}", b"x")
     said: list[str] = []
     RunMirror("s3://runs/replaced", tmp_path / "run").clear(said.append)
-    assert [p.rsplit("/", 1)[-1] for p in fs.find("runs/replaced")] == ["notes.txt"]
+    assert sorted(p.split("runs/replaced/", 1)[1] for p in fs.find("runs/replaced")) == ["logs/notes.md", "notes.txt"]
     assert said == [
-        "--overwrite: removed the earlier run's checkpoints, history.csv, logs, run.json from s3://runs/replaced"
+        "--overwrite: removed the earlier run's checkpoints, history.csv, logs, run.json from s3://runs/replaced",
+        "--overwrite: left 1 file(s) in s3://runs/replaced that imgtrain did not write: logs/notes.md",
     ]
 
 

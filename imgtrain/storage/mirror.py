@@ -82,11 +82,11 @@ class RunMirror:
 
     def clear(self, say: Callable[[str], None]) -> None:
         """``--overwrite``: remove the earlier run's outputs from the bucket (and forget them)."""
-        found = rundir.overwritten(rel.split("/", 1)[0] for rel in self.listing())
-        for name in found:
-            self.fs.rm(self._remote(name), recursive=True)
+        removed, left = rundir.overwritten(self.listing())
+        if removed:
+            self.fs.rm([self._remote(rel) for rel in removed])
         (self.local / LEDGER).unlink(missing_ok=True)
-        rundir.say_overwritten(found, self.url, say)
+        rundir.say_overwritten(removed, left, self.url, say)
 
     # -- pulling --------------------------------------------------------------------------
     def pull(self, say: Callable[[str], None]) -> None:

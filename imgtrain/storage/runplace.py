@@ -47,6 +47,7 @@ class RunPlace:
     mirror: Optional[RunMirror] = None
     uploader: Optional[Uploader] = field(default=None, repr=False)
     lease: Optional[Lease] = field(default=None, repr=False)
+    held: Optional[runlock.Held] = field(default=None, repr=False)
 
     @property
     def shown(self) -> str:
@@ -63,7 +64,7 @@ class RunPlace:
         its newer state pulled (``open``); at the end the last upload, and the lease given back
         (``close``, which says what is not uploaded)."""
         rundir.make(self.local)
-        with runlock.hold(self.local, enabled=chief):
+        with runlock.hold(self.local, enabled=chief) as self.held:
             if chief:
                 left = atomic.remove_orphans(self.local, before=began)
                 if left:
@@ -113,11 +114,33 @@ class RunPlace:
 
     def saved(self) -> None:
         """After every checkpoint: upload soon (off this thread); ``LeaseLost`` once another
-        process holds the run (this one stops before it writes there again)."""
+        process holds the run (this one stops before it writes there again); one line once the
+        run directory was removed or replaced under the run (never a folder silently rebuilt)."""
+        if self.held is not None and not self.held.intact():
+            raise self._vanished()
         if self.lease is not None:
             self.lease.check()
         if self.uploader:
             self.uploader.soon()
+
+    def _vanished(self) -> UserError:
+        """The run directory went from under the run: a local run keeps the checkpoint just
+        written there; a bucket run's copy, rebuilt by that save alone, is neither uploaded nor
+        kept, and the bucket's run stands as last uploaded."""
+        gone = f"{self.local} was removed or replaced while this run trained in it (its {rundir.LOCK} is gone)"
+        if self.mirror is None:
+            return UserError(
+                f"the run directory {gone}; the run stopped, keeping only the checkpoint it had just written there. "
+                "Run the same command with --overwrite to start again, or pass another --output"
+            )
+        if self.uploader is not None:
+            self.uploader.abandon()
+            self.uploader = None
+        shutil.rmtree(self.local, ignore_errors=True)
+        return UserError(
+            f"this machine's copy of {self.mirror.url}, {gone}; the run stopped without uploading it. The same "
+            "command resumes from the last checkpoint the bucket holds"
+        )
 
     def close(self, finished: bool) -> None:
         """The last upload; a run that ends without one in its bucket says so (``NotUploaded``

@@ -76,6 +76,11 @@ class Uploader:
         self._release()
         return [] if done and self._sent and not lost else self.mirror.pending()
 
+    def abandon(self) -> None:
+        """No more pushes (what waits is dropped; one in flight finishes alone); the lease given back."""
+        self._worker.close()
+        self._release()
+
     def _release(self) -> None:
         if self.lease is None:
             return
