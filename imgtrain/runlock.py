@@ -42,8 +42,9 @@ class Held:
 
 
 @contextlib.contextmanager
-def hold(run_dir: Path, enabled: bool = True) -> Iterator[Optional[Held]]:
-    """The run directory's lock for the ``with``'s life (None when not ``enabled``: a worker)."""
+def hold(run_dir: Path, enabled: bool = True, shown: Optional[str] = None) -> Iterator[Optional[Held]]:
+    """The run directory's lock for the ``with``'s life (None when not ``enabled``: a worker);
+    ``shown`` names the run in the refusal as the user named it (a bucket run's URL)."""
     if not enabled:
         yield None
         return
@@ -55,7 +56,7 @@ def hold(run_dir: Path, enabled: bool = True) -> Iterator[Optional[Held]]:
         except OSError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             raise UserError(
-                f"{run_dir} is in use by {holder}; wait for it to finish or pass another --output"
+                f"{shown or run_dir} is in use by {holder}; wait for it to finish or pass another --output"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"imgtrain pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)

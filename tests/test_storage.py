@@ -184,6 +184,10 @@ def test_staged_data_is_fetched_once_follows_the_bucket_and_fits_the_disk(
         "s3fs not installed",
         "another scheme",
         "an endpoint without its scheme",
+        "a name no bucket can have",
+        "a name no bucket has today",
+        "a server that is not a storage service",
+        "a cache folder it cannot write",
     ],
 )
 def test_a_bucket_it_cannot_use_is_one_line_and_exit_2(
@@ -206,6 +210,20 @@ def test_a_bucket_it_cannot_use_is_one_line_and_exit_2(
     elif case == "an endpoint without its scheme":
         monkeypatch.setenv("AWS_ENDPOINT_URL", as_user.endpoint.removeprefix("http://"))
         expected = f"AWS_ENDPOINT_URL='{as_user.endpoint[7:]}' is not an endpoint URL; write it with its scheme"
+    elif case == "a name no bucket can have":
+        output = "s3://ab/run"
+        expected = "output is s3://ab/run, and 'ab' cannot be a bucket's name: a name has 3 to 63 lowercase letters"
+    elif case == "a name no bucket has today":  # S3's older buckets may have such names: the service decides
+        output = "s3://Bad_Bucket/run"
+        expected = "the bucket Bad_Bucket of s3://Bad_Bucket/run does not exist, and a bucket's name has 3 to 63"
+    elif case == "a server that is not a storage service":
+        server = _answering_404()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
+        expected = "answered Not Found to write the run to s3://runs/refused without naming a missing bucket: check"
+    elif case == "a cache folder it cannot write":
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setenv(places.CACHE_ENV, str(tmp_path / "a-file" / "cache"))
+        expected = "cannot write imgtrain's local copy of s3://runs/refused under"
     elif case == "s3fs not installed":
         monkeypatch.setitem(sys.modules, "s3fs", None)
         expected = "s3://runs/refused needs s3fs, which is not installed; pip install 'imgtrain[s3]'"
@@ -220,6 +238,27 @@ def test_a_bucket_it_cannot_use_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert expected in err[0], err[0]
+
+
+def _answering_404():
+    """An HTTP server on 127.0.0.1 that answers every request 404 (a web server, not storage)."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = answer
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def test_uploads_a_killed_run_left_unfinished_are_aborted_and_only_its_own(as_user: S3Server, tmp_path: Path):
@@ -546,7 +585,7 @@ def test_a_reader_never_writes_the_trainings_copy_nor_its_files_in_the_bucket(as
     bucket stays as its training left it; while a training holds its copy, the bucket's model
     is read, and only what the reader wrote (its report, its export) goes back."""
     from imgtrain import runlock
-    from imgtrain.storage.runplace import local_model, model_run
+    from imgtrain.storage.runplace import local_model, model_run, run_place
 
     url, fs = "s3://runs/read", as_user.filesystem()
     training = places.local_copy("runs", url)
@@ -575,6 +614,10 @@ def test_a_reader_never_writes_the_trainings_copy_nor_its_files_in_the_bucket(as
     _a_finished_run(training, 6, manager, var)  # a training holding its copy now
     said = []
     with runlock.hold(training):
+        # A second training on this machine is refused naming the run as given, not its copy here.
+        with pytest.raises(UserError, match=rf"^{url} is in use by imgtrain pid {os.getpid()}"):
+            with run_place(url).training(True, False, lambda _agreed: None, said.append, 0.0):
+                pass
         before = _files(training)
         with model_run(url, said.append, writes=True) as run:
             assert (run.local / "model.keras").read_text() == "model after 4 epochs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -228,6 +229,38 @@ def test_a_server_that_never_answers_never_holds_training_up(tmp_path: Path, mon
     assert max(epochs) < 0.05, epochs  # handed over, not sent
     assert said[-1].startswith(f"warning: not logged to MLflow at {uri}: params, epochs 1-2, test metrics"), said
     assert (mlflow.get_tracking_uri(), dict(os.environ), logging.getLogger("mlflow").level) == before
+
+
+_UNOPENABLE = """
+import sys
+from pathlib import Path
+from imgtrain.config import TrackingConfig
+from imgtrain.tracking import RunFacts, open_tracker, tracker
+
+tracker.START_WAIT_SECONDS, tracker.FINAL_WAIT_SECONDS = 1.0, 3.0
+uri, run_dir = sys.argv[1], Path(sys.argv[2])
+t = open_tracker(TrackingConfig(mlflow=True, uri=uri, experiment="nowhere"), run_dir, True, print)
+t.start(RunFacts(params={"model.name": "cnn"}, tags={}, image_size=[8, 8]))
+t.on_epoch_end(1, {"loss": 1.0}, 0.001, 100.0, True)
+t.finish()
+t.restore()
+"""
+
+
+def test_a_store_it_cannot_open_is_one_warning_line_not_mlflows_retries(tmp_path: Path) -> None:
+    """A SQLite store it cannot open: MLflow retries opening it, with a four-line
+    warning each time; none reaches the terminal (MLflow's handler writes to the process's
+    stderr), and imgtrain's own line says what was not logged."""
+    pytest.importorskip("mlflow")
+    (tmp_path / "a-folder").mkdir()  # SQLite cannot open a folder as its database (as it cannot a file in /sys)
+    uri = f"sqlite:///{tmp_path / 'a-folder'}"
+    (tmp_path / "run").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _UNOPENABLE, uri, str(tmp_path / "run")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "retried" not in done.stderr and "mlflow" not in done.stderr.lower(), done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith(f"warning: not logged to MLflow at {uri}"), done.stdout
 
 
 def test_a_model_that_fails_to_build_ends_its_mlflow_run_failed(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from imgtrain.errors import UserError
+
 CACHE_ENV = "IMGTRAIN_CACHE_DIR"
 
 
@@ -26,4 +28,16 @@ def local_copy(kind: str, url: str, suffix: str = "") -> Path:
     """The folder holding the local copy of ``url`` (``kind``: ``runs`` or ``data``)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40] or "root"
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
-    return cache_root() / kind / f"{name}-{digest}{suffix}"
+    folder = cache_root() / kind
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+        reason = "it is not writable"
+    except OSError as exc:
+        writable, reason = False, exc.strerror or type(exc).__name__
+    if not writable:
+        raise UserError(
+            f"cannot write imgtrain's local copy of {url} under {folder} ({reason}): point {CACHE_ENV} at a "
+            "writable folder with room for it"
+        )
+    return folder / f"{name}-{digest}{suffix}"

@@ -64,7 +64,7 @@ class RunPlace:
         its newer state pulled (``open``); at the end the last upload, and the lease given back
         (``close``, which says what is not uploaded)."""
         rundir.make(self.local)
-        with runlock.hold(self.local, enabled=chief) as self.held:
+        with runlock.hold(self.local, enabled=chief, shown=self.shown) as self.held:
             if chief:
                 left = atomic.remove_orphans(self.local, before=began)
                 if left:

@@ -32,6 +32,9 @@ class Scheme:
     credentials: str  # where its credentials come from, for the one line that says they are missing
     endpoint: str  # the variable naming a server other than the cloud's own
     endpoint_scheme: bool  # whether that variable must hold a scheme (gcsfs adds http:// itself)
+    bucket_rule: str  # a bucket name as the service creates it today (a regular expression)
+    bucket_words: str  # the same, in words
+    bucket_legacy: bool  # whether older buckets may be named outside the rule (S3's us-east-1: yes)
 
 
 SCHEMES = {
@@ -42,6 +45,9 @@ SCHEMES = {
         "(and AWS_ENDPOINT_URL for a store other than AWS)",
         "AWS_ENDPOINT_URL",
         True,
+        r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+        "3 to 63 lowercase letters, digits, dots and hyphens, beginning and ending with a letter or digit",
+        True,
     ),
     "gs": Scheme(
         "gcsfs",
@@ -49,6 +55,10 @@ SCHEMES = {
         "set GOOGLE_APPLICATION_CREDENTIALS to a service account key, run 'gcloud auth application-default "
         "login', or give the pod a workload identity",
         "STORAGE_EMULATOR_HOST",
+        False,
+        r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]|(?=.{3,222}$)[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9][a-z0-9_-]{0,61})+",
+        "3 to 63 lowercase letters, digits, hyphens, underscores and dots (222 with dots), beginning and "
+        "ending with a letter or digit",
         False,
     ),
 }
@@ -79,6 +89,16 @@ def check(path: Any, where: str) -> None:
     bucket, _ = split(path)
     if not bucket:
         raise UserError(f"{where} is {path}, which names no bucket; write {scheme}://BUCKET/PATH")
+    spec = SCHEMES[scheme]
+    # What no bucket was ever named (S3's older buckets: 3 to 255 letters, digits, '.', '-', '_').
+    never = not re.fullmatch(r"[A-Za-z0-9._-]{3,255}", bucket)
+    if never or (not spec.bucket_legacy and not valid_bucket(scheme, bucket)):
+        raise UserError(f"{where} is {path}, and {bucket!r} cannot be a bucket's name: a name has {spec.bucket_words}")
+
+
+def valid_bucket(scheme: str, bucket: str) -> bool:
+    """Whether ``bucket`` follows the service's rule for a bucket created today."""
+    return re.fullmatch(SCHEMES[scheme].bucket_rule, bucket) is not None
 
 
 def split(url: str) -> tuple[str, str]:
@@ -285,6 +305,9 @@ _UNREACHABLE = re.compile(
     r"EndpointConnectionError|ClientConnectorError|Cannot connect|Connection refused|ConnectTimeout|"
     r"Name or service not known|ServerDisconnected"
 )
+_HTTP_STATUS = re.compile(
+    r"An error occurred \((\d{3}|[A-Za-z]+)\)|\b(Not Implemented|Method Not Allowed|Bad Request)\b"
+)
 _SILENT = re.compile(r"FSTimeoutError|ReadTimeout|Read timeout|ServerTimeoutError|TimeoutError|timed out")
 
 
@@ -303,14 +326,13 @@ def explain(exc: BaseException, url: str, doing: str) -> Optional[Exception]:
             f"access denied to {doing} {url} ({_first_line(exc)}): check the credentials and the bucket's "
             "permissions (reading needs list and get; a run's output needs put and delete too)"
         )
-    # Listing or writing under a bucket finds nothing missing but the bucket itself.
-    if _NO_BUCKET.search(text) or isinstance(exc, FileNotFoundError):
-        return UserError(f"the bucket {split(url)[0]} of {url} does not exist: create it, or fix the URL")
     service = (
         f"the storage service ({spec.endpoint}={os.environ[spec.endpoint]})"
         if os.environ.get(spec.endpoint)
         else "the storage service"
     )
+    if isinstance(exc, FileNotFoundError) or _NO_BUCKET.search(text):
+        return _not_found(exc, url, doing, spec, service)
     if _UNREACHABLE.search(text):
         return Unreachable(
             f"cannot reach {service} to {doing} {url} ({_first_line(exc)}); nothing was lost: check the network "
@@ -321,7 +343,29 @@ def explain(exc: BaseException, url: str, doing: str) -> Optional[Exception]:
             f"{service} did not answer in time to {doing} {url}; nothing was lost: run the same command again "
             "when it answers"
         )
+    status = _HTTP_STATUS.search(text)
+    if status:  # an HTTP answer no storage service gives to these calls
+        return UserError(
+            f"{service} answered {(status.group(1) or status.group(2))!r} to {doing} {url}: check that "
+            f"{spec.endpoint} names a storage service that serves the {scheme_of(url)}:// API"
+        )
     return None
+
+
+def _not_found(exc: BaseException, url: str, doing: str, spec: Scheme, service: str) -> UserError:
+    """Listing or writing under a bucket finds nothing missing but the bucket, which a storage
+    service names (NoSuchBucket); a bare Not Found is some other server's."""
+    bucket = split(url)[0]
+    if _NO_BUCKET.search(f"{exc} {exc.__cause__ or ''}"):
+        if not valid_bucket(scheme_of(url) or "", bucket):
+            return UserError(
+                f"the bucket {bucket} of {url} does not exist, and a bucket's name has {spec.bucket_words}"
+            )
+        return UserError(f"the bucket {bucket} of {url} does not exist: create it, or fix the URL")
+    return UserError(
+        f"{service} answered Not Found to {doing} {url} without naming a missing bucket: check that "
+        f"{spec.endpoint} names a storage service, and that the bucket {bucket} exists"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

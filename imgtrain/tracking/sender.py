@@ -30,9 +30,9 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # imgtrain's own line says where the run is
 }
-# Their INFO lines (store migrations) and retry notices are not the user's business: a failure
-# reaches them as imgtrain's own warning line.
-QUIET_LOGGERS = {"mlflow": logging.WARNING, "alembic": logging.WARNING, "urllib3": logging.ERROR}
+# Their INFO lines (store migrations) and retry warnings (a store it cannot open: seven and more
+# four-line blocks) are not the user's business: a failure reaches them as imgtrain's own line.
+QUIET_LOGGERS = {"mlflow": logging.ERROR, "alembic": logging.WARNING, "urllib3": logging.ERROR}
 BATCH_METRICS, BATCH_PARAMS = 1000, 100  # MLflow's limits per log_batch request
 
 
