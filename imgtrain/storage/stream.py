@@ -77,7 +77,11 @@ def _fetch(wanted: list[str]) -> dict[str, "bytes | FileNotFoundError"]:
         from fsspec.asyn import sync  # fsspec is there: the client came from it
 
         failed: Optional[BaseException] = None
-        for url, result in zip(todo, sync(fs.loop, _gather, fs, [urls.bare(u) for u in todo])):
+        try:  # a call's deadline, as for every call to a bucket (urls.DEADLINES)
+            results = sync(fs.loop, _gather, fs, [urls.bare(u) for u in todo], timeout=urls.CALL_SECONDS)
+        except TimeoutError as exc:  # fsspec's FSTimeoutError: the server holds the connections silent
+            failed, results = exc, []
+        for url, result in zip(todo, results):
             if isinstance(result, (bytes, FileNotFoundError)):
                 got[url] = result
             else:
