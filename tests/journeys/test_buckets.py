@@ -21,6 +21,7 @@ import socket
 import time
 from pathlib import Path
 
+import mlflow
 import psutil
 import pytest
 from buckets import GcsServer, S3Server
@@ -137,9 +138,9 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
     assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
     assert _epochs(fs, "my-bucket/runs/photos") == [1, 2, 3]
 
-    # One epoch more, and an evaluation from another terminal while it trains (the training held
-    # still meanwhile): the evaluation reads the model the bucket holds and sends back its report;
-    # the training's copy, uploads and history are its own.
+    # One epoch more, tracked by MLflow, and an evaluation from another terminal while it trains
+    # (the training held still meanwhile): the evaluation reads the model the bucket holds and
+    # sends back its report; the training's copy, uploads, history and MLflow run are its own.
     read: dict = {}
 
     def evaluate_meanwhile(out: str) -> bool:
@@ -152,8 +153,13 @@ def test_killed_anywhere_then_the_bucket_gone_then_the_same_command_on_other_mac
                 training.resume()
         return False
 
-    more = third.interrupt(RUN.replace("--epochs 3", "--epochs 4"), evaluate_meanwhile)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's own local store: the run, tracked from here on
+    tracked = f" --mlflow --set tracking.uri={store} --set tracking.experiment=buckets"
+    more = third.interrupt(RUN.replace("--epochs 3", "--epochs 4") + tracked, evaluate_meanwhile)
     assert more.code == 0 and read, more.out[-3000:]
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("buckets").experiment_id])
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4]
     said = read["result"]
     assert "s3://my-bucket/runs/photos is training on this machine" in said.out, said.out[-2000:]
     assert said.last_line.endswith("report: s3://my-bucket/runs/photos/report.json"), said.last_line
