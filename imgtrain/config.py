@@ -198,6 +198,10 @@ class DataConfig:
     # "never" read from the bucket every epoch, "auto" copied when it fits the disk (with room
     # to spare) and read from the bucket when it does not.
     stage: str = "auto"
+    # Prepared shards in a bucket are streamed (unless stage is "always"): each worker keeps the
+    # shards it reads in a local cache of at most this many GiB (null: the disk's free space less
+    # 1 GiB); with room for all of them, later epochs read the cache.
+    shard_cache_gb: Optional[float] = None
 
     def eval_crop(self) -> Optional[float]:
         """The centre-crop fraction evaluation uses: only when training crops at random."""
@@ -233,6 +237,8 @@ class DataConfig:
             if len(self.label_vocabulary) < 2:
                 raise UserError("data.label_vocabulary needs at least two classes")
         _in_range("data.service_timeout", self.service_timeout, 0.0, 86400.0, low_open=True)
+        if self.shard_cache_gb is not None:
+            _in_range("data.shard_cache_gb", self.shard_cache_gb, 0.0, 1e6, low_open=True)
         if self.service is not None and self.augment.on_device:
             raise UserError(
                 "data.augment.on_device and data.service cannot be combined: the service augments on its "

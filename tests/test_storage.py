@@ -4,11 +4,13 @@ trainings, kills and a second machine are in tests/journeys/test_buckets.py."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -343,12 +345,80 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
     assert code == 0, capsys.readouterr().err
     assert fs.exists("runs/shards/manifest.json")
     assert is_prepared(on_disk(Config.load(None, ["data.path=s3://runs/shards"]), progress=False).data.path)
-    with pytest.raises(UserError, match="data.stage=never reads images from s3://runs/shards .* but prepared shards"):
-        placed(Config.load(None, ["data.path=s3://runs/shards", "data.stage=never"]), progress=False)
 
     fs.pipe_file("runs/bad.csv", b"path,label\n/etc/passwd,red\n")
     with pytest.raises(UserError, match="lists files by paths relative to it"):
         on_disk(Config.load(None, ["data.path=s3://runs/bad.csv"]), progress=False)
+
+
+def test_prepared_shards_in_a_bucket_stream_through_a_bounded_cache_in_the_local_order(
+    as_user: S3Server, tmp_path: Path
+):
+    """Prepared shards in a bucket are not copied before training: each is fetched as the
+    pipeline opens it (and the next while it is read), the cache folder never holds more than
+    its limit (sampled as two epochs are read with room for the 8 shards read at once and one
+    more), the batches are those of the same shards on local disk, bit for bit; with room for
+    every shard the second epoch fetches nothing; a limit that cannot hold the shards read at
+    once is one line naming both sizes."""
+    import threading
+
+    from conftest import write_folder
+
+    from imgtrain.config import Config
+    from imgtrain.data import source
+    from imgtrain.data.pipeline import EpochPlan, Shard
+
+    write_folder(tmp_path / "photos", per_class=16, size=8)
+    assert main(["prepare", "--data", str(tmp_path / "photos"), "--output", str(tmp_path / "prep"),
+                 "--shard-size-mb", "0.0006", "--no-progress"]) == 0  # fmt: skip
+    fs = as_user.filesystem()
+    fs.put(str(tmp_path / "prep"), "runs/prep", recursive=True)
+    sizes = sorted(p.stat().st_size for p in (tmp_path / "prep").glob("train-*.tfrecord"))
+    assert len(sizes) > 9, sizes  # more shards than are read at once
+
+    def batches(data: str, run: str, extra: tuple = ()) -> tuple[list, object]:
+        cfg = Config.load(None, [f"data.path={data}", "data.image_size=[8,8]", *extra])
+        src = source.get(cfg, tmp_path / run, progress=False)
+        got = [
+            [np.asarray(t).tobytes() for t in batch]
+            for epoch in (0, 1)
+            for batch in src.train_dataset(cfg.data, EpochPlan(5, epoch, 4))
+        ]
+        return got, src
+
+    local, _ = batches(str(tmp_path / "prep"), "local")
+    limit = 9 * sizes[-1] + 100
+    peak, reading = [0], threading.Event()
+
+    def sample(folder: Path) -> None:
+        while not reading.is_set():
+            files = list(folder.glob("*.tfrecord")) if folder.is_dir() else []
+            with contextlib.suppress(OSError):
+                peak[0] = max(peak[0], sum(p.stat().st_size for p in files))
+            time.sleep(0.002)
+
+    cfg = Config.load(None, ["data.path=s3://runs/prep"])
+    folder = source.placed(cfg, progress=False)[1].root / ".streamed" / "worker-0-of-1"
+    sampler = threading.Thread(target=sample, args=(folder,), daemon=True)
+    sampler.start()
+    try:
+        streamed, src = batches("s3://runs/prep", "streamed", (f"data.shard_cache_gb={limit / 2**30!r}",))
+    finally:
+        reading.set()
+        sampler.join()
+    assert streamed == local
+    cache = src.opener(Shard())
+    assert 0 < peak[0] <= limit and cache.most_open == 8, (peak[0], limit, cache.most_open)
+    # Each epoch fetched its shards again (they do not all fit), and a few more: the padding reads
+    # the first shard again, and the last ones fetch the next epoch's first ones ahead.
+    assert 2 * sum(sizes) <= cache.fetched_bytes <= 2 * sum(sizes) + 9 * sizes[-1], cache.fetched_bytes
+
+    roomy, src = batches("s3://runs/prep", "roomy", ("data.shard_cache_gb=1",))
+    assert roomy == local and src.opener(Shard()).fetched_bytes <= sum(sizes)  # what the first read left is kept
+
+    small = 8 * sizes[-1] / 2**30
+    with pytest.raises(UserError, match=r"data.shard_cache_gb is 0\.00 GiB, but reading s3://runs/prep holds 9 of its"):
+        batches("s3://runs/prep", "small", (f"data.shard_cache_gb={small!r}",))
 
 
 def _streamed_and_staged(url: str, extra: list[str]) -> tuple:

@@ -35,6 +35,7 @@ from imgtrain.data import resampler as resampler_kernel
 from imgtrain.data.images import decode, eval_image, resize
 from imgtrain.data.service import service_train
 from imgtrain.data.sources import Example
+from imgtrain.data.tfrecord import Opener, shard_records
 from imgtrain.storage import stream, urls
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -417,16 +418,25 @@ def tfds_eval_dataset(
 # -- prepared TFRecord shards: sharded by file, read with parallel interleave ------------------
 
 
-def _records(files: Sequence[str], shard: Shard) -> tf.data.Dataset:
+def shards_open_at_once(files: int) -> int:
+    """How many shards the reader of ``files`` shards has open at once (its interleave's cycle)."""
+    return max(1, min(8, files))
+
+
+def _records(files: Sequence[str], shard: Shard, opener: Optional[Opener] = None) -> tf.data.Dataset:
+    """``shard``'s records of ``files`` (whole files per worker: sequential reads), each read
+    locally or, streamed, through ``opener``."""
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if shard.count > 1:
-        ds = ds.shard(shard.count, shard.index)  # whole files per worker: sequential reads
+        ds = ds.shard(shard.count, shard.index)
+    # Streamed shards are opened one after another (a parallel interleave opens up to three
+    # cycles of shards ahead, which a bounded cache cannot hold); the order is the same.
     return ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=max(1, min(8, len(files))),
+        lambda f: shard_records(f, opener),
+        cycle_length=shards_open_at_once(len(files)),
         block_length=1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
+        num_parallel_calls=AUTOTUNE if opener is None else None,
+        deterministic=True if opener is None else None,
     ).map(tfrecord_parse, num_parallel_calls=AUTOTUNE)
 
 
@@ -438,19 +448,24 @@ def tfrecord_parse(record: tf.Tensor) -> tuple:
 
 @as_written
 def tfrecord_train_dataset(
-    files: Sequence[str], worker_counts: Sequence[int], cfg: DataConfig, plan: EpochPlan
+    files: Sequence[str],
+    worker_counts: Sequence[int],
+    cfg: DataConfig,
+    plan: EpochPlan,
+    opener: Optional[Opener] = None,
 ) -> tf.data.Dataset:
-    """Training batches from prepared shards. With one worker and a shuffle buffer at least
-    the split's size, the order (and so the run) is identical to the folder it came from."""
+    """Training batches from prepared shards (streamed ones through ``opener``). With one
+    worker and a shuffle buffer at least the split's size, the order (and so the run) is
+    identical to the folder it came from."""
     seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
     mine_n, most_n = worker_counts[shard.index], max(worker_counts)
-    ds = _records(files, shard)
+    ds = _records(files, shard, opener)
     ds = ds.shuffle(
         max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False
     )
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
-    filler = _decoded_records(files[:1], cfg)
+    filler = _decoded_records(files[:1], cfg, opener=opener)
     return _finish_train(ds, _augmenter(cfg, seed, epoch, "bytes"), plan, mine_n, most_n, filler)
 
 
@@ -458,9 +473,11 @@ def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
     return eval_image(decode(encoded), cfg.image_size, cfg.eval_crop())
 
 
-def _decoded_records(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
+def _decoded_records(
+    files: Sequence[str], cfg: DataConfig, shard: Shard = Shard(), opener: Optional[Opener] = None
+) -> tf.data.Dataset:
     """``(image, label, weight, real)`` of ``shard``'s records, decoded as evaluation sees them."""
-    return _records(files, shard).map(
+    return _records(files, shard, opener).map(
         lambda i, b, y, w: (_decode_resize(b, cfg), y, w, tf.constant(1.0)),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
@@ -468,9 +485,11 @@ def _decoded_records(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard
 
 
 @as_written
-def tfrecord_eval_images(files: Sequence[str], cfg: DataConfig, shard: Shard = Shard()) -> tf.data.Dataset:
+def tfrecord_eval_images(
+    files: Sequence[str], cfg: DataConfig, shard: Shard = Shard(), opener: Optional[Opener] = None
+) -> tf.data.Dataset:
     """``eval_images`` from prepared shards: this worker's files, decoded, kept with ``data.cache``."""
-    ds = _decoded_records(files, cfg, shard)
+    ds = _decoded_records(files, cfg, shard, opener)
     return kept_as_uint8(ds, 0) if cfg.cache else ds
 
 
@@ -483,11 +502,12 @@ def tfrecord_eval_dataset(
     shard: Shard = Shard(),
     multiple: int = 1,
     images: Optional[tf.data.Dataset] = None,
+    opener: Optional[Opener] = None,
 ) -> tf.data.Dataset:
     """``eval_dataset`` from prepared shards; ``images`` is ``tfrecord_eval_images`` of ``shard``."""
-    ds = images if images is not None else tfrecord_eval_images(files, cfg, shard)
+    ds = images if images is not None else tfrecord_eval_images(files, cfg, shard, opener)
     mine, target = padded_batches(worker_counts[shard.index], max(worker_counts), batch_size, multiple)
-    filler = _decoded_records(files[:1], cfg)
+    filler = _decoded_records(files[:1], cfg, opener=opener)
     ds = _pad(ds.batch(batch_size), filler, target - mine)
     return ds.prefetch(AUTOTUNE).with_options(_options())
 

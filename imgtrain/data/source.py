@@ -34,6 +34,7 @@ from imgtrain.errors import UserError
 
 if TYPE_CHECKING:  # the modules themselves are imported by the openers that need them
     from imgtrain.data.sources import Catalog
+    from imgtrain.storage.shards import ShardStream
     from imgtrain.storage.stage import Listing
 
 
@@ -146,24 +147,36 @@ class RecordSource(DataSource):
     def contents(self, split: str) -> list[str]:
         from imgtrain.storage.stage import file_stamp
 
+        streamed = self.records.streamed
+        if streamed is not None:
+            return [f"{Path(f).name}\t{streamed.stamps[streamed.rel(f)]}" for f in self.records.files(split)]
         return [f"{Path(f).name}\t{file_stamp(f)}" for f in self.records.files(split)]
+
+    def opener(self, shard: Optional[Shard] = None):
+        """How worker ``shard`` opens the shards: None for local ones, its cache for streamed
+        (``shard`` None: this process's cache, whichever worker it is)."""
+        streamed = self.records.streamed
+        if streamed is None:
+            return None
+        if shard is None:
+            return streamed.any_opener() or self.opener(Shard())
+        return streamed.opener(shard.count, shard.index, self.records.files("train")[shard.index :: shard.count])
 
     def example_keys(self, split: str) -> list[str]:
         from imgtrain.data.tfrecord import read_keys
 
-        return read_keys(self.records.files(split))  # each record keeps its source's path
+        return read_keys(self.records.files(split), self.opener())  # each record keeps its source's path
 
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
-        return pipeline.tfrecord_train_dataset(
-            self.records.files("train"), self.worker_counts("train", plan.shard.count), cfg, plan
-        )
+        counts = self.worker_counts("train", plan.shard.count)
+        return pipeline.tfrecord_train_dataset(self.records.files("train"), counts, cfg, plan, self.opener(plan.shard))
 
     def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
-        files = self.records.files(split)
+        files, opener = self.records.files(split), self.opener(shard)
         key = (split, tuple(cfg.image_size), cfg.eval_crop(), shard)
-        images = self.kept(key, lambda: pipeline.tfrecord_eval_images(files, cfg, shard)) if cfg.cache else None
+        images = self.kept(key, lambda: pipeline.tfrecord_eval_images(files, cfg, shard, opener)) if cfg.cache else None
         return pipeline.tfrecord_eval_dataset(
-            files, self.worker_counts(split, shard.count), cfg, batch, shard, multiple, images
+            files, self.worker_counts(split, shard.count), cfg, batch, shard, multiple, images, opener
         )
 
 
@@ -245,7 +258,13 @@ KINDS: list[tuple[str, Callable[[Config], bool], Opener]] = [
 def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] = None) -> DataSource:
     """Find, split and check the data of ``cfg``; cheap on a resumed run thanks to the check cache.
     Data in a bucket is staged to local disk first, or streamed from the bucket (``placed``)."""
+    from imgtrain.storage.shards import ShardStream
+
     cfg, streamed = placed(cfg, progress)
+    if isinstance(streamed, ShardStream):
+        from imgtrain.data.tfrecord import open_prepared
+
+        return RecordSource(open_prepared(cfg.data.path, cfg.data.label_vocabulary, streamed))
     if streamed is not None:
         return _checked(streamed, cfg, Path(run_dir), progress)
     for name, claims, opener in KINDS:
@@ -254,11 +273,12 @@ def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] =
     raise UserError(f"unknown data source kind '{kind}'; one of: {', '.join(k for k, _, _ in KINDS)}")
 
 
-def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional["Catalog"]]:
+def placed(cfg: Config, progress: bool = True) -> tuple[Config, "Optional[Catalog | ShardStream]"]:
     """Where bucket data (``data.path`` an ``s3://``/``gs://`` URL) is read from, by
     ``data.stage``: ``(cfg with its local copy, None)`` when staged, a folder (of class folders,
     or shards) whole, a CSV manifest with the files it lists (relative to the manifest's URL);
-    ``(cfg, its catalog of URLs)`` when streamed. Keys stay relative either way, so the data's
+    ``(cfg, its catalog of URLs)`` when its images are streamed; prepared shards streamed:
+    ``(cfg with its manifest's copy, their ShardStream)``. Keys stay relative either way, so the data's
     fingerprint is the bucket's wherever it is read from. Local data: ``(cfg, None)``."""
     import dataclasses
 
@@ -282,15 +302,55 @@ def placed(cfg: Config, progress: bool = True) -> tuple[Config, Optional["Catalo
         local = manifest
     else:
         listing = stage.list_folder(url)
+        if MANIFEST in listing.versions and cfg.data.stage != "always" and not cfg.data.service:
+            return _streamed_shards(cfg, listing, into, say)
         if not _stages(cfg, listing, into, say, shards=MANIFEST in listing.versions):
             return cfg, sources.from_bucket(url, listing.stamps, cfg.data.label_vocabulary)
         local = stage.stage_listing(listing, into, say)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(local))), None
 
 
+def _streamed_shards(cfg: Config, listing: "Listing", into: Path, say: Callable[[str], None]) -> tuple:
+    """Prepared shards in a bucket, read through a bounded local cache (``storage.shards``): the
+    manifest is fetched, the limit checked against the shards a reader holds at once."""
+    import dataclasses
+    import json
+
+    from imgtrain.data.tfrecord import MANIFEST
+    from imgtrain.storage import shards, stage
+
+    url = listing.url
+    manifest = stage.fetch_file(f"{url}/{MANIFEST}", into)
+    try:
+        splits = json.loads(manifest.read_text())["splits"]
+        named = {split: [s["file"] for s in splits[split]["shards"]] for split in splits}
+    except (OSError, ValueError, KeyError, TypeError):
+        named = {}  # open_prepared says what is wrong with the manifest
+    train = named.get("train", [])
+    sizes = {rel: listing.sizes[rel] for files in named.values() for rel in files if rel in listing.sizes}
+    setting = "data.shard_cache_gb"
+    limit = (
+        int(cfg.data.shard_cache_gb * 2**30)
+        if cfg.data.shard_cache_gb is not None
+        else shards.free_for_cache(into, stage.SPARE_BYTES)
+    )
+    at_once = pipeline.shards_open_at_once(len(train)) + 1  # + the next one, fetched while they are read
+    if sizes and train:
+        shards.check_limit(url, limit, {r: sizes[r] for r in train if r in sizes} or sizes, at_once, setting)
+    total = sum(sizes.values())
+    say(
+        f"streaming {url}: {len(sizes)} shard(s), {total / 2**30:.2f} GiB, through a local cache of "
+        f"{min(limit, total) / 2**30:.2f} GiB"
+        + (" (all of it: later epochs read the cache)" if limit >= total else f"; {setting} sets it")
+    )
+    stream = shards.ShardStream(url, into, listing.versions, listing.sizes, listing.stamps, limit)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(into))), stream
+
+
 def _stages(cfg: Config, listing: "Listing", into: Path, say: Callable[[str], None], shards: bool) -> bool:
     """``data.stage`` for this data: ``auto`` stages what fits the disk beside the run, and
-    streams the rest. Shards and the tf.data service read files on disk, so they are staged."""
+    streams the rest. The tf.data service reads files on disk, so its data is staged; prepared
+    shards get here only with ``always`` (otherwise ``_streamed_shards``)."""
     from imgtrain.storage import places, stage
 
     mode, url = cfg.data.stage, listing.url

@@ -21,7 +21,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -30,6 +30,9 @@ from imgtrain import atomic
 from imgtrain.data.sources import SPLITS, Catalog, Example
 from imgtrain.errors import UserError
 from imgtrain.storage import stream
+
+if TYPE_CHECKING:
+    from imgtrain.storage.shards import ShardStream
 
 FORMAT = "imgtrain-tfrecord"
 MANIFEST = "manifest.json"
@@ -171,6 +174,7 @@ class PreparedRecords:
 
     root: Path
     manifest: dict
+    streamed: Optional["ShardStream"] = None  # its shards in a bucket, read through a local cache
 
     @property
     def class_names(self) -> list[str]:
@@ -195,7 +199,11 @@ def is_prepared(path: Optional[str]) -> bool:
     return bool(path) and (Path(path) / MANIFEST).is_file()
 
 
-def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> PreparedRecords:
+def open_prepared(
+    path: str, vocabulary: Optional[list[str]] = None, streamed: Optional["ShardStream"] = None
+) -> PreparedRecords:
+    """The prepared dataset at ``path`` (its shards on disk there, or ``streamed`` from their
+    bucket, ``path`` then holding the manifest's copy), its shards whole as written."""
     root = Path(path)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -203,18 +211,24 @@ def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared
         raise UserError(f"cannot read {root / MANIFEST}: {exc}; run 'imgtrain prepare' again") from None
     if manifest.get("format") != FORMAT:
         raise UserError(f"{root / MANIFEST} is not an imgtrain prepared dataset (format {manifest.get('format')!r})")
-    prepared = PreparedRecords(root, manifest)
-    missing = [f for split in SPLITS for f in prepared.files(split) if not Path(f).is_file()]
-    if missing:
-        raise UserError(f"prepared dataset {root} lacks shard {missing[0]}; run 'imgtrain prepare' again")
+    prepared = PreparedRecords(root, manifest, streamed)
+    where = streamed.url if streamed else str(root)
+
+    def size(name: str) -> Optional[int]:
+        if streamed:
+            return streamed.sizes.get(name)
+        return (root / name).stat().st_size if (root / name).is_file() else None
+
     for split in SPLITS:
         for shard in manifest["splits"].get(split, {}).get("shards", []):
+            have = size(shard["file"])
+            if have is None:
+                raise UserError(f"prepared dataset {where} lacks shard {shard['file']}; run 'imgtrain prepare' again")
             # A TFRecord frames each record with 16 bytes (length, two CRCs): the size is exact.
             want = int(shard.get("bytes", -1)) + 16 * int(shard.get("count", 0))
-            have = (root / shard["file"]).stat().st_size
             if shard.get("bytes") is not None and have != want:
                 raise UserError(
-                    f"prepared shard {root / shard['file']} is {have} bytes, not the {want} it was written "
+                    f"prepared shard {where}/{shard['file']} is {have} bytes, not the {want} it was written "
                     "with (truncated or damaged); run 'imgtrain prepare' again"
                 )
     if vocabulary is not None and list(vocabulary) != prepared.class_names:
@@ -225,14 +239,48 @@ def open_prepared(path: str, vocabulary: Optional[list[str]] = None) -> Prepared
     return prepared
 
 
+class Opener(Protocol):
+    """Where a shard named by its path is read from (streamed shards: ``storage.shards``)."""
+
+    def local(self, path: str) -> str: ...  # its local copy, fetched if need be
+
+    def done(self, path: str) -> None: ...  # read to its end
+
+
+def shard_records(path: tf.Tensor, opener: Optional[Opener] = None) -> tf.data.Dataset:
+    """The records of the shard at ``path`` (a scalar string tensor): read from disk, or from
+    ``opener``'s local copy, telling it once they have all been read (an empty tail that calls
+    ``done`` as it is reached: the order of records is the same either way)."""
+    if opener is None:
+        return tf.data.TFRecordDataset(path)
+
+    # numpy_function marked stateless: a stateful function would, with op determinism on, make
+    # TensorFlow rewrite the pipeline's parallel maps (logging an error line as it does). Each
+    # call has its own input (one shard's path), so none is folded away or repeated.
+    def local(p: bytes) -> bytes:
+        return opener.local(p.decode()).encode()
+
+    def done(p: bytes) -> bytes:
+        opener.done(p.decode())
+        return b""
+
+    where = tf.ensure_shape(tf.numpy_function(local, [path], tf.string, stateful=False), [])
+    # skip(1) reads its one element (calling done) and yields nothing.
+    tail = tf.data.Dataset.from_tensors(path).map(
+        lambda p: tf.ensure_shape(tf.numpy_function(done, [p], tf.string, stateful=False), [])
+    )
+    return tf.data.TFRecordDataset(where).concatenate(tail.skip(1))
+
+
 def parse(record: tf.Tensor) -> tuple:
     """A serialized record -> (index, encoded bytes, label, weight)."""
     f = tf.io.parse_single_example(record, FEATURES)
     return f["index"], f["image/encoded"], tf.cast(f["label"], tf.int32), f["weight"]
 
 
-def read_keys(files: list[str]) -> list[str]:
+def read_keys(files: list[str], opener: Optional[Opener] = None) -> list[str]:
     """The ``image/key`` of every record of ``files``, in file and record order."""
     spec = {"image/key": FEATURES["image/key"]}
-    ds = tf.data.TFRecordDataset(list(files)).map(lambda r: tf.io.parse_single_example(r, spec)["image/key"])
+    ds = tf.data.Dataset.from_tensor_slices(list(files)).flat_map(lambda f: shard_records(f, opener))
+    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec)["image/key"])
     return [k.decode("utf-8", "replace") for k in ds.as_numpy_iterator()]

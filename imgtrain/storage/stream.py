@@ -73,7 +73,7 @@ def _fetch(wanted: list[str]) -> dict[str, "bytes | FileNotFoundError"]:
         todo = [u for u in wanted if u not in got]
         if not todo:
             break
-        fs = _client(todo[0])
+        fs = client(todo[0])
         from fsspec.asyn import sync  # fsspec is there: the client came from it
 
         failed: Optional[BaseException] = None
@@ -100,11 +100,12 @@ async def _gather(fs, paths: list[str]) -> list:
 
 def _give_up(reason: str) -> ReadLost:
     """The error that ends the run, raised again at once by every read after it."""
-    _given_up.append(_lost(reason))
+    _given_up.append(lost(reason))
     return _given_up[0]
 
 
-def _lost(reason: str) -> ReadLost:
+def lost(reason: str) -> ReadLost:
+    """The error that ends a run whose data stopped answering (``lost_line`` reads it back)."""
     return ReadLost(f"{LOST}: {' '.join(reason.split())} :{LOST}")
 
 
@@ -120,7 +121,8 @@ def lost_line(exc: BaseException) -> Optional[str]:
     return None
 
 
-def _client(url: str):
+def client(url: str):
+    """The process's one client for ``url``'s scheme and endpoint."""
     scheme = urls.scheme_of(url)
     key = (scheme, os.environ.get(urls.SCHEMES[scheme].endpoint or ""))  # type: ignore[index]
     with _lock:

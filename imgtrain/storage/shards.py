@@ -1,0 +1,250 @@
+"""Prepared shards read from their bucket through a local cache of bounded size: no copy of the
+dataset before the first batch, each worker fetching only the shards it reads.
+
+TensorFlow reads shards from local files (it has no ``s3://``). ``ShardCache.local(rel)`` is
+what the pipeline calls when it opens a shard: the path of its local copy, fetched now if it is
+not there yet; it also asks the fetcher for the shards that follow in this worker's order, as
+many as the limit leaves room for. ``done(rel)`` is called when the pipeline has read a shard
+to its end: from then on the copy may be evicted to make room.
+
+Invariants:
+
+- The cache folder never holds more than ``limit`` bytes of shards: a fetch waits for room,
+  and room is made only by evicting shards read to their end (oldest first), never one open.
+- A copy is whole and of the bucket's version: fetched to a temporary name and renamed, and
+  ``.cached.json`` (written after every change) names each copy's version, so a rerun reuses
+  what is there and fetches again what changed in the bucket.
+- With ``limit`` at least the shards' total, nothing is evicted: later epochs read the cache.
+- Fetches run on one background worker (``background``), a shard at a time, each one large
+  sequential read; a fetch that fails is retried ``ATTEMPTS`` times, then the shard's reader
+  gets the error (``stream.lost_line`` turns it into the command's one line, exit 75).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from imgtrain import atomic
+from imgtrain.background import Background
+from imgtrain.errors import UserError
+from imgtrain.storage import stream, urls
+
+LIST = ".cached.json"
+ATTEMPTS = 3
+
+
+class ShardStream:
+    """A prepared dataset in a bucket (``url``), read through a local cache per worker: its
+    shards' paths are named under ``root`` (where the manifest's copy is), each worker's copies
+    kept in a folder of its own below it, within ``limit`` bytes each."""
+
+    def __init__(
+        self, url: str, root: Path, versions: dict[str, str], sizes: dict[str, int], stamps: dict[str, str], limit: int
+    ) -> None:
+        self.url, self.root, self.limit = url.rstrip("/"), Path(root), int(limit)
+        self.versions, self.sizes, self.stamps = versions, sizes, stamps
+        self._caches: dict[tuple[int, int], ShardCache] = {}
+
+    def rel(self, path: str) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    def opener(self, count: int, index: int, order: Sequence[str]) -> "ShardCache":
+        """The cache of worker ``index`` of ``count``, which reads its training shards in ``order``
+        (their paths under ``root``)."""
+        if (count, index) not in self._caches:
+            folder = self.root / ".streamed" / f"worker-{index}-of-{count}"
+            rels = [self.rel(p) for p in order]
+            self._caches[(count, index)] = ShardCache(self, rels, folder)
+        return self._caches[(count, index)]
+
+    def any_opener(self) -> Optional["ShardCache"]:
+        """A cache this process already has (a report reads the shards its training read)."""
+        return next(iter(self._caches.values()), None)
+
+
+class ShardCache:
+    """One worker's cache of ``stream``'s shards, which it reads in ``order`` (paths relative to
+    the bucket folder), in ``folder``, within the stream's limit. ``local`` and ``done`` take the
+    shards' paths under ``stream.root``, as the pipeline names them."""
+
+    def __init__(self, source: ShardStream, order: Sequence[str], folder: Path) -> None:
+        self.stream, self.url, self.order = source, source.url, list(order)
+        versions, sizes, limit = source.versions, source.sizes, source.limit
+        self.versions, self.sizes = versions, sizes
+        self.folder, self.limit = Path(folder), int(limit)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._cv = threading.Condition()
+        self._held = self._adopt()  # rel -> version of each whole copy in the folder
+        self._open: dict[str, int] = {}  # rel -> readers that have it open
+        self._read: list[str] = list(self._held)  # evictable, oldest first: read to their end, or an earlier run's
+        self._failed: dict[str, BaseException] = {}
+        self._wanted: list[str] = []  # asked for, not yet fetched
+        self.fetched_bytes = 0  # what this process fetched, for the bench and the tests
+        self.most_open = 0  # shards open at once, at most
+        self._fetcher = Background("imgtrain-shards", self._serve)
+
+    # -- the pipeline's side ------------------------------------------------------------
+    def local(self, path: str) -> str:
+        """The local copy of the shard named ``path``, fetched first if need be; it stays until ``done``."""
+        rel = self.stream.rel(path)
+        with self._cv:
+            self._open[rel] = self._open.get(rel, 0) + 1
+            self.most_open = max(self.most_open, len(self._open))
+            if rel in self._read:
+                self._read.remove(rel)
+            self._ask(rel)
+            self._ask_ahead(rel)
+            while rel not in self._held and rel not in self._failed:
+                self._cv.wait(0.5)
+            if rel in self._failed:
+                raise self._failed[rel]
+        return str(self.folder / rel)
+
+    def done(self, path: str) -> None:
+        """The pipeline read the shard named ``path`` to its end: its copy may be evicted."""
+        rel = self.stream.rel(path)
+        with self._cv:
+            left = self._open.get(rel, 0) - 1
+            if left <= 0:
+                self._open.pop(rel, None)
+                if rel not in self._read:
+                    self._read.append(rel)
+            else:
+                self._open[rel] = left
+            self._cv.notify_all()
+
+    def held_bytes(self) -> int:
+        with self._cv:
+            return sum(self.sizes[rel] for rel in self._held)
+
+    def close(self) -> None:
+        self._fetcher.close()
+
+    # -- fetching -----------------------------------------------------------------------
+    def _ask(self, rel: str) -> None:
+        if rel not in self._held and rel not in self._wanted:
+            self._wanted.append(rel)
+            self._fetcher.ask("fetch", rel)
+
+    def _ask_ahead(self, rel: str) -> None:
+        """The shards after ``rel`` in this worker's order (the next epoch's first after the
+        last), as far as the limit would hold them beside what is open or asked for."""
+        start = self.order.index(rel) if rel in self.order else -1
+        kept = set(self._open) | set(self._wanted) | {rel} | (set(self._held) - set(self._read))
+        room = self.limit - sum(self.sizes[r] for r in kept)
+        for step in range(1, len(self.order)):
+            nxt = self.order[(start + step) % len(self.order)]
+            if nxt in self._open or nxt in self._wanted:
+                continue
+            room -= self.sizes[nxt]
+            if room < 0:
+                break
+            self._ask(nxt)
+
+    def _serve(self, _what: str, rel: str) -> None:
+        with self._cv:
+            if rel in self._held:
+                self._wanted.remove(rel)
+                return
+            if not self._make_room(self.sizes[rel], rel):
+                return  # asked ahead, and the room is still another's: asked again when it is opened
+        try:
+            self._fetch(rel)
+        except BaseException as exc:  # noqa: BLE001 - the shard's reader raises it
+            with self._cv:
+                self._failed[rel] = exc
+                self._wanted.remove(rel)
+                self._cv.notify_all()
+            return
+        with self._cv:
+            self._held[rel] = self.versions[rel]
+            self._wanted.remove(rel)
+            self._write_list()
+            self._cv.notify_all()
+
+    def _make_room(self, size: int, rel: str) -> bool:
+        """Evict shards read to their end until ``size`` more bytes fit; a shard opened by the
+        pipeline waits for room, one asked ahead gives up at once (False)."""
+        while sum(self.sizes[r] for r in self._held) + size > self.limit:
+            if self._read:
+                victim = self._read.pop(0)
+                if victim in self._held:
+                    del self._held[victim]
+                    (self.folder / victim).unlink(missing_ok=True)
+                    self._write_list()
+                continue
+            if rel not in self._open:
+                self._wanted.remove(rel)
+                return False
+            self._cv.wait(0.5)
+        return True
+
+    def _fetch(self, rel: str) -> None:
+        fs, target = stream.client(self.url), self.folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(ATTEMPTS):
+            try:
+                with atomic.replacing(target) as tmp:
+                    fs.get_file(urls.bare(f"{self.url}/{rel}"), str(tmp))
+                if target.stat().st_size != self.sizes[rel]:  # replaced in the bucket since it was listed
+                    raise stream.lost(f"{self.url}/{rel} changed in the bucket while the run read it")
+                self.fetched_bytes += self.sizes[rel]
+                return
+            except stream.ReadLost:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried, then said as the stream says it
+                if attempt == ATTEMPTS - 1:
+                    said = urls.explain(exc, f"{self.url}/{rel}", "read")
+                    raise stream.lost(str(said) if said else f"cannot read {self.url}/{rel} ({exc})") from None
+                time.sleep(2**attempt)
+
+    # -- the list of what is held ------------------------------------------------------
+    def _adopt(self) -> dict[str, str]:
+        """The copies an earlier run left whole and still of the bucket's version; the rest removed."""
+        try:
+            listed = json.loads((self.folder / LIST).read_text())
+        except (OSError, ValueError):
+            listed = {}
+        held = {}
+        for rel, version in listed.items() if isinstance(listed, dict) else []:
+            path = self.folder / rel
+            if self.versions.get(rel) == version and path.is_file() and path.stat().st_size == self.sizes[rel]:
+                held[rel] = version
+            else:
+                path.unlink(missing_ok=True)
+        return held
+
+    def _write_list(self) -> None:
+        atomic.write_text(self.folder / LIST, json.dumps(self._held))
+
+
+def needed(sizes: dict[str, int], open_at_once: int) -> int:
+    """The smallest limit that reads: the ``open_at_once`` largest shards."""
+    return sum(sorted(sizes.values(), reverse=True)[:open_at_once])
+
+
+def check_limit(url: str, limit: int, sizes: dict[str, int], open_at_once: int, setting: str) -> None:
+    """Refuse, before training, a limit that cannot hold the shards a reader has open at once."""
+    least = needed(sizes, open_at_once)
+    if limit < least:
+        raise UserError(
+            f"{setting} is {limit / 2**30:.2f} GiB, but reading {url} holds {open_at_once} of its shards at once "
+            f"({least / 2**30:.2f} GiB, the largest {max(sizes.values()) / 2**20:.0f} MiB): raise {setting} to "
+            f"at least {least / 2**30:.2f}, or prepare smaller shards (imgtrain prepare --shard-size-mb)"
+        )
+
+
+def free_for_cache(folder: Path, spare: int) -> int:
+    """The bytes a cache in ``folder`` may take when no limit is given: the disk's free space
+    less ``spare`` (the run's own files), plus what the cache already holds."""
+    import shutil
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    held = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
+    return max(0, shutil.disk_usage(existing).free - spare + held)
