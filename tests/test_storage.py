@@ -444,6 +444,7 @@ def test_streamed_data_gives_the_staged_copys_examples_and_pixels_and_auto_strea
     from PIL import Image
 
     from imgtrain.cli import _failed, build_parser
+    from imgtrain.data import fingerprint
     from imgtrain.data.pipeline import Shard, eval_dataset
     from imgtrain.data.source import FileSource, get, placed
     from imgtrain.data.sources import discover
@@ -478,6 +479,22 @@ def test_streamed_data_gives_the_staged_copys_examples_and_pixels_and_auto_strea
             pixels = [eval_dataset(s.catalog.split(split), cfg.data, 8, Shard()) for s in (source, twin)]
             for a, b in zip(*pixels):
                 np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        # Streamed or staged, the data's fingerprint is the same, contents included: a run may switch.
+        assert fingerprint.compute(source) == fingerprint.compute(twin)
+
+    # An object replaced under its name (as between a stop and its resume): the fingerprint, read
+    # from the bucket or from its copy, names it.
+    url = "s3://runs/streamed/photos"
+    before = fingerprint.compute(get(_streamed_and_staged(url, [])[0], tmp_path / "before", progress=False))
+    replaced = sorted(local.glob("train/green/*.png"))[0]
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(replaced)
+    fs.put_file(str(replaced), f"runs/streamed/photos/train/green/{replaced.name}")
+    for i, cfg in enumerate(_streamed_and_staged(url, [])[::2]):
+        diff = fingerprint.differences(before, fingerprint.compute(get(cfg, tmp_path / f"after-{i}", progress=False)))
+        assert (
+            diff
+            == f"1 of its files changed since it started (other size or modification time: train/green/{replaced.name})"
+        )
 
     from imgtrain.config import Config
 
