@@ -363,8 +363,10 @@ def _stages(cfg: Config, listing: "Listing", into: Path, say: Callable[[str], No
     if mode == "always" or shards or cfg.data.service or (mode == "auto" and stage.fits(listing, into)):
         return True
     if mode == "auto":
+        prepared = (url.rsplit("/", 1)[0] if url.lower().endswith(".csv") else url.rstrip("/")) + "-prepared"
         say(
-            f"reading {url} from the bucket every epoch: its {listing.bytes() / 2**30:.1f} GiB do not fit beside "
-            f"the run in {places.cache_root()}; point {places.CACHE_ENV} at a larger disk to copy it once"
+            f"reading {url} from the bucket every epoch, an object per image: its {listing.bytes() / 2**30:.1f} GiB "
+            f"do not fit beside the run in {places.cache_root()}. 'imgtrain prepare --data {url} --output "
+            f"{prepared}' once, then --data {prepared}, streams it in large shards"
         )
     return False
