@@ -220,6 +220,7 @@ def _finish(
     measured = {
         "images_per_sec": dist.gather(fit.images_per_sec * share),  # each worker's own
         "fingerprints": dist.gather(summary.weights_fingerprint(model)),
+        "fetched_bytes": dist.gather(prep.fetched_bytes()),  # streamed shards, each worker's own
         "seconds": seconds,
     }
     if dist.is_chief:

@@ -61,6 +61,7 @@ def summarize(
         "augment_on_device": on_device(cfg),
         "images_per_sec": {f"worker_{i}": round(v, 1) for i, v in enumerate(per_worker)},
         "images_per_sec_total": round(sum(per_worker), 1),
+        "streamed_bytes": {f"worker_{i}": int(v) for i, v in enumerate(measured.get("fetched_bytes", []))},
         "replica_weight_fingerprints": [int(f) for f in fingerprints],
         "replicas_in_sync": len(set(fingerprints)) == 1,
         **measured["seconds"],

@@ -52,6 +52,10 @@ class DataSource:
     def has(self, split: str) -> bool:
         return self.count(split) > 0
 
+    def fetched_bytes(self) -> int:
+        """Bytes this process fetched from a bucket while reading (streamed shards), for run.json."""
+        return 0
+
     def worker_counts(self, split: str, workers: int) -> list[int]:
         """Examples of ``split`` each worker reads: by example, unless the kind shards by file."""
         n = self.count(split)
@@ -151,6 +155,10 @@ class RecordSource(DataSource):
         if streamed is not None:
             return [f"{Path(f).name}\t{streamed.stamps[streamed.rel(f)]}" for f in self.records.files(split)]
         return [f"{Path(f).name}\t{file_stamp(f)}" for f in self.records.files(split)]
+
+    def fetched_bytes(self) -> int:
+        streamed = self.records.streamed
+        return streamed.fetched_bytes() if streamed is not None else 0
 
     def opener(self, shard: Optional[Shard] = None):
         """How worker ``shard`` opens the shards: None for local ones, its cache for streamed

@@ -15,6 +15,8 @@ Invariants:
   ``.cached.json`` (written after every change) names each copy's version, so a rerun reuses
   what is there and fetches again what changed in the bucket.
 - With ``limit`` at least the shards' total, nothing is evicted: later epochs read the cache.
+- One process per cache folder (a ``flock``, kept for the process's life): a second run on the
+  same data and worker reads through a folder of its own, removed when it ends.
 - Fetches run on one background worker (``background``), a shard at a time, each one large
   sequential read; a fetch that fails is retried ``ATTEMPTS`` times, then the shard's reader
   gets the error (``stream.lost_line`` turns it into the command's one line, exit 75).
@@ -22,13 +24,17 @@ Invariants:
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from imgtrain import atomic
+from imgtrain import atomic, rundir
 from imgtrain.background import Background
 from imgtrain.errors import UserError
 from imgtrain.storage import stream, urls
@@ -61,6 +67,10 @@ class ShardStream:
             self._caches[(count, index)] = ShardCache(self, rels, folder)
         return self._caches[(count, index)]
 
+    def fetched_bytes(self) -> int:
+        """What this process's caches fetched."""
+        return sum(cache.fetched_bytes for cache in self._caches.values())
+
     def any_opener(self) -> Optional["ShardCache"]:
         """A cache this process already has (a report reads the shards its training read)."""
         return next(iter(self._caches.values()), None)
@@ -75,8 +85,7 @@ class ShardCache:
         self.stream, self.url, self.order = source, source.url, list(order)
         versions, sizes, limit = source.versions, source.sizes, source.limit
         self.versions, self.sizes = versions, sizes
-        self.folder, self.limit = Path(folder), int(limit)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.limit = _own_folder(Path(folder)), int(limit)
         self._cv = threading.Condition()
         self._held = self._adopt()  # rel -> version of each whole copy in the folder
         self._open: dict[str, int] = {}  # rel -> readers that have it open
@@ -204,7 +213,8 @@ class ShardCache:
 
     # -- the list of what is held ------------------------------------------------------
     def _adopt(self) -> dict[str, str]:
-        """The copies an earlier run left whole and still of the bucket's version; the rest removed."""
+        """The copies an earlier run left whole and still of the bucket's version; anything else
+        in the folder (older versions, what a killed fetch left half-written) removed."""
         try:
             listed = json.loads((self.folder / LIST).read_text())
         except (OSError, ValueError):
@@ -212,14 +222,40 @@ class ShardCache:
         held = {}
         for rel, version in listed.items() if isinstance(listed, dict) else []:
             path = self.folder / rel
-            if self.versions.get(rel) == version and path.is_file() and path.stat().st_size == self.sizes[rel]:
+            if self.versions.get(rel) == version and path.is_file() and path.stat().st_size == self.sizes.get(rel):
                 held[rel] = version
-            else:
+        for path in self.folder.rglob("*"):
+            rel = path.relative_to(self.folder).as_posix()
+            if path.is_file() and rel not in held and rel not in (LIST, _LOCK):
                 path.unlink(missing_ok=True)
         return held
 
     def _write_list(self) -> None:
         atomic.write_text(self.folder / LIST, json.dumps(self._held))
+
+
+_LOCK = rundir.LOCK  # the same name as a run directory's lock
+
+
+def _own_folder(folder: Path) -> Path:
+    """``folder``, held by this process for its life (a ``flock``); when another process holds it
+    (a second run on the same data and worker), a folder of this process's own beside it."""
+    for candidate in (folder, folder.with_name(f"{folder.name}-pid{os.getpid()}")):
+        candidate.mkdir(parents=True, exist_ok=True)
+        fd = os.open(candidate / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _HELD_FOLDERS.append(fd)  # kept open, so held, until the process ends
+        if candidate != folder:  # a second reader's copies are its own: gone with it
+            atexit.register(shutil.rmtree, candidate, True)
+        return candidate
+    raise UserError(f"cannot hold a shard cache in {folder}; remove {folder.parent} and run again")
+
+
+_HELD_FOLDERS: list[int] = []
 
 
 def needed(sizes: dict[str, int], open_at_once: int) -> int:
@@ -241,8 +277,6 @@ def check_limit(url: str, limit: int, sizes: dict[str, int], open_at_once: int, 
 def free_for_cache(folder: Path, spare: int) -> int:
     """The bytes a cache in ``folder`` may take when no limit is given: the disk's free space
     less ``spare`` (the run's own files), plus what the cache already holds."""
-    import shutil
-
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
