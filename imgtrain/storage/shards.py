@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 from imgtrain import atomic, rundir
 from imgtrain.background import Background
 from imgtrain.errors import UserError
-from imgtrain.storage import stream, urls
+from imgtrain.storage import stage, stream, urls
 
 LIST = ".cached.json"
 ATTEMPTS = 3
@@ -125,13 +125,6 @@ class ShardCache:
             else:
                 self._open[rel] = left
             self._cv.notify_all()
-
-    def held_bytes(self) -> int:
-        with self._cv:
-            return sum(self.sizes[rel] for rel in self._held)
-
-    def close(self) -> None:
-        self._fetcher.close()
 
     # -- fetching -----------------------------------------------------------------------
     def _ask(self, rel: str) -> None:
@@ -277,8 +270,5 @@ def check_limit(url: str, limit: int, sizes: dict[str, int], open_at_once: int, 
 def free_for_cache(folder: Path, spare: int) -> int:
     """The bytes a cache in ``folder`` may take when no limit is given: the disk's free space
     less ``spare`` (the run's own files), plus what the cache already holds."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
     held = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
-    return max(0, shutil.disk_usage(existing).free - spare + held)
+    return max(0, shutil.disk_usage(stage.existing_parent(folder)).free - spare + held)

@@ -121,7 +121,7 @@ def fits(listing: Listing, local: Path) -> bool:
     """Whether a copy of ``listing`` at ``local`` leaves ``SPARE_BYTES`` free (what it already
     holds is not fetched again)."""
     needed = sum(listing.sizes[rel] for rel in _todo(listing, local, _held(local)))
-    return needed + SPARE_BYTES <= shutil.disk_usage(_existing(local)).free
+    return needed + SPARE_BYTES <= shutil.disk_usage(existing_parent(local)).free
 
 
 def stage_folder(
@@ -208,7 +208,8 @@ def _todo(listing: Listing, local: Path, held: dict[str, str]) -> list[str]:
     return [rel for rel, version in listing.versions.items() if held.get(rel) != version or not (local / rel).exists()]
 
 
-def _existing(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """``path``, or its nearest parent that exists (what a disk's free space is asked of)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
