@@ -162,6 +162,9 @@ def _failed(args: argparse.Namespace, exc: BaseException) -> tuple[int, str]:
         return EXIT_NOT_UPLOADED, f"imgtrain: error: {exc}"
     if isinstance(exc, NotUploaded):
         return EXIT_NOT_UPLOADED, f"imgtrain: {exc}"
+    damaged = _damaged_shard(exc)
+    if damaged:
+        return EXIT_USER_ERROR, f"imgtrain: error: {damaged}"
     lost = lost_line(exc)
     if lost:  # streamed data whose bucket stopped answering: try again, as for an upload
         return EXIT_NOT_UPLOADED, f"imgtrain: error: {lost}"
@@ -174,6 +177,15 @@ def _failed(args: argparse.Namespace, exc: BaseException) -> tuple[int, str]:
         f"imgtrain: error: no space left on device writing {where}; free some space there and run the "
         f"same command again{after}"
     )
+
+
+def _damaged_shard(exc: BaseException) -> Optional[str]:
+    """The line for a prepared shard that failed its checksum as it was read, else None."""
+    if type(exc).__name__ != "DataLossError":  # TensorFlow's; imported only when it is one
+        return None
+    from imgtrain.data.tfrecord import damaged_line
+
+    return damaged_line(exc)
 
 
 def _destination(args: argparse.Namespace) -> str:

@@ -147,6 +147,14 @@ def test_broken_prepared_directory(tmp_path: Path, capsys):
     data = write_folder(tmp_path / "img", per_class=4)
     out = tmp_path / "tfr"
     assert main(["prepare", "--data", str(data), "--output", str(out), "--no-progress"]) == 0
-    next(out.glob("train-*.tfrecord")).unlink()
+    shard = next(out.glob("train-*.tfrecord"))
+    damaged = bytearray(shard.read_bytes())
+    damaged[40:44] = b"XXXX"  # a record's bytes changed, the size kept
+    shard.write_bytes(bytes(damaged))
+    assert main(["train", "--data", str(out), "--output", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"imgtrain: error: prepared shard {shard} is damaged (corrupted record at "), err
+    assert err[-1].endswith("run 'imgtrain prepare' again to write it anew") and "Traceback" not in "".join(err)
+    shard.unlink()
     assert main(["train", "--data", str(out), "--output", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "lacks shard" in capsys.readouterr().err

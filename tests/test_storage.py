@@ -420,6 +420,20 @@ def test_prepared_shards_in_a_bucket_stream_through_a_bounded_cache_in_the_local
     with pytest.raises(UserError, match=r"data.shard_cache_gb is 0\.00 GiB, but reading s3://runs/prep holds 9 of its"):
         batches("s3://runs/prep", "small", (f"data.shard_cache_gb={small!r}",))
 
+    # A shard damaged in the bucket (same size, a record's bytes changed): one line naming its
+    # URL, and its local copy removed so that the same command fetches it anew.
+    from imgtrain.data.tfrecord import damaged_line
+
+    bad = sorted((tmp_path / "prep").glob("train-*.tfrecord"))[1]
+    data = bytearray(bad.read_bytes())
+    data[40:44] = b"XXXX"
+    fs.pipe(f"runs/prep/{bad.name}", bytes(data))
+    with pytest.raises(tf.errors.DataLossError) as lost:
+        batches("s3://runs/prep", "roomy", ("data.shard_cache_gb=1",))
+    line = damaged_line(lost.value)
+    assert line and line.startswith(f"prepared shard s3://runs/prep/{bad.name} is damaged (corrupted record"), line
+    assert "local copy was removed" in line and not (folder / bad.name).exists()
+
 
 def _streamed_and_staged(url: str, extra: list[str]) -> tuple:
     from imgtrain.config import Config

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+import threading
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,22 +247,31 @@ class Opener(Protocol):
 
     def done(self, path: str) -> None: ...  # read to its end
 
+    def shown(self, path: str) -> str: ...  # its name for the user (its URL)
+
+    def discard(self, path: str) -> None: ...  # its local copy is damaged: fetch it again when next read
+
 
 def shard_records(path: tf.Tensor, opener: Optional[Opener] = None) -> tf.data.Dataset:
     """The records of the shard at ``path`` (a scalar string tensor): read from disk, or from
     ``opener``'s local copy, telling it once they have all been read (an empty tail that calls
-    ``done`` as it is reached: the order of records is the same either way)."""
-    if opener is None:
-        return tf.data.TFRecordDataset(path)
+    ``done`` as it is reached: the order of records is the same either way). Either way the
+    shard is counted open meanwhile, so a damaged record can be traced to its shard."""
 
     # numpy_function marked stateless: a stateful function would, with op determinism on, make
     # TensorFlow rewrite the pipeline's parallel maps (logging an error line as it does). Each
     # call has its own input (one shard's path), so none is folded away or repeated.
     def local(p: bytes) -> bytes:
-        return opener.local(p.decode()).encode()
+        name = p.decode()
+        copy = opener.local(name) if opener is not None else name
+        _open_shards.opened(copy, name, opener)
+        return copy.encode()
 
     def done(p: bytes) -> bytes:
-        opener.done(p.decode())
+        name = p.decode()
+        _open_shards.closed(name)
+        if opener is not None:
+            opener.done(name)
         return b""
 
     where = tf.ensure_shape(tf.numpy_function(local, [path], tf.string, stateful=False), [])
@@ -270,6 +280,80 @@ def shard_records(path: tf.Tensor, opener: Optional[Opener] = None) -> tf.data.D
         lambda p: tf.ensure_shape(tf.numpy_function(done, [p], tf.string, stateful=False), [])
     )
     return tf.data.TFRecordDataset(where).concatenate(tail.skip(1))
+
+
+class _OpenShards:
+    """The shards this process's pipelines have open (name -> local copy, opener, readers), and
+    the last ``RECENT`` closed: a parallel reader may read past a damaged record to the shard's
+    end before the error reaches the loop."""
+
+    RECENT = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, tuple[str, Optional[Opener], int]] = {}
+        self._closed: deque[tuple[str, str, Optional[Opener]]] = deque(maxlen=self.RECENT)
+
+    def opened(self, copy: str, name: str, opener: Optional[Opener]) -> None:
+        with self._lock:
+            readers = self._open.get(name, ("", None, 0))[2]
+            self._open[name] = (copy, opener, readers + 1)
+
+    def closed(self, name: str) -> None:
+        with self._lock:
+            copy, opener, readers = self._open.get(name, ("", None, 1))
+            if readers <= 1:
+                self._open.pop(name, None)
+                self._closed.append((name, copy, opener))
+            else:
+                self._open[name] = (copy, opener, readers - 1)
+
+    def suspects(self) -> list[tuple[str, str, Optional[Opener]]]:
+        """Open shards first, then those closed last, newest first."""
+        with self._lock:
+            now = [(name, copy, opener) for name, (copy, opener, _n) in self._open.items()]
+            return now + [c for c in reversed(self._closed) if c[0] not in self._open]
+
+
+_open_shards = _OpenShards()
+
+
+def damaged_line(exc: BaseException) -> Optional[str]:
+    """For TensorFlow's DataLossError while shards were read: the line naming the shard whose
+    record fails its checksum (the shards read last read again to find it), else None.
+    A streamed shard's local copy is removed, so the same command fetches it anew."""
+    if not isinstance(exc, tf.errors.DataLossError):
+        return None
+    for name, copy, opener in _open_shards.suspects():
+        where = _first_bad_record(copy)
+        if where is None:
+            continue
+        shown = opener.shown(name) if opener is not None else name
+        if opener is None:
+            return f"prepared shard {shown} is damaged ({where}); run 'imgtrain prepare' again to write it anew"
+        opener.discard(name)
+        return (
+            f"prepared shard {shown} is damaged ({where}); its local copy was removed: run the same "
+            "command again to fetch it anew, and if this line comes back, prepare the data again"
+        )
+    return f"a prepared shard is damaged ({_said(exc)}); run 'imgtrain prepare' again to write the data anew"
+
+
+def _said(exc: tf.errors.OpError) -> str:
+    """TensorFlow's own words for a bad record ("corrupted record at 2876"), without its op names."""
+    return " ".join(str(exc.message).split()).split(" [Op:")[0].split("}} ")[-1] or "a record fails its checks"
+
+
+def _first_bad_record(path: str) -> Optional[str]:
+    """Where ``path``'s records first fail TensorFlow's checks, or None when they all pass."""
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            pass
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
+        return _said(exc)
+    except tf.errors.NotFoundError:
+        return None
+    return None
 
 
 def parse(record: tf.Tensor) -> tuple:

@@ -126,6 +126,18 @@ class ShardCache:
                 self._open[rel] = left
             self._cv.notify_all()
 
+    def shown(self, path: str) -> str:
+        """The shard's URL, as the user names it."""
+        return f"{self.url}/{self.stream.rel(path)}"
+
+    def discard(self, path: str) -> None:
+        """The local copy of ``path`` failed its records' checks: removed, fetched again when next opened."""
+        rel = self.stream.rel(path)
+        with self._cv:
+            if self._held.pop(rel, None) is not None:
+                (self.folder / rel).unlink(missing_ok=True)
+                self._write_list()
+
     # -- fetching -----------------------------------------------------------------------
     def _ask(self, rel: str) -> None:
         if rel not in self._held and rel not in self._wanted:
@@ -232,8 +244,11 @@ _LOCK = rundir.LOCK  # the same name as a run directory's lock
 
 def _own_folder(folder: Path) -> Path:
     """``folder``, held by this process for its life (a ``flock``); when another process holds it
-    (a second run on the same data and worker), a folder of this process's own beside it."""
+    (a second run on the same data and worker), a folder of this process's own beside it. A
+    folder this process holds already is its own again (a later read of the same data here)."""
     for candidate in (folder, folder.with_name(f"{folder.name}-pid{os.getpid()}")):
+        if candidate in _HELD_FOLDERS:
+            return candidate
         candidate.mkdir(parents=True, exist_ok=True)
         fd = os.open(candidate / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -241,14 +256,14 @@ def _own_folder(folder: Path) -> Path:
         except OSError:
             os.close(fd)
             continue
-        _HELD_FOLDERS.append(fd)  # kept open, so held, until the process ends
+        _HELD_FOLDERS[candidate] = fd  # kept open, so held, until the process ends
         if candidate != folder:  # a second reader's copies are its own: gone with it
             atexit.register(shutil.rmtree, candidate, True)
         return candidate
     raise UserError(f"cannot hold a shard cache in {folder}; remove {folder.parent} and run again")
 
 
-_HELD_FOLDERS: list[int] = []
+_HELD_FOLDERS: dict[Path, int] = {}
 
 
 def needed(sizes: dict[str, int], open_at_once: int) -> int:
