@@ -20,7 +20,7 @@ from buckets import READER, S3Server
 
 from imgtrain.cli import main
 from imgtrain.errors import UserError
-from imgtrain.storage import places, stage
+from imgtrain.storage import places, stage, stream
 from imgtrain.storage.mirror import RunMirror
 
 
@@ -295,8 +295,16 @@ def test_a_second_writer_is_refused_until_the_lease_is_stale_or_its_process_gone
     assert not fs.exists("runs/leased/.lease.json")
 
 
-def test_the_bench_reads_bucket_data_streamed_and_staged_against_local_disk(as_user: S3Server, tmp_path: Path):
-    from imgtrain.bench.buckets import bench_bucket_data
+def test_the_bench_reads_bucket_images_and_prepared_shards_against_local_disk(as_user: S3Server, tmp_path: Path):
+    """The bench's bucket figures: images read as the two modes read them; prepared shards
+    streamed from an empty cache and copied first, through the proxy that holds each request
+    20 ms (a call through it takes at least that), each against local disk."""
+    from conftest import write_folder
+
+    from imgtrain.bench.buckets import bench_bucket_data, bench_bucket_shards
+    from imgtrain.bench.latency import delayed
+    from imgtrain.bench.report import format_table
+    from imgtrain.bench.synthetic import QUICK
 
     fs = as_user.filesystem()
     for i in range(20):
@@ -305,6 +313,22 @@ def test_the_bench_reads_bucket_data_streamed_and_staged_against_local_disk(as_u
     assert figures["files"] == 20 and len(list(local.rglob("*.jpg"))) == 20
     for key in ("streamed", "staged_once"):
         assert figures[key]["images_per_sec"] > 0 and figures[key]["baseline_images_per_sec"] > 0, figures
+
+    write_folder(tmp_path / "photos", per_class=24, size=32)
+    assert main(["prepare", "--data", str(tmp_path / "photos"), "--output", str(tmp_path / "prep"),
+                 "--shard-size-mb", "0.01", "--no-progress"]) == 0  # fmt: skip
+    fs.put(str(tmp_path / "prep"), "runs/bench-prep", recursive=True)
+    with delayed("s3://runs/bench-prep", 20):
+        began = time.perf_counter()
+        stream.client("s3://runs/bench-prep").info("runs/bench-prep/manifest.json")
+        assert time.perf_counter() - began >= 0.02
+        shards = bench_bucket_shards("s3://runs/bench-prep", QUICK, True, tmp_path / "b", lambda _m: None)
+    assert os.environ["AWS_ENDPOINT_URL"] == as_user.endpoint  # the proxy's address was the block's only
+    assert shards["shards"] > 1 and shards["records"]["transport_cpu_ms"] >= 0 and shards["images_per_pass"] == 256
+    for key in ("pipeline", "records"):
+        assert shards[key]["images_per_sec"] > 0 and shards[key]["baseline_images_per_sec"] > 0, shards
+    assert 0 < shards["first_batch_seconds"]["streamed"] and 0 < shards["first_batch_seconds"]["copied_first"]
+    assert "bucket.shards streamed (pipeline)" in format_table({"bucket": {"shards": shards}, "latency_ms": 20})
 
 
 def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(

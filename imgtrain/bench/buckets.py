@@ -5,14 +5,26 @@ process as every other figure."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from imgtrain.bench.pipeline import PIPELINE_AUGMENT
 from imgtrain.bench.report import rate
 from imgtrain.bench.synthetic import BenchSizes
+from imgtrain.config import DataConfig
 from imgtrain.storage import stage, stream, urls
+
+
+def is_prepared_url(url: str) -> bool:
+    """Whether ``url`` is a prepared dataset (its manifest in the bucket)."""
+    from imgtrain.data.tfrecord import MANIFEST
+
+    return bool(stream.client(url).exists(urls.bare(urls.join(url, MANIFEST))))
 
 
 def bench_bucket_data(url: str, work: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
@@ -83,3 +95,103 @@ def bench_uploads(upload: str, sizes: BenchSizes, examples, k: int, work: Path, 
         if fs.exists(urls.bare(prefix)):
             fs.rm(urls.bare(prefix), recursive=True)
     return rate(uploaded, local, upload_share_of_epoch_time=round(seconds / max(epochs_seconds, 1e-9), 3))
+
+
+# Images each timed pass over prepared shards reads (at most). A reader interleaves 8 shards, so
+# a pass reads past its first 8 only after about 8 shards' worth (36,000 224-pixel images in
+# 100 MB shards): a full pass is long enough to fetch while it is timed.
+SHARD_PASS_IMAGES = {"full": 80_000, "quick": 256}
+SHARD_PIPELINE = DataConfig(image_size=[224, 224], augment=PIPELINE_AUGMENT)  # the pipeline figures' own
+
+
+def bench_bucket_shards(url: str, sizes: BenchSizes, quick: bool, work: Path, log: Callable[[str], None]) -> dict:
+    """Prepared shards in a bucket read as training reads them: streamed through the cache (each
+    pass from an empty one) against the same shards copied to local disk first, in interleaved
+    rounds. Figures: the training pipeline's images/s after its first batch; the records alone
+    (no decode) from opening the data, with the client CPU that streaming adds per image (the
+    whole process's, fetch threads included, per byte fetched, times an image's bytes); the
+    time from opening the data to its first batch, streamed and copied first."""
+    most = SHARD_PASS_IMAGES["quick" if quick else "full"]
+    log(f"bench: copying {url} to local disk (the baseline), timed to its first batch")
+    local, copy_seconds = _shard_source(url, "always", work / "copied", sizes.batch_size)
+    shards = local.records.manifest["splits"]["train"]["shards"]
+    image_bytes = sum(s["bytes"] for s in shards) / max(1, sum(s["count"] for s in shards))
+    best = {"streamed": 0.0, "local": 0.0}
+    records = {"streamed": (0.0, 0.0, 0), "local": (0.0, 0.0, 0)}  # images/s, CPU s, images
+    first, passes = float("inf"), []  # streamed records passes: CPU s, images, bytes fetched
+    log(f"bench: reading {url} streamed (from an empty cache each pass) and from the local copy")
+    for r in range(min(sizes.rounds, 2)):
+        for which in ("streamed", "local") if r % 2 == 0 else ("local", "streamed"):
+            cache = work / f"streamed-{r}"
+            src = local
+            if which == "streamed":
+                src, seconds = _shard_source(url, "auto", cache, sizes.batch_size)
+                first = min(first, seconds)
+            best[which] = max(best[which], _pipeline_rate(src, sizes.batch_size, most))
+            if which == "streamed":  # its fetches stopped, its copies gone: no pass pays for another's
+                src.records.streamed.close()
+                shutil.rmtree(cache, ignore_errors=True)
+            began, cpu_began = time.perf_counter(), time.process_time()
+            src = local if which == "local" else _shard_source(url, "auto", cache, sizes.batch_size, first=False)[0]
+            n = _count_records(src, most)
+            rate_now, cpu_seconds = n / (time.perf_counter() - began), time.process_time() - cpu_began
+            if rate_now > records[which][0]:
+                records[which] = (rate_now, cpu_seconds, n)
+            if which == "streamed":
+                passes.append((cpu_seconds, n, src.fetched_bytes()))
+                src.records.streamed.close()
+                shutil.rmtree(cache, ignore_errors=True)
+    local_cpu = records["local"][1] / max(1, records["local"][2])  # per image
+    transport = min(max(0.0, cpu - local_cpu * n) / max(1, fetched) * image_bytes for cpu, n, fetched in passes)
+    return {
+        "url": url,
+        "shards": len(local.records.files("train")),
+        "images_per_pass": most,
+        "pipeline": rate(best["streamed"], best["local"]),
+        "records": rate(
+            records["streamed"][0],
+            records["local"][0],
+            transport_cpu_ms=round(transport * 1000, 4),
+        ),
+        "first_batch_seconds": {"streamed": round(first, 2), "copied_first": round(copy_seconds, 2)},
+    }
+
+
+def _shard_source(url: str, stage_mode: str, cache: Path, batch: int, first: bool = True) -> tuple[Any, float]:
+    """The data source of ``url`` with its local copies under ``cache``, and the seconds from
+    opening it to its first training batch (when ``first``)."""
+    from imgtrain.bench.latency import variable
+    from imgtrain.config import Config
+    from imgtrain.data import source
+    from imgtrain.data.pipeline import EpochPlan
+    from imgtrain.storage.places import CACHE_ENV
+
+    began = time.perf_counter()
+    with variable(CACHE_ENV, str(cache)), contextlib.redirect_stdout(io.StringIO()):  # its "streaming" lines
+        cfg = Config.load(None, [f"data.path={url}", f"data.stage={stage_mode}"])
+        src = source.get(cfg, cache / "run", progress=False)
+    if first:
+        next(iter(src.train_dataset(SHARD_PIPELINE, EpochPlan(0, 0, batch))))
+    return src, time.perf_counter() - began
+
+
+def _pipeline_rate(src: Any, batch: int, most: int) -> float:
+    """The training pipeline's images/s over its first ``most`` images, after its first batch."""
+    from imgtrain.data.pipeline import EpochPlan
+
+    it = iter(src.train_dataset(SHARD_PIPELINE, EpochPlan(0, 0, batch)).take(max(2, most // batch)))
+    next(it)
+    n, began = 0, time.perf_counter()
+    for images, *_rest in it:
+        n += int(images.shape[0])
+    return n / max(time.perf_counter() - began, 1e-9)
+
+
+def _count_records(src: Any, most: int) -> int:
+    """Read the training shards' first ``most`` records, parsed (not decoded), in the training order."""
+    from imgtrain.data.pipeline import Shard, _records
+
+    n = 0
+    for index, *_rest in _records(src.records.files("train"), Shard(), src.opener(Shard())).take(most).batch(256):
+        n += int(index.shape[0])
+    return n

@@ -89,6 +89,16 @@ def _bucket_rows(b: dict) -> list[tuple[str, ...]]:
             rows.append(
                 _row(label, d[key]["images_per_sec"], "local disk", d[key]["baseline_images_per_sec"], d[key]["ratio"])
             )
+    if "shards" in b:
+        d = b["shards"]
+        p, rec, first = d["pipeline"], d["records"], d["first_batch_seconds"]
+        label, local = "bucket.shards streamed (pipeline)", "same shards on local disk"
+        rows.append(_row(label, p["images_per_sec"], local, p["baseline_images_per_sec"], p["ratio"]))
+        label = f"bucket.shards streamed (records; +{rec['transport_cpu_ms']:.3f} ms CPU/image)"
+        rows.append(_row(label, rec["images_per_sec"], "same, local", rec["baseline_images_per_sec"], rec["ratio"]))
+        streamed, copied = first["streamed"], first["copied_first"]
+        ratio = f"{streamed / max(copied, 1e-9):.2f}"
+        rows.append(("bucket.shards first batch", f"{streamed:.1f} s", "copied first", f"{copied:.1f} s", ratio))
     if "uploads" in b:
         u = b["uploads"]
         label = f"train.cnn, run uploaded (uploads {u['upload_share_of_epoch_time']:.1%} of its time)"
@@ -98,18 +108,23 @@ def _bucket_rows(b: dict) -> list[tuple[str, ...]]:
 
 def format_table(r: dict) -> str:
     rows = [("figure", "images/s", "baseline", "baseline images/s", "ratio")]
-    rows += _pipeline_rows(r["pipeline"]) + _train_rows(r["train"]) + _bucket_rows(r.get("bucket", {}))
-    m = r["memory"]
-    rows.append(
-        (
-            f"memory ({m['large']['images']} vs {m['small']['images']} images)",
-            f"{m['large']['peak_rss_bytes'] / 2**20:.0f} MiB",
-            "small epoch",
-            f"{m['small']['peak_rss_bytes'] / 2**20:.0f} MiB",
-            f"{m['ratio']:.2f}",
+    if "pipeline" in r:
+        rows += _pipeline_rows(r["pipeline"]) + _train_rows(r["train"])
+    rows += _bucket_rows(r.get("bucket", {}))
+    if "memory" in r:
+        m = r["memory"]
+        rows.append(
+            (
+                f"memory ({m['large']['images']} vs {m['small']['images']} images)",
+                f"{m['large']['peak_rss_bytes'] / 2**20:.0f} MiB",
+                "small epoch",
+                f"{m['small']['peak_rss_bytes'] / 2**20:.0f} MiB",
+                f"{m['ratio']:.2f}",
+            )
         )
-    )
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if r.get("latency_ms"):
+        lines.append(f"(every request to the bucket held {r['latency_ms']:g} ms by a delaying proxy)")
     return "\n".join(lines)

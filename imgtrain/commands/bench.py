@@ -34,6 +34,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also time training with its run uploaded under this s3:// or gs:// prefix (removed after), "
         "against the same run kept local",
     )
+    b.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="hold every request to the bucket this long (a delaying proxy to the server that AWS_ENDPOINT_URL "
+        "or STORAGE_EMULATOR_HOST names): a server on this machine measured as a far one (default 0)",
+    )
+    b.add_argument(
+        "--bucket-only",
+        action="store_true",
+        help="only the bucket figures of --data URL and --upload URL, not the pipeline, training and memory ones",
+    )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.add_argument(
         "--quick",
@@ -68,7 +81,20 @@ def run(args: argparse.Namespace) -> int:
         check(given, "bench --data/--upload")
     if args.upload and not is_url(args.upload):
         raise UserError(f"bench --upload {args.upload} is not a bucket URL; pass s3://BUCKET/PREFIX or gs://...")
-    result = run_bench(args.data, args.quick, models, args.jit_compile, args.mixed_precision, upload=args.upload)
+    if not 0 <= args.latency_ms <= 10_000:  # also refuses nan and inf
+        raise UserError(f"bench --latency-ms {args.latency_ms} must be between 0 and 10000")
+    if (args.bucket_only or args.latency_ms) and not (is_url(args.data) or args.upload):
+        raise UserError("bench --bucket-only and --latency-ms measure a bucket: pass --data s3://... or --upload")
+    result = run_bench(
+        args.data,
+        args.quick,
+        models,
+        args.jit_compile,
+        args.mixed_precision,
+        upload=args.upload,
+        latency_ms=args.latency_ms,
+        bucket_only=args.bucket_only,
+    )
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
