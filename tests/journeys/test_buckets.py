@@ -5,8 +5,9 @@ with empty disks, ending with an uninterrupted run's weights; evaluate, predict 
 from the bucket run, from a finished run not yet uploaded (which the readers leave as it is)
 and from a run training more epochs; the data streamed, not staged (on the second machine);
 the bucket gone mid-run and back (on the third machine); two workers of
-``launch/multiworker.py`` on one bucket. (Every request of an upload as a kill point, and the
-one-line refusals: tests/test_storage.py.)"""
+``launch/multiworker.py`` on one bucket; prepared shards streamed from the bucket, killed and
+resumed elsewhere, and shared by two workers, as local shards train. (Every request of an
+upload as a kill point, and the one-line refusals: tests/test_storage.py.)"""
 
 from __future__ import annotations
 
@@ -231,6 +232,64 @@ def test_a_bucket_that_never_answers_or_freezes_ends_each_command_in_its_time(
     assert "nothing to train" in done.out and "uploaded to s3://my-bucket/runs/frozen" in done.out, done.out[-2000:]
     summary = json.loads(s3.filesystem().cat("my-bucket/runs/frozen/run.json"))
     assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
+
+
+def test_prepared_shards_stream_from_the_bucket_killed_resumed_elsewhere_and_shared_by_two_workers(
+    s3: S3Server, tmp_path: Path
+):
+    """The README's ``imgtrain prepare`` (run twice: refused or redone, never half), a training on
+    the local shards and its evaluate from another folder; the shards uploaded, a training that
+    streams them, SIGKILLed mid-epoch and resumed on another machine's empty disk, ends with the
+    weights of the training on local shards; two workers of ``launch/multiworker.py`` streaming
+    them end as two workers on local shards do, each having fetched its own training shards only."""
+    user = bucket_user(tmp_path / "user", s3.env())
+    prepare = readme.command(".venv/bin/imgtrain prepare --data photos/ --output photos-tfrecord/")
+    prepare += " --shard-size-mb 0.004 --no-progress"
+    user.ok(prepare)
+    again = user.run(prepare)
+    assert again.code in (0, 1, 2) and (user.cwd / "photos-tfrecord/manifest.json").exists(), again.text[-2000:]
+    fs = s3.filesystem()
+    fs.put(str(user.cwd / "photos-tfrecord"), "my-bucket/prepared", recursive=True)
+    manifest = json.loads((user.cwd / "photos-tfrecord/manifest.json").read_text())
+    files = {split: [s["file"] for s in manifest["splits"][split]["shards"]] for split in manifest["splits"]}
+    sizes = {p.name: p.stat().st_size for p in (user.cwd / "photos-tfrecord").glob("*.tfrecord")}
+    assert len(files["train"]) >= 4, files
+
+    train = f".venv/bin/imgtrain train --model cnn {SMALL} {MID_EPOCH} --epochs 2"
+    local = user.ok(f"{train} --data photos-tfrecord/ --output runs/local")
+    assert local.last_line.startswith("test accuracy "), local.last_line
+    (user.cwd / "elsewhere").mkdir()
+    evaluated = user.ok("../.venv/bin/imgtrain evaluate --run ../runs/local", cwd=user.cwd / "elsewhere")
+    # The run recorded where its shards are: the same test split, the same accuracy.
+    assert evaluated.last_line.split(";")[0] == local.last_line.split(";")[0], evaluated.text[-2000:]
+    streamed = f"{train} --data s3://my-bucket/prepared --output s3://my-bucket/runs/prepared"
+    killed = user.interrupt(streamed, lambda out: "epoch 1/2" in out)
+    assert killed.code == -signal.SIGKILL, killed.out[-2000:]
+    elsewhere = bucket_user(tmp_path / "elsewhere", s3.env(), photos=False)
+    resumed = elsewhere.ok(streamed)
+    assert (
+        "streaming s3://my-bucket/prepared" in resumed.out
+        and "resuming from s3://my-bucket/runs/prepared" in resumed.out
+    )
+    summary = json.loads(fs.cat("my-bucket/runs/prepared/run.json"))
+    assert summary["replica_weight_fingerprints"] == fingerprints(user.cwd / "runs/local")
+
+    two = (
+        "python launch/multiworker.py --workers 2 -- imgtrain train {SMALL} --epochs 1 --data {data} --output runs/two"
+    )
+    user.ok(two.format(SMALL=SMALL, data="photos-tfrecord"))
+    third = bucket_user(tmp_path / "third", s3.env(), photos=False)
+    third.ok(two.format(SMALL=SMALL, data="s3://my-bucket/prepared"))
+    summary = json.loads((third.cwd / "runs/two/run.json").read_text())
+    assert summary["replica_weight_fingerprints"] == fingerprints(user.cwd / "runs/two")
+    for i in (0, 1):
+        own = sum(sizes[f] for f in files["train"][i::2])
+        evaluated = sum(sizes[f] for split in ("val", "test") for f in files.get(split, []))
+        assert own <= summary["streamed_bytes"][f"worker_{i}"] <= own + evaluated, (summary["streamed_bytes"], own)
+
+
+def fingerprints(run_dir: Path) -> list[int]:
+    return json.loads((run_dir / "run.json").read_text())["replica_weight_fingerprints"]
 
 
 @pytest.fixture

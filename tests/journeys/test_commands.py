@@ -1,5 +1,6 @@
 """Journey: after training, the README's other commands (evaluate, predict, export as the README
-writes it, prepare then train on its shards, bench) with relative paths from the user's folder.
+writes it, bench) with relative paths from the user's folder (prepare, then train on its shards:
+tests/journeys/test_buckets.py, which streams them from a bucket too).
 Every export format, run as a user types it from their folder and read back by its own reader,
 is tests/test_export.py's."""
 
@@ -13,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from journeys import readme
-from journeys.journey import SMALL, Result, User
+from journeys.journey import Result, User
 
 pytestmark = pytest.mark.slow
 
 EVALUATE = readme.command(".venv/bin/imgtrain evaluate --run runs/photos")
 PREDICT = readme.command(".venv/bin/imgtrain predict --run runs/photos new_photos/ --top-k 3 --output predictions.csv")
 EXPORT = readme.command(".venv/bin/imgtrain export --run runs/photos --format tflite")
-PREPARE = readme.command(".venv/bin/imgtrain prepare --data photos/ --output photos-tfrecord/")
 
 
 def new_photos(user: User, count: int = 5) -> list[Path]:
@@ -71,20 +71,6 @@ def test_export_as_the_readme_writes_it(trained: User) -> None:
     (folder / "snippet.py").write_text(pixels + snippet)
     out = trained.ok(f"{trained.cwd}/.venv/bin/python snippet.py", cwd=folder).out
     assert out.startswith("[b'") and "]" in out, out
-
-
-def test_prepare_then_train_on_the_shards(user: User) -> None:
-    prepared = user.ok(PREPARE)
-    assert (user.cwd / "photos-tfrecord/manifest.json").exists(), prepared.text[-2000:]
-    again = user.run(PREPARE)  # a second prepare onto the same folder: refused or redone, never half
-    assert again.code in (0, 1, 2) and (user.cwd / "photos-tfrecord/manifest.json").exists()
-    command = ".venv/bin/imgtrain train --data photos-tfrecord/ --model cnn --output runs/shards"
-    train = user.ok(f"{command} {SMALL} --epochs 2")
-    assert train.last_line.startswith("test accuracy "), train.last_line
-    (user.cwd / "elsewhere").mkdir()
-    again = user.ok("../.venv/bin/imgtrain evaluate --run ../runs/shards", cwd=user.cwd / "elsewhere")
-    # The run recorded where its shards are: the same test split, the same accuracy.
-    assert again.last_line.split(";")[0] == train.last_line.split(";")[0], again.text[-2000:]
 
 
 def test_bench_quick(bench_quick: tuple[Result, dict]) -> None:
