@@ -458,6 +458,19 @@ def test_prepared_shards_in_a_bucket_stream_through_a_bounded_cache_in_the_local
     assert line and line.startswith(f"prepared shard s3://runs/prep/{bad.name} is damaged (corrupted record"), line
     assert "local copy was removed" in line and not (folder / bad.name).exists()
 
+    # The same shard gone from the bucket after the data was opened, mid-epoch: its fetch is
+    # tried again, then the command's one line (exit 75) names it and says to run it again.
+    cfg = Config.load(None, ["data.path=s3://runs/prep", "data.image_size=[8,8]", "data.shard_cache_gb=1"])
+    src = source.get(cfg, tmp_path / "gone", progress=False)
+    fs.rm(f"runs/prep/{bad.name}")
+    began = time.monotonic()
+    with pytest.raises(tf.errors.OpError) as gone:
+        for _ in src.train_dataset(cfg.data, EpochPlan(5, 0, 4)):
+            pass
+    line = stream.lost_line(gone.value)
+    assert line and line.startswith(f"s3://runs/prep/{bad.name}") and "Run the same command again" in line, line
+    assert time.monotonic() - began < 30
+
 
 def _streamed_and_staged(url: str, extra: list[str]) -> tuple:
     from imgtrain.config import Config

@@ -221,6 +221,8 @@ class ShardCache:
                 return
             except stream.ReadLost:
                 raise
+            except FileNotFoundError:  # not a fault to wait out: the shard was removed
+                raise stream.lost(f"{self.url}/{rel} is gone (it was there when the data was opened)") from None
             except Exception as exc:  # noqa: BLE001 - retried, then said as the stream says it
                 if attempt == ATTEMPTS - 1:
                     said = urls.explain(exc, f"{self.url}/{rel}", "read")
