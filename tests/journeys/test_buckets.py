@@ -220,17 +220,20 @@ def test_a_bucket_that_never_answers_or_freezes_ends_each_command_in_its_time(
             moments["ended"] = time.monotonic()
         return False
 
+    # A run of its own: the stopped one may have trained all its epochs in the second before
+    # its SIGTERM (its uploads waiting on the frozen server), leaving no epoch 3 to freeze at.
+    run = RUN.replace("runs/photos", "runs/frozen-end")
     try:
         frozen = user.interrupt(run, freeze_at_the_last_epoch)
         took = time.monotonic() - moments["ended"]
     finally:
         s3.proc.send_signal(signal.SIGCONT)
     assert frozen.code == 75 and "run the same command again to upload them" in frozen.out, frozen.out[-2000:]
-    assert "checkpoints/" in frozen.last_line and "not in s3://my-bucket/runs/frozen" in frozen.last_line
+    assert "checkpoints/" in frozen.last_line and "not in s3://my-bucket/runs/frozen-end" in frozen.last_line
     assert took < 40, took
     done = user.ok(run)
-    assert "nothing to train" in done.out and "uploaded to s3://my-bucket/runs/frozen" in done.out, done.out[-2000:]
-    summary = json.loads(s3.filesystem().cat("my-bucket/runs/frozen/run.json"))
+    assert "nothing to train" in done.out and "uploaded to s3://my-bucket/runs/frozen-end" in done.out, done.out[-2000:]
+    summary = json.loads(s3.filesystem().cat("my-bucket/runs/frozen-end/run.json"))
     assert summary["replica_weight_fingerprints"] == whole["replica_weight_fingerprints"]
 
 
