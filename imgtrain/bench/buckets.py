@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from imgtrain.bench.pipeline import PIPELINE_AUGMENT
+from imgtrain.bench.pipeline import PIPELINE_AUGMENT, images_per_sec
 from imgtrain.bench.report import rate
 from imgtrain.bench.synthetic import BenchSizes
 from imgtrain.config import DataConfig
@@ -179,12 +179,9 @@ def _pipeline_rate(src: Any, batch: int, most: int) -> float:
     """The training pipeline's images/s over its first ``most`` images, after its first batch."""
     from imgtrain.data.pipeline import EpochPlan
 
-    it = iter(src.train_dataset(SHARD_PIPELINE, EpochPlan(0, 0, batch)).take(max(2, most // batch)))
-    next(it)
-    n, began = 0, time.perf_counter()
-    for images, *_rest in it:
-        n += int(images.shape[0])
-    return n / max(time.perf_counter() - began, 1e-9)
+    return images_per_sec(
+        lambda: src.train_dataset(SHARD_PIPELINE, EpochPlan(0, 0, batch)).take(max(2, most // batch)), 1
+    )
 
 
 def _count_records(src: Any, most: int) -> int:
