@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,5 +92,7 @@ def serve(upstream: tuple[str, int], delay: float) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the bench's whole process group: the bench ends the proxy, which says nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     host, port = sys.argv[1].rsplit(":", 1)
     serve((host, int(port)), float(sys.argv[2]) / 1000)
