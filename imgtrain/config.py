@@ -426,6 +426,9 @@ class PreciseBnConfig:
         _positive("train.precise_bn.samples", self.samples)
 
 
+MAX_ACCUMULATE = 256  # micro-batches per step: each is a call of the model in the step's graph
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -439,6 +442,14 @@ class TrainConfig:
     # Training steps per call into the TensorFlow runtime (Keras' steps_per_execution): more
     # steps per call, fewer round trips from Python; the weights are the same.
     steps_per_execution: int = 1
+    # Micro-batches of batch_size each replica adds up before one optimizer step: a global batch
+    # larger than the devices hold at once. On a resume it follows from global_batch.
+    accumulate: int = 1
+    # Examples per optimizer step over all replicas: batch_size x replicas x accumulate at the
+    # run's first start, recorded in config.yaml and kept on every resume, whatever the number of
+    # workers (train.batching). Given, it sets accumulate; changed on a resume, the run trains on
+    # with it (a new learning rate and schedule), and says so.
+    global_batch: Optional[int] = None
     ema: EmaConfig = field(default_factory=EmaConfig)
     precise_bn: PreciseBnConfig = field(default_factory=PreciseBnConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -453,6 +464,12 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         if not 1 <= self.steps_per_execution <= 10_000:
             raise UserError(f"train.steps_per_execution must be 1 to 10000, got {self.steps_per_execution}")
+        if not 1 <= self.accumulate <= MAX_ACCUMULATE:
+            raise UserError(
+                f"train.accumulate must be 1 to {MAX_ACCUMULATE} micro-batches per step, got {self.accumulate}"
+            )
+        if self.global_batch is not None:
+            _positive("train.global_batch", self.global_batch)
         _choice("train.precision", self.precision, PRECISIONS)
         _choice("train.strategy", self.strategy, STRATEGIES)
         _choice("train.cluster", self.cluster, CLUSTERS)

@@ -25,6 +25,8 @@ RESUMABLE_CHANGES = (
     "train.cluster",
     "train.warm_start",
     "train.steps_per_execution",  # how many steps per call, not which steps
+    "train.accumulate",  # follows from the global batch and this start's replicas (train.batching)
+    "train.global_batch",  # kept unless given: a change is said and recorded (train.batching)
     "data.service",  # where the pipeline runs, not what it makes
     "data.service_timeout",
     "data.stage",  # where the images are read from, not which

@@ -30,9 +30,11 @@ from imgtrain.stop import Stopped
 from imgtrain.storage import urls as storage_urls
 from imgtrain.storage.runplace import local_model, run_place
 from imgtrain.tracking import open_tracker
+from imgtrain.train import batching
 from imgtrain.train.assembly import Training, build_training, check_fits_in_memory
 from imgtrain.train.cluster import configure_cluster
 from imgtrain.train.distribution import Distribution, make_distribution
+from imgtrain.train.optim import scaled_learning_rate
 
 
 def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataSource:
@@ -98,18 +100,25 @@ def _train_locked(
     data, warnings = resampler.decide(cfg.data, saved.data.augment.resampler if saved else None, dist.gather)
     cfg = dataclasses.replace(cfg, data=data)  # the chief's resampler, recorded in config.yaml
     resuming = resumption.check_resumable(cfg, run_dir)
+    batch = batching.plan(cfg.train, dist.num_replicas, saved.train if saved else None, str(cfg.output))
+    cfg = dataclasses.replace(cfg, train=batching.resized(cfg.train, batch))  # config.yaml records it
     check_fits_in_memory(cfg)
     tracker = open_tracker(cfg.tracking, run_dir, dist.is_chief, say)
     _configure_runtime(cfg)
     prep = _run_data(cfg, run_dir, dist, resuming, progress, say, warnings)
+    if batch.resized:  # said and recorded once the data are the run's, before MLflow hears of the run
+        peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, batch.scale, cfg.train.scale_lr)
+        say(batching.line(batch, peak))
+        if dist.is_chief:
+            batching.record(run_dir, batch, peak, len(history.read(run_dir)))
     # --warm-start fetched here, at the door of the training (a bucket run's model in a reader's copy)
     warm = local_model(cfg.train.warm_start, say) if cfg.train.warm_start and not resuming else None
     if tracker is None:
-        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [], on_save, warm)
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [], on_save, warm, batch)
         return _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     try:
         tracker.start(summary.run_facts(cfg, run_dir, dist))
-        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker], on_save, warm)
+        training = build_training(cfg, dist, prep, run_dir, resuming, progress, say, [tracker], on_save, warm, batch)
         result = _train_and_finish(cfg, training, prep, dist, run_dir, progress, say, t_start)
     except BaseException as exc:
         # Stopped by a signal (SIGTERM, Ctrl-C) or failed, however late: MLflow says so.

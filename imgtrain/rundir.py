@@ -32,6 +32,7 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_STATE = "checkpoint"  # TensorFlow's CheckpointManager index, inside CHECKPOINTS
 LOGS = "logs"  # TensorBoard
 HISTORY = "history.csv"
+RESIZES = "resizes.json"  # each resume on another number of replicas (train.batching)
 SUMMARY = "run.json"
 MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
@@ -56,6 +57,7 @@ OUTPUTS = (
     CHECKPOINTS,
     LOGS,
     HISTORY,
+    RESIZES,
     SUMMARY,
     MODEL,
     SAVED_MODEL,

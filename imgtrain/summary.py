@@ -19,6 +19,7 @@ from imgtrain.data import fingerprint, resampler
 from imgtrain.data.source import DataSource
 from imgtrain.storage import urls
 from imgtrain.tracking import RunFacts
+from imgtrain.train import batching
 from imgtrain.train.assembly import Training
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.mixing import MixSettings
@@ -48,6 +49,8 @@ def summarize(
         **dist.describe(),
         "per_replica_batch": cfg.train.batch_size,
         "global_batch": training.global_batch,
+        "accumulate": training.batch.accumulate,  # micro-batches per replica per step, on the last start
+        "resizes": batching.read(run_dir),  # each resume on another number of replicas
         "peak_learning_rate": training.peak,
         "steps_per_epoch": training.steps,
         "epochs_completed": fit.epochs_completed,
@@ -82,6 +85,9 @@ def run_facts(cfg: Config, run_dir: Path, dist: Distribution) -> RunFacts:
         "imgtrain.run_dir": str(run_dir.resolve()),
         "imgtrain.version": __version__,
     }
+    resizes = batching.read(run_dir)
+    if resizes:  # the last; each is also in run.json, and train.accumulate's changes in RESUMED_WITH
+        tags["imgtrain.resized"] = resizes[-1]["line"]
     return RunFacts(flat_hparams(cfg.to_dict()), tags, list(cfg.data.image_size))
 
 

@@ -83,7 +83,10 @@ class S3Server:
     def start(self, timeout: float = 90.0, attempts: int = 3) -> "S3Server":
         """Start, and wait until it serves. A first start that dies at once (a port taken
         between choosing it and binding it, by a server of another test worker) is tried
-        again on other ports; a restart keeps its ports, as clients know them."""
+        again on other ports; a restart keeps its ports, as clients know them. A server that
+        runs is left as it is (a test's ``finally`` that starts what it may not have stopped)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         for attempt in range(attempts):
             try:
                 return self._start(timeout)

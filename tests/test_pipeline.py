@@ -67,7 +67,7 @@ def test_skip_resumes_mid_epoch_exactly(image_folder: Path):
     ex = _examples(image_folder)
     cfg = DataConfig(image_size=[16, 16], augment=FULL_AUG)
     full = list(train_dataset(ex, cfg, EpochPlan(seed=1, epoch=0, batch_size=4)))
-    rest = list(train_dataset(ex, cfg, EpochPlan(seed=1, epoch=0, batch_size=4, skip_batches=3)))
+    rest = list(train_dataset(ex, cfg, EpochPlan(seed=1, epoch=0, batch_size=4, skip_examples=12)))
     assert len(rest) == len(full) - 3
     for (x1, y1, _, _), (x2, y2, _, _) in zip(full[3:], rest):
         np.testing.assert_array_equal(x1.numpy(), x2.numpy())

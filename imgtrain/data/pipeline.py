@@ -113,8 +113,14 @@ class EpochPlan:
     epoch: int
     batch_size: int
     shard: Shard = Shard()
-    skip_batches: int = 0  # batches already trained this epoch (a mid-epoch resume)
-    multiple: int = 1  # replicas this worker feeds per step
+    # Examples of the epoch already trained over all workers (a mid-epoch resume): a prefix of
+    # the epoch's order for sources ordered by example; else this many split evenly by worker.
+    skip_examples: int = 0
+    multiple: int = 1  # micro-batches this worker feeds per step (replicas x accumulation)
+
+    def worker_skip(self) -> int:
+        """What this worker skips of its own share (sources that shard before they order)."""
+        return self.skip_examples // max(1, self.shard.count)
 
 
 @as_written
@@ -148,7 +154,7 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """One epoch of augmented training batches ``(image, label, weight, real)`` for this worker;
     with ``data.cache``, read from ``decoded`` (``decoded_images``) when given."""
-    seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
+    seed, epoch, shard, skipped = plan.seed, plan.epoch, plan.shard, min(plan.skip_examples, len(examples))
     n = len(examples)
     if cfg.service:
         return _service_train(examples, cfg, plan)
@@ -157,17 +163,20 @@ def train_dataset(
     else:
         ds = tf.data.Dataset.from_tensor_slices(_tensors(examples))
     ds = ds.shuffle(max(n, 1), seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False)
+    # The rest of the epoch's order strided over this start's workers: on any number of them,
+    # each example of the epoch once.
+    if skipped:
+        ds = ds.skip(skipped)
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
-    if skip_batches:
-        ds = ds.skip(skip_batches * batch_size)
     given = "decoded"
     if not cfg.cache:
-        ds, _, given = _readable(ds, examples)  # read after the shard and the skip: only what is trained
+        ds, _, given = _readable(ds, examples)  # read after the skip and the shard: only what is trained
 
     augmenter = _augmenter(cfg, seed, epoch, given)
+    rest = n - skipped
     return _finish_train(
-        ds, augmenter, plan, shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), _filler(examples, cfg)
+        ds, augmenter, plan, shard_size(rest, shard), shard_size(rest, Shard(shard.count, 0)), _filler(examples, cfg)
     )
 
 
@@ -175,26 +184,35 @@ def _service_train(examples: Sequence[Example], cfg: DataConfig, plan: EpochPlan
     """This worker's epoch through a tf.data service (``data/service.py`` says what it keeps)."""
     n, shard = len(examples), plan.shard
     order = np.random.default_rng(seeds.shuffle(plan.seed, plan.epoch)).permutation(n)
-    mine = order[shard.index :: shard.count][plan.skip_batches * plan.batch_size :]
+    rest = order[min(plan.skip_examples, n) :]
+    mine = rest[shard.index :: shard.count]
     prepare = _augmenter(cfg, plan.seed, plan.epoch, "path").per_example  # TensorFlow's path: per example
     ds = service_train(examples, mine, prepare, cfg.service, plan.batch_size, cfg.service_timeout)
     _, target = padded_batches(
-        shard_size(n, shard), shard_size(n, Shard(shard.count, 0)), plan.batch_size, plan.multiple
+        shard_size(len(rest), shard), shard_size(len(rest), Shard(shard.count, 0)), plan.batch_size, plan.multiple
     )
     filler = _filler(examples, cfg).take(1).map(lambda x, y, w, r: (x, y, w, tf.zeros_like(r))).batch(1).repeat()
     return (
         ds.batch(plan.batch_size)
         .concatenate(filler)
-        .take(target - plan.skip_batches)
+        .take(target)
         .prefetch(AUTOTUNE)
         .with_options(_options(deterministic=False))
     )
 
 
 def _finish_train(
-    ds: tf.data.Dataset, augmenter: Augmenter, plan: EpochPlan, mine_n: int, most_n: int, filler: tf.data.Dataset
+    ds: tf.data.Dataset,
+    augmenter: Augmenter,
+    plan: EpochPlan,
+    mine_n: int,
+    most_n: int,
+    filler: tf.data.Dataset,
+    skip: int = 0,
 ) -> tf.data.Dataset:
-    """Augment in parallel, batch, pad to the step count every worker shares, prefetch."""
+    """Augment in parallel, batch, pad to the step count every worker shares, prefetch.
+    ``mine_n``/``most_n`` count this worker's and the largest worker's examples from the
+    epoch's start (``skip`` batches of them already trained) or from the skip (``skip`` 0)."""
     ds = ds.map(augmenter.per_example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
     if augmenter.per_batch is not None:
         ds = ds.map(augmenter.per_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -202,7 +220,6 @@ def _finish_train(
     # device; the training step casts); on_device adds the draws. The pads follow.
     filler = _like(filler, ds)
     mine, target = padded_batches(mine_n, most_n, plan.batch_size, plan.multiple)
-    skip = plan.skip_batches
     ds = _pad(ds, filler, (target - skip) - max(0, mine - skip))
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
@@ -376,13 +393,13 @@ def _pad(ds: tf.data.Dataset, filler: tf.data.Dataset, count: int) -> tf.data.Da
 @as_written
 def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
     """Training batches from a TFDS ``(image, label)`` stream, shuffled in a seeded window."""
-    seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
+    seed, epoch, shard, skip = plan.seed, plan.epoch, plan.shard, plan.worker_skip()
     ds = source.enumerate().map(lambda i, pair: (i, to_rgb(pair[0]), tf.cast(pair[1], tf.int32), tf.constant(1.0)))
     if shard.count > 1:
         ds = ds.shard(shard.count, shard.index)
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False)
-    if skip_batches:
-        ds = ds.skip(skip_batches * batch_size)
+    if skip:
+        ds = ds.skip(skip)
     return _finish_train(
         ds,
         _augmenter(cfg, seed, epoch, "raw"),
@@ -390,6 +407,7 @@ def tfds_train_dataset(source: tf.data.Dataset, count: int, cfg: DataConfig, pla
         shard_size(count, shard),
         shard_size(count, Shard(shard.count, 0)),
         _tfds_plain(source, cfg),
+        skip // plan.batch_size,
     )
 
 
@@ -457,16 +475,17 @@ def tfrecord_train_dataset(
     """Training batches from prepared shards (streamed ones through ``opener``). With one
     worker and a shuffle buffer at least the split's size, the order (and so the run) is
     identical to the folder it came from."""
-    seed, epoch, batch_size, shard, skip_batches = plan.seed, plan.epoch, plan.batch_size, plan.shard, plan.skip_batches
+    seed, epoch, shard, skip = plan.seed, plan.epoch, plan.shard, plan.worker_skip()
     mine_n, most_n = worker_counts[shard.index], max(worker_counts)
     ds = _records(files, shard, opener)
     ds = ds.shuffle(
         max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False
     )
-    if skip_batches:
-        ds = ds.skip(skip_batches * batch_size)
+    if skip:
+        ds = ds.skip(skip)
     filler = _decoded_records(files[:1], cfg, opener=opener)
-    return _finish_train(ds, _augmenter(cfg, seed, epoch, "bytes"), plan, mine_n, most_n, filler)
+    augmenter = _augmenter(cfg, seed, epoch, "bytes")
+    return _finish_train(ds, augmenter, plan, mine_n, most_n, filler, skip // plan.batch_size)
 
 
 def _decode_resize(encoded: tf.Tensor, cfg: DataConfig) -> tf.Tensor:

@@ -45,6 +45,9 @@ class DataSource:
     skipped: list[dict]
     warnings: list[str]
     serviceable = False  # can send its training epoch through a tf.data service (data.service)
+    # An epoch is one seeded order of examples strided over the workers, so what a stop leaves
+    # trained is a prefix of it whatever the number of workers (else each worker has its own).
+    ordered_by_example = False
 
     def count(self, split: str) -> int:
         raise NotImplementedError
@@ -94,6 +97,7 @@ class DataSource:
 
 class FileSource(DataSource):
     serviceable = True  # a list of files, which the service splits among its workers
+    ordered_by_example = True
 
     def __init__(self, catalog) -> None:
         self.catalog = catalog

@@ -78,6 +78,11 @@ class RunPlace:
                 self.open(chief, (lambda: agree(True)) if overwrite else None, say)
                 yield self.local
                 finished = True
+            except OSError:
+                # a write that found its folder gone (history before the checkpoint that looks)
+                if self.held is not None and not self.held.intact():
+                    raise self._vanished() from None
+                raise
             finally:
                 self.close(finished)
 
@@ -130,7 +135,7 @@ class RunPlace:
         gone = f"{self.local} was removed or replaced while this run trained in it (its {rundir.LOCK} is gone)"
         if self.mirror is None:
             return UserError(
-                f"the run directory {gone}; the run stopped, keeping only the checkpoint it had just written there. "
+                f"the run directory {gone}; the run stopped, keeping only what it wrote there since. "
                 "Run the same command with --overwrite to start again, or pass another --output"
             )
         if self.uploader is not None:

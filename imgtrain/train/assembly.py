@@ -19,6 +19,8 @@ from imgtrain.data import pipeline
 from imgtrain.data.source import DataSource
 from imgtrain.errors import UserError
 from imgtrain.models import BuiltModel, build_model
+from imgtrain.train import batching
+from imgtrain.train.batching import BatchPlan
 from imgtrain.train.checkpoint import CheckpointStore, LoopState
 from imgtrain.train.distribution import Distribution
 from imgtrain.train.early_stopping import EarlyStopping, resolve_mode
@@ -38,12 +40,18 @@ from imgtrain.train.tensorboard import flat_hparams
 
 
 def _train_factory(
-    prep: DataSource, cfg: Config, dist: Distribution, batch: int
+    prep: DataSource, cfg: Config, dist: Distribution, batch: BatchPlan
 ) -> Callable[[int, int], tf.data.Dataset]:
-    k = dist.local_replicas
+    """Epoch ``epoch`` of this worker's micro-batches, from optimizer step ``skip_steps`` on: the
+    examples of the epoch's order trained so far are ``skip_steps`` global batches, whatever
+    the number of workers that trained them."""
+    per_step = dist.local_replicas * batch.accumulate  # micro-batches this worker feeds per step
 
     def make(epoch: int, skip_steps: int) -> tf.data.Dataset:
-        return prep.train_dataset(cfg.data, pipeline.EpochPlan(cfg.seed, epoch, batch, dist.shard, skip_steps * k, k))
+        plan = pipeline.EpochPlan(
+            cfg.seed, epoch, batch.per_replica, dist.shard, skip_steps * batch.global_batch, per_step
+        )
+        return prep.train_dataset(cfg.data, plan)
 
     return make
 
@@ -108,6 +116,7 @@ class Training:
     global_batch: int
     steps: int
     peak: float
+    batch: BatchPlan
 
 
 def _plateau(cfg: Config, early: EarlyStopping, state: LoopState) -> Optional[Plateau]:
@@ -129,14 +138,16 @@ def build_training(
     listeners: Optional[list[Any]] = None,
     on_save: Optional[Callable[[], None]] = None,
     warm_from: Optional[Path] = None,  # train.warm_start on this machine (a bucket's fetched by run.py)
+    batch: Optional[BatchPlan] = None,  # the run's batch (run.py's, which knows the run it resumes)
 ) -> Training:
     """Model, optimizer, checkpoints, early stopping and the loop for ``prep`` under ``dist``; ``listeners``
     hear of every epoch on the chief (tracking), ``on_save`` of every checkpoint (a bucket run's uploads)."""
-    train_counts, steps = _steps_per_epoch(cfg, prep, dist, say)
+    batch = batch or batching.plan(cfg.train, dist.num_replicas, None, str(cfg.output))
+    train_counts, steps = _steps_per_epoch(cfg, prep, dist, batch, say)
     with dist.scope():
         built = build_model(cfg.model, len(prep.class_names), cfg.data.image_size)
         state = LoopState()
-        optimizer, peak, warmup = _create_optimizer(cfg, dist, built, steps, state)
+        optimizer, peak, warmup = _create_optimizer(cfg, batch, built, steps, state)
         store = CheckpointStore(
             dist.checkpoint_save_dir(run_dir),
             dist.checkpoint_restore_dir(run_dir),
@@ -150,14 +161,9 @@ def build_training(
         warm_start(built.model, warm_from, cfg.train.warm_start, say)
     early = _early_stopping(cfg, prep, say)
     plateau = _plateau(cfg, early, state)
-    global_batch = cfg.train.batch_size * dist.num_replicas
+    global_batch = batch.global_batch
     _warn_slow_ema(cfg, steps, say)
-    say(
-        f"model: {cfg.model.name}, {built.model.count_params():,} parameters; "
-        f"strategy {dist.name} x{dist.num_replicas}; "
-        f"global batch {global_batch}; {steps} steps/epoch; peak lr {peak:g}"
-        + (f" after {warmup:g} warmup epoch(s)" if warmup else "")
-    )
+    say(_model_line(cfg, built, dist, batch, steps, peak, warmup))
     options = LoopOptions(
         cfg.train.epochs,
         label_smoothing=cfg.train.label_smoothing,
@@ -165,7 +171,9 @@ def build_training(
         steps_per_execution=cfg.train.steps_per_execution,
         checkpoint_every_steps=cfg.train.checkpoint.every_steps,
         stop_check_every=cfg.train.checkpoint.stop_check_steps,
-        precise_bn_batches=precise_bn_batches(cfg, built, global_batch, steps),
+        # precise BN reads micro-batches: one per replica per call
+        precise_bn_batches=precise_bn_batches(cfg, built, batch.per_replica * batch.replicas, steps * batch.accumulate),
+        accumulate=batch.accumulate,
         ema=cfg.train.ema.decay is not None,
         progress=progress,
         log=say,
@@ -173,21 +181,33 @@ def build_training(
         listeners=listeners or [],
     )
     loop = TrainLoop(
-        built, optimizer, dist, _loop_data(cfg, prep, dist, steps), store, early, run_dir, options, plateau
+        built, optimizer, dist, _loop_data(cfg, prep, dist, steps, batch), store, early, run_dir, options, plateau
     )
-    return Training(built, loop, early, train_counts, global_batch, steps, peak)
+    return Training(built, loop, early, train_counts, global_batch, steps, peak, batch)
+
+
+def _model_line(
+    cfg: Config, built: BuiltModel, dist: Distribution, batch: BatchPlan, steps: int, peak: float, warmup: float
+) -> str:
+    accumulated = f" ({batch.per_replica} x {batch.accumulate} accumulated per replica)" if batch.accumulate > 1 else ""
+    return (
+        f"model: {cfg.model.name}, {built.model.count_params():,} parameters; "
+        f"strategy {dist.name} x{dist.num_replicas}; "
+        f"global batch {batch.global_batch}{accumulated}; {steps} steps/epoch; peak lr {peak:g}"
+        + (f" after {warmup:g} warmup epoch(s)" if warmup else "")
+    )
 
 
 def _steps_per_epoch(
-    cfg: Config, prep: DataSource, dist: Distribution, say: Callable[[str], None]
+    cfg: Config, prep: DataSource, dist: Distribution, batch: BatchPlan, say: Callable[[str], None]
 ) -> tuple[list[int], int]:
-    """Training examples per worker, and the steps every worker takes per epoch (the longest
-    worker's, padded: collective ops need all workers to step together)."""
-    batch = cfg.train.batch_size
+    """Training examples per worker, and the optimizer steps every worker takes per epoch (the
+    longest worker's, padded: collective ops need all workers to step together). Data ordered
+    by example take ceil(examples / global batch) steps on any number of workers."""
+    per_step = dist.local_replicas * batch.accumulate
     train_counts = prep.worker_counts("train", dist.world_size)
     steps = (
-        pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch, dist.local_replicas)[1]
-        // dist.local_replicas
+        pipeline.padded_batches(train_counts[dist.rank], max(train_counts), batch.per_replica, per_step)[1] // per_step
     )
     if min(train_counts) == 0:
         say(
@@ -198,12 +218,13 @@ def _steps_per_epoch(
 
 
 def _create_optimizer(
-    cfg: Config, dist: Distribution, built: BuiltModel, steps: int, state: LoopState
+    cfg: Config, batch: BatchPlan, built: BuiltModel, steps: int, state: LoopState
 ) -> tuple[keras.optimizers.Optimizer, float, float]:
-    """The optimizer on its schedule (scaled peak rate, warmup, phase factors, plateau scale),
-    built for every variable any phase trains; returns it with the peak rate and warmup epochs."""
-    peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, dist.num_replicas, cfg.train.scale_lr)
-    warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, dist.num_replicas, cfg.train.scale_lr)
+    """The optimizer on its schedule (peak rate scaled with the global batch, warmup, phase
+    factors, plateau scale), built for every variable any phase trains; returns it with the
+    peak rate and warmup epochs."""
+    peak = scaled_learning_rate(cfg.train.optimizer.learning_rate, batch.scale, cfg.train.scale_lr)
+    warmup = warmup_epochs(cfg.train.schedule, cfg.train.epochs, batch.scale, cfg.train.scale_lr)
     schedule = build_schedule(
         cfg.train.schedule,
         peak,
@@ -239,14 +260,13 @@ def _early_stopping(cfg: Config, prep: DataSource, say: Callable[[str], None]) -
     return early
 
 
-def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) -> LoopData:
-    batch = cfg.train.batch_size
+def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int, batch: BatchPlan) -> LoopData:
     class_w = class_weight_vector(
         cfg.train.class_weights, prep.class_names, prep.train_labels() if cfg.train.class_weights == "balanced" else []
     )
     return LoopData(
         train=_train_factory(prep, cfg, dist, batch),
-        val=(lambda: split_dataset(prep, cfg, dist, "val", batch)) if prep.has("val") else None,
+        val=(lambda: split_dataset(prep, cfg, dist, "val", batch.per_replica)) if prep.has("val") else None,
         steps_per_epoch=steps,
         num_classes=len(prep.class_names),
         class_weights=class_w,
@@ -254,7 +274,23 @@ def _loop_data(cfg: Config, prep: DataSource, dist: Distribution, steps: int) ->
         top_k=cfg.evaluate.top_k,
         mix=MixSettings.from_config(cfg.data.augment),
         on_device=cfg.data.augment if cfg.data.augment.on_device else None,
+        position_lost=_position_lost(prep, batch),
     )
+
+
+def _position_lost(prep: DataSource, batch: BatchPlan) -> Optional[str]:
+    """Why a mid-epoch stop's position does not hold for this start (None when it does): it
+    counts global batches of the run's size, and for another number of workers it is a prefix
+    of the epoch's order only when the epoch is one order of examples (folders, manifests),
+    not one per worker (prepared shards, TFDS)."""
+    if not batch.keeps_global_batch:
+        return f"the global batch changed from {batch.previous_global} to {batch.global_batch} mid-epoch"
+    if batch.previous_replicas not in (None, batch.replicas) and not prep.ordered_by_example:
+        return (
+            f"{batch.previous_replicas} -> {batch.replicas} replicas mid-epoch on data split among workers by file "
+            "(prepared shards, TFDS), whose order depends on the number of workers"
+        )
+    return None
 
 
 def precise_bn_batches(cfg: Config, built: BuiltModel, global_batch: int, steps: int) -> int:

@@ -44,7 +44,7 @@ from imgtrain.train.stopping import StopProtocol
 class LoopData:
     """What the loop needs from the data stage, as factories so each epoch is fresh."""
 
-    train: Callable[[int, int], tf.data.Dataset]  # (epoch, batches to skip) -> dataset
+    train: Callable[[int, int], tf.data.Dataset]  # (epoch, optimizer steps to skip) -> micro-batches
     val: Optional[Callable[[], tf.data.Dataset]]
     steps_per_epoch: int
     num_classes: int
@@ -53,6 +53,36 @@ class LoopData:
     top_k: int = 5  # evaluate.top_k: validation reports top-k accuracy when there are more classes than k
     mix: MixSettings = field(default_factory=MixSettings)
     on_device: Optional[AugmentConfig] = None  # data.augment.on_device: the augmentations the step applies
+    # Why a stop's mid-epoch position cannot carry over to this start (None: it does): the
+    # resumed epoch then starts again from its first step.
+    position_lost: Optional[str] = None
+
+
+def micro_batches(batches: tuple, accumulate: int, on_device: Optional[AugmentConfig]) -> tuple[list, ...]:
+    """A replica's ``accumulate`` consecutive batches of its share of the epoch as the
+    micro-batches it trains on, (x, y, w, real) lists: interleaved by example (micro-batch m
+    takes every ``accumulate``-th example from the m-th on), so one replica accumulating over
+    k micro-batches trains on the batches k replicas of a k-times larger run would have had."""
+    parts = [(model_input(x, on_device), y, w, real) for x, y, w, real in batches]
+    if accumulate == 1:
+        return tuple([p] for p in parts[0])
+    joined = [tf.concat([p[i] for p in parts], 0) for i in range(4)]
+    return tuple([t[m::accumulate] for m in range(accumulate)] for t in joined)
+
+
+def summed_over_micro_batches(compute: Callable, micro: tuple[list, ...], n: tf.Tensor, seed: tf.Tensor) -> tuple:
+    """``compute``'s gradients and statistics summed over the micro-batches ``micro`` (x, y, w,
+    real lists), one after another: each waits for the last one's gradients, so one
+    micro-batch's activations are alive at a time."""
+    x, y, w, real = micro
+    grads, stats = compute(x[0], y[0], w[0], real[0], n, seed)
+    for m in range(1, len(x)):
+        with tf.control_dependencies([g for g in grads if g is not None][:1]):
+            xm = tf.identity(x[m])
+        more, extra = compute(xm, y[m], w[m], real[m], n, seed)
+        grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, more)]
+        stats = tuple(a + b for a, b in zip(stats, extra))
+    return grads, stats
 
 
 class EpochListener(Protocol):
@@ -75,6 +105,7 @@ class LoopOptions:
     label_smoothing: float = 0.0
     jit_compile: bool = False
     steps_per_execution: int = 1  # training steps per call into the runtime
+    accumulate: int = 1  # micro-batches each replica adds up per optimizer step (train.batching)
     checkpoint_every_steps: int = 0  # 0: a checkpoint per epoch only
     stop_check_every: int = 10  # steps between the workers' shared look at the signal flag
     precise_bn_batches: int = 0  # training steps re-estimating BatchNorm statistics per evaluation
@@ -127,6 +158,7 @@ class TrainLoop:
         self.label_smoothing = options.label_smoothing
         self.jit_compile = options.jit_compile
         self.steps_per_execution = options.steps_per_execution
+        self.accumulate = options.accumulate
         self.every_steps = options.checkpoint_every_steps
         self.log = options.log if dist.is_chief else (lambda _msg: None)
         self.stops = StopProtocol(dist, options.stop_check_every, self.log)  # when to look, how to leave
@@ -165,8 +197,8 @@ class TrainLoop:
                     lambda labels: cross_entropy(labels, logits, num_classes, smoothing), y, weight, lam, mix.active
                 )
                 loss = tf.reduce_sum(per_ex) / tf.maximum(n, 1.0)
-                if model.losses:
-                    loss += tf.add_n(model.losses) / dist.num_replicas
+                if model.losses:  # once per step over all replicas and micro-batches
+                    loss += tf.add_n(model.losses) / (dist.num_replicas * self.accumulate)
                 scaled = scale(loss) if scale is not None else loss
             grads = tape.gradient(scaled, variables)
             # Accuracy and plain cross-entropy (no smoothing, hard labels: what validation
@@ -184,25 +216,33 @@ class TrainLoop:
             )
             return grads, stats
 
-        compute_fn = tf.function(compute, jit_compile=True) if self.jit_compile else compute
+        # Accumulating, the forward and backward pass is traced once and called per micro-batch.
+        traced = self.jit_compile or self.accumulate > 1
+        compute_fn = tf.function(compute, jit_compile=self.jit_compile) if traced else compute
+        accumulate = self.accumulate
 
-        def replica(batch, seed):
-            x, y, w, real = batch
-            x = model_input(x, on_device)  # uint8, or with the draws of on-device augmentation
+        def replica(batches, seed):
             # The loss is divided by the global number of real examples, so summing the
-            # replicas' gradients gives the gradient of the global mean.
-            n = dist.all_sum(tf.reduce_sum(real))
-            grads, stats = compute_fn(x, y, w, real, n, seed)
+            # replicas' (and micro-batches') gradients gives the gradient of the global mean.
+            x, y, w, real = micro_batches(batches, accumulate, on_device)
+            n = dist.all_sum(sum(tf.reduce_sum(r) for r in real))
+            grads, stats = summed_over_micro_batches(compute_fn, (x, y, w, real), n, seed)
             opt.apply(dist.reduce_gradients(grads), variables)
             return stats
 
-        base_seed = seeds.step_base(self.data.seed)
+        return self._step_of(replica)
+
+    def _step_of(self, replica: Callable) -> Callable:
+        """The traced training step that runs ``replica`` on every replica's micro-batches."""
+        base_seed, dist, accumulate = seeds.step_base(self.data.seed), self.dist, self.accumulate
 
         def step(iterator, position):
             # The stateless seed of this step (batch-level mixing), made inside the graph from
-            # (run seed, epoch, step) alone, so a resumed run mixes exactly as before.
+            # (run seed, epoch, step) alone, so a resumed run mixes exactly as before. Every
+            # micro-batch mixes with it, as every replica does.
             seed = seeds.fold(base_seed, position)
-            return dist.reduce_sum(dist.run(replica, (next(iterator), seed)))
+            batches = tuple(next(iterator) for _ in range(accumulate))
+            return dist.reduce_sum(dist.run(replica, (batches, seed)))
 
         if self.steps_per_execution == 1:
             return tf.function(step)
@@ -282,6 +322,9 @@ class TrainLoop:
         start_epoch = int(st.get("epoch"))
         skip = int(st.get("step_in_epoch"))
         early.best, early.best_epoch, early.wait = float(st.get("best")), int(st.get("best_epoch")), int(st.get("wait"))
+        if restored and 0 < skip < self.data.steps_per_epoch and self.data.position_lost:
+            self.log(f"{self.data.position_lost}: epoch {start_epoch + 1} starts again from its first step")
+            skip = 0
         if restored:
             where = f"epoch {start_epoch + 1}" + (f", step {skip + 1}" if skip else "")
             if skip >= self.data.steps_per_epoch:
