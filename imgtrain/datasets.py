@@ -1,12 +1,13 @@
 """Real image datasets that need no network, written as the class folders users bring.
 
 - ``write_digits``: scikit-learn's 1,797 handwritten 8x8 digits (UCI), as PNG.
+- ``write_patches``: crops of scikit-learn's two sample photographs, by band.
 - ``write_shapes``: coloured circles, squares and triangles of random size,
   position and colour on noise, as a mix of PNG and JPEG. Small on purpose:
   it is the "a few dozen images per class" folder on which a model's defaults
   either generalise or do not.
 
-Both are pure functions of their arguments (the shapes of a seed), and write
+All are pure functions of their arguments (the shapes and crops of a seed), and write
 a ``.complete`` marker last, so a folder interrupted half-way is rewritten.
 """
 
@@ -77,4 +78,36 @@ def write_shapes(root: Path, per_class: int = 40, size: int = 32, seed: int = 0)
             else:
                 image.save(root / kind / f"{kind}_{i:03d}.png")
     marker.write_text(f"{per_class * len(SHAPES)} images\n")
+    return root
+
+
+PATCH_REGIONS = 3  # horizontal bands of each photograph, one class each
+
+
+def write_patches(root: Path, per_class: int = 60, size: int = 32, seed: int = 0) -> Path:
+    """Write root/<photo>-<band>/<i>.png: crops of scikit-learn's two sample photographs (a
+    temple in China, a flower), ``PATCH_REGIONS`` horizontal bands of each a class, each crop
+    48 to 96 pixels square at a random place in its band, resized to ``size``. Real photo
+    texture in six classes, some of them alike (sky, foliage): where a small validation split
+    does not saturate at once."""
+    from sklearn.datasets import load_sample_images
+
+    root = Path(root)
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images()
+    for name, photo in zip(("china", "flower"), photos.images):
+        height = photo.shape[0] // PATCH_REGIONS
+        for band in range(PATCH_REGIONS):
+            folder = root / f"{name}-{band}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                side = int(rng.integers(48, 97))
+                top = band * height + int(rng.integers(0, max(1, height - side)))
+                left = int(rng.integers(0, photo.shape[1] - side))
+                crop = Image.fromarray(photo[top : top + side, left : left + side])
+                crop.resize((size, size), Image.BILINEAR).save(folder / f"{i:03d}.png")
+    marker.write_text(f"{per_class * 2 * PATCH_REGIONS} images\n")
     return root

@@ -126,6 +126,7 @@ def _context_from_run(summary: dict[str, Any], cfg: Config, prep: DataSource) ->
         "splits": {s: prep.count(s) for s in ("train", "val", "test")},
         "model": cfg.model.name,
         "best_epoch": summary.get("best_epoch"),
+        "best_chosen": summary.get("best_chosen"),
         "stopped": stopped,
         "strategy": summary.get("strategy"),
         "world_size": summary.get("world_size"),

@@ -55,6 +55,14 @@ def draws(example_seed: tf.Tensor) -> tf.Tensor:
     return fold(example_seed, DRAWS)
 
 
+POSITION_STRIDE = 1_000_003  # a training step's position: epoch * POSITION_STRIDE + step
+
+
+def step_position(epoch: int, step: int) -> int:
+    """The step's position in the run, from which its seed is folded (``step_base``)."""
+    return epoch * POSITION_STRIDE + step
+
+
 def step_base(seed: int) -> tf.Tensor:
     """The base of the training steps' seeds; a step's is ``fold(step_base, position)``."""
     return tf.constant([seed, STEP], tf.int64)

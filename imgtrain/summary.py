@@ -56,6 +56,7 @@ def summarize(
         "epochs_completed": fit.epochs_completed,
         "best_epoch": fit.best_epoch + 1,
         "best_" + training.early.monitor: fit.best_value,
+        "best_chosen": training.early.described(),  # its metrics, and what chose it (a tie's breaker)
         "stopped_early": fit.stopped_early,
         "resumed_from_epoch": fit.resumed_from_epoch,
         "counts": counts,
@@ -118,6 +119,7 @@ def report_context(
         "splits": counts,
         "model": cfg.model.name,
         "best_epoch": fit.best_epoch + 1,
+        "best_chosen": training.early.described(),
         "stopped": stopped,
         "strategy": dist.name,
         "world_size": dist.world_size,

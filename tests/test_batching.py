@@ -68,3 +68,9 @@ def test_accumulating_two_batches_of_8_trains_as_one_batch_of_16(tmp_path):
     assert _losses(tmp_path / "runs/a2") == pytest.approx(_losses(tmp_path / "runs/b16"), rel=1e-5)
     recorded = yaml.safe_load((tmp_path / "runs/a2/config.yaml").read_text())["train"]
     assert (recorded["accumulate"], recorded["global_batch"]) == (2, 16)
+    # With the recipes that work per step or per example on: it trains, and says its batch.
+    recipes = "--set train.ema.decay=0.9 --set train.precise_bn.enabled=true --set data.augment.mixup=0.2"
+    recipes += " --set train.class_weights=balanced --set train.checkpoint.every_steps=3"
+    cmd = [sys.executable, *f"{base} --output runs/all --batch-size 8 --set train.accumulate=2 {recipes}".split()]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "global batch 16 (8 x 2 accumulated" in done.stdout, done.stderr[-2000:]

@@ -70,7 +70,7 @@ def test_class_weights():
 def test_early_stopping_patience_and_modes():
     es = EarlyStopping("val_loss", "min", patience=2, min_delta=0.01)
     assert es.update(0, {"val_loss": 1.0}) == (True, False)
-    assert es.update(1, {"val_loss": 0.995}) == (False, False)  # within min_delta
+    assert es.update(1, {"val_loss": 0.995}) == (True, False)  # within min_delta: a tie, the later epoch kept
     assert es.update(2, {"val_loss": 0.5}) == (True, False)
     assert es.update(3, {"val_loss": 0.6}) == (False, False)
     assert es.update(4, {"val_loss": 0.6}) == (False, True)

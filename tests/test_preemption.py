@@ -130,6 +130,32 @@ def test_told_to_stop_mid_epoch_then_the_same_command(references, launcher: str,
         assert summary["strategy"] == "horovod" and summary["world_size"] == 2
 
 
+@pytest.mark.slow
+def test_a_horovod_run_stopped_on_2_processes_resumes_on_1_with_the_2_process_weights(references) -> None:
+    """The 2 -> 1 move under horovodrun (the README's launch/horovod.sh): Ctrl-C mid-epoch, then
+    the same command with ``-np 1``. The one process keeps the global batch of 8 with 2
+    accumulated micro-batches of 4 per step (train.batching), resumes at the step after the
+    stop, and ends with the uninterrupted 2-process run's weights: these runs have no
+    BatchNorm or dropout, so what differs is float rounding alone (measured: none)."""
+    home, make = references.home, COMMANDS["horovod.sh"]
+    whole = references.run_dir("horovod")
+    name = "runs/horovod-2-then-1"
+    code, out, _ = signal_mid_epoch(make(name), home, name, ITS_GROUP, signal.SIGINT)
+    stops = STOPPED.findall(out)
+    assert code == 128 + signal.SIGINT and stops, failure(out)
+    one = make(name)
+    one[one.index("-np") + 1] = "1"
+    again = run(one, home)
+    assert again.returncode == 0, failure(again.stdout + again.stderr)
+    said = again.stdout
+    assert "resized: 2 -> 1 replica(s); batch 4 per replica, 2 micro-batch(es) accumulated" in said, said[-2000:]
+    assert "global batch 8 (kept)" in said and resumes_at(stops[0]) in said, said[-2000:]
+    for a, b in zip(weights(whole), weights(home / name)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    summary = json.loads((home / name / "run.json").read_text())
+    assert summary["strategy"] == "horovod" and summary["world_size"] == 1 and summary["accumulate"] == 2
+
+
 @pytest.fixture
 def handlers():
     """Python's own handlers for the test (a suite started in the background ignores SIGINT),

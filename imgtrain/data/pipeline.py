@@ -30,7 +30,7 @@ from tensorflow.python.autograph.core import ag_ctx  # tf.data has no public swi
 from imgtrain import seeds
 from imgtrain.config import DataConfig
 from imgtrain.data import augment as aug
-from imgtrain.data import geometry
+from imgtrain.data import geometry, trained_keys
 from imgtrain.data import resampler as resampler_kernel
 from imgtrain.data.images import decode, eval_image, resize
 from imgtrain.data.service import service_train
@@ -213,15 +213,33 @@ def _finish_train(
     """Augment in parallel, batch, pad to the step count every worker shares, prefetch.
     ``mine_n``/``most_n`` count this worker's and the largest worker's examples from the
     epoch's start (``skip`` batches of them already trained) or from the skip (``skip`` 0)."""
-    ds = ds.map(augmenter.per_example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
-    if augmenter.per_batch is not None:
-        ds = ds.map(augmenter.per_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    # OpenCV's path keeps batches uint8 (a quarter of the bytes to copy and to send to the
-    # device; the training step casts); on_device adds the draws. The pads follow.
-    filler = _like(filler, ds)
+    if trained_keys.folder() is not None:  # the test hook: each batch carries its examples' keys
+        ds, filler = _with_keys(ds, augmenter, plan.batch_size, filler)
+    else:
+        ds = ds.map(augmenter.per_example, num_parallel_calls=AUTOTUNE, deterministic=True).batch(plan.batch_size)
+        if augmenter.per_batch is not None:
+            ds = ds.map(augmenter.per_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+        # OpenCV's path keeps batches uint8 (a quarter of the bytes to copy and to send to the
+        # device; the training step casts); on_device adds the draws. The pads follow.
+        filler = _like(filler, ds)
     mine, target = padded_batches(mine_n, most_n, plan.batch_size, plan.multiple)
     ds = _pad(ds, filler, (target - skip) - max(0, mine - skip))
     return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def _with_keys(
+    ds: tf.data.Dataset, augmenter: Augmenter, batch_size: int, filler: tf.data.Dataset
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """``_finish_train``'s batches with the examples' keys (``trained_keys``), and its pads."""
+    ds = ds.map(
+        lambda i, *rest: (augmenter.per_example(i, *rest), i), num_parallel_calls=AUTOTUNE, deterministic=True
+    ).batch(batch_size)
+    if augmenter.per_batch is not None:
+        per_batch = augmenter.per_batch
+        ds = ds.map(lambda e, k: (per_batch(*e), k), num_parallel_calls=AUTOTUNE, deterministic=True)
+    plain = ds.map(lambda e, k: e)
+    filler = _like(filler, plain).map(lambda *e: trained_keys.keyed(e, tf.constant(trained_keys.PAD)))
+    return ds.map(trained_keys.keyed), filler
 
 
 @dataclass(frozen=True)
@@ -383,7 +401,7 @@ def _pad(ds: tf.data.Dataset, filler: tf.data.Dataset, count: int) -> tf.data.Da
     """Append ``count`` one-image batches that count for nothing (``real`` = 0)."""
     if count <= 0:
         return ds
-    pad = filler.take(1).map(lambda x, y, w, r: (x, y, w, tf.zeros_like(r))).batch(1).repeat(count)
+    pad = filler.take(1).map(lambda x, y, w, r, *key: (x, y, w, tf.zeros_like(r), *key)).batch(1).repeat(count)
     return ds.concatenate(pad)
 
 

@@ -31,6 +31,7 @@ def context_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("splits", "split sizes (train / val / test)"),
         ("model", "model"),
         ("best_epoch", "best epoch (restored)"),
+        ("best_chosen", "best epoch's metrics"),
         ("stopped", "training stopped"),
         ("strategy", "strategy"),
         ("world_size", "world size"),

@@ -36,8 +36,19 @@ STATE_FIELDS = {
     "lr_scale": tf.float32,  # the plateau schedule's multiplier
     "plateau_best": tf.float64,
     "plateau_wait": tf.int64,
+    "best_tie": tf.float64,  # the tie-breaking metric at the best epoch (early_stopping.BestRule)
+    "best_by": tf.int64,  # why that epoch is the best (early_stopping.BEST_BY)
+    "at_bound": tf.int64,  # epochs in a row the monitored metric sat at its bound
+    "plateau_best_tie": tf.float64,
 }
-INITIAL = {"best": float("nan"), "best_epoch": -1, "lr_scale": 1.0, "plateau_best": float("nan")}
+INITIAL = {
+    "best": float("nan"),
+    "best_epoch": -1,
+    "lr_scale": 1.0,
+    "plateau_best": float("nan"),
+    "best_tie": float("nan"),
+    "plateau_best_tie": float("nan"),
+}
 
 
 def _by_position(variables: Iterable) -> dict[str, tf.Variable]:
@@ -181,3 +192,10 @@ def _unreadable(checkpoint: tf.train.Checkpoint, path: Path) -> Optional[str]:
             f"({str(exc).splitlines()[0][:100]}); resume with the run's own config.yaml or pass a new --output"
         ) from None
     return None
+
+
+def read_model_weights(model: keras.Model, path: Path) -> None:
+    """The model's weights as the checkpoint at ``path`` (``.../ckpt-N``) holds them, into
+    ``model`` (built as the run built it); the rest of the checkpoint is left unread."""
+    model_vars = [v.value if isinstance(v, keras.Variable) else v for v in model.variables]
+    tf.train.Checkpoint(model=_by_position(model_vars)).read(str(path)).expect_partial()

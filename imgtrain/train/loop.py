@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from imgtrain import history, rundir, seeds
 from imgtrain.config import AugmentConfig
+from imgtrain.data import trained_keys
 from imgtrain.models.phases import BuiltModel, Phase
 from imgtrain.stop import Abandoned
 from imgtrain.train.checkpoint import CheckpointStore
@@ -63,7 +64,7 @@ def micro_batches(batches: tuple, accumulate: int, on_device: Optional[AugmentCo
     micro-batches it trains on, (x, y, w, real) lists: interleaved by example (micro-batch m
     takes every ``accumulate``-th example from the m-th on), so one replica accumulating over
     k micro-batches trains on the batches k replicas of a k-times larger run would have had."""
-    parts = [(model_input(x, on_device), y, w, real) for x, y, w, real in batches]
+    parts = [(model_input(x, on_device), y, w, real) for x, y, w, real, *_key in batches]
     if accumulate == 1:
         return tuple([p] for p in parts[0])
     joined = [tf.concat([p[i] for p in parts], 0) for i in range(4)]
@@ -221,13 +222,15 @@ class TrainLoop:
         compute_fn = tf.function(compute, jit_compile=self.jit_compile) if traced else compute
         accumulate = self.accumulate
 
-        def replica(batches, seed):
+        def replica(batches, seed, position):
             # The loss is divided by the global number of real examples, so summing the
             # replicas' (and micro-batches') gradients gives the gradient of the global mean.
             x, y, w, real = micro_batches(batches, accumulate, on_device)
             n = dist.all_sum(sum(tf.reduce_sum(r) for r in real))
             grads, stats = summed_over_micro_batches(compute_fn, (x, y, w, real), n, seed)
             opt.apply(dist.reduce_gradients(grads), variables)
+            if len(batches[0]) == 5:  # the batches carry their keys: trained_keys' test hook
+                trained_keys.record(position, *(tf.concat([b[i] for b in batches], 0) for i in (4, 3)))
             return stats
 
         return self._step_of(replica)
@@ -242,7 +245,7 @@ class TrainLoop:
             # micro-batch mixes with it, as every replica does.
             seed = seeds.fold(base_seed, position)
             batches = tuple(next(iterator) for _ in range(accumulate))
-            return dist.reduce_sum(dist.run(replica, (batches, seed)))
+            return dist.reduce_sum(dist.run(replica, (batches, seed, position)))
 
         if self.steps_per_execution == 1:
             return tf.function(step)
@@ -257,7 +260,7 @@ class TrainLoop:
 
     def _step_seed(self, epoch: int, step: int) -> tf.Tensor:
         """The step's position in the run, as the int64 the step turns into its seed."""
-        return tf.constant(epoch * 1_000_003 + step, tf.int64)
+        return tf.constant(seeds.step_position(epoch, step), tf.int64)
 
     def _train_data(self, epoch: int, skip: int) -> tf.data.Dataset:
         """The epoch's training dataset, built (and its functions traced) once for all who read
@@ -321,7 +324,7 @@ class TrainLoop:
         self.dist.broadcast_initial_state(self.store.all_variables())
         start_epoch = int(st.get("epoch"))
         skip = int(st.get("step_in_epoch"))
-        early.best, early.best_epoch, early.wait = float(st.get("best")), int(st.get("best_epoch")), int(st.get("wait"))
+        early.load(st.get)
         if restored and 0 < skip < self.data.steps_per_epoch and self.data.position_lost:
             self.log(f"{self.data.position_lost}: epoch {start_epoch + 1} starts again from its first step")
             skip = 0
@@ -450,6 +453,9 @@ class TrainLoop:
                 raise
             logs.update(summarize(val, top_k=self.data.top_k))
         improved, wants_early_stop = early.update(epoch, logs)
+        note = early.saturation_note()
+        if note:
+            self.log(note)
         early_stop = self.dist.agree(wants_early_stop)
         if early_stop:  # checkpointed with the epoch: a crash from here on must not train again
             self.state.set(stopped_early=1)
@@ -470,9 +476,7 @@ class TrainLoop:
             correct=0.0,
             count=0.0,
             ce_sum=0.0,
-            best=early.best,
-            best_epoch=early.best_epoch,
-            wait=early.wait,
+            **early.state(),
         )
         return logs, improved, early_stop
 
@@ -533,7 +537,7 @@ class TrainLoop:
             listener.close()
         if early.best_epoch >= 0:
             self.store.restore_best()
-            self.log(f"restored the best weights: epoch {early.best_epoch + 1}, {early.monitor}={early.best:.4f}")
+            self.log(f"restored the best weights: epoch {early.best_epoch + 1}, {early.described()}")
         elif start_epoch < self.epochs:
             self._evaluation_weights(self.epochs - 1)  # no best epoch (a NaN monitor): the final weights
         result.history = rows

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from imgtrain.config import OptimizerConfig, ScheduleConfig
 from imgtrain.errors import UserError
+from imgtrain.train.early_stopping import TIED, WORSE, BestRule, tie_breaker
 
 
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -136,11 +137,14 @@ class Plateau:
                 f"train.schedule.plateau_monitor '{self.monitor}' is not a logged metric; "
                 f"choose one of: {', '.join(sorted(logs))}"
             )
-        value, best = float(logs[self.monitor]), float(self.state.get("plateau_best"))
-        better = not math.isnan(value) and (math.isnan(best) or (value < best if self.mode == "min" else value > best))
-        if better:
-            self.state.set(plateau_best=value, plateau_wait=0)
-            return None
+        rule = BestRule(self.monitor, self.mode, 0.0, tie_breaker(self.monitor, self.mode))
+        best, best_tie = float(self.state.get("plateau_best")), float(self.state.get("plateau_best_tie"))
+        verdict = rule.judge(logs, best, best_tie)
+        if verdict != WORSE:  # early stopping's rule: a tie broken by the second metric improves
+            self.state.set(plateau_best=float(logs[self.monitor]), plateau_best_tie=rule.tie_value(logs))
+            if verdict != TIED:
+                self.state.set(plateau_wait=0)
+                return None
         wait = int(self.state.get("plateau_wait")) + 1
         if wait <= self.patience:
             self.state.set(plateau_wait=wait)

@@ -93,7 +93,7 @@ class PreciseBatchNorm:
     def _make_step(self) -> Callable:
         model, layers, dist = self.model, self.layers, self.dist
 
-        def replica(x, y, w, real):
+        def replica(x, y, w, real, *_key):
             x = model_input(x, self.on_device)  # as the training step feeds it
             model(x, training=True)
             n = tf.cast(tf.shape(x)[0], tf.float64)

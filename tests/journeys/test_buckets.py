@@ -308,12 +308,14 @@ def test_two_workers_train_from_a_gcs_bucket_into_it_and_resume_from_it_elsewher
     fs = gcs.filesystem()
     fs.mkdir("my-bucket")
     fs.put(str(user.cwd / "photos"), "my-bucket/photos", recursive=True)
-    # The first epoch on the user's own machine, one process; then two workers, on another
-    # machine's empty disk, each restore from the bucket and train on.
-    user.ok(f"{GCS_TRAIN} {SMALL} --epochs 1")
+    # The first epoch on the user's own machine, one process accumulating the two workers'
+    # global batch; then two workers, on another machine's empty disk, each restore from the
+    # bucket and train on with the run's batch.
+    user.ok(f"{GCS_TRAIN} {SMALL} --epochs 1 --set train.accumulate=2")
     other = bucket_user(tmp_path / "other", gcs.env(), photos=False)
     more = other.ok(f"{MULTIWORKER} {SMALL} --epochs 2")
     assert more.out.count("1 epoch(s) done, continuing at epoch 2") == 1, more.out[-3000:]  # the chief's line
+    assert "resized: 1 -> 2 replica(s)" in more.out and "global batch 16 (kept)" in more.out, more.out[-3000:]
     summary = json.loads(fs.cat("my-bucket/runs/photos/run.json"))
     assert summary["strategy"] == "multiworker" and summary["replicas_in_sync"], summary
     assert _epochs(fs, "my-bucket/runs/photos") == [1, 2]

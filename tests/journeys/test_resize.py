@@ -14,11 +14,13 @@ import csv
 import json
 import re
 import signal
+from collections import Counter
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from imgtrain.data import trained_keys
 from journeys.journey import SMALL, User, make_home
 
 pytestmark = pytest.mark.slow
@@ -61,6 +63,8 @@ def test_a_run_resized_2_then_1_then_2_workers_trains_each_example_once_as_the_2
     assert "global batch 16; 10 steps/epoch" in whole.out, whole.out[-2000:]
 
     resized = LAUNCH.format(n=2) + TRAIN.format(run="resized") + tracked
+    keys = tmp_path / "trained-keys"  # the ledger: each process appends the keys its steps trained
+    user.env[trained_keys.ENV] = str(keys)
     index = user.cwd / "runs/resized/checkpoints/checkpoint"
     first = user.interrupt(resized, mid_epoch_after("epoch 1/4", index), sig=signal.SIGTERM)
     assert "stopped by SIGTERM" in first.out, first.out[-3000:]
@@ -79,6 +83,14 @@ def test_a_run_resized_2_then_1_then_2_workers_trains_each_example_once_as_the_2
 
     last = user.ok(resized)
     assert "resized: 1 -> 2 replica(s)" in last.out and "continuing at epoch 3, step" in last.out, last.out[-3000:]
+
+    ledger = Counter(line for f in keys.glob("*.csv") for line in f.read_text().splitlines())
+    assert len(list(keys.glob("*.csv"))) == 2 + 1 + 2  # every process of the three starts trained
+    trained = {
+        epoch: sorted(int(k) for e, k in map(lambda x: x.split(","), ledger) if e == str(epoch))
+        for epoch in range(1, 5)
+    }
+    assert max(ledger.values()) == 1 and all(trained[e] == list(range(156)) for e in trained), ledger.most_common(3)
 
     runs = user.cwd / "runs"
     summary = json.loads((runs / "resized/run.json").read_text())
