@@ -11,6 +11,8 @@ schedules used here do not depend on those decisions (a plateau schedule would).
 
 Data sets ship offline (``imgtrain.datasets``): the digits with the demo's config, the shapes
 and the photo patches with imgtrain's defaults. ``--quick`` trains 2 epochs of 1 seed (tests).
+The same command with the same ``--work`` again reuses the runs that finished there (a run
+is resumed as imgtrain resumes any): the full study takes about 70 minutes on 2 cores.
 """
 
 from __future__ import annotations
