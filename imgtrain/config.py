@@ -426,6 +426,7 @@ class PreciseBnConfig:
         _positive("train.precise_bn.samples", self.samples)
 
 
+MAX_GLOBAL_BATCH = 10**9  # examples per step: far beyond any cluster's, and a bound on the divisor search
 MAX_ACCUMULATE = 256  # micro-batches per step: each is a call of the model in the step's graph
 
 
@@ -468,8 +469,10 @@ class TrainConfig:
             raise UserError(
                 f"train.accumulate must be 1 to {MAX_ACCUMULATE} micro-batches per step, got {self.accumulate}"
             )
-        if self.global_batch is not None:
-            _positive("train.global_batch", self.global_batch)
+        if self.global_batch is not None and not 1 <= self.global_batch <= MAX_GLOBAL_BATCH:
+            raise UserError(
+                f"train.global_batch must be 1 to {MAX_GLOBAL_BATCH:,} examples per step, got {self.global_batch}"
+            )
         _choice("train.precision", self.precision, PRECISIONS)
         _choice("train.strategy", self.strategy, STRATEGIES)
         _choice("train.cluster", self.cluster, CLUSTERS)

@@ -44,6 +44,11 @@ def test_the_global_batch_is_kept_on_other_replica_counts_or_refused_naming_thos
         batching.plan(TrainConfig(batch_size=8, accumulate=2, global_batch=64), 2, None, "runs/y")
     with pytest.raises(UserError, match="train.global_batch 20 .*multiple of 16"):
         batching.plan(TrainConfig(batch_size=8, global_batch=20), 2, None, "runs/y")
+    # A huge global batch: refused at once, by the config's bound or the counts that fit.
+    with pytest.raises(UserError, match="train.global_batch must be 1 to 1,000,000,000"):
+        TrainConfig(batch_size=8, global_batch=10**12).validate()
+    with pytest.raises(UserError, match="run it on 500000, 625000, 781250, .* replica"):
+        batching.plan(TrainConfig(batch_size=8, global_batch=10**9), 2, None, "runs/z")
 
 
 def _losses(run) -> list[float]:

@@ -10,6 +10,7 @@ steps and rates. A resize is said in one line and recorded in the run directory
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -74,9 +75,19 @@ def plan(train: TrainConfig, replicas: int, saved: Optional[TrainConfig], output
     return BatchPlan(per, replicas, accumulate, previous, recorded)
 
 
+def _replica_counts(wanted: int, per: int) -> list[int]:
+    """The replica counts that make up ``wanted`` from batches of ``per`` with at most
+    MAX_ACCUMULATE micro-batches: the divisors r of wanted / per with (wanted / per) / r at
+    most MAX_ACCUMULATE, found up to the square root (a huge global batch answers at once)."""
+    if wanted % per:
+        return []
+    m = wanted // per
+    small = [d for d in range(1, math.isqrt(m) + 1) if m % d == 0]
+    return sorted(r for r in {*small, *(m // d for d in small)} if m // r <= MAX_ACCUMULATE)
+
+
 def _refusal(wanted: int, per: int, replicas: int, resuming: bool, output: str) -> str:
-    fits = range(1, wanted // per + 1)
-    counts = [r for r in fits if wanted % (per * r) == 0 and wanted // (per * r) <= MAX_ACCUMULATE]
+    counts = _replica_counts(wanted, per)
     can = ", ".join(map(str, counts[:12])) + (", ..." if len(counts) > 12 else "")
     whose = f"{output} trains with a global batch of {wanted}" if resuming else f"train.global_batch {wanted}"
     where = f"run it on {can} replica(s)" if counts else "no count of replicas can"
