@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from imgtrain.config import Config, EarlyStoppingConfig
 from imgtrain.datasets import write_digits, write_patches, write_shapes
+from imgtrain.train.early_stopping import IMPROVED, BestRule
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 MONITORS = ("val_accuracy", "val_loss")
@@ -46,10 +47,10 @@ class FirstTie:
         self.es = es
 
     def update(self, epoch: int, logs: dict[str, float]) -> tuple[bool, bool]:
-        es, value = self.es, float(logs[self.es.monitor])
-        gain = (value - es.best if es.mode == "max" else es.best - value) if not math.isnan(es.best) else math.inf
-        if not math.isnan(value) and gain > es.min_delta:
-            es.best, es.best_epoch, es.wait = value, epoch, 0
+        es = self.es
+        first_wins = BestRule(es.monitor, es.mode, es.min_delta)  # no second metric: a tie is never IMPROVED
+        if first_wins.judge(logs, es.best, math.nan) == IMPROVED:
+            es.best, es.best_epoch, es.wait = float(logs[es.monitor]), epoch, 0
             return True, False
         es.wait += 1
         return False, es.enabled and es.wait >= max(1, es.patience)

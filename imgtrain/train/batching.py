@@ -9,6 +9,7 @@ steps and rates. A resize is said in one line and recorded in the run directory
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -106,8 +107,6 @@ def _refusal(wanted: int, per: int, replicas: int, resuming: bool, output: str) 
 
 def resized(train: TrainConfig, batch: BatchPlan) -> TrainConfig:
     """``train`` with this start's accumulation and the run's global batch (what config.yaml records)."""
-    import dataclasses
-
     return dataclasses.replace(train, accumulate=batch.accumulate, global_batch=batch.global_batch)
 
 
