@@ -377,10 +377,16 @@ class EarlyStoppingConfig:
     mode: str = "auto"  # min, max, or auto (max for accuracy-like metrics)
     patience: int = 5
     min_delta: float = 0.0
+    # Epochs closer than this many standard errors of the validation metric are a tie (the
+    # later one kept, patience held); 0: exact comparisons, as Keras' EarlyStopping. Two is
+    # about a 95% band; python -m imgtrain.tie_study chose it: at one, the restored epoch fell
+    # up to 7 points below the last one trained on small validation splits.
+    noise_band: float = 2.0
 
     def validate(self) -> None:
         _choice("train.early_stopping.mode", self.mode, ("auto", "min", "max"))
         _in_range("train.early_stopping.min_delta", self.min_delta, 0.0, float("1e30"))
+        _in_range("train.early_stopping.noise_band", self.noise_band, 0.0, 10.0)
         if self.patience < 0:
             raise UserError(f"train.early_stopping.patience must be 0 or more, got {self.patience}")
 

@@ -25,6 +25,8 @@ FIELDS = (
     "val_loss",
     "val_accuracy",
     "val_top{k}_accuracy",
+    "val_loss_se",
+    "val_accuracy_se",
     "learning_rate",
     "images_per_sec",
     "seconds",

@@ -70,7 +70,9 @@ def decide(rows: list[dict[str, float]], monitor: str, patience: int, old: bool)
 
 
 def train_once(cfg: Config) -> tuple[list[dict[str, float]], list[float]]:
-    """Train ``cfg`` with every epoch kept; return its history rows and each epoch's test accuracy."""
+    """Train ``cfg`` with every epoch kept; return its history rows and each epoch's test
+    accuracy. Each epoch's validation is evaluated again from its checkpoint for the rows'
+    standard errors (a history written before imgtrain logged them has none)."""
     import keras
 
     from imgtrain import history, rundir
@@ -79,26 +81,31 @@ def train_once(cfg: Config) -> tuple[list[dict[str, float]], list[float]]:
     from imgtrain.train.assembly import split_dataset
     from imgtrain.train.checkpoint import read_model_weights
     from imgtrain.train.distribution import SingleDevice
-    from imgtrain.train.eval_sums import evaluate_sums, summarize
+    from imgtrain.train.eval_sums import evaluate_sums, make_eval_step, summarize
 
     train_run(cfg, progress=False, log=lambda _m: None)
     run = Path(cfg.output)
     rows = [{k: float(v) for k, v in r.items() if k != "phase" and v not in ("", None)} for r in history.read(run)]
     prep = prepare_data(cfg, run, progress=False)
-    model = build_model(cfg.model, len(prep.class_names), cfg.data.image_size).model
+    classes = len(prep.class_names)
+    model = build_model(cfg.model, classes, cfg.data.image_size).model
     dist, tests = SingleDevice(), []
-    for epoch in range(1, len(rows) + 1):
+    step = make_eval_step(model, dist, classes, top_k=1)
+    for epoch, row in enumerate(rows, start=1):
         read_model_weights(model, run / rundir.CHECKPOINTS / f"ckpt-{epoch}")
-        sums = evaluate_sums(
-            model, dist, lambda: split_dataset(prep, cfg, dist, "test", 64), len(prep.class_names), top_k=1
-        )
-        tests.append(float(summarize(sums, top_k=1)["val_accuracy"]))
+        logs = {}
+        for split in ("val", "test"):
+            data = lambda s=split: split_dataset(prep, cfg, dist, s, 64)  # noqa: E731
+            logs[split] = summarize(evaluate_sums(model, dist, data, classes, 1, step=step), top_k=1)
+        row.update({k: v for k, v in logs["val"].items() if k not in row})
+        tests.append(float(logs["test"]["val_accuracy"]))
     keras.backend.clear_session()
     return rows, tests
 
 
 def measure(work: Path, seeds: Sequence[int], quick: bool = False) -> list[dict[str, Any]]:
-    results = []
+    """Train every (data set, seed) once; one row per epoch: its history and its test accuracy."""
+    epochs = []
     for name, write, config, extra in DATASETS:
         data = write(work / "data" / name.split()[0])
         for seed in seeds:
@@ -108,23 +115,56 @@ def measure(work: Path, seeds: Sequence[int], quick: bool = False) -> list[dict[
             cfg = Config.load(CONFIGS / config if config else None, items)
             patience = Config.load(CONFIGS / config if config else None, []).train.early_stopping.patience
             rows, tests = train_once(cfg)
-            for monitor in MONITORS:
-                new, last = decide(rows, monitor, patience, old=False)
-                old, _ = decide(rows, monitor, patience, old=True)
-                results.append(
-                    {
-                        "data": name,
-                        "seed": seed,
-                        "monitor": monitor,
-                        "restored": new + 1,
-                        "last": last + 1,
-                        "first_tie": old + 1,
-                        "test_restored": tests[new],
-                        "test_last": tests[last],
-                        "test_first_tie": tests[old],
-                    }  # fmt: skip
-                )
+            for row, test in zip(rows, tests):
+                epochs.append({"data": name, "seed": seed, "patience": patience, **row, "test_accuracy": test})
+    return epochs
+
+
+def judged(epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run and monitor: the epoch each rule restores, the last trained, and their test accuracy."""
+    results = []
+    runs = dict.fromkeys((e["data"], e["seed"]) for e in epochs)
+    for name, seed in runs:
+        rows = sorted((e for e in epochs if (e["data"], e["seed"]) == (name, seed)), key=lambda e: e["epoch"])
+        tests = [float(r["test_accuracy"]) for r in rows]
+        patience = int(rows[0]["patience"])
+        for monitor in MONITORS:
+            new, last = decide(rows, monitor, patience, old=False)
+            old, _ = decide(rows, monitor, patience, old=True)
+            results.append(
+                {
+                    "data": name,
+                    "seed": seed,
+                    "monitor": monitor,
+                    "restored": new + 1,
+                    "last": last + 1,
+                    "first_tie": old + 1,
+                    "test_restored": tests[new],
+                    "test_last": tests[last],
+                    "test_first_tie": tests[old],
+                    "test_all_epochs": tests[-1],
+                }  # fmt: skip
+            )
     return results
+
+
+def read_epochs(path: Path) -> list[dict[str, Any]]:
+    """The rows ``--epochs-csv`` wrote: numbers back as numbers."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    whole = ("seed", "epoch", "patience")
+    return [
+        {k: (v if k == "data" else int(float(v)) if k in whole else float(v)) for k, v in r.items() if v != ""}
+        for r in rows
+    ]
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> str:
@@ -132,12 +172,13 @@ def _mean(rows: list[dict[str, Any]], key: str) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Per data set and monitor: mean test accuracy of the three choices, the worst gap of the
-    restored epoch below the last, and the runs where the old rule lost accuracy."""
+    """Per data set and monitor: the mean epochs trained (imgtrain's early stopping), mean test
+    accuracy of the three choices, the worst gap of the restored epoch below the last, and the
+    runs where the old rule lost accuracy."""
     lines = [
-        "| data | monitor | runs | restored (imgtrain) | last epoch | first tie (old rule) | worst restored - last "
-        "| old rule below restored |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| data | monitor | runs | epochs trained | restored (imgtrain) | last epoch | first tie (old rule) "
+        "| worst restored - last | old rule below restored |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keys = dict.fromkeys((r["data"], r["monitor"]) for r in results)
     for data, monitor in keys:
@@ -147,7 +188,8 @@ def table(results: list[dict[str, Any]]) -> str:
         lost = [r["test_restored"] - r["test_first_tie"] for r in rs if r["test_first_tie"] < r["test_restored"]]
         lost_text = f"{len(lost)} run(s), by up to {max(lost) * 100:.2f} pt" if lost else "none"
         lines.append(
-            f"| {data} | {monitor} | {len(rs)} | {_mean(rs, 'test_restored')} | {_mean(rs, 'test_last')} | "
+            f"| {data} | {monitor} | {len(rs)} | {sum(r['last'] for r in rs) / len(rs):.1f} "
+            f"| {_mean(rs, 'test_restored')} | {_mean(rs, 'test_last')} | "
             f"{_mean(rs, 'test_first_tie')} | {worst * 100:+.2f} pt | {lost_text} |"
         )
     return "\n".join(lines)
@@ -158,18 +200,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, default=10, help="seeds per data set (1..100)")
     parser.add_argument("--work", type=Path, help="where data and runs go (a temporary folder if not given)")
     parser.add_argument("--csv", type=Path, help="also write every run's figures here")
+    parser.add_argument("--epochs-csv", type=Path, help="also write every epoch's history and test accuracy here")
+    parser.add_argument("--replay", type=Path, help="decide again from an --epochs-csv file, without training")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed: the figures then mean nothing")
     args = parser.parse_args(argv)
     if not 1 <= args.seeds <= 100:
         parser.error(f"--seeds must be 1 to 100, got {args.seeds}")
     seeds = [1] if args.quick else list(range(1, args.seeds + 1))
-    with tempfile.TemporaryDirectory() as tmp:
-        results = measure(args.work or Path(tmp), seeds, args.quick)
+    if args.replay:
+        epochs = read_epochs(args.replay)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            epochs = measure(args.work or Path(tmp), seeds, args.quick)
+    results = judged(epochs)
+    if args.epochs_csv:
+        write_csv(args.epochs_csv, epochs)
     if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(results[0]))
-            writer.writeheader()
-            writer.writerows(results)
+        write_csv(args.csv, results)
     print(table(results))
     return 0
 

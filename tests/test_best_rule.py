@@ -31,9 +31,9 @@ def test_a_tie_in_accuracy_goes_to_the_lower_loss_then_to_the_later_epoch_and_th
         decisions.append(es.update(epoch, logs))
         notes.append(es.saturation_note())
     # epochs 2-4 improve by the tie-breaker (patience restarts); 5 ties on both: it is kept as
-    # the later epoch but patience counts; 6 and 7 are worse (7 on accuracy despite its loss)
+    # the later epoch and patience holds; 6 and 7 are worse (7 on accuracy despite its loss)
     assert [best for best, _ in decisions] == [True, True, True, True, True, False, False]
-    assert es.best_epoch == 4 and es.wait == 3 and decisions[-1] == (False, True)
+    assert es.best_epoch == 4 and es.wait == 2 and decisions[-1] == (False, False)
     assert es.described() == "val_accuracy=1.0000, val_loss=0.1000 (chosen by a tie on both metrics: the later epoch)"
     assert notes.count(None) == len(notes) - 1 and "val_accuracy has been 1, its best possible value" in notes[2]
     assert "ties are broken by val_loss, then by the later epoch" in notes[2]
@@ -62,6 +62,45 @@ def test_the_rule_with_min_delta_in_both_modes(mode, best, value, best_tie, tie,
     rule = BestRule(monitor, mode, 0.01, second)
     logs = {monitor: value} if math.isnan(tie) else {monitor: value, second: tie}
     assert rule.judge(logs, best, best_tie) == verdict
+
+
+@pytest.mark.parametrize(
+    "value, se, tie, tie_se, verdict",
+    [
+        (0.78, 0.015, 0.35, 0.05, BROKEN),  # 2 pt below the peak, within 2 errors; loss lower by > 2 errors
+        (0.78, 0.015, 0.45, 0.05, TIED),  # loss lower but within 2 errors: the later epoch
+        (0.78, 0.015, 0.65, 0.05, WORSE),  # loss higher by more than 2 errors
+        (0.78, 0.005, 0.10, 0.05, WORSE),  # 2 pt below with a 0.5 pt error: worse, whatever its loss
+        (0.78, math.nan, 0.10, 0.05, WORSE),  # no standard error logged: exact, as without it
+    ],
+)
+def test_a_tie_is_what_the_validation_split_cannot_tell_apart(value, se, tie, tie_se, verdict):
+    """Within two standard errors below the peak (``val_accuracy_se``) the monitored metric is
+    a tie; the loss breaks it only by more than two of its own standard errors."""
+    logs = {"val_accuracy": value, "val_accuracy_se": se, "val_loss": tie, "val_loss_se": tie_se}
+    assert BestRule("val_accuracy", "max", 0.0, "val_loss").judge(logs, 0.80, 0.50) == verdict
+
+
+def test_ties_are_judged_against_the_peak_so_a_chain_of_them_cannot_drift_down():
+    """Each epoch 1.5 pt below the one before, with a 1.75 pt error (a 3.5 pt band): the second
+    and third tie with the peak; the fourth is 4.5 pt below the peak, worse, though within the
+    band of the epoch kept before it. The kept epoch is the latest tie; ties do not spend
+    patience, the worse epoch does; the line names the peak."""
+    es = EarlyStopping.from_config(EarlyStoppingConfig(monitor="val_accuracy", patience=5))
+    run = [(0.80, 0.50), (0.785, 0.50), (0.77, 0.50), (0.755, 0.50)]
+    kept = [es.update(e, {"val_accuracy": a, "val_accuracy_se": 0.0175, "val_loss": loss, "val_loss_se": 0.05})[0]
+            for e, (a, loss) in enumerate(run)]  # fmt: skip
+    assert kept == [True, True, True, False] and es.best_epoch == 2 and es.peak == 0.80 and es.wait == 1
+    assert es.described().endswith("the run's best val_accuracy was 0.8000, within 2 standard errors)")
+
+
+def test_a_small_split_that_cannot_tell_epochs_apart_never_stops_the_run():
+    """Patience 2; accuracy wanders within its band for 10 epochs: no stop. Two epochs clearly
+    below the peak then stop it."""
+    es = EarlyStopping.from_config(EarlyStoppingConfig(monitor="val_accuracy", patience=2))
+    wander = [0.80, 0.76, 0.78, 0.75, 0.79, 0.77, 0.76, 0.78, 0.75, 0.77] + [0.60, 0.62]
+    stops = [es.update(e, {"val_accuracy": a, "val_accuracy_se": 0.03})[1] for e, a in enumerate(wander)]
+    assert stops == [False] * 11 + [True] and es.best_epoch == 9
 
 
 def test_a_resume_in_the_middle_of_a_patience_count_decides_as_the_run_it_resumes():

@@ -95,7 +95,14 @@ def test_top_k_is_reported_the_same_way_in_validation_and_the_report():
     from imgtrain.train.eval_sums import summarize
 
     for classes, k, shown in ((5, 5, False), (6, 5, True), (4, 3, True), (3, 3, False)):
-        totals = {"loss_sum": 1.0, "correct": 1.0, "topk_correct": 2.0, "count": 2.0, "confusion": np.eye(classes) * 0}
+        totals = {
+            "loss_sum": 1.0,
+            "loss_sq_sum": 1.0,
+            "correct": 1.0,
+            "topk_correct": 2.0,
+            "count": 2.0,
+            "confusion": np.eye(classes) * 0,
+        }
         totals["confusion"][0, 0] = 2
         names = [f"c{i}" for i in range(classes)]
         assert (f"val_top{k}_accuracy" in summarize(totals, top_k=k)) is shown

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from imgtrain.config import OptimizerConfig, ScheduleConfig
+from imgtrain.config import EarlyStoppingConfig, OptimizerConfig, ScheduleConfig
 from imgtrain.errors import UserError
 from imgtrain.train.early_stopping import EarlyStopping
 from imgtrain.train.losses import class_weight_vector
@@ -76,7 +76,7 @@ def test_early_stopping_patience_and_modes():
     assert es.update(4, {"val_loss": 0.6}) == (False, True)
     assert es.best_epoch == 2 and math.isclose(es.best, 0.5)
     acc = EarlyStopping.from_config(
-        type("C", (), {"monitor": "val_accuracy", "mode": "auto", "patience": 1, "min_delta": 0.0, "enabled": True})()
+        EarlyStoppingConfig(monitor="val_accuracy", mode="auto", patience=1, min_delta=0.0, enabled=True)
     )
     assert acc.mode == "max"
     with pytest.raises(UserError, match="not a logged metric"):

@@ -40,6 +40,8 @@ STATE_FIELDS = {
     "best_by": tf.int64,  # why that epoch is the best (early_stopping.BEST_BY)
     "at_bound": tf.int64,  # epochs in a row the monitored metric sat at its bound
     "plateau_best_tie": tf.float64,
+    "peak": tf.float64,  # the best monitored value seen (early_stopping: ties are judged against it)
+    "peak_tie": tf.float64,
 }
 INITIAL = {
     "best": float("nan"),
@@ -48,6 +50,8 @@ INITIAL = {
     "plateau_best": float("nan"),
     "best_tie": float("nan"),
     "plateau_best_tie": float("nan"),
+    "peak": float("nan"),
+    "peak_tie": float("nan"),
 }
 
 
@@ -104,12 +108,12 @@ class CheckpointStore:
         self.best_vars = [
             tf.Variable(v.read_value(), trainable=False, name=f"best_{i}") for i, v in enumerate(self.model_vars)
         ]
-        self.checkpoint = tf.train.Checkpoint(
-            model=_by_position(self.model_vars),
-            optimizer=_by_position(self.optimizer_vars),
-            best=_by_position(self.best_vars),
-            loop=dict(state.vars),
-        )
+        self.parts = {
+            "model": _by_position(self.model_vars),
+            "optimizer": _by_position(self.optimizer_vars),
+            "best": _by_position(self.best_vars),
+        }
+        self.checkpoint = tf.train.Checkpoint(**self.parts, loop=dict(state.vars))
         self.manager = (
             tf.train.CheckpointManager(self.checkpoint, str(self.save_dir), max_to_keep=keep) if self.save_dir else None
         )
@@ -135,7 +139,7 @@ class CheckpointStore:
         names = [state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]
         candidates = [self.restore_dir / n for n in dict.fromkeys(os.path.basename(p) for p in names)]
         for i, path in enumerate(candidates):
-            problem = _unreadable(self.checkpoint, path)
+            problem = _unreadable(self._reader(path), path)
             if problem:
                 log(f"warning: checkpoint {path} {problem}; trying an older one")
                 continue
@@ -147,6 +151,19 @@ class CheckpointStore:
             f"no checkpoint in {self.restore_dir} can be read (all {len(candidates)} listed in its 'checkpoint' "
             "index are missing or damaged); start again with a new --output, or --overwrite to train anew here"
         )
+
+    def _reader(self, path: Path) -> tf.train.Checkpoint:
+        """What to restore ``path`` into: a checkpoint written before some of the loop's
+        counters existed (an older imgtrain) restores those it has; the rest keep their
+        initial values (``INITIAL``), as at a run's start."""
+        try:
+            names = {name for name, _ in tf.train.list_variables(str(path))}
+        except Exception:  # noqa: BLE001 - a damaged file: the restore says so
+            return self.checkpoint
+        held = {k: v for k, v in self.state.vars.items() if f"loop/{k}/.ATTRIBUTES/VARIABLE_VALUE" in names}
+        if len(held) == len(self.state.vars) or not held:
+            return self.checkpoint
+        return tf.train.Checkpoint(**self.parts, loop=held)
 
     def save(self) -> Optional[str]:
         if self.manager is None:

@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from imgtrain.train.early_stopping import is_standard_error
 from imgtrain.train.tensorboard import TensorBoardLog
 
 
@@ -21,7 +22,7 @@ class ConsoleAndTensorBoard:
         self.board.start(hparams, sample)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], lr: float, img_s: float, improved: bool) -> None:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "cross_entropy")
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "cross_entropy" and not is_standard_error(k))
         self.log(
             f"epoch {epoch + 1}/{self.epochs}  {shown}  lr={lr:.3g}  {img_s:.0f} img/s{'  *best*' if improved else ''}"
         )

@@ -4,6 +4,7 @@ metrics they make."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import keras
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from imgtrain.config import reports_top_k
 from imgtrain.stop import Abandoned
 from imgtrain.train.distribution import Distribution
+from imgtrain.train.early_stopping import standard_error
 from imgtrain.train.losses import cross_entropy
 
 
@@ -28,8 +30,10 @@ def make_eval_step(model: keras.Model, dist: Distribution, num_classes: int, top
         real64 = tf.cast(real, tf.float64)
         topk = tf.cast(tf.math.in_top_k(y, logits, k), tf.float64) * real64
         cm = tf.math.confusion_matrix(y, pred, num_classes=num_classes, weights=real64, dtype=tf.float64)
+        weighted = tf.cast(per_ex * w, tf.float64) * real64
         return {
-            "loss_sum": tf.reduce_sum(tf.cast(per_ex * w * real, tf.float64)),
+            "loss_sum": tf.reduce_sum(weighted),
+            "loss_sq_sum": tf.reduce_sum(weighted * tf.cast(per_ex * w, tf.float64)),
             "correct": tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float64) * real64),
             "topk_correct": tf.reduce_sum(topk),
             "count": tf.reduce_sum(real64),
@@ -60,6 +64,7 @@ def evaluate_sums(
     step = step or make_eval_step(model, dist, num_classes, top_k)
     totals: dict[str, np.ndarray] = {
         "loss_sum": np.float64(0),
+        "loss_sq_sum": np.float64(0),
         "correct": np.float64(0),
         "topk_correct": np.float64(0),
         "count": np.float64(0),
@@ -76,8 +81,17 @@ def evaluate_sums(
 
 
 def summarize(totals: dict[str, np.ndarray], prefix: str = "val_", top_k: int = 5) -> dict[str, float]:
+    """The mean loss and accuracy, their standard errors over the examples (how far another
+    draw of as many images could move them: early stopping's noise margin), and top-k."""
     n = max(float(totals["count"]), 1.0)
-    logs = {f"{prefix}loss": float(totals["loss_sum"]) / n, f"{prefix}accuracy": float(totals["correct"]) / n}
+    loss, accuracy = float(totals["loss_sum"]) / n, float(totals["correct"]) / n
+    spread = max(float(totals["loss_sq_sum"]) / n - loss * loss, 0.0)
+    logs = {
+        f"{prefix}loss": loss,
+        f"{prefix}accuracy": accuracy,
+        standard_error(f"{prefix}loss"): math.sqrt(spread / n),
+        standard_error(f"{prefix}accuracy"): math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n),
+    }
     if reports_top_k(totals["confusion"].shape[0], top_k):
         logs[f"{prefix}top{top_k}_accuracy"] = float(totals["topk_correct"]) / n
     return logs

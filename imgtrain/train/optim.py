@@ -140,8 +140,9 @@ class Plateau:
         rule = BestRule(self.monitor, self.mode, 0.0, tie_breaker(self.monitor, self.mode))
         best, best_tie = float(self.state.get("plateau_best")), float(self.state.get("plateau_best_tie"))
         verdict = rule.judge(logs, best, best_tie)
+        best, best_tie = rule.peaks(logs, verdict, best, best_tie)
+        self.state.set(plateau_best=best, plateau_best_tie=best_tie)
         if verdict != WORSE:  # early stopping's rule: a tie broken by the second metric improves
-            self.state.set(plateau_best=float(logs[self.monitor]), plateau_best_tie=rule.tie_value(logs))
             if verdict != TIED:
                 self.state.set(plateau_wait=0)
                 return None

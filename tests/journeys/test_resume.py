@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 STOP_EARLY = (
     "--set train.early_stopping.patience=1 --set train.early_stopping.monitor=val_accuracy "
-    "--set train.early_stopping.min_delta=0.5"
+    "--set train.early_stopping.min_delta=0.5 --set train.early_stopping.noise_band=0"
 )
 
 
