@@ -87,3 +87,27 @@ def test_a_worker_without_a_save_dir_writes_nothing(tmp_path: Path):
     store = CheckpointStore(None, None, m, opt, LoopState(), keep=2)
     assert store.save() is None and not store.restore_latest()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_checkpoint_written_before_a_loop_counter_existed_resumes(tmp_path: Path):
+    """A run checkpointed by an older imgtrain (its loop state lacks the counters added since,
+    here early stopping's peaks) resumes: what it holds is restored, the rest starts as at a
+    run's start, and early stopping takes its best as its peak."""
+    from imgtrain.config import EarlyStoppingConfig
+    from imgtrain.train.early_stopping import EarlyStopping
+
+    m, opt, st = _model(), keras.optimizers.SGD(0.1), LoopState()
+    opt.build(m.trainable_variables)
+    st.set(epoch=4, best=0.9, best_epoch=3)
+    older = CheckpointStore(tmp_path, tmp_path, m, opt, st, keep=2)
+    held = {k: v for k, v in st.vars.items() if k not in ("peak", "peak_tie")}
+    older.checkpoint = tf.train.Checkpoint(**older.parts, loop=held)
+    older.manager = tf.train.CheckpointManager(older.checkpoint, str(tmp_path), max_to_keep=2)
+    older.save()
+
+    st2 = LoopState()
+    assert CheckpointStore(tmp_path, tmp_path, _model(), opt, st2, keep=2).restore_latest()
+    assert (st2.get("epoch"), st2.get("best"), st2.get("best_epoch")) == (4, 0.9, 3) and np.isnan(st2.get("peak"))
+    es = EarlyStopping.from_config(EarlyStoppingConfig(monitor="val_accuracy"))
+    es.load(st2.get)
+    assert es.peak == 0.9 and es.update(4, {"val_accuracy": 0.85}) == (False, False)
