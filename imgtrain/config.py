@@ -380,7 +380,7 @@ class EarlyStoppingConfig:
     # Epochs closer than this many standard errors of the validation metric are a tie (the
     # later one kept, patience held); 0: exact comparisons, as Keras' EarlyStopping. Two is
     # about a 95% band; python -m imgtrain.tie_study chose it: at one, the restored epoch fell
-    # up to 7 points below the last one trained on small validation splits.
+    # up to 10 points below the last one trained on small validation splits.
     noise_band: float = 2.0
 
     def validate(self) -> None:
