@@ -95,6 +95,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     return COMMANDS[args.command].run(args)
 
 
+def _check_before_tensorflow(args: argparse.Namespace) -> None:
+    """A command's checks that need no TensorFlow (its ``check``, when it has one): a mistyped
+    flag or path is said before the 8-second import, not after it."""
+    check = getattr(COMMANDS[args.command], "check", None)
+    if check is not None:
+        check(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``imgtrain`` command. Given ``argv`` (called from Python: a test, a notebook), the
     caller's signal handlers are back on return; as the process's own command (``argv``
@@ -132,6 +140,7 @@ def _main(argv: Optional[Sequence[str]], own: bool) -> int:
     line = ""
     try:
         stop.install_default()
+        _check_before_tensorflow(args)
         _import_tensorflow_quietly()
         code = _dispatch(args)
     except BaseException as exc:  # noqa: BLE001 - every way out says one line, or re-raises

@@ -7,6 +7,7 @@ import argparse
 from imgtrain.commands.options import add_config_flags, add_no_progress
 from imgtrain.config import MODELS, Config
 from imgtrain.config_parse import set_value
+from imgtrain.data.sources import check_local_path
 
 EPILOG = """examples:
   imgtrain train --data photos/ --model cnn --epochs 20 --output runs/photos
@@ -116,6 +117,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if value is not None:
             cfg = set_value(cfg, key, value, where="the command line")
     return cfg.checked().with_absolute_paths()
+
+
+def check(args: argparse.Namespace) -> None:
+    """What is wrong with the flags, config and a local --data, said before TensorFlow loads."""
+    check_local_path(config_from_args(args).data.path)
 
 
 def run(args: argparse.Namespace) -> int:

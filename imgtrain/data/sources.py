@@ -17,6 +17,7 @@ from typing import Optional, Union
 from imgtrain.config import IMAGE_EXTENSIONS, DataConfig
 from imgtrain.data.folders import BucketFolder, LocalFolder
 from imgtrain.errors import UserError
+from imgtrain.storage.urls import is_url
 
 Folder = Union[LocalFolder, BucketFolder]
 
@@ -65,18 +66,28 @@ def is_tfds(path: Optional[str]) -> bool:
     return bool(path) and str(path).startswith("tfds:")
 
 
+def check_local_path(given: Optional[str]) -> None:
+    """The one line for a local data path that cannot be read as data (missing, or a file that
+    is not a CSV manifest); nothing for a bucket URL, ``tfds:`` or none given. Cheap: the train
+    command asks it before TensorFlow loads (8 s here), so a typo is answered at once."""
+    if not given or is_tfds(given) or is_url(given):
+        return
+    path = Path(given).expanduser()
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; pass an image folder, a CSV manifest or tfds:NAME to --data")
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise UserError(
+            f"data path {path} is a file but not a .csv manifest; pass a folder or a CSV with path,label[,weight]"
+        )
+
+
 def discover(cfg: DataConfig) -> Catalog:
     """List the examples of a folder or CSV manifest; fail early on an unusable path."""
     if not cfg.path:
         raise UserError("no data given; pass --data FOLDER, --data manifest.csv or --data tfds:NAME")
+    check_local_path(cfg.path)
     path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise UserError(f"data path {path} does not exist; pass an image folder, a CSV manifest or tfds:NAME to --data")
     if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise UserError(
-                f"data path {path} is a file but not a .csv manifest; pass a folder or a CSV with path,label[,weight]"
-            )
         return _from_csv(path, cfg.label_vocabulary)
     return _from_folder(LocalFolder(path), cfg.label_vocabulary)
 
