@@ -48,9 +48,13 @@ def _import_tensorflow_quietly() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" or "tensorflow" in sys.modules:
         return
+    try:
+        buf = tempfile.TemporaryFile()
+    except OSError:  # no usable temporary directory (a full disk): unfiltered; the command says what is wrong
+        return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as buf:
+    with buf:
         os.dup2(buf.fileno(), 2)
         try:
             import keras  # noqa: F401
@@ -93,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace) -> int:
     return COMMANDS[args.command].run(args)
+
+
+def _temporary_directory() -> None:
+    """TensorFlow and Keras need a writable temporary directory from their import on: with none
+    (a full disk), one line says so instead of their traceback."""
+    try:
+        tempfile.gettempdir()
+    except OSError:
+        raise UserError(
+            "no usable temporary directory: TMPDIR, /tmp and /var/tmp are full or not writable; "
+            "free some space there or set TMPDIR to a folder with room, and run the same command again"
+        ) from None
 
 
 def _check_before_tensorflow(args: argparse.Namespace) -> None:
@@ -140,6 +156,7 @@ def _main(argv: Optional[Sequence[str]], own: bool) -> int:
     line = ""
     try:
         stop.install_default()
+        _temporary_directory()
         _check_before_tensorflow(args)
         _import_tensorflow_quietly()
         code = _dispatch(args)

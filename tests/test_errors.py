@@ -209,3 +209,23 @@ def test_imagenet_weights_offline_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "could not download the ImageNet weights" in proc.stderr and "model.resnet50.weights" in proc.stderr
+
+
+def test_no_usable_temporary_directory_is_one_line(tmp_path):
+    """A full disk under /tmp and /var/tmp (real tmpfs mounts, filled, in a mount namespace of
+    the command's own): TensorFlow's import would fail in a traceback; the command says one line
+    naming TMPDIR and exits 2."""
+    script = (
+        "mount -t tmpfs -o size=64k tmpfs /tmp && mount -t tmpfs -o size=64k tmpfs /var/tmp || exit 99; "
+        "head -c 200000 /dev/zero > /tmp/fill 2>/dev/null; head -c 200000 /dev/zero > /var/tmp/fill 2>/dev/null; "
+        f'cd /var/tmp && exec "{sys.executable}" -m imgtrain evaluate --run runs/none'
+    )
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        pytest.skip("unshare is not installed")
+    if done.returncode == 99 or "unshare:" in done.stderr:
+        pytest.skip(f"cannot mount in a namespace of its own here (needs root): {done.stderr.strip()[:120]}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.strip()]
+    assert line.startswith("imgtrain: error: no usable temporary directory") and "TMPDIR" in line, line
