@@ -48,13 +48,9 @@ def _import_tensorflow_quietly() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" or "tensorflow" in sys.modules:
         return
-    try:
-        buf = tempfile.TemporaryFile()
-    except OSError:  # no usable temporary directory (a full disk): unfiltered; the command says what is wrong
-        return
     sys.stderr.flush()
     saved = os.dup(2)
-    with buf:
+    with tempfile.TemporaryFile() as buf:  # a usable temporary directory: _temporary_directory asked first
         os.dup2(buf.fileno(), 2)
         try:
             import keras  # noqa: F401

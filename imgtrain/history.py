@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from imgtrain import atomic, rundir
+from imgtrain.train.early_stopping import standard_error
 
 # The columns, in order; {k} is the run's evaluate.top_k.
 FIELDS = (
@@ -25,8 +26,8 @@ FIELDS = (
     "val_loss",
     "val_accuracy",
     "val_top{k}_accuracy",
-    "val_loss_se",
-    "val_accuracy_se",
+    standard_error("val_loss"),
+    standard_error("val_accuracy"),
     "learning_rate",
     "images_per_sec",
     "seconds",
