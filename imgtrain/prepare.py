@@ -52,6 +52,7 @@ def prepare_dataset(
                 "skipped": catalog.skipped,
             },
         },
+        split_seed=cfg.effective_split_seed,
         progress=progress,
     )
     counts = ", ".join(

@@ -12,6 +12,8 @@ resume on other draws), so salts are the constants below, never literals at a ca
                                                         '-- crop window     '--RANDOM_ERASING
     run seed --STEP,position--> step seed (batch-level MixUp and CutMix)
     run seed, epoch --> shuffle seed (the epoch's order of examples)
+    run seed --SHARDS,epoch--> a worker's order of its prepared shards in the epoch
+    split seed --PREPARED,split--> the order ``prepare`` writes a split's records in
 
 The split of the files into train/val/test is not a stream: it hashes each file's own key
 (data/split.py), so adding files moves no other file.
@@ -19,6 +21,9 @@ The split of the files into train/val/test is not a stream: it hashes each file'
 
 from __future__ import annotations
 
+import zlib
+
+import numpy as np
 import tensorflow as tf
 
 EPOCH = 0x1A6E  # an epoch's key, from which every training example's seed in it is made
@@ -26,6 +31,8 @@ STEP = 0x313A  # the training step's seed, from (run seed, epoch, step)
 DRAWS = 1  # an example's eight uniforms: flips, affine, brightness, contrast
 RANDAUGMENT = 101  # folded from the example's draws seed
 RANDOM_ERASING = 102  # likewise
+SHARDS = 0x5A4D  # a worker's order of its prepared shards, per epoch
+PREPARED = 0x9E7A  # the order in which ``prepare`` writes a split's records
 
 
 def fold(seed: tf.Tensor, stream: int) -> tf.Tensor:
@@ -71,3 +78,15 @@ def step_base(seed: int) -> tf.Tensor:
 def shuffle(seed: int, epoch: int) -> int:
     """The shuffle seed of one epoch; distinct per epoch, identical on every worker."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31 - 1)
+
+
+def shard_order(seed: int, epoch: int, count: int) -> list[int]:
+    """The order, in ``epoch``, in which a worker reads its ``count`` prepared shards: a
+    permutation drawn from (run seed, epoch), the same on every worker and every resume."""
+    return np.random.default_rng([SHARDS, seed, epoch]).permutation(count).tolist()
+
+
+def prepared_order(split_seed: int, split: str, count: int) -> list[int]:
+    """The order in which ``prepare`` writes a split's ``count`` examples (a permutation of their
+    order in the folder), so that every shard, and every window of the records, mixes classes."""
+    return np.random.default_rng([PREPARED, split_seed, zlib.crc32(split.encode())]).permutation(count).tolist()

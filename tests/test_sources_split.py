@@ -139,4 +139,5 @@ def test_every_source_kind_answers_the_same_questions(tmp_path):
     plan = EpochPlan(seed=1, epoch=0, batch_size=4)
     a = [b[1].numpy().tolist() for b in files.train_dataset(folder_cfg.data, plan)]
     b = [b[1].numpy().tolist() for b in records.train_dataset(folder_cfg.data, plan)]
-    assert a == b  # one worker: the prepared copy trains in the folder's order
+    # The same examples in as many batches (the prepared copy's order is its own: tests/test_prepare.py)
+    assert len(a) == len(b) and sorted(sum(a, [])) == sorted(sum(b, []))

@@ -433,9 +433,11 @@ def test_prepared_shards_in_a_bucket_stream_through_a_bounded_cache_in_the_local
     assert streamed == local
     cache = src.opener(Shard())
     assert 0 < peak[0] <= limit and cache.most_open == 8, (peak[0], limit, cache.most_open)
-    # Each epoch fetched its shards again (they do not all fit), and a few more: the padding reads
-    # the first shard again, and the last ones fetch the next epoch's first ones ahead.
-    assert 2 * sum(sizes) <= cache.fetched_bytes <= 2 * sum(sizes) + 9 * sizes[-1], cache.fetched_bytes
+    # The second epoch fetched again all that the cache could not keep (the shards do not all
+    # fit), and at most a few more: the padding reads a shard again, and the last ones fetch the
+    # next epoch's first ones ahead (its order is another: those may still be in the cache).
+    fetched = cache.fetched_bytes
+    assert 2 * sum(sizes) - limit <= fetched <= 2 * sum(sizes) + 9 * sizes[-1], (fetched, sum(sizes), limit)
 
     roomy, src = batches("s3://runs/prep", "roomy", ("data.shard_cache_gb=1",))
     assert roomy == local and src.opener(Shard()).fetched_bytes <= sum(sizes)  # what the first read left is kept

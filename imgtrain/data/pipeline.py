@@ -459,6 +459,14 @@ def shards_open_at_once(files: int) -> int:
     return max(1, min(8, files))
 
 
+def epoch_shards(files: Sequence[str], shard: Shard, seed: int, epoch: int) -> list[str]:
+    """The training shards worker ``shard`` reads in ``epoch``, in the order it reads them: the
+    same shards every epoch (dealt round-robin, so its count of examples is fixed), in an order
+    drawn per epoch (``seeds.shard_order``), so an interleave's cycle groups other shards each time."""
+    mine = list(files)[shard.index :: shard.count]
+    return [mine[i] for i in seeds.shard_order(seed, epoch, len(mine))]
+
+
 def _records(files: Sequence[str], shard: Shard, opener: Optional[Opener] = None) -> tf.data.Dataset:
     """``shard``'s records of ``files`` (whole files per worker: sequential reads), each read
     locally or, streamed, through ``opener``."""
@@ -495,7 +503,7 @@ def tfrecord_train_dataset(
     identical to the folder it came from."""
     seed, epoch, shard, skip = plan.seed, plan.epoch, plan.shard, plan.worker_skip()
     mine_n, most_n = worker_counts[shard.index], max(worker_counts)
-    ds = _records(files, shard, opener)
+    ds = _records(epoch_shards(files, shard, seed, epoch), Shard(), opener)
     ds = ds.shuffle(
         max(1, min(mine_n, max(cfg.shuffle_buffer, 1))), seed=seeds.shuffle(seed, epoch), reshuffle_each_iteration=False
     )

@@ -134,9 +134,9 @@ class FileSource(DataSource):
 
 
 class RecordSource(DataSource):
-    def __init__(self, records) -> None:
+    def __init__(self, records, shuffle_buffer: int) -> None:
         self.records = records
-        self.class_names, self.warnings = records.class_names, []
+        self.class_names, self.warnings = records.class_names, records.order_warnings(shuffle_buffer)
         self.skipped = list(records.manifest.get("checks", {}).get("skipped", []))
 
     def count(self, split: str) -> int:
@@ -164,15 +164,21 @@ class RecordSource(DataSource):
         streamed = self.records.streamed
         return streamed.fetched_bytes() if streamed is not None else 0
 
-    def opener(self, shard: Optional[Shard] = None):
+    def opener(self, shard: Optional[Shard] = None, plan: Optional[EpochPlan] = None):
         """How worker ``shard`` opens the shards: None for local ones, its cache for streamed
-        (``shard`` None: this process's cache, whichever worker it is)."""
+        (``shard`` None: this process's cache, whichever worker it is). Given the epoch's
+        ``plan``, the cache is told the order the worker reads its training shards in, in this
+        epoch and the next, so it fetches ahead the ones read next."""
         streamed = self.records.streamed
         if streamed is None:
             return None
         if shard is None:
             return streamed.any_opener() or self.opener(Shard())
-        return streamed.opener(shard.count, shard.index, self.records.files("train")[shard.index :: shard.count])
+        files = self.records.files("train")
+        if plan is None:
+            return streamed.opener(shard.count, shard.index, files[shard.index :: shard.count])
+        order = [pipeline.epoch_shards(files, shard, plan.seed, plan.epoch + k) for k in (0, 1)]
+        return streamed.opener(shard.count, shard.index, order[0] + order[1], reorder=True)
 
     def example_keys(self, split: str) -> list[str]:
         from imgtrain.data.tfrecord import read_keys
@@ -181,7 +187,8 @@ class RecordSource(DataSource):
 
     def train_dataset(self, cfg: DataConfig, plan: EpochPlan) -> tf.data.Dataset:
         counts = self.worker_counts("train", plan.shard.count)
-        return pipeline.tfrecord_train_dataset(self.records.files("train"), counts, cfg, plan, self.opener(plan.shard))
+        opener = self.opener(plan.shard, plan)
+        return pipeline.tfrecord_train_dataset(self.records.files("train"), counts, cfg, plan, opener)
 
     def eval_dataset(self, cfg: DataConfig, split: str, batch: int, shard: Shard, multiple: int) -> tf.data.Dataset:
         files, opener = self.records.files(split), self.opener(shard)
@@ -239,7 +246,7 @@ def _is_records(cfg: Config) -> bool:
 def _open_records(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
     from imgtrain.data.tfrecord import open_prepared
 
-    return RecordSource(open_prepared(cfg.data.path, cfg.data.label_vocabulary))
+    return RecordSource(open_prepared(cfg.data.path, cfg.data.label_vocabulary), cfg.data.shuffle_buffer)
 
 
 def _open_files(cfg: Config, run_dir: Path, progress: bool) -> DataSource:
@@ -276,7 +283,7 @@ def get(cfg: Config, run_dir: Path, progress: bool = True, kind: Optional[str] =
     if isinstance(streamed, ShardStream):
         from imgtrain.data.tfrecord import open_prepared
 
-        return RecordSource(open_prepared(cfg.data.path, cfg.data.label_vocabulary, streamed))
+        return RecordSource(open_prepared(cfg.data.path, cfg.data.label_vocabulary, streamed), cfg.data.shuffle_buffer)
     if streamed is not None:
         return _checked(streamed, cfg, Path(run_dir), progress)
     for name, claims, opener in KINDS:

@@ -6,8 +6,14 @@ training run then reads a few large sequential files instead of many small
 ones, interleaved in parallel, and workers shard by file. Each record keeps
 the image's encoded bytes (the original file when TensorFlow decodes it
 as it is, a PNG conversion otherwise), its label, weight, key and its
-position in the split, the position seeding its augmentation exactly as it
-does for the folder it came from.
+position in the split as the folder lists it, the position seeding its
+augmentation exactly as it does for the folder it came from.
+
+Records are written in a seeded permutation of the split (``seeds.prepared_order``), not in
+the folder's order, which is class by class: read through a shuffle window smaller than the
+split (``data.shuffle_buffer``), class-ordered shards would give batches of a few classes.
+The manifest says so (``"order": "shuffled"``); an older, class-ordered one is named by a
+warning when its training split outgrows the window.
 
 The manifest is written last, atomically: a directory without one is an
 interrupted ``prepare``, never a dataset.
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 import tensorflow as tf
 from tqdm import tqdm
 
-from imgtrain import atomic
+from imgtrain import atomic, seeds
 from imgtrain.data.sources import SPLITS, Catalog, Example
 from imgtrain.errors import UserError
 from imgtrain.storage import stream
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 FORMAT = "imgtrain-tfrecord"
 MANIFEST = "manifest.json"
+SHUFFLED = "shuffled"  # the manifest's "order" since records are written in a seeded order
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -69,24 +76,28 @@ def write_split(
     shard_bytes: int,
     progress: bool = True,
     workers: Optional[int] = None,
+    order: Optional[Sequence[int]] = None,
 ) -> list[dict]:
-    """Write one split's shards; file reads run in parallel, records keep the split's order."""
+    """Write one split's shards, its examples in ``order`` (positions in ``examples``; their
+    own order when None), each record keeping its position; file reads run in parallel."""
     shards: list[dict] = []
     writer = None
     current: dict = {}
+    positions = list(range(len(examples))) if order is None else list(order)
 
-    def read(ex: Example) -> bytes:
-        return stream.read(ex.path)  # a file, or an object of data streamed from its bucket
+    def read(index: int) -> bytes:
+        return stream.read(examples[index].path)  # a file, or an object of data streamed from its bucket
 
     with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 4)) as pool:
-        for index, (ex, data) in enumerate(
+        for index, data in zip(
+            positions,
             tqdm(
-                zip(examples, pool.map(read, examples)),
-                total=len(examples),
+                pool.map(read, positions),
+                total=len(positions),
                 desc=f"writing {split}",
                 unit="img",
                 disable=not progress,
-            )
+            ),
         ):
             if writer is None or current["bytes"] >= shard_bytes:
                 if writer is not None:
@@ -94,7 +105,7 @@ def write_split(
                 current = {"file": f".{split}-{len(shards):05d}.tmp", "count": 0, "bytes": 0}
                 shards.append(current)
                 writer = tf.io.TFRecordWriter(str(out_dir / current["file"]))
-            record = _example(ex, index, data)
+            record = _example(examples[index], index, data)
             writer.write(record)
             current["count"] += 1
             current["bytes"] += len(record)
@@ -107,8 +118,11 @@ def write_split(
     return shards
 
 
-def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict, progress: bool = True) -> dict:
-    """Write every split and then the manifest; return the manifest."""
+def write_prepared(
+    catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict, split_seed: int = 0, progress: bool = True
+) -> dict:
+    """Write every split, each in its seeded order (``seeds.prepared_order`` of ``split_seed``),
+    and then the manifest; return the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = own_files(out_dir)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # invalid until the new one is complete
@@ -119,7 +133,8 @@ def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict
         examples = catalog.split(split)
         if not examples:
             continue
-        shards = write_split(examples, out_dir, split, int(shard_mb * 2**20), progress=progress)
+        order = seeds.prepared_order(split_seed, split, len(examples))
+        shards = write_split(examples, out_dir, split, int(shard_mb * 2**20), progress=progress, order=order)
         per_class = Counter(catalog.class_names[e.label] for e in examples)
         splits[split] = {
             "count": len(examples),
@@ -129,6 +144,7 @@ def write_prepared(catalog: Catalog, out_dir: Path, shard_mb: float, extra: dict
     manifest = {
         "format": FORMAT,
         "version": 1,
+        "order": SHUFFLED,
         "class_names": catalog.class_names,
         "has_weights": catalog.has_weights,
         "splits": splits,
@@ -183,6 +199,21 @@ class PreparedRecords:
 
     def count(self, split: str) -> int:
         return int(self.manifest["splits"].get(split, {}).get("count", 0))
+
+    def order_warnings(self, shuffle_buffer: int) -> list[str]:
+        """A line when the records are in the folder's (class by class) order, written by an
+        older ``prepare``, and the training split outgrows the shuffle window mixing them."""
+        n = self.count("train")
+        if self.manifest.get("order") == SHUFFLED or n <= shuffle_buffer:
+            return []
+        source = self.manifest.get("source") or "the images"
+        return [
+            f"{self.streamed.url if self.streamed else self.root} was prepared by an older imgtrain, its records "
+            f"class by class: {n} training images through a shuffle window of data.shuffle_buffer={shuffle_buffer} "
+            f"give batches of a few classes each; prepare it again (imgtrain prepare --data {source} --output NEW), "
+            f"which writes them in a seeded shuffled order (or raise data.shuffle_buffer to {n}, which holds "
+            "that many encoded images in memory)"
+        ]
 
     def files(self, split: str) -> list[str]:
         return [str(self.root / s["file"]) for s in self.manifest["splits"].get(split, {}).get("shards", [])]

@@ -63,13 +63,16 @@ class ShardStream:
     def rel(self, path: str) -> str:
         return Path(path).relative_to(self.root).as_posix()
 
-    def opener(self, count: int, index: int, order: Sequence[str]) -> "ShardCache":
+    def opener(self, count: int, index: int, order: Sequence[str], reorder: bool = False) -> "ShardCache":
         """The cache of worker ``index`` of ``count``, which reads its training shards in ``order``
-        (their paths under ``root``)."""
+        (their paths under ``root``; an epoch's, then the next's); ``reorder`` gives an existing
+        cache the order of a new epoch."""
+        rels = [self.rel(p) for p in order]
         if (count, index) not in self._caches:
             folder = self.root / ".streamed" / f"worker-{index}-of-{count}"
-            rels = [self.rel(p) for p in order]
             self._caches[(count, index)] = ShardCache(self, rels, folder)
+        elif reorder:
+            self._caches[(count, index)].reorder(rels)
         return self._caches[(count, index)]
 
     def fetched_bytes(self) -> int:
@@ -108,6 +111,11 @@ class ShardCache:
         self.fetcher = Background("imgtrain-shards", self._serve)
 
     # -- the pipeline's side ------------------------------------------------------------
+    def reorder(self, order: Sequence[str]) -> None:
+        """From now on the worker reads its shards in ``order`` (a new epoch's, then the next's)."""
+        with self._cv:
+            self.order = list(order)
+
     def local(self, path: str) -> str:
         """The local copy of the shard named ``path``, fetched first if need be; it stays until ``done``."""
         rel = self.stream.rel(path)
@@ -156,13 +164,12 @@ class ShardCache:
             self.fetcher.ask("fetch", rel)
 
     def _ask_ahead(self, rel: str) -> None:
-        """The ``AHEAD`` shards after ``rel`` in this worker's order (the next epoch's first after
-        the last), as far as the limit would hold them beside what is open or asked for."""
+        """The ``AHEAD`` shards after ``rel`` in this worker's order (which runs into the next
+        epoch's), as far as the limit would hold them beside what is open or asked for."""
         start = self.order.index(rel) if rel in self.order else -1
         kept = set(self._open) | set(self._wanted) | {rel} | (set(self._held) - set(self._read))
         room = self.limit - sum(self.sizes[r] for r in kept)
-        for step in range(1, min(len(self.order), AHEAD + 1)):
-            nxt = self.order[(start + step) % len(self.order)]
+        for nxt in self.order[start + 1 : start + 1 + AHEAD]:
             if nxt in self._open or nxt in self._wanted:
                 continue
             room -= self.sizes[nxt]
