@@ -225,6 +225,8 @@ class DataConfig:
                 "a batch of such images cannot fit in memory. Use a smaller --image-size"
             )
         _positive("data.shuffle_buffer", self.shuffle_buffer)
+        if self.split_seed is not None:
+            _seed("data.split_seed", self.split_seed)
         if self.eval_crop_fraction is not None:
             _in_range("data.eval_crop_fraction", self.eval_crop_fraction, 0.0, 1.0, low_open=True)
         if self.service is not None and not SERVICE_ADDRESS.fullmatch(self.service):
@@ -620,8 +622,7 @@ class Config:
     def validate(self) -> None:
         """Check every value once, so a bad one fails before any work starts. Each section checks
         its own fields; what is left here ties sections together."""
-        if not 0 <= self.seed < 2**31:
-            raise UserError(f"seed must be an integer from 0 to 2147483647, got {self.seed}")
+        _seed("seed", self.seed)
         self.data.validate()
         self.model.validate()
         self.train.validate()
@@ -666,6 +667,11 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
         extra = f" (did you mean '{hint[0]}'?)" if hint else ""
         raise UserError(f"unknown {name} '{value}'{extra}; choose one of: {', '.join(allowed)}")
+
+
+def _seed(name: str, value: int) -> None:
+    if not 0 <= value < 2**31:
+        raise UserError(f"{name} must be an integer from 0 to 2147483647, got {value}")
 
 
 def _positive(name: str, value: float) -> None:

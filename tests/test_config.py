@@ -121,6 +121,8 @@ def test_shipped_configs_are_valid(path: Path):
         ("train.early_stopping.patience=-1", "patience must be 0 or more"),
         ("data.service_timeout=0", "data.service_timeout must be in (0, 86400]"),
         ("data.service_timeout=.nan", "data.service_timeout must be in"),
+        ("data.split_seed=-1", "data.split_seed must be an integer from 0 to 2147483647"),
+        ("seed=2147483648", "seed must be an integer from 0 to 2147483647"),
     ],
 )
 def test_recipe_numbers_are_checked(item: str, message: str):

@@ -498,9 +498,10 @@ def tfrecord_train_dataset(
     plan: EpochPlan,
     opener: Optional[Opener] = None,
 ) -> tf.data.Dataset:
-    """Training batches from prepared shards (streamed ones through ``opener``). With one
-    worker and a shuffle buffer at least the split's size, the order (and so the run) is
-    identical to the folder it came from."""
+    """Training batches from prepared shards (streamed ones through ``opener``): this worker's
+    shards in the epoch's order (``epoch_shards``), interleaved, through the seeded shuffle
+    window. Each example's pixels are those the folder gives it (its record keeps its position,
+    which seeds its augmentation); the order is the shards' own."""
     seed, epoch, shard, skip = plan.seed, plan.epoch, plan.shard, plan.worker_skip()
     mine_n, most_n = worker_counts[shard.index], max(worker_counts)
     ds = _records(epoch_shards(files, shard, seed, epoch), Shard(), opener)
