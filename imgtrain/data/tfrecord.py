@@ -28,7 +28,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -84,15 +84,16 @@ def write_split(
     writer = None
     current: dict = {}
     positions = list(range(len(examples))) if order is None else list(order)
+    threads = workers or min(16, (os.cpu_count() or 1) * 4)
 
     def read(index: int) -> bytes:
         return stream.read(examples[index].path)  # a file, or an object of data streamed from its bucket
 
-    with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 4)) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for index, data in zip(
             positions,
             tqdm(
-                pool.map(read, positions),
+                _in_order(pool, read, positions, ahead=4 * threads),
                 total=len(positions),
                 desc=f"writing {split}",
                 unit="img",
@@ -116,6 +117,18 @@ def write_split(
         os.replace(out_dir / shard["file"], out_dir / final)
         shard["file"] = final
     return shards
+
+
+def _in_order(pool: ThreadPoolExecutor, read: Callable[[int], bytes], items: Sequence[int], ahead: int):
+    """``read`` of each item, in order, run on ``pool`` at most ``ahead`` items ahead of the one
+    taken: memory holds a window of images, not a split (``pool.map`` would ask for all at once)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(read, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def write_prepared(
