@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from imgtrain.config import Config
 from imgtrain.data.source import placed
@@ -17,9 +17,15 @@ from imgtrain.storage import urls
 
 
 def prepare_dataset(
-    cfg: Config, output: Path, shard_mb: float = 100.0, progress: bool = True, log: Callable[[str], None] = print
+    cfg: Config,
+    output: Path,
+    shard_mb: float = 100.0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    shown: Optional[str] = None,
 ) -> dict:
-    """Discover, split and check ``cfg.data.path`` exactly as training would, then write shards."""
+    """Discover, split and check ``cfg.data.path`` exactly as training would, then write shards
+    to ``output``; its summary line names the output as ``shown`` (the URL a local copy is for)."""
     if is_tfds(cfg.data.path):
         raise UserError("prepare reads image folders and CSV manifests; TFDS datasets are already prepared by TFDS")
     if is_prepared(cfg.data.path):
@@ -60,7 +66,7 @@ def prepare_dataset(
         for s, v in manifest["splits"].items()
     )
     log(
-        f"prepared {output}: {len(manifest['class_names'])} classes; {counts}; "
+        f"prepared {shown or output}: {len(manifest['class_names'])} classes; {counts}; "
         f"{len(catalog.skipped)} skipped, {converted} converted; {time.time() - start:.1f}s"
     )
     return manifest

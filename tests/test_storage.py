@@ -366,8 +366,10 @@ def test_a_manifest_and_prepared_shards_in_a_bucket_are_read_as_local_ones(
             "--no-progress",
         ]
     )
-    assert code == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert fs.exists("runs/shards/manifest.json")
+    assert out.strip().splitlines()[-1].startswith("prepared s3://runs/shards: 3 classes")  # the URL, not a copy
     assert is_prepared(on_disk(Config.load(None, ["data.path=s3://runs/shards"]), progress=False).data.path)
 
     fs.pipe_file("runs/bad.csv", b"path,label\n/etc/passwd,red\n")

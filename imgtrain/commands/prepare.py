@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = set_value(Config.load(args.config, args.overrides), "data.path", args.data, where="the command line")
     if args.seed is not None:
         cfg = set_value(cfg, "seed", args.seed, where="the command line")
+    said: list[str] = []  # its summary, said once the shards are where the user named (uploaded)
     with output_path(args.output, last=(MANIFEST,)) as output:  # shards for a bucket: here, then uploaded
-        prepare_dataset(cfg.checked(), output, args.shard_size_mb, progress=not args.no_progress)
+        prepare_dataset(cfg.checked(), output, args.shard_size_mb, not args.no_progress, said.append, args.output)
+    print(*said, sep="\n")
     return 0
