@@ -156,6 +156,9 @@ def test_workers_shard_by_file_and_see_each_example_once(tmp_path: Path):
         steps.add(len(batches))
         total += int(sum(float(r.numpy().sum()) for _, _, _, r in batches))
     assert total == prepared.count("train") == 60 and len(steps) == 1
+    # Each epoch a worker reads the same shards (its count of examples is fixed) in another order.
+    orders = [pipeline.epoch_shards(files, Shard(2, 1), 0, epoch) for epoch in range(4)]
+    assert all(sorted(o) == sorted(files[1::2]) for o in orders) and len({tuple(o) for o in orders}) > 1
 
 
 def test_broken_prepared_directory(tmp_path: Path, capsys):
