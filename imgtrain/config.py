@@ -121,17 +121,17 @@ class AugmentConfig:
     def validate(self) -> None:
         _choice("data.augment.fill_mode", self.fill_mode, FILL_MODES)
         _choice("data.augment.resampler", self.resampler, RESAMPLERS)
-        _in_range("data.augment.rotation", self.rotation, 0.0, 180.0)
-        _in_range("data.augment.zoom", self.zoom, 0.0, 1.0, high_open=True)
-        _in_range("data.augment.translate", self.translate, 0.0, 1.0)
-        _in_range("data.augment.brightness", self.brightness, 0.0, 1.0)
-        _in_range("data.augment.contrast", self.contrast, 0.0, 1.0, high_open=True)
+        in_range("data.augment.rotation", self.rotation, 0.0, 180.0)
+        in_range("data.augment.zoom", self.zoom, 0.0, 1.0, high_open=True)
+        in_range("data.augment.translate", self.translate, 0.0, 1.0)
+        in_range("data.augment.brightness", self.brightness, 0.0, 1.0)
+        in_range("data.augment.contrast", self.contrast, 0.0, 1.0, high_open=True)
         _range_pair("data.augment.crop_scale", self.crop_scale, 0.0, 1.0)
         _range_pair("data.augment.crop_ratio", self.crop_ratio, 0.0, 100.0)
         for name in ("mixup", "cutmix"):
-            _in_range(f"data.augment.{name}", getattr(self, name), 0.0, 100.0)
-        _in_range("data.augment.mix_switch_prob", self.mix_switch_prob, 0.0, 1.0)
-        _in_range("data.augment.mix_prob", self.mix_prob, 0.0, 1.0)
+            in_range(f"data.augment.{name}", getattr(self, name), 0.0, 100.0)
+        in_range("data.augment.mix_switch_prob", self.mix_switch_prob, 0.0, 1.0)
+        in_range("data.augment.mix_prob", self.mix_prob, 0.0, 1.0)
         self.randaugment.validate()
         self.random_erasing.validate()
         if self.on_device and (self.randaugment.num_ops or self.random_erasing.probability):
@@ -151,7 +151,7 @@ class RandAugmentConfig:
     def validate(self) -> None:
         if self.num_ops < 0 or self.num_ops > 10:
             raise UserError(f"data.augment.randaugment.num_ops must be 0 (off) to 10, got {self.num_ops}")
-        _in_range("data.augment.randaugment.magnitude", self.magnitude, 0.0, 30.0)
+        in_range("data.augment.randaugment.magnitude", self.magnitude, 0.0, 30.0)
 
 
 @dataclass
@@ -164,7 +164,7 @@ class RandomErasingConfig:
     fill: str = "noise"  # noise (per-pixel normal, timm's "pixel" mode) or mean (the ImageNet mean colour)
 
     def validate(self) -> None:
-        _in_range("data.augment.random_erasing.probability", self.probability, 0.0, 1.0)
+        in_range("data.augment.random_erasing.probability", self.probability, 0.0, 1.0)
         _choice("data.augment.random_erasing.fill", self.fill, ERASING_FILLS)
         _range_pair("data.augment.random_erasing.area", self.area, 0.0, 1.0)
         _range_pair("data.augment.random_erasing.ratio", self.ratio, 0.0, 100.0)
@@ -228,7 +228,7 @@ class DataConfig:
         if self.split_seed is not None:
             _seed("data.split_seed", self.split_seed)
         if self.eval_crop_fraction is not None:
-            _in_range("data.eval_crop_fraction", self.eval_crop_fraction, 0.0, 1.0, low_open=True)
+            in_range("data.eval_crop_fraction", self.eval_crop_fraction, 0.0, 1.0, low_open=True)
         if self.service is not None and not SERVICE_ADDRESS.fullmatch(self.service):
             raise UserError(
                 f"data.service must look like grpc://HOST:PORT (a tf.data service dispatcher), got '{self.service}'"
@@ -238,9 +238,9 @@ class DataConfig:
                 raise UserError("data.label_vocabulary has repeated entries; list each class once")
             if len(self.label_vocabulary) < 2:
                 raise UserError("data.label_vocabulary needs at least two classes")
-        _in_range("data.service_timeout", self.service_timeout, 0.0, 86400.0, low_open=True)
+        in_range("data.service_timeout", self.service_timeout, 0.0, 86400.0, low_open=True)
         if self.shard_cache_gb is not None:
-            _in_range("data.shard_cache_gb", self.shard_cache_gb, 0.0, 1e6, low_open=True)
+            in_range("data.shard_cache_gb", self.shard_cache_gb, 0.0, 1e6, low_open=True)
         if self.service is not None and self.augment.on_device:
             raise UserError(
                 "data.augment.on_device and data.service cannot be combined: the service augments on its "
@@ -268,9 +268,9 @@ class CnnConfig:
                 f"model.cnn needs filters >= 1 (got {self.filters}), convs_per_block >= 1 (got "
                 f"{self.convs_per_block}) and kernel_size >= 1 (got {self.kernel_size})"
             )
-        _in_range("model.cnn.bn_momentum", self.bn_momentum, 0.0, 1.0, high_open=True)
-        _in_range("model.cnn.dropout", self.dropout, 0.0, 1.0, high_open=True)
-        _in_range("model.cnn.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
+        in_range("model.cnn.bn_momentum", self.bn_momentum, 0.0, 1.0, high_open=True)
+        in_range("model.cnn.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        in_range("model.cnn.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -284,8 +284,8 @@ class TransferConfig:
     head_dropout: float = 0.2
 
     def validate(self, name: str) -> None:
-        _in_range(f"model.{name}.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
-        _in_range(f"model.{name}.fine_tune_lr_factor", self.fine_tune_lr_factor, 0.0, 1e6, low_open=True)
+        in_range(f"model.{name}.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
+        in_range(f"model.{name}.fine_tune_lr_factor", self.fine_tune_lr_factor, 0.0, 1e6, low_open=True)
         if self.freeze_epochs < 0 or self.fine_tune_layers < 0:
             raise UserError(f"model.{name}.freeze_epochs and fine_tune_layers must be 0 or more")
 
@@ -302,7 +302,7 @@ class DnnConfig:
             raise UserError(
                 f"model.dnn.hidden_units must be a non-empty list of positive integers, got {self.hidden_units}"
             )
-        _in_range("model.dnn.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        in_range("model.dnn.dropout", self.dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -341,8 +341,8 @@ class OptimizerConfig:
         _choice("train.optimizer.name", self.name, OPTIMIZERS)
         _positive("train.optimizer.learning_rate", self.learning_rate)
         if self.weight_decay is not None:
-            _in_range("train.optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
-        _in_range("train.optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
+            in_range("train.optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
+        in_range("train.optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
         if self.clipnorm is not None:
             _positive("train.optimizer.clipnorm", self.clipnorm)
 
@@ -363,11 +363,11 @@ class ScheduleConfig:
     def validate(self, epochs: int) -> None:
         _choice("train.schedule.name", self.name, SCHEDULES)
         if self.warmup_epochs is not None:
-            _in_range("train.schedule.warmup_epochs", self.warmup_epochs, 0.0, float(epochs))
+            in_range("train.schedule.warmup_epochs", self.warmup_epochs, 0.0, float(epochs))
         _positive("train.schedule.step_epochs", self.step_epochs)
-        _in_range("train.schedule.step_factor", self.step_factor, 0.0, 1.0, low_open=True)
-        _in_range("train.schedule.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _in_range("train.schedule.plateau_factor", self.plateau_factor, 0.0, 1.0, low_open=True, high_open=True)
+        in_range("train.schedule.step_factor", self.step_factor, 0.0, 1.0, low_open=True)
+        in_range("train.schedule.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        in_range("train.schedule.plateau_factor", self.plateau_factor, 0.0, 1.0, low_open=True, high_open=True)
         if self.plateau_patience < 0:
             raise UserError(f"train.schedule.plateau_patience must be 0 or more, got {self.plateau_patience}")
 
@@ -387,8 +387,8 @@ class EarlyStoppingConfig:
 
     def validate(self) -> None:
         _choice("train.early_stopping.mode", self.mode, ("auto", "min", "max"))
-        _in_range("train.early_stopping.min_delta", self.min_delta, 0.0, float("1e30"))
-        _in_range("train.early_stopping.noise_band", self.noise_band, 0.0, 10.0)
+        in_range("train.early_stopping.min_delta", self.min_delta, 0.0, float("1e30"))
+        in_range("train.early_stopping.noise_band", self.noise_band, 0.0, 10.0)
         if self.patience < 0:
             raise UserError(f"train.early_stopping.patience must be 0 or more, got {self.patience}")
 
@@ -418,7 +418,7 @@ class EmaConfig:
 
     def validate(self) -> None:
         if self.decay is not None:
-            _in_range("train.ema.decay", self.decay, 0.0, 1.0, low_open=True, high_open=True)
+            in_range("train.ema.decay", self.decay, 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass
@@ -679,9 +679,7 @@ def _positive(name: str, value: float) -> None:
         raise UserError(f"{name} must be a positive finite number, got {value}")
 
 
-def _in_range(
-    name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
+def in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
     """Refuse a value outside [low, high] (open ends as asked); NaN fails every comparison."""
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:

@@ -30,8 +30,6 @@ def prepare_dataset(
         raise UserError("prepare reads image folders and CSV manifests; TFDS datasets are already prepared by TFDS")
     if is_prepared(cfg.data.path):
         raise UserError(f"{cfg.data.path} is already a prepared dataset; pass it to 'imgtrain train --data'")
-    if shard_mb <= 0:
-        raise UserError(f"--shard-size-mb must be positive, got {shard_mb}")
     output = Path(output)
     source = cfg.data.path if urls.is_url(cfg.data.path) else str(Path(str(cfg.data.path)).resolve())
     if output.resolve() == Path(str(cfg.data.path)).resolve():

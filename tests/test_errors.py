@@ -60,16 +60,18 @@ def test_missing_data_path(capsys, tmp_path):
 
 def test_a_mistyped_data_path_or_setting_is_said_before_tensorflow_loads(tmp_path):
     """``imgtrain train`` checks its flags, config and a local --data before importing
-    TensorFlow (8 s on 2 cores): the same one line, without the wait."""
+    TensorFlow (8 s on 2 cores), and ``prepare`` its numbers: the same one line, without the wait."""
     probe = "import sys; from imgtrain.cli import main; print(main(sys.argv[1:]), 'tensorflow' in sys.modules)"
     write_folder(tmp_path / "photos", per_class=2, size=8)
     for argv, said in (
-        (["--data", "phtos"], "data path"),
-        (["--data", "photos/red/red_000.png"], "is a file but not a .csv manifest"),
-        (["--data", "photos", "--set", "train.epochs=nan"], "must be an integer"),
+        (["train", "--data", "phtos"], "data path"),
+        (["train", "--data", "photos/red/red_000.png"], "is a file but not a .csv manifest"),
+        (["train", "--data", "photos", "--set", "train.epochs=nan"], "must be an integer"),
+        (["prepare", "--data", "photos", "--shard-size-mb", "nan"], "--shard-size-mb must be in (0, 65536]"),
+        (["prepare", "--data", "photos", "--shard-size-mb", "1e400"], "--shard-size-mb must be in (0, 65536]"),
     ):
         done = subprocess.run(
-            [sys.executable, "-c", probe, "train", *argv, "--output", "runs/x"],
+            [sys.executable, "-c", probe, *argv, "--output", "runs/x"],
             cwd=tmp_path, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.stdout.split() == ["2", "False"] and said in done.stderr, (done.stdout, done.stderr)

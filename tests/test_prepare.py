@@ -176,3 +176,21 @@ def test_broken_prepared_directory(tmp_path: Path, capsys):
     shard.unlink()
     assert main(["train", "--data", str(out), "--output", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "lacks shard" in capsys.readouterr().err
+
+
+def test_prepare_reads_a_window_of_images_ahead_not_the_whole_split():
+    """Images are read at most ``ahead`` ahead of the one written, in order: memory holds a
+    window, however large the split (``pool.map`` would read them all first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgtrain.data.tfrecord import _in_order
+
+    started: list[int] = []
+
+    def read(i: int) -> bytes:
+        started.append(i)
+        return i.to_bytes(2, "big")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for k, data in enumerate(_in_order(pool, read, list(range(500)), ahead=16)):
+            assert data == k.to_bytes(2, "big") and len(started) <= k + 16, (k, len(started))

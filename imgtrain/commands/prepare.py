@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from imgtrain.commands.options import add_config_flags, add_no_progress
-from imgtrain.config import Config
+from imgtrain.config import Config, in_range
 from imgtrain.config_parse import set_value
+
+MAX_SHARD_MB = 65536.0  # 64 GiB: a streamed reader holds 9 shards on its disk at once
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--seed", type=int, help="seed of the hash split (default: the config's)")
     add_no_progress(r)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Numbers out of range, said before TensorFlow loads."""
+    in_range("--shard-size-mb", args.shard_size_mb, 0.0, MAX_SHARD_MB, low_open=True)
 
 
 def run(args: argparse.Namespace) -> int:
