@@ -69,6 +69,8 @@ def test_a_mistyped_data_path_or_setting_is_said_before_tensorflow_loads(tmp_pat
         (["train", "--data", "photos", "--set", "train.epochs=nan"], "must be an integer"),
         (["prepare", "--data", "photos", "--shard-size-mb", "nan"], "--shard-size-mb must be in (0, 65536]"),
         (["prepare", "--data", "photos", "--shard-size-mb", "1e400"], "--shard-size-mb must be in (0, 65536]"),
+        (["prepare", "--data", "phtos"], "data path"),
+        (["prepare", "--data", "photos", "--set", "data.split_seed=-1"], "data.split_seed must be an integer"),
     ):
         done = subprocess.run(
             [sys.executable, "-c", probe, *argv, "--output", "runs/x"],

@@ -7,6 +7,7 @@ import argparse
 from imgtrain.commands.options import add_config_flags, add_no_progress
 from imgtrain.config import Config, in_range
 from imgtrain.config_parse import set_value
+from imgtrain.data.sources import check_local_path
 
 MAX_SHARD_MB = 65536.0  # 64 GiB: a streamed reader holds 9 shards on its disk at once
 
@@ -30,9 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_no_progress(r)
 
 
+def _config(args: argparse.Namespace) -> Config:
+    """The config prepare applies: the file's and --set's, with --data and --seed, checked."""
+    cfg = set_value(Config.load(args.config, args.overrides), "data.path", args.data, where="the command line")
+    if args.seed is not None:
+        cfg = set_value(cfg, "seed", args.seed, where="the command line")
+    return cfg.checked()
+
+
 def check(args: argparse.Namespace) -> None:
-    """Numbers out of range, said before TensorFlow loads."""
+    """Numbers out of range, the config and a local --data, said before TensorFlow loads."""
     in_range("--shard-size-mb", args.shard_size_mb, 0.0, MAX_SHARD_MB, low_open=True)
+    check_local_path(_config(args).data.path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,11 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from imgtrain.prepare import prepare_dataset
     from imgtrain.storage.runplace import output_path
 
-    cfg = set_value(Config.load(args.config, args.overrides), "data.path", args.data, where="the command line")
-    if args.seed is not None:
-        cfg = set_value(cfg, "seed", args.seed, where="the command line")
     said: list[str] = []  # its summary, said once the shards are where the user named (uploaded)
     with output_path(args.output, last=(MANIFEST,)) as output:  # shards for a bucket: here, then uploaded
-        prepare_dataset(cfg.checked(), output, args.shard_size_mb, not args.no_progress, said.append, args.output)
+        prepare_dataset(_config(args), output, args.shard_size_mb, not args.no_progress, said.append, args.output)
     print(*said, sep="\n")
     return 0
